@@ -1,0 +1,162 @@
+"""`FlamingoConfig`: every hyper-parameter of the medical Flamingo, with named presets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ACTIVATIONS = ("gelu", "sqrelu", "relu")
+
+# Sentinels for the in-memory tiny models the tests and the demo build from a seed (no files).
+TINY_RANDOM_LM = "tiny-random-biogpt"
+TINY_RANDOM_VISION = "tiny-random-vit"
+
+BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+BIOGPT = "microsoft/biogpt"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Random, tiny, deterministic from `seed`: a BioGPT-architecture LM and a BiomedCLIP-shaped
+    # (timm ViT trunk) vision tower. Builds in memory in about a second; the test workhorse.
+    "tiny-random": dict(
+        lm=TINY_RANDOM_LM,
+        clip_model_type=TINY_RANDOM_VISION,
+        xattn_every=1,
+        xattn_dim_head=16,
+        xattn_heads=2,
+        xattn_ff_mult=2,
+        resampler_depth=2,
+        resampler_dim_head=16,
+        resampler_heads=2,
+        resampler_num_latents=8,
+        resampler_num_time_embeds=4,
+        resampler_ff_mult=2,
+    ),
+    # The real thing: BiomedCLIP's ViT-B/16 patch tokens into BioGPT (needs the hub or its cache).
+    "biomed": dict(lm=BIOGPT, clip_model_type=BIOMEDCLIP),
+}
+
+
+class FlamingoConfig(PretrainedConfig):
+    """Configuration of a :class:`~flamingo_lib.FlamingoModel`.
+
+    Args:
+        lm: the frozen causal LM: a hub id or local directory of a BioGPT, GPT-2, OPT or
+            Llama-family model, or ``"tiny-random-biogpt"`` (built in memory from ``seed``).
+        clip_model_type: the frozen vision encoder: an open_clip model name, ``hf-hub:`` id or
+            ``local-dir:`` path, a Hugging Face CLIP (vision) model id or directory, or
+            ``"tiny-random-vit"`` (built in memory from ``seed``).
+        dim: the LM hidden size. Inferred from the loaded LM when ``None``; a given value that
+            disagrees with the LM raises ``ValueError``.
+        dim_visual: the width of the vision encoder's patch tokens. Inferred like ``dim``.
+        xattn_every: a gated cross-attention block is inserted before every ``xattn_every``-th
+            decoder layer (layers ``xattn_every-1, 2*xattn_every-1, ...``).
+        xattn_dim_head: width of one cross-attention head.
+        xattn_heads: number of cross-attention heads.
+        xattn_ff_mult: hidden width of the cross-attention feed-forward, as a multiple of ``dim``.
+        xattn_act: feed-forward activation of the cross-attention blocks: gelu | sqrelu | relu.
+        resampler_depth: number of Perceiver Resampler layers.
+        resampler_dim_head: width of one resampler attention head.
+        resampler_heads: number of resampler attention heads.
+        resampler_num_latents: number of latent vectors each image is resampled to.
+        resampler_num_time_embeds: number of learned time (frame) embeddings of the resampler.
+        resampler_ff_mult: hidden width of the resampler feed-forward, as a multiple of
+            ``dim_visual``.
+        resampler_act: feed-forward activation of the resampler: gelu | sqrelu | relu.
+        freeze_language_model: keep the LM's own weights frozen (only the new token rows train).
+        freeze_vision_model: keep the vision encoder frozen. ``False`` trains it too.
+        only_attend_immediate_media: a text token attends only to the latest image before it
+            (``True``) or to every image before it (``False``). Text before the first image
+            receives nothing from the cross-attention blocks either way.
+        seed: seed of the ``tiny-random`` models' weights and of the new layers' initialisation.
+        image_token: the added token that marks where an image sits in the text.
+        eoc_token: the added end-of-chunk token that ends a report.
+        image_token_id: id of ``image_token``; set when the model or processor is built.
+        eoc_token_id: id of ``eoc_token``; set when the model or processor is built.
+    """
+
+    model_type = "flamingo_cxr"
+
+    def __init__(
+        self,
+        lm: str = BIOGPT,
+        clip_model_type: str = BIOMEDCLIP,
+        dim: int | None = None,
+        dim_visual: int | None = None,
+        xattn_every: int = 1,
+        xattn_dim_head: int = 64,
+        xattn_heads: int = 8,
+        xattn_ff_mult: int = 4,
+        xattn_act: str = "gelu",
+        resampler_depth: int = 6,
+        resampler_dim_head: int = 64,
+        resampler_heads: int = 8,
+        resampler_num_latents: int = 64,
+        resampler_num_time_embeds: int = 4,
+        resampler_ff_mult: int = 4,
+        resampler_act: str = "gelu",
+        freeze_language_model: bool = True,
+        freeze_vision_model: bool = True,
+        only_attend_immediate_media: bool = True,
+        seed: int = 0,
+        image_token: str = "<image>",
+        eoc_token: str = "<EOC>",
+        image_token_id: int | None = None,
+        eoc_token_id: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for name, act in (("xattn_act", xattn_act), ("resampler_act", resampler_act)):
+            if act not in ACTIVATIONS:
+                raise ValueError(f"{name}={act!r} is not supported; allowed: {', '.join(ACTIVATIONS)}")
+        positive = dict(
+            xattn_every=xattn_every, xattn_dim_head=xattn_dim_head, xattn_heads=xattn_heads,
+            xattn_ff_mult=xattn_ff_mult, resampler_depth=resampler_depth,
+            resampler_dim_head=resampler_dim_head, resampler_heads=resampler_heads,
+            resampler_num_latents=resampler_num_latents,
+            resampler_num_time_embeds=resampler_num_time_embeds, resampler_ff_mult=resampler_ff_mult,
+        )
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.lm = lm
+        self.clip_model_type = clip_model_type
+        self.dim = dim
+        self.dim_visual = dim_visual
+        self.xattn_every = xattn_every
+        self.xattn_dim_head = xattn_dim_head
+        self.xattn_heads = xattn_heads
+        self.xattn_ff_mult = xattn_ff_mult
+        self.xattn_act = xattn_act
+        self.resampler_depth = resampler_depth
+        self.resampler_dim_head = resampler_dim_head
+        self.resampler_heads = resampler_heads
+        self.resampler_num_latents = resampler_num_latents
+        self.resampler_num_time_embeds = resampler_num_time_embeds
+        self.resampler_ff_mult = resampler_ff_mult
+        self.resampler_act = resampler_act
+        self.freeze_language_model = freeze_language_model
+        self.freeze_vision_model = freeze_vision_model
+        self.only_attend_immediate_media = only_attend_immediate_media
+        self.seed = seed
+        self.image_token = image_token
+        self.eoc_token = eoc_token
+        self.image_token_id = image_token_id
+        self.eoc_token_id = eoc_token_id
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "FlamingoConfig":
+        """Build a config from a named preset (see ``PRESETS``), then apply ``overrides``.
+
+        Raises:
+            ValueError: ``name`` is not a known preset.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; allowed presets: {', '.join(sorted(PRESETS))}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Let AutoConfig (and so AutoTokenizer reading a saved checkpoint directory) recognise the type.
+from transformers import AutoConfig  # noqa: E402
+
+AutoConfig.register(FlamingoConfig.model_type, FlamingoConfig, exist_ok=True)

@@ -1,0 +1,138 @@
+"""Masked cross-attention from text to media latents, and the tanh-gated block around it.
+
+Follows lucidrains/flamingo-pytorch (``MaskedCrossAttention``, ``GatedCrossAttentionBlock``) with
+one deliberate difference: text that has no image before it receives *exactly* nothing from the
+block (neither attention nor feed-forward), so a text-only prefix is processed exactly as the
+frozen LM would (PRIOR_ART bugs 9 and 11).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from flamingo_lib.resampler import FeedForward, attend
+
+MediaKV = tuple[torch.Tensor, torch.Tensor]
+
+
+def text_to_media_mask(
+    media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool
+) -> torch.Tensor:
+    """Which media latents each text token may attend to.
+
+    Args:
+        media_time: (B, L) long: how many images occur at or before each text position
+            (``media_locations.cumsum(-1)``); 0 means no image yet.
+        num_media: T, images per sample.
+        num_latents: n, latents per image.
+        only_immediate: attend only to the latest image (``==``) or to all earlier ones (``>=``).
+
+    Returns:
+        bool (B, 1, L, T * n), True where attention is allowed.
+    """
+    image_index = torch.arange(1, num_media + 1, device=media_time.device)  # (T,)
+    text_time = media_time[:, :, None]  # (B, L, 1)
+    allowed = text_time == image_index if only_immediate else text_time >= image_index  # (B, L, T)
+    return allowed.repeat_interleave(num_latents, dim=-1)[:, None]
+
+
+class MaskedCrossAttention(nn.Module):
+    """Text tokens (queries) attend to resampled media latents (keys/values).
+
+    Args:
+        dim: text width (the LM hidden size).
+        dim_visual: media latent width.
+        dim_head, heads: attention head width and count.
+        only_attend_immediate_media: see :class:`~flamingo_lib.FlamingoConfig`.
+    """
+
+    def __init__(
+        self, *, dim: int, dim_visual: int, dim_head: int = 64, heads: int = 8, only_attend_immediate_media: bool = True
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        inner = dim_head * heads
+        self.only_attend_immediate_media = only_attend_immediate_media
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_visual, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.keep_attention = False  # set True to keep `last_attention` for visualisation
+        self.last_attention: torch.Tensor | None = None
+
+    def media_kv(self, media: torch.Tensor) -> MediaKV:
+        """Keys and values of the media, (B, H, T*n, Dh) each; constant while media are."""
+        k, v = self.to_kv(rearrange(media, "b t n d -> b (t n) d")).chunk(2, dim=-1)
+        return tuple(rearrange(z, "b j (h d) -> b h j d", h=self.heads) for z in (k, v))  # type: ignore[return-value]
+
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: text hidden states (B, L, D).
+            media: resampled latents (B, T, n, Dv).
+            media_time: (B, L) long, images at or before each position (0 = none yet).
+            kv: precomputed ``media_kv(media)``, reused across decoding steps.
+
+        Returns:
+            (B, L, D); rows of text with no image before them are exactly zero. When
+            ``keep_attention``, ``last_attention`` holds the weights (B, H, L, T*n).
+        """
+        num_media, num_latents = media.shape[1:3]
+        q = rearrange(self.to_q(self.norm(x)), "b l (h d) -> b h l d", h=self.heads)
+        k, v = kv if kv is not None else self.media_kv(media)
+        mask = text_to_media_mask(media_time, num_media, num_latents, self.only_attend_immediate_media)
+        sees_media = mask.any(dim=-1, keepdim=True)  # (B, 1, L, 1)
+        # A row with every key masked would give NaN; open it up and zero its output below.
+        out, weights = attend(q, k, v, mask | ~sees_media, self.keep_attention)
+        out = out.masked_fill(~sees_media, 0.0)
+        self.last_attention = None if weights is None else weights.masked_fill(~sees_media, 0.0)
+        return self.to_out(rearrange(out, "b h l d -> b l (h d)"))
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """x + tanh(attn_gate) * xattn(x) then + tanh(ff_gate) * ff(x); both gates start at 0.
+
+    Args:
+        dim, dim_visual, dim_head, heads, only_attend_immediate_media: see
+            :class:`MaskedCrossAttention`.
+        ff_mult, act: feed-forward width multiple and activation.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dim_visual: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: int = 4,
+        act: str = "gelu",
+        only_attend_immediate_media: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attn = MaskedCrossAttention(
+            dim=dim, dim_visual=dim_visual, dim_head=dim_head, heads=heads,
+            only_attend_immediate_media=only_attend_immediate_media,
+        )
+        self.attn_gate = nn.Parameter(torch.tensor([0.0]))
+        self.ff = FeedForward(dim, ff_mult, act)
+        self.ff_gate = nn.Parameter(torch.tensor([0.0]))
+
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: (B, L, D); media: (B, T, n, Dv); media_time: (B, L) long; kv: cached media K/V.
+
+        Returns:
+            (B, L, D): ``x`` itself, bit for bit, at positions that see no image.
+        """
+        sees_media = (media_time > 0)[..., None]  # (B, L, 1)
+        x = x + self.attn(x, media, media_time, kv) * self.attn_gate.tanh()
+        ff_out = (self.ff(x) * self.ff_gate.tanh()).masked_fill(~sees_media, 0.0)
+        return x + ff_out

@@ -1,0 +1,155 @@
+"""`Flamingo`: frozen vision encoder -> Perceiver Resampler -> gated cross-attention in a frozen LM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from flamingo_lib.config import FlamingoConfig
+from flamingo_lib.cross_attention import GatedCrossAttentionBlock
+from flamingo_lib.language import load_language_model
+from flamingo_lib.lm_injection import flamingo_layers, inject_cross_attention
+from flamingo_lib.new_tokens import add_token_rows
+from flamingo_lib.resampler import PerceiverResampler
+from flamingo_lib.vision import load_vision_encoder
+
+
+def _check_dim(config: FlamingoConfig, name: str, actual: int, source: str) -> int:
+    given = getattr(config, name)
+    if given is not None and given != actual:
+        raise ValueError(f"config.{name}={given} but {source} has width {actual}; leave {name}=None to infer it")
+    setattr(config, name, actual)
+    return actual
+
+
+class Flamingo(nn.Module):
+    """The model body. Submodules: ``vision_encoder``, ``perceiver``, ``lm`` (with
+    :class:`FlamingoLayer` s and decoupled token rows inside).
+
+    Args:
+        config: fills in ``dim``, ``dim_visual`` and the token ids when they are ``None``.
+    """
+
+    def __init__(self, config: FlamingoConfig) -> None:
+        super().__init__()
+        self.lm = load_language_model(config.lm, config.seed)
+        self.vision_encoder = load_vision_encoder(config.clip_model_type, config.seed)
+        dim = _check_dim(config, "dim", self.lm.get_input_embeddings().embedding_dim, f"the LM {config.lm!r}")
+        dim_visual = _check_dim(config, "dim_visual", self.vision_encoder.dim_visual, f"{config.clip_model_type!r}")
+        if config.image_token_id is None or config.eoc_token_id is None:
+            from flamingo_lib.processor import flamingo_tokenizer
+
+            tokenizer = flamingo_tokenizer(config)
+            config.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+            config.eoc_token_id = tokenizer.convert_tokens_to_ids(config.eoc_token)
+        self.image_token_id = config.image_token_id
+
+        # The new parts' initialisation is deterministic from the seed, independent of global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            self.perceiver = PerceiverResampler(
+                dim=dim_visual, depth=config.resampler_depth, dim_head=config.resampler_dim_head,
+                heads=config.resampler_heads, num_latents=config.resampler_num_latents,
+                num_time_embeds=config.resampler_num_time_embeds, ff_mult=config.resampler_ff_mult,
+                act=config.resampler_act,
+            )
+            inject_cross_attention(self.lm, config.xattn_every, lambda: GatedCrossAttentionBlock(
+                dim=dim, dim_visual=dim_visual, dim_head=config.xattn_dim_head, heads=config.xattn_heads,
+                ff_mult=config.xattn_ff_mult, act=config.xattn_act,
+                only_attend_immediate_media=config.only_attend_immediate_media,
+            ))
+            generator = torch.Generator().manual_seed(config.seed + 2)
+            add_token_rows(self.lm, [config.image_token_id, config.eoc_token_id], generator)
+        self.freeze_lm() if config.freeze_language_model else self.unfreeze_lm()
+        self.freeze_vm() if config.freeze_vision_model else self.unfreeze_vm()
+
+    # --------------------------------------------------------------------------- freezing
+    def _new_lm_parts(self) -> Iterator[nn.Parameter]:
+        for layer in flamingo_layers(self.lm):
+            yield from layer.gated_cross_attn.parameters()
+        for module in (self.lm.get_input_embeddings(), self.lm.get_output_embeddings()):
+            if module is not None and hasattr(module, "new_rows"):
+                yield module.new_rows
+
+    def freeze_lm(self) -> None:
+        """Freeze the LM's own weights; cross-attention blocks and new token rows stay trainable."""
+        self.lm.requires_grad_(False)
+        for param in self._new_lm_parts():
+            param.requires_grad_(True)
+
+    def unfreeze_lm(self) -> None:
+        """Train the whole LM (its own weights too)."""
+        self.lm.requires_grad_(True)
+
+    def freeze_vm(self) -> None:
+        """Freeze the vision encoder; it then runs without building a graph."""
+        self.vision_encoder.requires_grad_(False)
+
+    def unfreeze_vm(self) -> None:
+        """Train the vision encoder (it then runs with gradients: PRIOR_ART bug 5)."""
+        self.vision_encoder.requires_grad_(True)
+
+    @property
+    def vision_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.vision_encoder.parameters())
+
+    # ---------------------------------------------------------------------------- visuals
+    def expected_image_size(self) -> int | None:
+        """The square input size the encoder needs, when it is fixed (timm ViTs), else None."""
+        trunk = getattr(self.vision_encoder.tower, "trunk", None)
+        size = getattr(getattr(trunk, "patch_embed", None), "img_size", None)
+        return None if size is None or getattr(trunk, "dynamic_img_size", False) else int(size[0])
+
+    def encode_visuals(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) pixels -> (B, T, P, dim_visual) patch tokens of the vision encoder."""
+        if pixel_values.ndim != 5 or pixel_values.shape[2] != 3:
+            raise ValueError(
+                f"pixel_values must be (batch, images, 3, height, width), got shape {tuple(pixel_values.shape)}"
+            )
+        size = self.expected_image_size()
+        if size is not None and tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"pixel_values are {tuple(pixel_values.shape[-2:])} pixels but the vision encoder takes "
+                f"({size}, {size}); use the FlamingoProcessor of this model"
+            )
+        b, t = pixel_values.shape[:2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.vision_frozen):
+            tokens = self.vision_encoder(pixel_values.flatten(0, 1).to(self.lm.dtype))
+        return tokens.unflatten(0, (b, t))
+
+    def resample(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, dim_visual) patch tokens -> (B, T, num_latents, dim_visual) visual features."""
+        return self.perceiver(patch_tokens)
+
+    def encode_resample_visuals(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) pixels -> (B, T, num_latents, dim_visual) resampled visual features."""
+        return self.resample(self.encode_visuals(pixel_values))
+
+    # ---------------------------------------------------------------------------- forward
+    def condition(self, visual_features: torch.Tensor | None, media_time: torch.Tensor | None,
+                  reuse_media_kv: bool = False) -> None:
+        """Hand the media to every :class:`FlamingoLayer` (None clears them)."""
+        for layer in flamingo_layers(self.lm):
+            same_media = reuse_media_kv and layer.reuse_media_kv and layer.media is visual_features
+            kv = layer.media_kv if same_media else None
+            layer.condition(visual_features, media_time, reuse_media_kv)
+            layer.media_kv = kv  # keep the cached media K/V while the media are the same tensor
+
+    def forward(
+        self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor,
+        reuse_media_kv: bool = False, **lm_kwargs: Any,
+    ) -> Any:
+        """Run the LM conditioned on ``visual_features`` (B, T, n, Dv); ``media_time`` (B, L).
+
+        Returns:
+            the LM's output (logits (B, L, V'), cache, ...).
+        """
+        self.condition(visual_features, media_time, reuse_media_kv)
+        try:
+            return self.lm(input_ids=input_ids, **lm_kwargs)
+        finally:
+            if not reuse_media_kv:
+                self.condition(None, None)  # do not hold on to the media between training steps

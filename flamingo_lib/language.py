@@ -1,0 +1,76 @@
+"""Frozen causal LMs and their tokenizers: hub ids, local directories, or the tiny random BioGPT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from flamingo_lib.config import TINY_RANDOM_LM
+
+SUPPORTED_FAMILIES = ("biogpt", "gpt2", "opt", "llama", "mistral", "qwen2", "qwen3", "smollm3")
+ALLOWED_LM = (
+    f"{TINY_RANDOM_LM!r}, or a hub id / local directory of a causal LM of a supported family "
+    f"({', '.join(SUPPORTED_FAMILIES)})"
+)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer with no merges (every byte one token): needs no training data.
+
+    Ids 0-3 are ``<s>``, ``<pad>``, ``</s>``, ``<unk>`` as in BioGPT's vocabulary.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(specials + alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny_lm(vocab_size: int, seed: int) -> PreTrainedModel:
+    """A 2-layer, 64-wide BioGPT-architecture causal LM, weights deterministic from ``seed``."""
+    from transformers import BioGptConfig, BioGptForCausalLM
+
+    config = BioGptConfig(
+        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=512, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BioGptForCausalLM(config).eval()
+
+
+def load_tokenizer(lm: str) -> PreTrainedTokenizerBase:
+    """The LM's own tokenizer (before the Flamingo tokens are added)."""
+    if lm == TINY_RANDOM_LM:
+        return build_tiny_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(lm)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the tokenizer of lm={lm!r} ({error}); allowed: {ALLOWED_LM}") from error
+
+
+def load_language_model(lm: str, seed: int = 0) -> PreTrainedModel:
+    """Load the frozen causal LM named by ``lm`` in eval mode.
+
+    Raises:
+        ValueError: ``lm`` cannot be loaded or is not of a supported family.
+    """
+    if lm == TINY_RANDOM_LM:
+        return build_tiny_lm(len(build_tiny_tokenizer()), seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(lm)
+    except (OSError, ValueError) as error:
+        hint = " (set HF_HUB_OFFLINE=0 or pre-download it)" if not Path(lm).exists() else ""
+        raise ValueError(f"cannot load lm={lm!r}{hint}: {error}; allowed: {ALLOWED_LM}") from error
+    if model.config.model_type not in SUPPORTED_FAMILIES:
+        raise ValueError(f"lm={lm!r} is a {model.config.model_type!r} model; allowed: {ALLOWED_LM}")
+    return model.eval()

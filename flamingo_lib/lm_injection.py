@@ -1,0 +1,106 @@
+"""Inject gated cross-attention into a frozen Hugging Face causal LM without editing its source.
+
+Each chosen decoder layer is replaced in its ``nn.ModuleList`` by a :class:`FlamingoLayer` that
+runs the gated cross-attention block on the hidden states and then the original layer, passing
+every other argument through untouched (transformers 5 layers return a plain tensor; whatever
+the wrapped layer returns is returned). Layers are found by walking the module tree whenever
+they are needed, never kept in a Python list (under DDP a list pointed at another replica:
+PRIOR_ART bug 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from flamingo_lib.cross_attention import GatedCrossAttentionBlock, MediaKV
+
+
+class FlamingoLayer(nn.Module):
+    """A decoder layer with a gated cross-attention block in front of it.
+
+    The media are set by :meth:`condition` before the LM runs and cleared after it.
+    """
+
+    def __init__(self, gated_cross_attn: GatedCrossAttentionBlock, decoder_layer: nn.Module) -> None:
+        super().__init__()
+        self.gated_cross_attn = gated_cross_attn
+        self.decoder_layer = decoder_layer
+        self.media: torch.Tensor | None = None
+        self.media_time: torch.Tensor | None = None
+        self.reuse_media_kv = False
+        self.media_kv: MediaKV | None = None
+
+    def condition(self, media: torch.Tensor | None, media_time: torch.Tensor | None, reuse_media_kv: bool = False) -> None:
+        """Set the media (B, T, n, Dv) and per-token image counts (B, L) for the next forward.
+
+        With ``reuse_media_kv`` the media keys/values are computed once and kept until the
+        next :meth:`condition` call (one ``generate`` call).
+        """
+        self.media, self.media_time = media, media_time
+        self.reuse_media_kv = reuse_media_kv
+        self.media_kv = None
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``hidden_states`` (B, L, D) plus whatever the wrapped layer takes."""
+        if self.media is not None:
+            if self.media_time is None or self.media_time.shape != hidden_states.shape[:2]:
+                got = None if self.media_time is None else tuple(self.media_time.shape)
+                raise ValueError(f"media_time has shape {got}, expected {tuple(hidden_states.shape[:2])}")
+            kv = self.media_kv
+            if kv is None and self.reuse_media_kv:
+                kv = self.media_kv = self.gated_cross_attn.attn.media_kv(self.media)
+            hidden_states = self.gated_cross_attn(hidden_states, self.media, self.media_time, kv)
+        return self.decoder_layer(hidden_states, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Some LMs read attributes of their layers (e.g. `attention_type`): delegate them.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.decoder_layer, name)
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of decoder layers of an HF causal LM (BioGPT ``biogpt.layers``,
+    GPT-2 ``transformer.h``, OPT ``model.decoder.layers``, Llama-family ``model.layers``)."""
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    for holder in (decoder, lm):
+        for name in ("layers", "h", "blocks"):
+            layers = getattr(holder, name, None)
+            if isinstance(layers, nn.ModuleList):
+                return layers
+    raise ValueError(
+        f"cannot find the decoder layers of {type(lm).__name__}; supported: BioGPT, GPT-2, OPT and "
+        "Llama-family causal LMs (a decoder with a `layers` or `h` ModuleList)"
+    )
+
+
+def inject_cross_attention(lm: nn.Module, every: int, make_block: Any) -> int:
+    """Wrap every ``every``-th decoder layer (indices every-1, 2*every-1, ...) of ``lm``.
+
+    Args:
+        lm: the causal LM, modified in place.
+        every: insertion period.
+        make_block: callable returning a fresh :class:`GatedCrossAttentionBlock`.
+
+    Returns:
+        the number of layers wrapped.
+    """
+    layers = decoder_layers(lm)
+    wrapped = 0
+    for index, layer in enumerate(layers):
+        if (index + 1) % every == 0 and not isinstance(layer, FlamingoLayer):
+            layers[index] = FlamingoLayer(make_block(), layer)
+            wrapped += 1
+    if wrapped == 0:
+        raise ValueError(f"xattn_every={every} exceeds the LM's {len(layers)} layers: no cross-attention inserted")
+    return wrapped
+
+
+def flamingo_layers(module: nn.Module) -> Iterator[FlamingoLayer]:
+    """All :class:`FlamingoLayer` s under ``module``, looked up in the module tree each time."""
+    return (m for m in module.modules() if isinstance(m, FlamingoLayer))

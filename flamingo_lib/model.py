@@ -1,0 +1,309 @@
+"""`FlamingoModel`: the Hugging Face face of :class:`~flamingo_lib.flamingo.Flamingo`.
+
+forward / loss, generate (visual features computed once per call, media keys/values cached per
+layer), save_pretrained / from_pretrained of the trainable weights only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from flamingo_lib.config import FlamingoConfig
+from flamingo_lib.flamingo import Flamingo
+
+WEIGHTS_FILE = "model.safetensors"
+LOSS_REDUCTIONS = ("mean", "sum", "none")
+
+
+class FlamingoModel(PreTrainedModel, GenerationMixin):
+    """A frozen causal LM that reads chest X-rays through gated cross-attention.
+
+    ``forward`` takes exactly one of ``pixel_values`` (B, T, 3, H, W), ``image_embeddings``
+    (B, T, P, dim_visual: cached patch tokens) or ``visual_features`` (B, T, n, dim_visual:
+    already resampled).
+    """
+
+    config_class = FlamingoConfig
+    base_model_prefix = "flamingo"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: FlamingoConfig) -> None:
+        super().__init__(config)
+        self.flamingo = Flamingo(config)
+        lm_config = self.flamingo.lm.config
+        eos = [config.eoc_token_id] + ([lm_config.eos_token_id] if lm_config.eos_token_id is not None else [])
+        pad = lm_config.pad_token_id if lm_config.pad_token_id is not None else lm_config.eos_token_id
+        self.generation_config = GenerationConfig(
+            bos_token_id=lm_config.bos_token_id, eos_token_id=eos, pad_token_id=pad, max_new_tokens=60
+        )
+        self._generating = False
+        self.post_init()
+
+    def init_weights(self) -> None:
+        """Nothing to do, on purpose: frozen parts arrive loaded from their source and the new parts
+        are initialised from ``config.seed`` at construction. ``PreTrainedModel``'s default would
+        re-initialise from the global RNG whatever it does not recognise as loaded (the open_clip
+        tower included), making the model neither pretrained nor reproducible."""
+
+    # ------------------------------------------------------------------ parts and freezing
+    def freeze_lm(self) -> None:
+        """See :meth:`Flamingo.freeze_lm`."""
+        self.flamingo.freeze_lm()
+
+    def unfreeze_lm(self) -> None:
+        """See :meth:`Flamingo.unfreeze_lm`."""
+        self.flamingo.unfreeze_lm()
+
+    def freeze_vm(self) -> None:
+        """See :meth:`Flamingo.freeze_vm`."""
+        self.flamingo.freeze_vm()
+
+    def unfreeze_vm(self) -> None:
+        """See :meth:`Flamingo.unfreeze_vm`."""
+        self.flamingo.unfreeze_vm()
+
+    def parameters_trainable(self) -> Iterator[nn.Parameter]:
+        """The parameters that train (each once, shared ones included once)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def state_dict_trainable(self) -> dict[str, torch.Tensor]:
+        """Name -> tensor of the trainable parameters only (what a checkpoint holds)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.flamingo.lm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.flamingo.lm.get_output_embeddings()
+
+    # ----------------------------------------------------------------------------- forward
+    def resolve_visual_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Exactly one of the three visual inputs -> resampled features (B, T, n, dim_visual)."""
+        given = [n for n, v in (("pixel_values", pixel_values), ("image_embeddings", image_embeddings),
+                                ("visual_features", visual_features)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "pass exactly one of pixel_values, image_embeddings or visual_features; got "
+                + (", ".join(given) if given else "none")
+            )
+        if pixel_values is not None:
+            return self.flamingo.encode_resample_visuals(pixel_values)
+        if image_embeddings is not None:
+            if image_embeddings.ndim != 4 or image_embeddings.shape[-1] != self.config.dim_visual:
+                raise ValueError(f"image_embeddings must be (batch, images, tokens, {self.config.dim_visual}), "
+                                 f"got {tuple(image_embeddings.shape)}")
+            return self.flamingo.resample(image_embeddings)
+        if visual_features.ndim != 4 or visual_features.shape[-1] != self.config.dim_visual:
+            raise ValueError(f"visual_features must be (batch, images, latents, {self.config.dim_visual}), "
+                             f"got {tuple(visual_features.shape)}")
+        return visual_features
+
+    def _media_time(self, input_ids: torch.Tensor, media_locations: torch.Tensor | None, num_media: int) -> torch.Tensor:
+        """(B, L) images at or before each position, checked against the number of images."""
+        if media_locations is None:
+            media_locations = input_ids == self.config.image_token_id
+        elif media_locations.shape != input_ids.shape:
+            raise ValueError(f"media_locations has shape {tuple(media_locations.shape)}, "
+                             f"expected that of input_ids {tuple(input_ids.shape)}")
+        most = int(media_locations.sum(-1).max()) if media_locations.numel() else 0
+        if most > num_media:
+            raise ValueError(f"a sample has {most} {self.config.image_token} tokens but only "
+                             f"{num_media} image(s) were given")
+        if most < num_media:
+            raise ValueError(f"{num_media} image(s) per sample were given but no sample has more than "
+                             f"{most} {self.config.image_token} token(s): every image needs its token")
+        return media_locations.long().cumsum(-1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        media_locations: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
+        cache: Any = None,
+        use_cache: bool | None = None,
+        position_ids: torch.Tensor | None = None,
+        media_time: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """
+        Args:
+            input_ids, attention_mask: (B, L).
+            media_locations: bool (B, L), True at ``<image>``; derived from ``input_ids`` if None.
+            pixel_values / image_embeddings / visual_features: exactly one (see class doc).
+            labels: (B, L), -100 where no loss is taken (see ``FlamingoProcessor.build_labels``).
+            loss_reduction: 'mean' over all label tokens, 'sum', or 'none': per-sample mean (B,).
+            cache, use_cache, position_ids: passed to the LM.
+            media_time: (B, L) images at or before each position, for inputs that are only the
+                tail of a sequence (cached decoding); defaults to ``media_locations.cumsum(-1)``.
+
+        Returns:
+            ``CausalLMOutputWithPast`` with loss, logits (B, L, V'), cache.
+        """
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={loss_reduction!r}; allowed: {', '.join(LOSS_REDUCTIONS)}")
+        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
+        if features.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{features.shape[0]} samples of images for {input_ids.shape[0]} texts")
+        if media_time is None:
+            media_time = self._media_time(input_ids, media_locations, features.shape[1])
+        out = self.flamingo(
+            input_ids, features, media_time, reuse_media_kv=self._generating, attention_mask=attention_mask,
+            cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
+        )
+        loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=getattr(out, "cache", None))
+
+    # -------------------------------------------------------------------------- generation
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+        """Adds ``media_time`` for the positions being fed, counted over the *whole* sequence so
+        far: correct with the KV cache on (only new tokens fed) or off (PRIOR_ART bug 7)."""
+        kwargs.pop("media_locations", None)
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        fed = inputs["input_ids"].shape[1]
+        inputs["media_time"] = (input_ids == self.config.image_token_id).long().cumsum(-1)[:, -fed:]
+        return inputs
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        media_locations: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``transformers`` generation (greedy, sampling, beam search) conditioned on images.
+
+        The visual features are computed once per call and each cross-attention layer's media
+        keys/values once per call, then reused at every step, KV cache on or off.
+
+        Returns:
+            token ids (B * num_return_sequences, L + new) as ``GenerationMixin.generate``.
+        """
+        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
+        self._media_time(input_ids, media_locations, features.shape[1])  # validate the prompt
+        if kwargs.get("use_cache", True) and kwargs.get("cache") is None:
+            kwargs["cache"] = DynamicCache(config=self.flamingo.lm.config)
+        self._generating = True
+        try:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    visual_features=features, **kwargs)
+        finally:
+            self._generating = False
+            self.flamingo.condition(None, None)
+
+    @torch.no_grad()
+    def generate_captions(
+        self,
+        processor: Any,
+        images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
+        prompt: str | None = None,
+        max_length: int = 60,
+        num_beams: int = 1,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Reports for images: one string per sample, tags removed.
+
+        Args:
+            processor: this model's :class:`~flamingo_lib.FlamingoProcessor`.
+            images: one image per sample, or a list of images per sample (one ``<image>`` each
+                in ``prompt``).
+            prompt: defaults to the processor's training prompt (the same text it trained on).
+            max_length: new tokens at most.
+            num_beams: 1 = greedy.
+        """
+        prompt = processor.prompt if prompt is None else prompt
+        per_sample = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
+        batch = processor([prompt] * len(per_sample), per_sample, padding_side="left")
+        device = next(self.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = self.generate(**batch, max_new_tokens=max_length, num_beams=num_beams, **kwargs)
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        return [processor.remove_tags(t.split(self.config.eoc_token)[0]) for t in texts]
+
+    # ---------------------------------------------------------------------------- save/load
+    def save_pretrained(self, save_directory: str | os.PathLike, processor: Any = None, **_: Any) -> None:
+        """Write config.json, the processor files and the trainable weights (safetensors).
+
+        Frozen parts are not saved: they are rebuilt from their source (``config.lm``,
+        ``config.clip_model_type``, or the tiny-random seed) on load. Written atomically.
+        """
+        from flamingo_lib.processor import FlamingoProcessor
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        (processor or FlamingoProcessor(self.config)).save_pretrained(directory)
+        tensors = {k: v.contiguous().cpu() for k, v in self.state_dict_trainable().items()}
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"format": "pt", "content": "flamingo trainable weights"})
+            os.replace(tmp, directory / WEIGHTS_FILE)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **overrides: Any) -> "FlamingoModel":
+        """Rebuild the model from its config and load the trainable weights saved beside it.
+
+        Raises:
+            ValueError: the checkpoint lacks trainable weights or holds unexpected ones.
+        """
+        directory = Path(pretrained_model_name_or_path)
+        config = FlamingoConfig.from_pretrained(directory, **overrides)
+        model = cls(config)
+        weights = load_file(directory / WEIGHTS_FILE)
+        trainable = set(model.state_dict_trainable())
+        missing, unexpected = sorted(trainable - set(weights)), sorted(set(weights) - trainable)
+        if missing or unexpected:
+            raise ValueError(f"{directory / WEIGHTS_FILE}: missing trainable weights {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        return model.eval()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy; -100 labels ignored.
+
+    Args:
+        logits: (B, L, V); labels: (B, L).
+        reduction: 'mean' over label tokens, 'sum', or 'none': per-sample mean (B,).
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L-1)
+    valid = (labels != -100).float()
+    if reduction == "sum":
+        return per_token.sum()
+    if reduction == "none":
+        return per_token.sum(-1) / valid.sum(-1).clamp(min=1)
+    return per_token.sum() / valid.sum().clamp(min=1)

@@ -1,0 +1,200 @@
+"""FlamingoModel behaviour on the tiny-random preset: equivalence with the frozen LM, gating,
+media masking through the whole LM, the three visual input paths, and generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import open_gates, xray_like
+from flamingo_lib import FlamingoConfig, FlamingoModel
+from flamingo_lib.language import build_tiny_lm
+from flamingo_lib.lm_injection import flamingo_layers
+
+TEXT = "Lungs are clear.<image>Heart size is normal.<EOC>"
+
+
+def bare_lm_logits(model: FlamingoModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the unwrapped LM (rebuilt from the same seed) on the same token embeddings."""
+    bare = build_tiny_lm(model.flamingo.lm.config.vocab_size, model.config.seed)
+    embeds = model.get_input_embeddings()(input_ids)  # the new <image> row included
+    with torch.no_grad():
+        return bare(inputs_embeds=embeds).logits
+
+
+def test_logits_at_init_equal_the_bare_lm_whatever_the_image(tiny):
+    model, processor = tiny
+    expected = None
+    for seed in (0, 1):
+        batch = processor([TEXT], [[xray_like(seed)]])
+        with torch.no_grad():
+            logits = model(**batch).logits
+        expected = bare_lm_logits(model, batch["input_ids"]) if expected is None else expected
+        vocab = expected.shape[-1]
+        torch.testing.assert_close(logits[..., :vocab], expected, atol=1e-5, rtol=0)
+
+
+def test_all_gates_start_at_zero(tiny):
+    model, _ = tiny
+    gates = [p for n, p in model.named_parameters() if n.endswith(("attn_gate", "ff_gate"))]
+    assert len(gates) == 2 * model.config.resampler_depth  # one block per LM layer (xattn_every=1, 2 layers)
+    assert all(g.item() == 0.0 for g in gates)
+
+
+def test_changing_the_image_changes_logits_after_it_only(tiny_open):
+    model, processor = tiny_open
+    a = processor([TEXT], [[xray_like(0)]])
+    b = processor([TEXT], [[xray_like(1)]])
+    with torch.no_grad():
+        la, lb = model(**a).logits, model(**b).logits
+    position = int(a["media_locations"][0].nonzero()[0])
+    assert torch.equal(la[:, :position], lb[:, :position])
+    assert (la[:, position:] - lb[:, position:]).abs().max() > 1e-5  # float noise is ~1e-7
+    # and the text before the image is exactly what the frozen LM computes
+    expected = bare_lm_logits(model, a["input_ids"])
+    torch.testing.assert_close(la[:, :position, : expected.shape[-1]], expected[:, :position], atol=1e-5, rtol=0)
+
+
+def cross_attention_mass_on_first_image(model, processor, only_immediate: bool) -> torch.Tensor:
+    text = "<image>Frontal view.<image>Lateral view shows no effusion."
+    batch = processor([text], [[xray_like(0), xray_like(1)]])
+    layers = list(flamingo_layers(model))
+    for layer in layers:
+        layer.gated_cross_attn.attn.only_attend_immediate_media = only_immediate
+        layer.gated_cross_attn.attn.keep_attention = True
+    try:
+        with torch.no_grad():
+            model(**batch)
+        second = int(batch["media_locations"][0].nonzero()[1])
+        n = model.config.resampler_num_latents
+        return torch.stack([l.gated_cross_attn.attn.last_attention[:, :, second:, :n].sum() for l in layers])
+    finally:
+        for layer in layers:
+            layer.gated_cross_attn.attn.only_attend_immediate_media = True
+            layer.gated_cross_attn.attn.keep_attention = False
+
+
+def test_after_second_image_first_image_gets_no_attention_only_when_immediate(tiny_open):
+    model, processor = tiny_open
+    assert torch.all(cross_attention_mass_on_first_image(model, processor, True) == 0)
+    assert torch.all(cross_attention_mass_on_first_image(model, processor, False) > 0)
+
+
+def test_visual_features_and_image_embeddings_paths_equal_pixel_path(tiny_open):
+    model, processor = tiny_open
+    batch = processor([TEXT, "<image>Small nodule <5 mm.<EOC>"], [[xray_like(0)], [xray_like(2)]])
+    pixels = batch.pop("pixel_values")
+    with torch.no_grad():
+        from_pixels = model(**batch, pixel_values=pixels).logits
+        patches = model.flamingo.encode_visuals(pixels)
+        from_patches = model(**batch, image_embeddings=patches).logits
+        from_features = model(**batch, visual_features=model.flamingo.encode_resample_visuals(pixels)).logits
+    assert torch.equal(from_pixels, from_features)
+    assert torch.equal(from_pixels, from_patches)
+
+
+def greedy(model, batch, **kwargs):
+    return model.generate(**batch, max_new_tokens=8, do_sample=False, **kwargs)
+
+
+def test_kv_cache_on_and_off_give_identical_greedy_tokens(tiny_open):
+    model, processor = tiny_open
+    batch = processor(["<image>Findings:", "<image>Findings: the"], [[xray_like(0)], [xray_like(3)]], padding_side="left")
+    with_cache = greedy(model, batch, use_cache=True)
+    without_cache = greedy(model, batch, use_cache=False)
+    assert with_cache.shape[1] > batch["input_ids"].shape[1]
+    assert torch.equal(with_cache, without_cache)
+
+
+def test_generation_depends_on_the_image_and_pixels_equal_features(tiny_open):
+    model, processor = tiny_open
+    batch = processor(["<image>Findings:"] * 2, [[xray_like(0)], [xray_like(5)]], padding_side="left")
+    out = greedy(model, batch)
+    features = model.flamingo.encode_resample_visuals(batch["pixel_values"])
+    out_features = greedy(model, {**{k: v for k, v in batch.items() if k != "pixel_values"}, "visual_features": features})
+    assert torch.equal(out, out_features)
+    # two different images, same prompt: the open gates make the next-token scores differ
+    scores = model.generate(**batch, max_new_tokens=2, output_scores=True, return_dict_in_generate=True).scores
+    assert (scores[0][0] - scores[0][1]).abs().max() > 1e-4
+
+
+def test_left_padded_batch_generates_what_each_sample_generates_alone(tiny_open):
+    model, processor = tiny_open
+    prompts, imgs = ["<image>Findings:", "Frontal chest.<image>Findings: heart"], [[xray_like(0)], [xray_like(1)]]
+    batch = processor(prompts, imgs, padding_side="left")
+    together = greedy(model, batch)[:, batch["input_ids"].shape[1]:]
+    for i in range(2):
+        alone = processor([prompts[i]], [imgs[i]], padding_side="left")
+        single = greedy(model, alone)[:, alone["input_ids"].shape[1]:]
+        n = single.shape[1]
+        assert torch.equal(together[i, :n], single[0])
+
+
+def test_media_keys_values_computed_once_per_generate_call(tiny_open):
+    model, processor = tiny_open
+    calls = []
+    hooks = [l.gated_cross_attn.attn.to_kv.register_forward_hook(lambda *a: calls.append(1))
+             for l in flamingo_layers(model)]
+    try:
+        batch = processor(["<image>Findings:"], [[xray_like(0)]])
+        greedy(model, batch, use_cache=True)
+        assert len(calls) == len(hooks)
+        calls.clear()
+        greedy(model, batch, use_cache=False)
+        assert len(calls) == len(hooks)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert all(l.media is None and l.media_kv is None for l in flamingo_layers(model))
+
+
+def test_beam_search_runs_and_matches_with_and_without_cache(tiny_open):
+    model, processor = tiny_open
+    batch = processor(["<image>Findings:"] * 2, [[xray_like(0)], [xray_like(1)]], padding_side="left")
+    beams = greedy(model, batch, num_beams=3, num_return_sequences=2)
+    assert beams.shape[0] == 4
+    assert torch.equal(beams, greedy(model, batch, num_beams=3, num_return_sequences=2, use_cache=False))
+
+
+def test_generate_captions_returns_one_clean_string_per_image(tiny_open):
+    model, processor = tiny_open
+    texts = model.generate_captions(processor, images=[xray_like(0), xray_like(1)], max_length=6, num_beams=2)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert not any("<image>" in t or "<EOC>" in t for t in texts)
+
+
+def test_loss_ignores_padding_and_reductions_agree(tiny_open):
+    model, processor = tiny_open
+    reports = ["Heart size is normal.", "There is a small left pleural effusion with basal atelectasis."]
+    imgs = [[xray_like(0)], [xray_like(1)]]
+    batch = processor.training_batch(reports, imgs)
+    with torch.no_grad():
+        per_sample = model(**batch, loss_reduction="none").loss
+        mean = model(**batch).loss
+        total = model(**batch, loss_reduction="sum").loss
+        alone = model(**processor.training_batch(reports[:1], imgs[:1]), loss_reduction="none").loss
+    assert per_sample.shape == (2,)
+    torch.testing.assert_close(per_sample[0], alone[0], atol=1e-5, rtol=1e-5)  # padding adds nothing
+    n_tokens = (batch["labels"][:, 1:] != -100).sum()
+    torch.testing.assert_close(mean, total / n_tokens)
+
+
+def test_freeze_vision_model_false_really_trains_the_encoder():
+    model = FlamingoModel(FlamingoConfig.from_preset("tiny-random", freeze_vision_model=False))
+    from flamingo_lib import FlamingoProcessor
+
+    processor = FlamingoProcessor(model.config)
+    open_gates(model)  # with closed gates no gradient reaches the images at all
+    batch = processor.training_batch(["Heart size is normal."], [[xray_like(0)]])
+    model(**batch).loss.backward()
+    trunk = model.flamingo.vision_encoder.tower.trunk
+    grads = [p.grad for p in [*trunk.patch_embed.parameters(), *trunk.blocks.parameters()]]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    model.freeze_vm()
+    assert not any(p.requires_grad for p in model.flamingo.vision_encoder.parameters())
+
+
+def test_loss_reduction_must_be_known(tiny):
+    model, processor = tiny
+    with pytest.raises(ValueError, match="loss_reduction='avg'; allowed: mean, sum, none"):
+        model(**processor.training_batch(["x"], [[xray_like(0)]]), loss_reduction="avg")
