@@ -49,6 +49,10 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
             bos_token_id=lm_config.bos_token_id, eos_token_id=eos, pad_token_id=pad, max_new_tokens=60
         )
         self._generating = False
+        # Compute each cross-attention layer's media keys/values once per `generate` call (the
+        # media do not change between steps). False recomputes them at every step, as
+        # open_flamingo does: kept switchable for benchmarks and debugging.
+        self.cache_media_kv = True
         self.post_init()
 
     def init_weights(self) -> None:
@@ -169,7 +173,8 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
         if media_time is None:
             media_time = self._media_time(input_ids, media_locations, features.shape[1])
         out = self.flamingo(
-            input_ids, features, media_time, reuse_media_kv=self._generating, attention_mask=attention_mask,
+            input_ids, features, media_time, reuse_media_kv=self._generating and self.cache_media_kv,
+            attention_mask=attention_mask,
             cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
         )
         loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)

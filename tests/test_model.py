@@ -198,3 +198,22 @@ def test_loss_reduction_must_be_known(tiny):
     model, processor = tiny
     with pytest.raises(ValueError, match="loss_reduction='avg'; allowed: mean, sum, none"):
         model(**processor.training_batch(["x"], [[xray_like(0)]]), loss_reduction="avg")
+
+
+def test_switching_off_media_kv_caching_recomputes_per_step_with_identical_tokens(tiny_open):
+    model, processor = tiny_open
+    batch = processor(["<image>Findings:"], [[xray_like(0)]])
+    calls = []
+    hooks = [l.gated_cross_attn.attn.to_kv.register_forward_hook(lambda *a: calls.append(1))
+             for l in flamingo_layers(model)]
+    try:
+        cached = greedy(model, batch)
+        calls.clear()
+        model.cache_media_kv = False
+        uncached = greedy(model, batch)
+    finally:
+        model.cache_media_kv = True
+        for h in hooks:
+            h.remove()
+    assert torch.equal(cached, uncached)
+    assert len(calls) == len(hooks) * (uncached.shape[1] - batch["input_ids"].shape[1])  # once per step
