@@ -1,0 +1,143 @@
+"""Feature cache: equivalence with pixels, zero encoder calls from cache, resume after a kill,
+corrupt and stale shards, refusal when the encoder trains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from conftest import open_gates, xray_like
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.features import FeatureCache, image_hash
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    config = FlamingoConfig.from_preset("tiny-random")
+    model = FlamingoModel(config).eval()
+    open_gates(model)
+    return model, FlamingoProcessor(config)
+
+
+def test_cached_features_give_the_logits_of_pixels(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    cache = FeatureCache(tmp_path, model, processor)
+    imgs = [[xray_like(0), xray_like(1)], [xray_like(2)]]
+    stats = cache.build([im for sample in imgs for im in sample], batch_size=2, progress=False)
+    assert (stats.computed, stats.reused) == (3, 0)
+    batch = processor(["<image><image>Two views.", "<image>One view."], imgs)
+    with torch.no_grad():
+        from_pixels = model(**batch).logits
+        pixels = batch.pop("pixel_values")
+        from_cache = model(**batch, image_embeddings=cache.stack(imgs)).logits
+        exact = model.flamingo.encode_visuals(pixels)
+    stored = cache.get(imgs[0][1])
+    assert stored.shape == exact.shape[2:]
+    torch.testing.assert_close(stored, exact[0, 1], atol=2e-3, rtol=2e-3)  # fp16 storage
+    torch.testing.assert_close(from_cache, from_pixels, atol=2e-3, rtol=2e-3)
+
+
+def test_an_epoch_from_the_cache_makes_zero_encoder_calls(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    cache = FeatureCache(tmp_path, model, processor)
+    images = [xray_like(i) for i in range(4)]
+    cache.build(images, progress=False)
+    calls = []
+    hook = model.flamingo.vision_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for image in images:  # one "epoch" of training steps from cached features
+            batch = processor.training_batch(["Heart size is normal."], [[image]])
+            batch.pop("pixel_values")
+            model(**batch, image_embeddings=cache.stack([[image]])).loss.backward()
+        again = cache.build(images, progress=False)
+    finally:
+        hook.remove()
+    assert calls == [] and again.computed == 0 and again.reused == 4
+
+
+def test_duplicate_images_are_computed_once(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    cache = FeatureCache(tmp_path, model, processor)
+    stats = cache.build([xray_like(0), xray_like(0), xray_like(1)], progress=False)
+    assert (stats.computed, stats.reused, len(cache)) == (2, 1, 2)
+
+
+KILLED_BUILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from conftest import xray_like
+    from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+    from flamingo_lib.features import FeatureCache
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
+    def slow_images():
+        for i in range(12):
+            if i >= 4:
+                time.sleep(0.5)  # leave time to be killed after the first shard
+            yield xray_like(i)
+    FeatureCache({root!r}, model, processor).build(slow_images(), batch_size=2, shard_size=4, progress=False)
+""")
+
+
+def test_caching_killed_midway_resumes_to_the_uninterrupted_result(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    script = KILLED_BUILD.format(tests=os.path.dirname(__file__), root=str(killed_root))
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(killed_root.glob("*/shard-*.safetensors")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = list(killed_root.glob("*/shard-*.safetensors"))
+    assert done_before, "the build never wrote a shard before being killed"
+
+    images = [xray_like(i) for i in range(12)]
+    resumed = FeatureCache(killed_root, model, processor)
+    already = len(resumed)
+    assert 4 <= already < 12
+    stats = resumed.build(images, batch_size=2, shard_size=4, progress=False)
+    assert stats.computed == 12 - already and stats.reused == already
+    clean = FeatureCache(clean_root, model, processor)
+    clean.build(images, batch_size=2, shard_size=4, progress=False)
+    for image in images:
+        assert torch.equal(resumed.get(image), clean.get(image))
+    assert not list(killed_root.glob("*/*.tmp"))
+
+
+def test_corrupt_shard_is_detected_and_recomputed(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    images = [xray_like(i) for i in range(6)]
+    cache = FeatureCache(tmp_path, model, processor)
+    cache.build(images, shard_size=3, progress=False)
+    expected = cache.get(images[0])
+    shard = cache._index[image_hash(images[0])]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated on disk
+    reopened = FeatureCache(tmp_path, model, processor)
+    assert len(reopened) == 3 and images[0] not in reopened
+    stats = reopened.build(images, shard_size=3, progress=False)
+    assert (stats.computed, stats.reused) == (3, 3)
+    assert torch.equal(reopened.get(images[0]), expected)
+
+
+def test_another_encoder_never_reads_these_features(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    FeatureCache(tmp_path, model, processor).build([xray_like(0)], progress=False)
+    other_config = FlamingoConfig.from_preset("tiny-random", seed=7)
+    other = FeatureCache(tmp_path, FlamingoModel(other_config), FlamingoProcessor(other_config))
+    assert len(other) == 0 and other.fingerprint != FeatureCache(tmp_path, model, processor).fingerprint
+    with pytest.raises(KeyError, match="not in the feature cache"):
+        other.get(xray_like(0))
+
+
+def test_cache_refused_when_the_vision_encoder_trains(tmp_path):
+    config = FlamingoConfig.from_preset("tiny-random", freeze_vision_model=False)
+    with pytest.raises(ValueError, match="features would go stale"):
+        FeatureCache(tmp_path, FlamingoModel(config), FlamingoProcessor(config))
