@@ -61,6 +61,20 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
         re-initialise from the global RNG whatever it does not recognise as loaded (the open_clip
         tower included), making the model neither pretrained nor reproducible."""
 
+    def train(self, mode: bool = True) -> "FlamingoModel":
+        """Train mode for the parts that train; frozen parts stay in eval mode (no dropout), as a
+        frozen feature extractor should, which also makes training reproducible step for step."""
+        super().train(mode)
+        if mode:
+            if not any(p.requires_grad for n, p in self.flamingo.lm.named_parameters()
+                       if "gated_cross_attn" not in n and "new_rows" not in n):
+                self.flamingo.lm.eval()
+                for block in (m for m in self.flamingo.lm.modules() if hasattr(m, "gated_cross_attn")):
+                    block.gated_cross_attn.train()
+            if self.flamingo.vision_frozen:
+                self.flamingo.vision_encoder.eval()
+        return self
+
     # ------------------------------------------------------------------ parts and freezing
     def freeze_lm(self) -> None:
         """See :meth:`Flamingo.freeze_lm`."""
@@ -237,13 +251,13 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
             processor: this model's :class:`~flamingo_lib.FlamingoProcessor`.
             images: one image per sample, or a list of images per sample (one ``<image>`` each
                 in ``prompt``).
-            prompt: defaults to the processor's training prompt (the same text it trained on).
+            prompt: defaults to ``processor.study_prompt(views)``: the text it trained on.
             max_length: new tokens at most.
             num_beams: 1 = greedy.
         """
-        prompt = processor.prompt if prompt is None else prompt
         per_sample = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
-        batch = processor([prompt] * len(per_sample), per_sample, padding_side="left")
+        prompts = [processor.study_prompt(len(v)) if prompt is None else prompt for v in per_sample]
+        batch = processor(prompts, per_sample, padding_side="left")
         device = next(self.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         out = self.generate(**batch, max_new_tokens=max_length, num_beams=num_beams, **kwargs)

@@ -15,11 +15,10 @@ from tokenizers import AddedToken
 
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.language import load_tokenizer
+from flamingo_lib.prompts import REPORT_PROMPT, study_prompt
 from flamingo_lib.vision import ImagePreprocessConfig, preprocess_config
 
 PREPROCESSOR_FILE = "flamingo_processor.json"
-# The one prompt shared by training and generation (PRIOR_ART bug 6: they differed).
-DEFAULT_PROMPT = "<image>Findings:"
 IGNORE_INDEX = -100
 
 
@@ -65,7 +64,8 @@ class FlamingoProcessor:
         config: the model's config; ``image_token_id`` / ``eoc_token_id`` are filled in.
         tokenizer: a tokenizer that already has the Flamingo tokens (when reloading).
         image_config: the encoder's preprocessing (read from the encoder's config when omitted).
-        prompt: the report prompt shared by training and generation.
+        prompt: the report prompt after the image tokens, shared by training and generation
+            (see :mod:`flamingo_lib.prompts`).
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class FlamingoProcessor:
         config: FlamingoConfig,
         tokenizer: Any = None,
         image_config: ImagePreprocessConfig | None = None,
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str = REPORT_PROMPT,
     ) -> None:
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -116,10 +116,13 @@ class FlamingoProcessor:
             text = text.replace(tag, " ")
         return re.sub(r"\s+", " ", text).strip()
 
-    def prepare_caption(self, caption: str, prompt: str | None = None) -> str:
-        """The training text for one report: ``prompt + " " + report + <EOC>``."""
-        prompt = self.prompt if prompt is None else prompt
-        return f"{prompt} {caption.strip()}{self.config.eoc_token}"
+    def study_prompt(self, num_views: int = 1) -> str:
+        """``<image>`` per view, then the report prompt: what training and generation both use."""
+        return study_prompt(num_views, self.prompt, self.config.image_token)
+
+    def prepare_caption(self, caption: str, num_views: int = 1) -> str:
+        """The full training text of one study: ``study_prompt + " " + report + <EOC>``."""
+        return f"{self.study_prompt(num_views)} {caption.strip()}{self.config.eoc_token}"
 
     # --------------------------------------------------------------------------------- images
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -168,13 +171,20 @@ class FlamingoProcessor:
         """Inputs and labels for teacher forcing: ``prompt`` then ``report<EOC>`` per sample.
 
         Prompt and report are tokenized apart and concatenated, so the prompt boundary is
-        exact; labels are -100 on padding, on ``<image>`` tokens and on the prompt.
+        exact; labels are -100 on padding, on ``<image>`` tokens and on the prompt. The prompt
+        defaults to :meth:`study_prompt` for each sample's number of views; pass few-shot
+        prompts (:func:`flamingo_lib.prompts.few_shot_prompt`) to train in context.
 
         Returns:
             what :meth:`__call__` returns, plus labels (B, L).
         """
-        if isinstance(prompts, str) or prompts is None:
-            prompts = [self.prompt if prompts is None else prompts] * len(reports)
+        images = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
+        if prompts is None:
+            prompts = [self.study_prompt(len(views)) for views in images]
+        elif isinstance(prompts, str):
+            prompts = [prompts] * len(reports)
+        if not (len(prompts) == len(reports) == len(images)):
+            raise ValueError(f"got {len(reports)} reports, {len(images)} image lists and {len(prompts)} prompts")
         ids, prompt_lengths = [], []
         for prompt, report in zip(prompts, reports):
             prompt_ids = self.tokenizer(prompt)["input_ids"]

@@ -31,7 +31,7 @@ def test_training_labels_mask_padding_image_tokens_and_prompt(tiny):
     _, processor = tiny
     batch = processor.training_batch(["Normal.", "Small left pleural effusion."], [[xray_like(0)], [xray_like(1)]])
     labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
-    prompt_len = len(processor.tokenizer(processor.prompt)["input_ids"])
+    prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
     assert (labels[:, :prompt_len] == IGNORE_INDEX).all()  # prompt (with <image>) is given, not learned
     assert (labels[mask == 0] == IGNORE_INDEX).all()  # padding
     assert (labels[ids == processor.image_token_id] == IGNORE_INDEX).all()
@@ -158,3 +158,28 @@ def test_every_activation_builds_and_runs(act):
 
     batch = FlamingoProcessor(config).training_batch(["Normal."], [[xray_like(0)]])
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_multi_view_studies_get_one_image_token_per_view_in_training_and_generation(tiny):
+    model, processor = tiny
+    views = [[xray_like(0), xray_like(1)], [xray_like(2)]]
+    batch = processor.training_batch(["Frontal and lateral: normal.", "Frontal: normal."], views)
+    assert batch["media_locations"].sum(-1).tolist() == [2, 1]
+    assert processor.study_prompt(2) == "<image><image>Findings:"
+    texts = model.generate_captions(processor, images=views, max_length=3)
+    assert len(texts) == 2
+
+
+def test_few_shot_prompt_interleaves_examples_before_the_query(tiny):
+    from flamingo_lib.prompts import Example, few_shot_images, few_shot_prompt
+
+    _, processor = tiny
+    examples = [Example([xray_like(0)], "Normal."), Example([xray_like(1), xray_like(2)], "Left effusion.")]
+    prompt = few_shot_prompt(examples, query_views=1)
+    assert prompt == "<image>Findings: Normal.<EOC><image><image>Findings: Left effusion.<EOC><image>Findings:"
+    images = few_shot_images(examples, [xray_like(3)])
+    batch = processor.training_batch(["Right nodule."], [images], prompts=[prompt])
+    labels = batch["labels"][0]
+    learned = processor.tokenizer.decode(labels[labels != IGNORE_INDEX])
+    assert learned.strip() == "Right nodule.<EOC>"  # only the query's report is learned
+    assert int(batch["media_locations"].sum()) == 4
