@@ -1,0 +1,248 @@
+"""Training: AdamW on the trainable parts, warmup + cosine, clipping, accumulation, bf16 on CUDA,
+periodic validation, metrics files, atomic checkpoints and bit-identical resume.
+
+One CPU, one GPU or many: the same code runs under Hugging Face Accelerate, so
+``accelerate launch -m flamingo_lib.train ...`` trains data-parallel (the frozen parts hold no
+gradients, so DDP never synchronises them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from flamingo_lib.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of one training run. Defaults are the CPU-sized recipe."""
+
+    out_dir: str = "runs/train"
+    max_steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    eval_every: int = 50
+    save_every: int = 50
+    eval_batches: int | None = None  # None: the whole validation set
+    seed: int = 0
+    bf16: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False
+    max_nonfinite: int = 0  # batches with NaN/inf loss tolerated (skipped, reported) before failing
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReportCollator:
+    """CXRSamples -> a training batch (labels included), from pixels or from cached features."""
+
+    def __init__(self, processor: Any, feature_cache: Any = None) -> None:
+        self.processor, self.feature_cache = processor, feature_cache
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        images = [list(s.images) for s in samples]
+        batch = self.processor.training_batch([s.report for s in samples], images)
+        if self.feature_cache is not None:
+            batch.pop("pixel_values")
+            batch["image_embeddings"] = self.feature_cache.stack(images)
+        batch["ids"] = [s.id for s in samples]
+        return batch
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch: a permutation fixed by (seed, epoch), so resuming replays it."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+class Trainer:
+    """Trains a ``FlamingoModel`` on a train set, validating on a val set.
+
+    Args:
+        model: the model; only its trainable parameters are optimised.
+        train_set, val_set: sequences of ``CXRSample`` (anything with ``.images``, ``.report``, ``.id``).
+        collator: builds batches (see :class:`ReportCollator`).
+        config: :class:`TrainConfig`.
+    """
+
+    def __init__(self, model: Any, train_set: Sequence[Any], val_set: Sequence[Any] | None,
+                 collator: ReportCollator, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        use_bf16 = torch.cuda.is_available() if config.bf16 is None else config.bf16
+        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+        if config.gradient_checkpointing:
+            model.flamingo.lm.gradient_checkpointing_enable()
+        self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        torch.manual_seed(config.seed)
+        params = list(model.parameters_trainable())
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # gates, norms: weight decay would pull gates to 0
+        self.optimiser = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimiser, config.warmup_steps, config.max_steps)
+        self.model, self.optimiser = self.accelerator.prepare(model, self.optimiser)
+        self.out_dir = Path(config.out_dir)
+        self.progress: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "history": [], "nonfinite": []}
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    # -------------------------------------------------------------------------- batches
+    def _next_indices(self) -> list[int]:
+        """The next batch's sample indices for this process; advances the data position."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per_step = self.config.batch_size * world
+        if self.progress["position"] + per_step > len(self.train_set):
+            self.progress["epoch"] += 1
+            self.progress["position"] = 0
+        order = epoch_order(len(self.train_set), self.config.seed, self.progress["epoch"])
+        start = self.progress["position"]
+        self.progress["position"] += per_step
+        return order[start:start + per_step][rank::world]
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean token loss over the validation set (or its first ``eval_batches`` batches)."""
+        if not self.val_set:
+            return float("nan")
+        self.model.eval()
+        total, tokens = 0.0, 0
+        size = self.config.batch_size
+        starts = list(range(0, len(self.val_set), size))[: self.config.eval_batches]
+        for start in starts:
+            batch = self._to_device(self.collator([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))]))
+            batch.pop("ids")
+            with self.accelerator.autocast():
+                loss = self.model(**batch, loss_reduction="sum").loss
+            total += float(loss)
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
+        self.model.train()
+        return total / max(tokens, 1)
+
+    # ------------------------------------------------------------------------------ loop
+    def resume(self) -> None:
+        """Continue from ``out_dir/checkpoint.pt``: weights, optimiser, schedule, RNG, data position."""
+        self.progress = load_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler)
+
+    def _write_metrics(self, row: dict[str, Any]) -> None:
+        self.progress["history"].append(row)
+        if not self.accelerator.is_main_process:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "metrics.csv"
+        fields = ["step", "epoch", "train_loss", "val_loss", "lr", "samples_per_s"]
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k) for k in fields})
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps``; returns the summary also written to ``out_dir/summary.json``.
+
+        Raises:
+            FloatingPointError: the loss was NaN/inf on more than ``max_nonfinite`` batches; the
+                message names the step and the sample ids of the offending batches.
+        """
+        cfg = self.config
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.progress["step"], disable=not cfg.progress, desc="training")
+        window_start, window_samples = time.perf_counter(), 0
+        while self.progress["step"] < cfg.max_steps:
+            step_loss, ids_seen, finite = 0.0, [], True
+            for micro in range(cfg.grad_accum):
+                batch = self._to_device(self.collator([self.train_set[i] for i in self._next_indices()]))
+                ids_seen += batch.pop("ids")
+                sync = micro == cfg.grad_accum - 1
+                context = self.accelerator.no_sync(self.model) if not sync else _nullcontext()
+                with context, self.accelerator.autocast():
+                    loss = self.model(**batch).loss / cfg.grad_accum
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                self.accelerator.backward(loss)
+                step_loss += float(loss.detach())
+                window_samples += len(batch["labels"]) * self.accelerator.num_processes
+            if not finite:
+                self.optimiser.zero_grad(set_to_none=True)
+                self.progress["nonfinite"].append({"step": self.progress["step"], "ids": ids_seen})
+                if len(self.progress["nonfinite"]) > cfg.max_nonfinite:
+                    raise FloatingPointError(
+                        f"non-finite loss at step {self.progress['step']} on samples {ids_seen} "
+                        f"({len(self.progress['nonfinite'])} such batches; max_nonfinite={cfg.max_nonfinite}). "
+                        "Check those samples' reports and images, lower the learning rate, or use fp32."
+                    )
+                continue
+            self.accelerator.clip_grad_norm_(self.unwrapped.parameters_trainable(), cfg.max_grad_norm)
+            self.optimiser.step()
+            self.scheduler.step()
+            self.optimiser.zero_grad(set_to_none=True)
+            self.progress["step"] += 1
+            step = self.progress["step"]
+            elapsed = time.perf_counter() - window_start
+            row = {"step": step, "epoch": self.progress["epoch"], "train_loss": step_loss,
+                   "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                row["val_loss"] = self.validation_loss()
+            self._write_metrics(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", samples_per_s=f"{row['samples_per_s']:.1f}")
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                self.save()
+            window_start, window_samples = time.perf_counter(), 0
+        bar.close()
+        return self._summary()
+
+    def save(self) -> None:
+        """Atomic training checkpoint (for resume) plus the model in ``save_pretrained`` form."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler, self.progress)
+            self.unwrapped.save_pretrained(self.out_dir / "model", processor=self.collator.processor)
+
+    def _summary(self) -> dict[str, Any]:
+        history = self.progress["history"]
+        val = [h["val_loss"] for h in history if not math.isnan(h.get("val_loss", math.nan))]
+        summary = {
+            "steps": self.progress["step"], "epochs": self.progress["epoch"],
+            "first_train_loss": history[0]["train_loss"] if history else None,
+            "last_train_loss": history[-1]["train_loss"] if history else None,
+            "val_losses": val, "nonfinite_batches": self.progress["nonfinite"],
+            "config": asdict(self.config), "checkpoint": str(self.out_dir / CHECKPOINT_FILE),
+        }
+        if self.accelerator.is_main_process:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
