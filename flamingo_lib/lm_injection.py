@@ -46,7 +46,7 @@ class FlamingoLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """``hidden_states`` (B, L, D) plus whatever the wrapped layer takes."""
-        if self.media is not None:
+        if self.media is not None and self.media.shape[1] > 0:  # no images at all: nothing to attend
             if self.media_time is None or self.media_time.shape != hidden_states.shape[:2]:
                 got = None if self.media_time is None else tuple(self.media_time.shape)
                 raise ValueError(f"media_time has shape {got}, expected {tuple(hidden_states.shape[:2])}")

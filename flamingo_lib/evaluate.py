@@ -1,0 +1,152 @@
+"""Evaluate report generation on a split: the model and three baselines, NLG and clinical metrics.
+
+Baselines on the same split: the most frequent training report; nearest-neighbour retrieval (the
+report of the closest training image in the frozen encoder's feature space: mean-pooled patch
+tokens, cosine similarity); and the model with no image (its LM continues the same prompt text
+with the cross-attention silent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from flamingo_lib.metrics import clinical_efficacy, most_common_observations, nlg_metrics
+
+PROTOCOL = __doc__ + "\n" + (
+    "Generation: the training prompt (one <image> per view, then 'Findings:'), decoding stops at <EOC>.\n"
+    "NLG and clinical-efficacy protocol: see flamingo_lib/metrics.py (R2Gen convention; positive = 1.0,\n"
+    "uncertain counted as not positive). 'vs image truth' scores against the labels of the findings\n"
+    "actually present in the image (phantom data only); 'vs reference' against the labeler's reading\n"
+    "of the reference report, the standard way.\n"
+)
+
+
+@torch.no_grad()
+def generate_reports(model: Any, processor: Any, samples: Sequence[Any], batch_size: int = 8,
+                     num_beams: int = 1, max_new_tokens: int = 80, with_images: bool = True,
+                     progress: bool = True) -> list[str]:
+    """One generated report per sample, batched, tags removed.
+
+    Args:
+        with_images: False gives the no-image baseline: the prompt without ``<image>`` tokens and
+            no visual input, so every cross-attention block is silent.
+    """
+    model.eval()
+    out: list[str] = []
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="generating"):
+        chunk = samples[start:start + batch_size]
+        if with_images:
+            out += model.generate_captions(processor, [list(s.images) for s in chunk], max_length=max_new_tokens,
+                                           num_beams=num_beams)
+            continue
+        batch = processor([processor.prompt] * len(chunk), None, padding_side="left")
+        batch = {k: v.to(device) for k, v in batch.items() if k != "pixel_values"}
+        dim = model.config.dim_visual
+        empty = torch.zeros(len(chunk), 0, model.config.resampler_num_latents, dim, device=device)
+        ids = model.generate(**batch, visual_features=empty, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        texts = processor.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:])
+        out += [processor.remove_tags(t.split(model.config.eoc_token)[0]) for t in texts]
+    return out
+
+
+def most_frequent_report(train_reports: Sequence[str]) -> str:
+    """The most frequent training report (ties: the first seen)."""
+    return Counter(r.strip() for r in train_reports).most_common(1)[0][0]
+
+
+@torch.no_grad()
+def image_descriptors(model: Any, processor: Any, samples: Sequence[Any], feature_cache: Any = None,
+                      batch_size: int = 16) -> torch.Tensor:
+    """(N, dim_visual) L2-normalised mean-pooled patch tokens of each sample's first view."""
+    rows = []
+    for start in range(0, len(samples), batch_size):
+        images = [s.images[0] for s in samples[start:start + batch_size]]
+        if feature_cache is not None:
+            tokens = torch.stack([feature_cache.get(im) for im in images])
+        else:
+            pixels = processor.preprocess_images(images).to(next(model.parameters()).device)
+            tokens = model.flamingo.encode_visuals(pixels[:, None])[:, 0]
+        rows.append(torch.nn.functional.normalize(tokens.float().mean(1), dim=-1).cpu())
+    return torch.cat(rows)
+
+
+def nearest_neighbour_reports(train_descriptors: torch.Tensor, train_reports: Sequence[str],
+                              query_descriptors: torch.Tensor) -> list[str]:
+    """For each query, the report of the most similar training image (cosine)."""
+    nearest = (query_descriptors @ train_descriptors.T).argmax(-1)
+    return [train_reports[i] for i in nearest.tolist()]
+
+
+def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callable[[str], dict],
+          image_truth: Sequence[dict] | None, observations_top5: Sequence[str]) -> dict[str, Any]:
+    """NLG metrics plus clinical efficacy (14 observations and the top 5) for one system."""
+    hyp_labels = [labeler(h) for h in hypotheses]
+    ref_labels = [labeler(r) for r in references]
+    row: dict[str, Any] = dict(nlg_metrics(references, hypotheses))
+    for name, truth in (("reference", ref_labels), ("image truth", image_truth)):
+        if truth is None:
+            continue
+        ce14 = clinical_efficacy(truth, hyp_labels)
+        ce5 = clinical_efficacy(truth, hyp_labels, observations_top5)
+        row.update({f"CE micro-F1 (14, vs {name})": ce14["micro_f1"], f"CE macro-F1 (14, vs {name})": ce14["macro_f1"],
+                    f"CE micro-F1 (top 5, vs {name})": ce5["micro_f1"],
+                    f"CE precision (14, vs {name})": ce14["micro_precision"],
+                    f"CE recall (14, vs {name})": ce14["micro_recall"]})
+    return row
+
+
+def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],
+             out_dir: str | Path | None = None, labeler: Callable[[str], dict] | None = None,
+             num_beams: int = 1, max_new_tokens: int = 80, batch_size: int = 8, feature_cache: Any = None,
+             labels_are_image_truth: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Generate for ``test_samples``, score the model and the baselines, write the results.
+
+    Args:
+        labels_are_image_truth: the samples' ``labels`` describe what the image shows (phantom
+            data: the rendered findings), so systems are also scored against them.
+
+    Writes (when ``out_dir``): ``results.json`` (metrics per system), ``results.csv``,
+    ``generations.jsonl`` (id, reference, every system's report) and ``PROTOCOL.md``.
+
+    Returns:
+        a DataFrame, one row per system (model, baselines), one column per metric.
+    """
+    if labeler is None:
+        from flamingo_lib.labeler import label_report as labeler
+    references = [s.report for s in test_samples]
+    image_truth = [s.labels for s in test_samples] if labels_are_image_truth else None
+    top5 = most_common_observations(image_truth or [labeler(r) for r in references])
+    train_reports = [s.report for s in train_samples]
+    systems = {
+        "flamingo": generate_reports(model, processor, test_samples, batch_size, num_beams, max_new_tokens,
+                                     progress=progress),
+        "most frequent report": [most_frequent_report(train_reports)] * len(test_samples),
+        "nearest neighbour": nearest_neighbour_reports(
+            image_descriptors(model, processor, train_samples, feature_cache), train_reports,
+            image_descriptors(model, processor, test_samples, feature_cache)),
+        "LM without image": generate_reports(model, processor, test_samples, batch_size, num_beams, max_new_tokens,
+                                             with_images=False, progress=progress),
+    }
+    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5) for name, hyps in systems.items()}).T
+    table.index.name = "system"
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "results.csv")
+        (out / "results.json").write_text(json.dumps({"metrics": table.to_dict(orient="index"), "top5": top5,
+                                                      "n_test": len(test_samples)}, indent=2, default=float))
+        with (out / "generations.jsonl").open("w") as handle:
+            for i, sample in enumerate(test_samples):
+                row = {"id": sample.id, "reference": sample.report, **{k: v[i] for k, v in systems.items()}}
+                handle.write(json.dumps(row) + "\n")
+        (out / "PROTOCOL.md").write_text(PROTOCOL)
+    return table

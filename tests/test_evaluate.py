@@ -1,0 +1,87 @@
+"""Metrics and the evaluation run: known values, the R2Gen conventions, baselines, output files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.data import CXRSample
+from flamingo_lib.demo import TOY_STUDIES, toy_radiograph
+from flamingo_lib.evaluate import evaluate, generate_reports, most_frequent_report, nearest_neighbour_reports
+from flamingo_lib.metrics import clinical_efficacy, most_common_observations, nlg_metrics, normalise_report
+
+
+def test_identical_reports_score_perfectly_and_unrelated_ones_do_not():
+    refs = ["Heart size is normal. No pleural effusion.", "Small left pleural effusion with atelectasis."]
+    perfect = nlg_metrics(refs, refs)
+    assert perfect["BLEU_1"] == pytest.approx(1.0) and perfect["BLEU_4"] == pytest.approx(1.0)
+    assert perfect["ROUGE_L"] == pytest.approx(1.0)
+    poor = nlg_metrics(refs, ["Degenerative changes of the spine.", "Sternotomy wires."])
+    assert poor["BLEU_1"] < 0.3 and poor["ROUGE_L"] < 0.3 and poor["CIDEr"] < perfect["CIDEr"]
+    if perfect["METEOR"] is not None:  # Java present
+        assert perfect["METEOR"] > 0.9 > poor["METEOR"]
+
+
+def test_normalisation_splits_punctuation_and_lowercases():
+    assert normalise_report("Heart:  NORMAL.<EOC>") == "heart : normal ."
+
+
+def test_empty_hypothesis_scores_zero_not_a_crash():
+    assert nlg_metrics(["heart is normal ."], [""])["BLEU_1"] < 0.01
+
+
+def test_clinical_efficacy_counts_only_positive_as_positive():
+    refs = [{"Cardiomegaly": 1.0, "Edema": 1.0}, {"Cardiomegaly": -1.0}, {"Edema": 0.0}]
+    hyps = [{"Cardiomegaly": 1.0}, {"Cardiomegaly": 1.0}, {"Edema": 1.0}]
+    ce = clinical_efficacy(refs, hyps, ["Cardiomegaly", "Edema"])
+    # Cardiomegaly: tp 1, fp 1 (uncertain reference is not positive); Edema: tp 0, fp 1, fn 1
+    assert ce["micro_precision"] == pytest.approx(1 / 3) and ce["micro_recall"] == pytest.approx(1 / 2)
+    assert ce["micro_f1"] == pytest.approx(0.4)
+    assert ce["f1/Cardiomegaly"] == pytest.approx(2 / 3) and ce["f1/Edema"] == 0.0
+    assert ce["macro_f1"] == pytest.approx(1 / 3)
+
+
+def test_most_common_observations_ranks_by_positive_count():
+    labels = [{"Edema": 1.0, "No Finding": 1.0}, {"Edema": 1.0, "Fracture": 1.0}, {"Fracture": -1.0}]
+    assert most_common_observations(labels, k=2) == ["Edema", "Fracture"]
+
+
+def test_retrieval_baselines():
+    assert most_frequent_report(["a", "b", "a "]) == "a"
+    train = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    assert nearest_neighbour_reports(train, ["x", "y"], torch.tensor([[0.1, 0.9]])) == ["y"]
+
+
+SAMPLES = [CXRSample(id=f"s{i}", images=[toy_radiograph(kind, 160)], report=report)
+           for i, (kind, report) in enumerate(TOY_STUDIES)]
+
+
+def test_evaluation_writes_every_system_and_the_protocol(tmp_path):
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    table = evaluate(model, processor, SAMPLES, SAMPLES[:2], out_dir=tmp_path, max_new_tokens=5, progress=False)
+    assert list(table.index) == ["flamingo", "most frequent report", "nearest neighbour", "LM without image"]
+    # retrieval from the training set that contains the test studies finds them exactly
+    assert table.loc["nearest neighbour", "BLEU_4"] == pytest.approx(1.0)
+    assert "CE micro-F1 (14, vs reference)" in table.columns
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["metrics"]) == set(table.index)
+    lines = (tmp_path / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["reference"] == SAMPLES[0].report
+    assert "positive = 1.0" in (tmp_path / "PROTOCOL.md").read_text()
+
+
+def test_no_image_baseline_ignores_the_image():
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate"):
+                p.fill_(1.0)
+    a = generate_reports(model, processor, SAMPLES[:1], max_new_tokens=4, with_images=False, progress=False)
+    b = generate_reports(model, processor, SAMPLES[1:2], max_new_tokens=4, with_images=False, progress=False)
+    assert a == b
