@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Rendered phantom images are cached here, not in the user's ~/.cache.
+os.environ.setdefault("FLAMINGO_CACHE_DIR", os.path.join(tempfile.gettempdir(), "flamingo_lib_test_cache"))
 
 import numpy as np
 import pytest

@@ -109,3 +109,16 @@ def test_training_from_cached_features_never_calls_the_encoder(tmp_path):
 def test_epoch_order_is_a_fixed_permutation_per_epoch():
     assert sorted(epoch_order(10, 0, 0)) == list(range(10))
     assert epoch_order(10, 0, 0) == epoch_order(10, 0, 0) != epoch_order(10, 0, 1)
+
+
+def test_command_line_trains_and_resumes_on_templated_phantom_data(tmp_path):
+    from flamingo_lib.train import main
+
+    common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
+              "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
+              "--save-every", "2", "--warmup-steps", "1"]
+    first = main([*common, "--max-steps", "2", "--cache-features", str(tmp_path / "features")])
+    assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
+    resumed = main([*common, "--max-steps", "4", "--resume"])
+    assert resumed["steps"] == 4
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
