@@ -43,7 +43,7 @@ def generate_reports(model: Any, processor: Any, samples: Sequence[Any], batch_s
     out: list[str] = []
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="generating"):
-        chunk = samples[start:start + batch_size]
+        chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
         if with_images:
             out += model.generate_captions(processor, [list(s.images) for s in chunk], max_length=max_new_tokens,
                                            num_beams=num_beams)
@@ -69,7 +69,7 @@ def image_descriptors(model: Any, processor: Any, samples: Sequence[Any], featur
     """(N, dim_visual) L2-normalised mean-pooled patch tokens of each sample's first view."""
     rows = []
     for start in range(0, len(samples), batch_size):
-        images = [s.images[0] for s in samples[start:start + batch_size]]
+        images = [samples[i].images[0] for i in range(start, min(start + batch_size, len(samples)))]
         if feature_cache is not None:
             tokens = torch.stack([feature_cache.get(im) for im in images])
         else:
@@ -122,6 +122,7 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     """
     if labeler is None:
         from flamingo_lib.labeler import label_report as labeler
+    test_samples = [test_samples[i] for i in range(len(test_samples))]  # datasets need not support slicing
     references = [s.report for s in test_samples]
     image_truth = [s.labels for s in test_samples] if labels_are_image_truth else None
     top5 = most_common_observations(image_truth or [labeler(r) for r in references])

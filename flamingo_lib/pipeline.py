@@ -1,0 +1,170 @@
+"""The workbench pipeline, one idempotent step at a time: build -> data -> feature cache -> train
+-> evaluate -> attention maps -> report. ``make demo``, the notebooks and scripts all call it, so
+a notebook run on its own rebuilds whatever upstream artefact is missing and reuses the rest.
+
+Artefacts live in ``run_dir``: ``train/`` (checkpoint, metrics, ``model/``), ``eval/`` (results,
+generations, protocol), ``grounding.csv`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flamingo_lib.config import FlamingoConfig
+
+
+@dataclass
+class PipelineSettings:
+    """Everything a run depends on; the defaults are the CPU-sized embedded run."""
+
+    run_dir: str = "runs/demo"
+    preset: str = "tiny"
+    data: str = "phantom:templated"
+    image_size: int = 224
+    max_train_samples: int | None = None
+    max_val_samples: int | None = 64
+    max_test_samples: int | None = 100
+    max_steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    eval_every: int = 50
+    seed: int = 0
+    num_beams: int = 1
+    max_new_tokens: int = 60
+    progress: bool = True
+
+    @property
+    def feature_root(self) -> Path:
+        """Shared across runs: features depend only on the encoder and the images."""
+        root = os.environ.get("FLAMINGO_CACHE_DIR")
+        return (Path(root) if root else Path.home() / ".cache" / "flamingo_lib") / "features"
+
+    def training_key(self) -> dict[str, Any]:
+        """The settings that determine the trained weights (a changed one retrains)."""
+        keys = ("preset", "data", "image_size", "max_train_samples", "max_steps", "batch_size", "lr",
+                "warmup_steps", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+class Pipeline:
+    """Steps of one run. Each returns its result and writes it under ``settings.run_dir``."""
+
+    def __init__(self, settings: PipelineSettings | None = None, **overrides: Any) -> None:
+        self.settings = settings or PipelineSettings(**overrides)
+        self.run_dir = Path(self.settings.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # -------------------------------------------------------------------------------- build
+    @cached_property
+    def model_and_processor(self) -> tuple[Any, Any]:
+        """The trained model when this run has one, else a freshly built one."""
+        from flamingo_lib import FlamingoModel, FlamingoProcessor
+
+        model_dir = self.run_dir / "train" / "model"
+        if self._trained_for_these_settings():
+            return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
+        config = FlamingoConfig.from_preset(self.settings.preset, seed=self.settings.seed)
+        return FlamingoModel(config), FlamingoProcessor(config)
+
+    @cached_property
+    def splits(self) -> dict[str, Any]:
+        """train / val / test datasets of ``settings.data``."""
+        from flamingo_lib.data.sources import open_source
+
+        s = self.settings
+        sizes = {"train": s.max_train_samples, "val": s.max_val_samples, "test": s.max_test_samples}
+        return {split: open_source(s.data, split, s.image_size, n, seed=s.seed) for split, n in sizes.items()}
+
+    @property
+    def credentialed(self) -> bool:
+        """True when the data come from a credentialed source (MIMIC-CXR): never share them."""
+        return self.settings.data.startswith("mimic") or any(
+            self.splits["test"][i].meta.get("credentialed") for i in range(min(1, len(self.splits["test"]))))
+
+    # ----------------------------------------------------------------------------- features
+    @cached_property
+    def feature_cache(self) -> Any:
+        """The frozen encoder's patch tokens of every image of every split (built if missing)."""
+        from flamingo_lib.features import FeatureCache
+
+        model, processor = self.model_and_processor
+        cache = FeatureCache(self.settings.feature_root, model, processor)
+        images = [im for split in self.splits.values() for sample in split for im in sample.images]
+        self.cache_stats = cache.build(images, progress=self.settings.progress, total=len(images))
+        return cache
+
+    # -------------------------------------------------------------------------------- train
+    def _trained_for_these_settings(self) -> bool:
+        summary = self.run_dir / "train" / "summary.json"
+        if not (summary.exists() and (self.run_dir / "train" / "model" / "model.safetensors").exists()):
+            return False
+        saved = json.loads(summary.read_text())
+        return saved.get("config", {}).get("extra", {}).get("pipeline") == self.settings.training_key()
+
+    def train(self, force: bool = False) -> dict[str, Any]:
+        """Train on cached features (skipped when this run already trained with these settings)."""
+        from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
+
+        summary_path = self.run_dir / "train" / "summary.json"
+        if not force and self._trained_for_these_settings():
+            return json.loads(summary_path.read_text())
+        s = self.settings
+        self.__dict__.pop("model_and_processor", None)
+        model, processor = self.model_and_processor
+        config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
+                             lr=s.lr, warmup_steps=s.warmup_steps, eval_every=s.eval_every, save_every=s.max_steps,
+                             seed=s.seed, progress=s.progress, extra={"pipeline": s.training_key()})
+        trainer = Trainer(model, self.splits["train"], self.splits["val"],
+                          ReportCollator(processor, self.feature_cache), config)
+        summary = trainer.fit()
+        self.__dict__.pop("model_and_processor", None)  # reload the saved, trained model next time
+        return summary
+
+    def training_curves(self) -> pd.DataFrame:
+        """metrics.csv of the training run (step, train_loss, val_loss, lr, samples_per_s)."""
+        return pd.read_csv(self.run_dir / "train" / "metrics.csv")
+
+    # ----------------------------------------------------------------------------- evaluate
+    def evaluate(self, force: bool = False) -> pd.DataFrame:
+        """Metrics of the trained model and the baselines on the test split (cached in eval/)."""
+        from flamingo_lib.evaluate import evaluate
+
+        out = self.run_dir / "eval"
+        if not force and (out / "results.csv").exists() and self._trained_for_these_settings():
+            return pd.read_csv(out / "results.csv", index_col="system")
+        self.train()
+        model, processor = self.model_and_processor
+        s = self.settings
+        return evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
+                        num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, feature_cache=self.feature_cache,
+                        labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress)
+
+    def generations(self) -> pd.DataFrame:
+        """id, reference and every system's report for the test split."""
+        self.evaluate()
+        return pd.read_json(self.run_dir / "eval" / "generations.jsonl", lines=True)
+
+    # ---------------------------------------------------------------------------- grounding
+    def grounding(self, force: bool = False) -> pd.DataFrame:
+        """Pointing-game rows for the test split (cached in grounding.csv)."""
+        from flamingo_lib.grounding import pointing_game
+
+        path = self.run_dir / "grounding.csv"
+        if not force and path.exists() and self._trained_for_these_settings():
+            return pd.read_csv(path)
+        self.train()
+        model, processor = self.model_and_processor
+        results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.seed)
+        results.to_csv(path, index=False)
+        return results
+
+    def settings_dict(self) -> dict[str, Any]:
+        return asdict(self.settings)

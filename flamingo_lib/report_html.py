@@ -1,0 +1,107 @@
+"""A self-contained HTML report of a run (figures embedded), safe to share.
+
+Sharing rules: a report built from a credentialed source (MIMIC-CXR) contains its images and
+report text, which its data use agreement forbids sharing; writing one needs
+``allow_credentialed=True`` and prints a warning. Reports built on IU-derived text carry the
+IU licence credit.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+IU_CREDIT = ("Report text: Indiana University Chest X-ray Collection (Demner-Fushman et al., 2016), via the "
+             "Open-i service of the U.S. National Library of Medicine, CC BY-NC-ND 4.0; read from the "
+             "torchxrayvision package. Images: procedurally rendered phantoms (flamingo_lib).")
+CREDENTIALED_WARNING = ("This report contains images and report text from a credentialed dataset (MIMIC-CXR). "
+                        "Its data use agreement forbids sharing them: keep this file private.")
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.case{display:flex;gap:1em;margin:1em 0;
+border-top:1px solid #ddd;padding-top:1em}.case p{margin:.3em 0}.ref{color:#555}.credit{color:#666;font-size:12px}
+.warn{background:#fee;border:1px solid #c00;padding:.6em}"""
+
+
+def figure_to_img(figure: Figure, width: int = 480) -> str:
+    """An ``<img>`` tag holding the figure as an embedded PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img width="{width}" src="data:image/png;base64,{data}"/>'
+
+
+def loss_curve_figure(curves: pd.DataFrame) -> Figure:
+    """Train and validation loss against step."""
+    figure = Figure(figsize=(5, 3))
+    ax = figure.subplots()
+    ax.plot(curves["step"], curves["train_loss"], label="train", lw=1)
+    val = curves.dropna(subset=["val_loss"])
+    ax.plot(val["step"], val["val_loss"], "o-", label="validation")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("token cross-entropy")
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def case_figure(image: Any, heatmap: Any, mask: Any, title: str) -> Figure:
+    """The X-ray alone and with the attention heatmap (and mask outline) over it."""
+    from flamingo_lib.attention_maps import plot_heatmap
+
+    figure = Figure(figsize=(6, 3))
+    left, right = figure.subplots(1, 2)
+    left.imshow(image.convert("L"), cmap="gray")
+    left.axis("off")
+    if heatmap is not None:
+        plot_heatmap(image, heatmap, title=title, ax=right, mask=mask)
+    else:
+        right.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def write_html_report(path: str | Path, title: str, sections: list[tuple[str, str]], *, credentialed: bool,
+                      allow_credentialed: bool = False, iu_text: bool = False) -> Path:
+    """Write the report atomically.
+
+    Args:
+        sections: (heading, HTML body) pairs, in order.
+        credentialed: the content comes from a credentialed source.
+        allow_credentialed: the explicit opt-in needed to write such a report.
+        iu_text: add the IU licence credit.
+
+    Raises:
+        PermissionError: credentialed content without ``allow_credentialed``.
+    """
+    if credentialed and not allow_credentialed:
+        raise PermissionError("refusing to write a report with credentialed (MIMIC-CXR) images and text: "
+                              "its data use agreement forbids sharing them; pass allow_credentialed=True "
+                              "to write a private copy")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if credentialed:
+        warnings.warn(CREDENTIALED_WARNING, stacklevel=2)
+        parts.append(f"<p class='warn'>{html.escape(CREDENTIALED_WARNING)}</p>")
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    if iu_text:
+        parts.append(f"<p class='credit'>{html.escape(IU_CREDIT)}</p>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(parts))
+    os.replace(tmp, path)
+    return path

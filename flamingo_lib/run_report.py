@@ -1,0 +1,101 @@
+"""Assemble a run's HTML report: metrics with baselines, curves, cases with attention maps, grounding."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, write_html_report
+
+HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (14, vs image truth)",
+            "CE micro-F1 (14, vs reference)", "CE macro-F1 (14, vs reference)"]
+
+
+def _case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
+    """Heatmap of the tokens naming the sample's first mapped finding (or of the whole report)."""
+    from flamingo_lib.attention_maps import capture_attention, relevance_to_heatmap
+    from flamingo_lib.grounding import FINDING_WORDS, word_token_positions
+
+    model, processor = pipeline.model_and_processor
+    batch = processor.training_batch([sample.report], [[sample.images[0]]])
+    _, maps = capture_attention(model, batch)
+    prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
+    size = sample.images[0].size[::-1]
+    for finding, mask in sample.masks.items():
+        positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
+        if positions:
+            relevance = torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
+            return relevance_to_heatmap(relevance, size), mask, f"attention of '{finding}' tokens"
+    report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
+    relevance = torch.stack([maps.token_relevance(0, p) for p in report_positions]).mean(0)
+    return relevance_to_heatmap(relevance, size), None, "attention of the report's tokens"
+
+
+def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int = 6,
+                     allow_credentialed: bool = False) -> Path:
+    """Run (or reuse) every step of ``pipeline`` and write ``run_dir/report.html``.
+
+    Raises:
+        PermissionError: the data are credentialed and ``allow_credentialed`` is False.
+    """
+    if pipeline.credentialed and not allow_credentialed:  # refuse before any work is done
+        raise PermissionError("the run uses credentialed data (MIMIC-CXR), whose data use agreement forbids "
+                              "sharing: pass allow_credentialed=True "
+                              "to write a private report; never share it")
+    settings = pipeline.settings
+    table = pipeline.evaluate()
+    curves = pipeline.training_curves()
+    grounding = pipeline.grounding()
+    generations = pipeline.generations().set_index("id")
+    columns = [c for c in HEADLINE if c in table.columns]
+    sections = [
+        ("Run", "<p>" + html.escape(f"preset {settings.preset!r}, data {settings.data!r}, "
+                                    f"{settings.max_steps} steps, test studies: {len(generations)}") + "</p>"),
+        ("Metrics (test split) against baselines", table[columns].astype(float).round(3).to_html()),
+        ("Training", figure_to_img(loss_curve_figure(curves))),
+    ]
+    if not grounding.empty:
+        from flamingo_lib.grounding import pointing_summary
+
+        summary = pointing_summary(grounding).round(3)
+        sections.append(("Grounding: pointing game (peak of the finding's attention inside its mask)",
+                         summary.to_html() + "<p>chance = mask area fraction; shuffled = the map computed "
+                                             "with another study's image.</p>"))
+    cases = []
+    test = pipeline.splits["test"]
+    for index in range(min(n_cases, len(test))):
+        sample = test[index]
+        heatmap, mask, title = _case_heatmap(pipeline, sample)
+        row = generations.loc[sample.id]
+        cases.append(
+            "<div class='case'>" + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)
+            + f"<div><p><b>Generated:</b> {html.escape(str(row['flamingo']))}</p>"
+            + f"<p class='ref'><b>Reference:</b> {html.escape(sample.report)}</p>"
+            + f"<p class='ref'><b>Nearest-neighbour baseline:</b> {html.escape(str(row['nearest neighbour']))}</p>"
+            + "</div></div>")
+    sections.append(("Cases", "".join(cases)))
+    protocol = (pipeline.run_dir / "eval" / "PROTOCOL.md").read_text()
+    sections.append(("Protocol", f"<pre>{html.escape(protocol)}</pre>"))
+    return write_html_report(path or pipeline.run_dir / "report.html", "Flamingo chest X-ray report generation",
+                             sections, credentialed=pipeline.credentialed, allow_credentialed=allow_credentialed,
+                             iu_text=settings.data in ("phantom", "phantom:iu") or settings.data.startswith("iu"))
+
+
+def headline(pipeline: Any) -> str:
+    """A few lines for the terminal: the model vs the best baseline on the key metrics."""
+    table = pipeline.evaluate()
+    lines = []
+    for column in [c for c in HEADLINE if c in table.columns]:
+        values = table[column].astype(float)
+        baselines = values.drop("flamingo")
+        lines.append(f"{column:>34}: flamingo {values['flamingo']:.3f} | best baseline "
+                     f"{baselines.max():.3f} ({baselines.idxmax()})")
+    grounding = pipeline.grounding()
+    if not grounding.empty:
+        lines.append(f"{'pointing game':>34}: {grounding['hit'].mean():.3f} vs chance {grounding['chance'].mean():.3f}"
+                     f" and shuffled image {grounding['shuffled_hit'].mean():.3f} (n={len(grounding)})")
+    return "\n".join(lines) if lines else "no metrics"
+

@@ -1,0 +1,50 @@
+"""The workbench pipeline: idempotent steps, retraining on changed settings, report and sharing rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_fixtures import build_mimic
+from flamingo_lib.pipeline import Pipeline
+from flamingo_lib.report_html import write_html_report
+from flamingo_lib.run_report import build_run_report, headline
+
+SMALL = dict(preset="tiny-random", data="phantom:templated", image_size=160, max_train_samples=24,
+             max_val_samples=4, max_test_samples=6, max_steps=4, batch_size=4, eval_every=2, max_new_tokens=6,
+             progress=False)
+
+
+def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
+    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **SMALL)
+    path = build_run_report(pipeline)
+    text = path.read_text()
+    assert text.startswith("<!doctype html>") and "Metrics (test split) against baselines" in text
+    assert "data:image/png;base64," in text and "nearest neighbour" in text
+    assert "pointing game" in headline(pipeline)
+    mtime = (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    again = Pipeline(run_dir=str(tmp_path / "run"), **SMALL)  # e.g. the next notebook
+    assert again.train()["steps"] == 4
+    again.evaluate()
+    assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+
+    changed = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 5})
+    assert changed.train()["steps"] == 5  # a changed training setting retrains
+
+
+def test_report_from_credentialed_data_needs_an_explicit_opt_in(tmp_path):
+    root = build_mimic(tmp_path / "mimic")
+    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "data": f"mimic:{root}"})
+    assert pipeline.credentialed
+    with pytest.raises(PermissionError, match="data use agreement"):
+        build_run_report(pipeline)
+    with pytest.raises(PermissionError, match="allow_credentialed=True"):
+        write_html_report(tmp_path / "r.html", "t", [], credentialed=True)
+    with pytest.warns(UserWarning, match="forbids sharing"):
+        path = write_html_report(tmp_path / "r.html", "t", [], credentialed=True, allow_credentialed=True)
+    assert "keep this file private" in path.read_text()
+
+
+def test_iu_derived_reports_carry_the_licence_credit(tmp_path):
+    path = write_html_report(tmp_path / "r.html", "t", [("A", "<p>x</p>")], credentialed=False, iu_text=True)
+    assert "CC BY-NC-ND 4.0" in path.read_text()
