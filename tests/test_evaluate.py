@@ -10,7 +10,7 @@ import torch
 
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data import CXRSample
-from flamingo_lib.demo import TOY_STUDIES, toy_radiograph
+from toy_data import TOY_STUDIES, toy_radiograph
 from flamingo_lib.evaluate import evaluate, generate_reports, most_frequent_report, nearest_neighbour_reports
 from flamingo_lib.metrics import clinical_efficacy, most_common_observations, nlg_metrics, normalise_report
 

@@ -9,7 +9,7 @@ import torch
 
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data import CXRSample
-from flamingo_lib.demo import TOY_STUDIES, toy_radiograph
+from toy_data import TOY_STUDIES, toy_radiograph
 from flamingo_lib.features import FeatureCache
 from flamingo_lib.train import ReportCollator, TrainConfig, Trainer, epoch_order
 
