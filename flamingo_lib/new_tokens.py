@@ -40,11 +40,11 @@ class DecoupledEmbedding(nn.Module):
         """(B, L) ids -> (B, L, D) embeddings."""
         is_new = torch.isin(input_ids, self.new_token_ids)
         out = self.base(input_ids.masked_fill(input_ids >= self.base_vocab_size, 0))
-        if is_new.any():
-            rows = torch.searchsorted(self.new_token_ids, input_ids).clamp(max=len(self.new_token_ids) - 1)
-            new = F.embedding(rows, self.new_rows) * getattr(self.base, "embed_scale", 1.0)
-            out = torch.where(is_new[..., None], new.to(out.dtype), out)
-        return out
+        # Always take both paths (a lookup in a 2-row table): an `if is_new.any()` would make the
+        # GPU wait for the host at every forward, every decoding step included.
+        rows = torch.searchsorted(self.new_token_ids, input_ids).clamp(max=len(self.new_token_ids) - 1)
+        new = F.embedding(rows, self.new_rows) * getattr(self.base, "embed_scale", 1.0)
+        return torch.where(is_new[..., None], new.to(out.dtype), out)
 
 
 class DecoupledLMHead(nn.Module):
