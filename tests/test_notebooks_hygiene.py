@@ -1,0 +1,49 @@
+"""The committed notebooks: no outputs (medical images and text stay out of git), one tagged
+`parameters` cell of flat UPPER_CASE literals, thin code (no classes, no long functions)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_the_numbered_workbook_is_complete():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), (
+        f"{path.name} carries outputs: run `nbstripout {path}` before committing")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_one_parameters_cell_of_upper_case_literals(path):
+    cells = json.loads(path.read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+    tree = ast.parse("".join(tagged[0]["source"]))
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1
+        name = node.targets[0].id
+        assert name.isupper(), f"{path.name}: parameter {name} is not UPPER_CASE"
+        ast.literal_eval(node.value)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_code_stays_thin(path):
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(line for line in "".join(cell["source"]).splitlines(True) if not line.startswith("%"))
+        for node in ast.walk(ast.parse(source)):
+            assert not isinstance(node, ast.ClassDef), f"{path.name}: classes belong in flamingo_lib"
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 10, f"{path.name}: {node.name} is too long for a notebook"
