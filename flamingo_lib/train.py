@@ -148,10 +148,26 @@ class Trainer:
         """Continue from ``out_dir/checkpoint.pt``: weights, optimiser, schedule, RNG, data position."""
         self.progress = load_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler)
 
+    @property
+    def tensorboard(self) -> Any:
+        """A TensorBoard writer in ``out_dir/tensorboard`` when tensorboard is installed, else None."""
+        if not hasattr(self, "_tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional: metrics.csv always has everything
+                self._tensorboard = None
+        return self._tensorboard
+
     def _write_metrics(self, row: dict[str, Any]) -> None:
         self.progress["history"].append(row)
         if not self.accelerator.is_main_process:
             return
+        if self.tensorboard is not None:
+            for key in ("train_loss", "val_loss", "lr", "samples_per_s"):
+                if row.get(key) is not None:
+                    self.tensorboard.add_scalar(key, row[key], row["step"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "metrics.csv"
         fields = ["step", "epoch", "train_loss", "val_loss", "lr", "samples_per_s"]

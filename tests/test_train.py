@@ -122,3 +122,9 @@ def test_command_line_trains_and_resumes_on_templated_phantom_data(tmp_path):
     resumed = main([*common, "--max-steps", "4", "--resume"])
     assert resumed["steps"] == 4
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
+
+
+def test_tensorboard_events_are_written_when_tensorboard_is_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is optional; metrics.csv is always written")
+    make_trainer(tmp_path, max_steps=2).fit()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
