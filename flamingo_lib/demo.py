@@ -19,8 +19,9 @@ from flamingo_lib.run_report import build_run_report, headline
 def main(argv: list[str] | None = None) -> Path:
     defaults = PipelineSettings()
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.demo", description=__doc__)
-    parser.add_argument("--preset", default="tiny-random", help="'tiny-random' (default: mechanics, random frozen LM), 'tiny' (pretrained embedded encoders), 'smol' (real SmolLM2 LM), "
-                                                                   "'tiny-random', 'biomed'")
+    parser.add_argument("--preset", default="tiny-random",
+                        help="'tiny-random' (default: the mechanics, random frozen encoders), 'tiny' (encoders "
+                             "pretrained here on first use), 'smol' (real SmolLM2 LM), 'biomed' (needs the hub)")
     parser.add_argument("--data", default=defaults.data, help="data source spec (flamingo_lib.data.sources)")
     parser.add_argument("--steps", type=int, default=defaults.max_steps)
     parser.add_argument("--max-train-samples", type=int, default=defaults.max_train_samples)
