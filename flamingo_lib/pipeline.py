@@ -9,7 +9,6 @@ generations, protocol), ``grounding.csv`` and ``report.html``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from flamingo_lib.cache_dirs import cache_root
 from flamingo_lib.config import FlamingoConfig
 
 
@@ -44,8 +44,7 @@ class PipelineSettings:
     @property
     def feature_root(self) -> Path:
         """Shared across runs: features depend only on the encoder and the images."""
-        root = os.environ.get("FLAMINGO_CACHE_DIR")
-        return (Path(root) if root else Path.home() / ".cache" / "flamingo_lib") / "features"
+        return cache_root("features")
 
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""

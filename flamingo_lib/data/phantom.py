@@ -59,6 +59,7 @@ from flamingo_lib.data.phantom_render import (
 )
 from flamingo_lib.data.phantom_text import findings_to_labels, sample_findings, templated_report
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, CXRSample, Finding
+from flamingo_lib.cache_dirs import cache_root
 
 if TYPE_CHECKING:
     from flamingo_lib.data.iu_reports import IUReport
@@ -84,8 +85,7 @@ class _Study:
 
 def default_cache_root() -> Path:
     """``$FLAMINGO_CACHE_DIR/phantom`` if set, else ``~/.cache/flamingo_lib/phantom``."""
-    root = os.environ.get("FLAMINGO_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "flamingo_lib") / "phantom"
+    return cache_root("phantom")
 
 
 class PhantomCXR:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from flamingo_lib.cache_dirs import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,7 @@ MANIFEST_FILE = "manifest.json"
 
 def default_encoders_root() -> Path:
     """``$FLAMINGO_CACHE_DIR/encoders`` if set, else ``~/.cache/flamingo_lib/encoders``."""
-    root = os.environ.get("FLAMINGO_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "flamingo_lib") / "encoders"
+    return cache_root("encoders")
 
 
 def fingerprint(spec: dict[str, Any]) -> str:
