@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> Path:
     report = build_run_report(pipeline)
     target = Path(args.report)
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report, target)
+    if target.resolve() != Path(report).resolve():
+        shutil.copyfile(report, target)
     print("[5/5] headline (test split):")
     print(headline(pipeline))
     print(f"report: {target.resolve()}  (run artefacts in {Path(args.run_dir).resolve()}); "

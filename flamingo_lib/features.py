@@ -50,7 +50,8 @@ def encoder_fingerprint(model: torch.nn.Module, processor: object) -> str:
     digest.update(json.dumps(processor.image_config.__dict__, sort_keys=True).encode())
     for name, tensor in sorted(model.flamingo.vision_encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): 0-dim buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
 
 

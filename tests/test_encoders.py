@@ -122,6 +122,25 @@ def test_flamingo_training_keeps_the_embedded_encoders_bitwise_frozen(built, mon
     assert all(torch.equal(v, saved[f"visual.{k}"]) for k, v in vision.items())
 
 
+def test_the_feature_cache_serves_the_embedded_encoder_and_notices_its_batchnorm_buffers(built, monkeypatch, tmp_path):
+    """The conv stem's BatchNorm brings 0-dim buffers (num_batches_tracked) into the fingerprint."""
+    from flamingo_lib.features import FeatureCache, encoder_fingerprint
+
+    root, _, _ = built
+    monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))
+    config = FlamingoConfig.from_preset("tiny", lm=TINY_LM, clip_model_type=TINY_VIT)
+    model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
+    image = corpus.phantom("val", "templated", image_size=160)[0].images[0]
+    cache = FeatureCache(tmp_path, model, processor)
+    cache.build([image], progress=False)
+    with torch.no_grad():
+        direct = model.flamingo.encode_visuals(processor.preprocess_images([image])[:, None])[0, 0]
+    torch.testing.assert_close(cache.get(image).float(), direct, atol=2e-3, rtol=1e-2)  # fp16 on disk
+    before = encoder_fingerprint(model, processor)
+    model.flamingo.vision_encoder.tower.trunk.patch_embed.backbone[1].num_batches_tracked += 1
+    assert encoder_fingerprint(model, processor) != before
+
+
 def test_the_processor_feeds_flamingo_exactly_the_pixels_the_encoder_pretrained_on(built, monkeypatch):
     from flamingo_lib.encoders.clip_pretrain import normalise, render_images
 
