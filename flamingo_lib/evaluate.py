@@ -25,7 +25,8 @@ PROTOCOL = __doc__ + "\n" + (
     "NLG and clinical-efficacy protocol: see flamingo_lib/metrics.py (R2Gen convention; positive = 1.0,\n"
     "uncertain counted as not positive). 'vs image truth' scores against the labels of the findings\n"
     "actually present in the image (phantom data only); 'vs reference' against the labeler's reading\n"
-    "of the reference report, the standard way.\n"
+    "of the reference report, the standard way. 'rendered findings' (phantom data) pools only the\n"
+    "observations the phantom draws (no 'No Finding', which a normal-only system would score on).\n"
 )
 
 
@@ -87,8 +88,10 @@ def nearest_neighbour_reports(train_descriptors: torch.Tensor, train_reports: Se
 
 
 def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callable[[str], dict],
-          image_truth: Sequence[dict] | None, observations_top5: Sequence[str]) -> dict[str, Any]:
-    """NLG metrics plus clinical efficacy (14 observations and the top 5) for one system."""
+          image_truth: Sequence[dict] | None, observations_top5: Sequence[str],
+          shown_observations: Sequence[str] | None = None) -> dict[str, Any]:
+    """NLG metrics plus clinical efficacy (14 observations, the top 5 and, when given, the
+    ``shown_observations`` the images can show) for one system."""
     hyp_labels = [labeler(h) for h in hypotheses]
     ref_labels = [labeler(r) for r in references]
     row: dict[str, Any] = dict(nlg_metrics(references, hypotheses))
@@ -101,6 +104,10 @@ def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callabl
                     f"CE micro-F1 (top 5, vs {name})": ce5["micro_f1"],
                     f"CE precision (14, vs {name})": ce14["micro_precision"],
                     f"CE recall (14, vs {name})": ce14["micro_recall"]})
+        if shown_observations:
+            ce_shown = clinical_efficacy(truth, hyp_labels, shown_observations)
+            row.update({f"CE micro-F1 (rendered findings, vs {name})": ce_shown["micro_f1"],
+                        f"CE macro-F1 (rendered findings, vs {name})": ce_shown["macro_f1"]})
     return row
 
 
@@ -112,7 +119,9 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
 
     Args:
         labels_are_image_truth: the samples' ``labels`` describe what the image shows (phantom
-            data: the rendered findings), so systems are also scored against them.
+            data: the rendered findings), so systems are also scored against them, and over
+            the observations the phantom can draw (``RENDERED_OBSERVATIONS``: no "No Finding",
+            so always writing a normal report earns nothing there).
 
     Writes (when ``out_dir``): ``results.json`` (metrics per system), ``results.csv``,
     ``generations.jsonl`` (id, reference, every system's report) and ``PROTOCOL.md``.
@@ -126,6 +135,11 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     references = [s.report for s in test_samples]
     image_truth = [s.labels for s in test_samples] if labels_are_image_truth else None
     top5 = most_common_observations(image_truth or [labeler(r) for r in references])
+    shown = None
+    if labels_are_image_truth:
+        from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+
+        shown = RENDERED_OBSERVATIONS
     train_reports = [s.report for s in train_samples]
     systems = {
         "flamingo": generate_reports(model, processor, test_samples, batch_size, num_beams, max_new_tokens,
@@ -137,7 +151,8 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         "LM without image": generate_reports(model, processor, test_samples, batch_size, num_beams, max_new_tokens,
                                              with_images=False, progress=progress),
     }
-    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5) for name, hyps in systems.items()}).T
+    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown)
+                          for name, hyps in systems.items()}).T
     table.index.name = "system"
     if out_dir is not None:
         out = Path(out_dir)

@@ -10,7 +10,8 @@ import torch
 
 from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, write_html_report
 
-HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (14, vs image truth)",
+HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
+            "CE micro-F1 (rendered findings, vs reference)", "CE micro-F1 (14, vs image truth)",
             "CE micro-F1 (14, vs reference)", "CE macro-F1 (14, vs reference)"]
 
 

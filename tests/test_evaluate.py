@@ -85,3 +85,23 @@ def test_no_image_baseline_ignores_the_image():
     a = generate_reports(model, processor, SAMPLES[:1], max_new_tokens=4, with_images=False, progress=False)
     b = generate_reports(model, processor, SAMPLES[1:2], max_new_tokens=4, with_images=False, progress=False)
     assert a == b
+
+
+def test_rendered_findings_score_gives_an_always_normal_system_nothing():
+    """Over the 14 observations "No Finding" rewards a normal-only system; over the findings the
+    phantom draws it earns zero, while a system that names the finding scores."""
+    from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluate import score
+    from flamingo_lib.labeler import label_report
+
+    assert "No Finding" not in RENDERED_OBSERVATIONS and "Pneumothorax" in RENDERED_OBSERVATIONS
+    normal = "Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."
+    effusion = "Heart size is normal. Small right pleural effusion. No pneumothorax."
+    references = [normal, normal, effusion]
+    truth = [label_report(r) for r in references]
+    always_normal = score(references, [normal] * 3, label_report, truth, ["Pleural Effusion"], RENDERED_OBSERVATIONS)
+    assert always_normal["CE micro-F1 (14, vs image truth)"] > 0.5
+    assert always_normal["CE micro-F1 (rendered findings, vs image truth)"] == 0.0
+    right = score(references, references, label_report, truth, ["Pleural Effusion"], RENDERED_OBSERVATIONS)
+    assert right["CE micro-F1 (rendered findings, vs image truth)"] == pytest.approx(1.0)
+    assert right["CE micro-F1 (rendered findings, vs reference)"] == pytest.approx(1.0)

@@ -50,6 +50,11 @@ PHANTOM_TO_CHEXPERT: dict[str, tuple[str, ...]] = {
     "fracture": ("Fracture",),
 }
 
+#: The CheXpert observations a phantom film can show: the findings it draws, in CheXpert order
+#: ("No Finding" is an absence, not a drawn finding; nothing maps to "Pleural Other").
+RENDERED_OBSERVATIONS: tuple[str, ...] = tuple(
+    obs for obs in CHEXPERT_OBSERVATIONS if any(obs in v for v in PHANTOM_TO_CHEXPERT.values()))
+
 #: (name, relative frequency) of findings in abnormal synthetic studies.
 _FREQUENCY: tuple[tuple[str, float], ...] = (
     ("cardiomegaly", 0.16), ("pleural effusion", 0.14), ("atelectasis", 0.1), ("opacity", 0.09),
