@@ -183,11 +183,15 @@ class FlamingoConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "FlamingoConfig":
+    def from_preset(cls, name: str, pretrain_scale: float | None = None, **overrides: Any) -> "FlamingoConfig":
         """Build a config from a named preset (see ``PRESETS``), then apply ``overrides``.
 
+        Args:
+            pretrain_scale: training-length multiplier of the embedded encoders a preset pretrains
+                in-project ("tiny"); default ``$FLAMINGO_PRETRAIN_SCALE``, else 1.
+
         Raises:
-            ValueError: ``name`` is not a known preset.
+            ValueError: ``name`` is not a known preset, or the scale is not a number > 0.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; allowed presets: {', '.join(PRESETS)}")
@@ -195,7 +199,8 @@ class FlamingoConfig(PretrainedConfig):
 
         # $FLAMINGO_PRETRAIN_SCALE picks the embedded encoders' pretraining length; it is written
         # into the sentinel, so a saved config names exactly the encoders it was trained on.
-        preset = {k: with_env_scale(v) if k in ("lm", "clip_model_type") else v for k, v in PRESETS[name].items()}
+        preset = {k: with_env_scale(v, pretrain_scale) if k in ("lm", "clip_model_type") else v
+                  for k, v in PRESETS[name].items()}
         return cls(**{**preset, **overrides})
 
 

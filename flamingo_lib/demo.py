@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--preset", default="tiny-random",
                         help="'tiny-random' (default: the mechanics, random frozen encoders), 'tiny' (encoders "
                              "pretrained here on first use), 'smol' (real SmolLM2 LM), 'biomed' (needs the hub)")
+    parser.add_argument("--pretrain-scale", type=float, default=None,
+                        help="embedded encoders' pretraining length multiplier (default $FLAMINGO_PRETRAIN_SCALE, "
+                             "else 1; 4 for better encoders, 0.1 for a smoke run)")
     parser.add_argument("--data", default=defaults.data, help="data source spec (flamingo_lib.data.sources)")
     parser.add_argument("--steps", type=int, default=defaults.max_steps)
     parser.add_argument("--max-train-samples", type=int, default=defaults.max_train_samples)
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    settings = PipelineSettings(run_dir=args.run_dir, preset=args.preset, data=args.data, max_steps=args.steps,
+    settings = PipelineSettings(run_dir=args.run_dir, preset=args.preset, pretrain_scale=args.pretrain_scale,
+                                data=args.data, max_steps=args.steps,
                                 max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples)
     pipeline = Pipeline(settings)
     print(f"[1/5] preset {args.preset!r} on {args.data!r}: building the model (pretrained encoders on first use)")

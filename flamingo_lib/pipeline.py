@@ -26,6 +26,7 @@ class PipelineSettings:
 
     run_dir: str = "runs/demo"
     preset: str = "tiny"
+    pretrain_scale: float | None = None  # embedded encoders' pretraining length (None: env, else 1)
     data: str = "phantom:templated"
     image_size: int = 224
     max_train_samples: int | None = None
@@ -48,7 +49,7 @@ class PipelineSettings:
 
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
-        keys = ("preset", "data", "image_size", "max_train_samples", "max_steps", "batch_size", "lr",
+        keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size", "lr",
                 "warmup_steps", "seed")
         return {k: getattr(self, k) for k in keys}
 
@@ -70,7 +71,7 @@ class Pipeline:
         model_dir = self.run_dir / "train" / "model"
         if self._trained_for_these_settings():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
-        config = FlamingoConfig.from_preset(self.settings.preset, seed=self.settings.seed)
+        config = FlamingoConfig.from_preset(self.settings.preset, self.settings.pretrain_scale, seed=self.settings.seed)
         return FlamingoModel(config), FlamingoProcessor(config)
 
     @cached_property

@@ -93,6 +93,10 @@ def test_from_preset_writes_the_pretrain_scale_into_the_sentinels(monkeypatch):
     assert (config.lm, config.clip_model_type) == ("embedded-tiny-biogpt@scale=4", "embedded-tiny-vit@scale=4")
     assert FlamingoConfig.from_preset("tiny", lm="microsoft/biogpt").lm == "microsoft/biogpt"
     assert FlamingoConfig.from_preset("smol").lm == "embedded-smollm2"
+    assert FlamingoConfig.from_preset("tiny", 0.25).lm == "embedded-tiny-biogpt@scale=0.25"  # argument beats env
+    assert FlamingoConfig.from_preset("tiny", 1).clip_model_type == "embedded-tiny-vit"
+    with pytest.raises(ValueError, match="pretrain_scale"):
+        FlamingoConfig.from_preset("tiny", 0)
     monkeypatch.setenv("FLAMINGO_PRETRAIN_SCALE", "-1")
     with pytest.raises(ValueError, match="FLAMINGO_PRETRAIN_SCALE"):
         FlamingoConfig.from_preset("tiny")

@@ -80,9 +80,13 @@ def env_scale() -> float:
     return parse_scale(text, f"${SCALE_ENV}") if text else 1.0
 
 
-def with_env_scale(value: object) -> object:
-    """A plain pretrained-here sentinel with ``$FLAMINGO_PRETRAIN_SCALE`` written into it (other
-    values, and sentinels that already carry parameters, unchanged)."""
+def with_env_scale(value: object, scale: float | None = None) -> object:
+    """A plain pretrained-here sentinel with ``scale`` (default ``$FLAMINGO_PRETRAIN_SCALE``)
+    written into it (other values, and sentinels that already carry parameters, unchanged).
+
+    Raises:
+        ValueError: ``scale`` is not a number > 0.
+    """
     if isinstance(value, str) and value in PRETRAINED_HERE:
-        return str(Sentinel(value, env_scale()))
+        return str(Sentinel(value, env_scale() if scale is None else parse_scale(str(scale), "pretrain_scale")))
     return value
