@@ -19,9 +19,10 @@ from flamingo_lib.run_report import build_run_report, headline
 def main(argv: list[str] | None = None) -> Path:
     defaults = PipelineSettings()
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.demo", description=__doc__)
-    parser.add_argument("--preset", default="tiny-random",
-                        help="'tiny-random' (default: the mechanics, random frozen encoders), 'tiny' (encoders "
-                             "pretrained here on first use), 'smol' (real SmolLM2 LM), 'biomed' (needs the hub)")
+    parser.add_argument("--preset", default=defaults.preset,
+                        help="'tiny' (default: encoders pretrained here on first use, ~4 min once), 'tiny-random' "
+                             "(random frozen encoders: the mechanics only), 'smol' (real SmolLM2 LM), "
+                             "'biomed' (needs the hub)")
     parser.add_argument("--pretrain-scale", type=float, default=None,
                         help="embedded encoders' pretraining length multiplier (default $FLAMINGO_PRETRAIN_SCALE, "
                              "else 1; 4 for better encoders, 0.1 for a smoke run)")

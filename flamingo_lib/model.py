@@ -42,6 +42,9 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
     def __init__(self, config: FlamingoConfig) -> None:
         super().__init__(config)
         self.flamingo = Flamingo(config)
+        from flamingo_lib.encoders.provenance import record_and_check_builds
+
+        record_and_check_builds(config)  # embedded encoders: the build trained on = the build loaded?
         lm_config = self.flamingo.lm.config
         eos = [config.eoc_token_id] + ([lm_config.eos_token_id] if lm_config.eos_token_id is not None else [])
         pad = lm_config.pad_token_id if lm_config.pad_token_id is not None else lm_config.eos_token_id

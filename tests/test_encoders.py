@@ -210,3 +210,24 @@ def test_the_corpus_reads_report_text_exactly_as_phantom_serves_it():
     dataset = corpus.phantom("train", "templated", image_size=64)
     fast = corpus.studies("train", modes=("templated",))
     assert [s.report for s in fast[:3]] == [dataset[i].report for i in range(3)]
+
+
+def test_a_reload_on_another_encoder_build_warns_and_the_same_build_does_not(built, monkeypatch, tmp_path):
+    import warnings
+
+    from flamingo_lib.encoders.provenance import EncoderBuildMismatchWarning
+
+    root, lm_dir, clip_dir = built
+    monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))
+    model = FlamingoModel(FlamingoConfig.from_preset("tiny", lm=TINY_LM, clip_model_type=TINY_VIT))
+    assert model.config.embedded_builds == {"lm": lm_dir.name, "clip_model_type": clip_dir.name}
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["embedded_builds"]["clip_model_type"] == clip_dir.name  # the fingerprint travels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EncoderBuildMismatchWarning)
+        FlamingoModel.from_pretrained(tmp_path)
+    saved["embedded_builds"]["clip_model_type"] = "tiny-vit-0123456789abcdef"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.warns(EncoderBuildMismatchWarning, match="tiny-vit-0123456789abcdef.*" + clip_dir.name):
+        FlamingoModel.from_pretrained(tmp_path)
