@@ -35,6 +35,7 @@ class PipelineSettings:
     max_steps: int = 300
     batch_size: int = 16
     lr: float = 1e-3
+    gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
     warmup_steps: int = 20
     eval_every: int = 50
     seed: int = 0
@@ -50,7 +51,7 @@ class PipelineSettings:
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size", "lr",
-                "warmup_steps", "seed")
+                "gate_lr_mult", "warmup_steps", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -120,8 +121,8 @@ class Pipeline:
         self.__dict__.pop("model_and_processor", None)
         model, processor = self.model_and_processor
         config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
-                             lr=s.lr, warmup_steps=s.warmup_steps, eval_every=s.eval_every, save_every=s.max_steps,
-                             seed=s.seed, progress=s.progress, extra={"pipeline": s.training_key()})
+                             lr=s.lr, gate_lr_mult=s.gate_lr_mult, warmup_steps=s.warmup_steps,
+                             eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress, extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
                           ReportCollator(processor, self.feature_cache), config)
         summary = trainer.fit()

@@ -33,6 +33,12 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
+    # The tanh gates start at 0, so the cross-attention weights behind them get no gradient until
+    # the gates open, and a gate opens only as fast as its own lr. Measured on the phantom with the
+    # "tiny" preset: at 1x the attention gates stayed within 0.03 of 0 for 200 steps and the
+    # model's loss with its own image equalled that with another study's image; at 30x the
+    # image already lowered the loss by step 200 (see README, "Quality on the embedded default").
+    gate_lr_mult: float = 1.0
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
@@ -92,10 +98,14 @@ class Trainer:
         params = list(model.parameters_trainable())
         if not params:
             raise ValueError("the model has no trainable parameters")
+        gate_ids = {id(p) for name, p in model.named_parameters() if name.endswith("_gate")}
         decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # gates, norms: weight decay would pull gates to 0
+        no_decay = [p for p in params if p.ndim < 2 and id(p) not in gate_ids]  # norms, biases
+        gates = [p for p in params if id(p) in gate_ids]  # no weight decay: it would pull gates to 0
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+                  {"params": gates, "weight_decay": 0.0, "lr": config.lr * config.gate_lr_mult}]
         self.optimiser = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [g for g in groups if g["params"]],
             lr=config.lr, fused=True,  # one kernel for all parameters (CPU and CUDA): ~4x faster steps
         )
         self.scheduler = get_cosine_schedule_with_warmup(self.optimiser, config.warmup_steps, config.max_steps)
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-val-samples", type=int, default=64)
     for name in ("max_steps", "batch_size", "grad_accum", "warmup_steps", "eval_every", "save_every", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "max_grad_norm"):
+    for name in ("lr", "gate_lr_mult", "weight_decay", "max_grad_norm"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"feature cache {cache.directory}: {stats.computed} computed, {stats.reused} reused")
     train_config = TrainConfig(
         out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        lr=args.lr, gate_lr_mult=args.gate_lr_mult, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         extra={"preset": args.preset, "data": args.data},

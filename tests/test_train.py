@@ -24,8 +24,8 @@ def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
     if feature_cache_root is not None:
         cache = FeatureCache(feature_cache_root, model, processor)
         cache.build([s.images[0] for s in SAMPLES], progress=False)
-    train_config = TrainConfig(out_dir=str(tmp_path), max_steps=max_steps, batch_size=3, lr=3e-3, warmup_steps=2,
-                               eval_every=3, save_every=3, progress=False, **overrides)
+    knobs = dict(batch_size=3, lr=3e-3, warmup_steps=2, eval_every=3, save_every=3, progress=False) | overrides
+    train_config = TrainConfig(out_dir=str(tmp_path), max_steps=max_steps, **knobs)
     return Trainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), train_config)
 
 
@@ -128,3 +128,23 @@ def test_tensorboard_events_are_written_when_tensorboard_is_installed(tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is optional; metrics.csv is always written")
     make_trainer(tmp_path, max_steps=2).fit()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_gates_get_their_own_learning_rate_and_no_weight_decay(tmp_path):
+    """One step from the same start: a gate moves gate_lr_mult times as far (Adam's first step is
+    lr * sign(grad)), every other parameter exactly as far as without the multiplier."""
+    moved = {}
+    for mult in (1.0, 10.0):
+        trainer = make_trainer(tmp_path / str(mult), max_steps=1, gate_lr_mult=mult, warmup_steps=0)
+        before = trainable(trainer)
+        groups = trainer.optimiser.param_groups
+        gate_group = [g for g in groups if any(p.ndim == 1 and p.numel() == 1 for p in g["params"])
+                      and all(p.numel() == 1 for p in g["params"])]
+        assert len(gate_group) == 1 and gate_group[0]["weight_decay"] == 0.0
+        trainer.fit()
+        moved[mult] = {k: (v - before[k]).abs() for k, v in trainable(trainer).items()}
+    for name, delta in moved[1.0].items():
+        if name.endswith("_gate"):
+            assert delta.item() > 0 and moved[10.0][name].item() == pytest.approx(10 * delta.item(), rel=1e-3)
+        else:
+            assert torch.allclose(moved[10.0][name], delta, atol=1e-7), name
