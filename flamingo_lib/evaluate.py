@@ -38,7 +38,8 @@ def generate_reports(model: Any, processor: Any, samples: Sequence[Any], batch_s
 
     Args:
         with_images: False gives the no-image baseline: the prompt without ``<image>`` tokens and
-            no visual input, so every cross-attention block is silent.
+            no visual input, so every cross-attention block is silent and the frozen LM writes on
+            its own (the new ``<EOC>``/``<image>`` rows suppressed; it stops at its own ``</s>``).
     """
     model.eval()
     out: list[str] = []
@@ -53,9 +54,13 @@ def generate_reports(model: Any, processor: Any, samples: Sequence[Any], batch_s
         batch = {k: v.to(device) for k, v in batch.items() if k != "pixel_values"}
         dim = model.config.dim_visual
         empty = torch.zeros(len(chunk), 0, model.config.resampler_num_latents, dim, device=device)
-        ids = model.generate(**batch, visual_features=empty, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        # The new <EOC>/<image> rows are suppressed: trained only after images, <EOC> would end the
+        # text at once; without them the frozen LM writes in its own vocabulary until its own </s>.
+        ids = model.generate(**batch, visual_features=empty, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             suppress_tokens=[model.config.eoc_token_id, model.config.image_token_id])
         texts = processor.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:])
-        out += [processor.remove_tags(t.split(model.config.eoc_token)[0]) for t in texts]
+        end = processor.tokenizer.eos_token or model.config.eoc_token
+        out += [processor.remove_tags(t.split(model.config.eoc_token)[0].split(end)[0]) for t in texts]
     return out
 
 

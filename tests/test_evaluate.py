@@ -105,3 +105,23 @@ def test_rendered_findings_score_gives_an_always_normal_system_nothing():
     right = score(references, references, label_report, truth, ["Pleural Effusion"], RENDERED_OBSERVATIONS)
     assert right["CE micro-F1 (rendered findings, vs image truth)"] == pytest.approx(1.0)
     assert right["CE micro-F1 (rendered findings, vs reference)"] == pytest.approx(1.0)
+
+
+def test_no_image_baseline_writes_in_the_lm_vocabulary_even_when_eoc_dominates():
+    """After training <EOC> may be the likeliest token after a prompt with no image; the baseline
+    suppresses the new rows so the frozen LM writes its own continuation instead of nothing."""
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    head = model.flamingo.lm.get_output_embeddings()
+    letter = processor.tokenizer.convert_tokens_to_ids("a")
+    original = head.forward
+
+    def eoc_then_letter(hidden):
+        logits = original(hidden).clone()
+        logits[..., config.eoc_token_id] += 1e4
+        logits[..., letter] += 1e3
+        return logits
+
+    head.forward = eoc_then_letter
+    text = generate_reports(model, processor, SAMPLES[:1], max_new_tokens=3, with_images=False, progress=False)
+    assert text == ["aaa"]
