@@ -188,6 +188,25 @@ class Trainer:
                 writer.writeheader()
             writer.writerow({k: row.get(k) for k in fields})
 
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget ``metrics.csv`` rows past ``step``: a fresh run (step 0) into a used ``out_dir``
+        starts a new file, and a resumed one drops what was logged after its checkpoint (it is
+        about to log those steps again)."""
+        path = self.out_dir / "metrics.csv"
+        if not self.accelerator.is_main_process or not path.exists():
+            return
+        with path.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+        if not rows:
+            path.unlink()
+            return
+        temporary = path.with_suffix(".csv.tmp")
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(path)
+
     def fit(self) -> dict[str, Any]:
         """Train until ``max_steps``; returns the summary also written to ``out_dir/summary.json``.
 
@@ -196,6 +215,7 @@ class Trainer:
                 message names the step and the sample ids of the offending batches.
         """
         cfg = self.config
+        self._drop_metrics_after(self.progress["step"])
         self.model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.progress["step"], disable=not cfg.progress, desc="training")
         window_start, window_samples = time.perf_counter(), 0

@@ -69,6 +69,15 @@ def test_interrupted_then_resumed_training_is_bit_identical(tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     # the data order crossed an epoch boundary (8 samples, 3 per step) and was replayed
     assert second.progress["epoch"] >= 1
+    steps = [line.split(",")[0] for line in (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_a_fresh_run_into_a_used_directory_starts_a_new_metrics_file(tmp_path):
+    make_trainer(tmp_path, max_steps=4).fit()
+    make_trainer(tmp_path, max_steps=3).fit()  # not resumed: a new run
+    steps = [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3"]
 
 
 def test_resume_without_checkpoint_says_so(tmp_path):
