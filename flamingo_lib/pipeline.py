@@ -110,6 +110,23 @@ class Pipeline:
         saved = json.loads(summary.read_text())
         return saved.get("config", {}).get("extra", {}).get("pipeline") == self.settings.training_key()
 
+    def _result_key(self) -> dict[str, Any]:
+        """What a result computed from the trained model depends on (a change recomputes it)."""
+        s = self.settings
+        return {"training": s.training_key(), "max_test_samples": s.max_test_samples, "num_beams": s.num_beams,
+                "max_new_tokens": s.max_new_tokens}
+
+    def _up_to_date(self, result: Path) -> bool:
+        """``result`` exists and was computed from this run's current model and settings."""
+        stamp = result.with_name(result.name + ".key.json")
+        return (result.exists() and stamp.exists() and self._trained_for_these_settings()
+                and json.loads(stamp.read_text()) == self._result_key())
+
+    def _stamp(self, result: Path) -> None:
+        """Record which model and settings produced ``result`` (written after it: a crash in
+        between leaves the result unstamped, so it is recomputed)."""
+        result.with_name(result.name + ".key.json").write_text(json.dumps(self._result_key(), indent=1))
+
     def train(self, force: bool = False) -> dict[str, Any]:
         """Train on cached features (skipped when this run already trained with these settings)."""
         from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
@@ -139,14 +156,16 @@ class Pipeline:
         from flamingo_lib.evaluate import evaluate
 
         out = self.run_dir / "eval"
-        if not force and (out / "results.csv").exists() and self._trained_for_these_settings():
+        if not force and self._up_to_date(out / "results.csv"):
             return pd.read_csv(out / "results.csv", index_col="system")
         self.train()
         model, processor = self.model_and_processor
         s = self.settings
-        return evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
-                        num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, feature_cache=self.feature_cache,
-                        labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress)
+        table = evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
+                         num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, feature_cache=self.feature_cache,
+                         labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress)
+        self._stamp(out / "results.csv")
+        return table
 
     def generations(self) -> pd.DataFrame:
         """id, reference and every system's report for the test split."""
@@ -159,12 +178,13 @@ class Pipeline:
         from flamingo_lib.grounding import pointing_game
 
         path = self.run_dir / "grounding.csv"
-        if not force and path.exists() and self._trained_for_these_settings():
+        if not force and self._up_to_date(path):
             return pd.read_csv(path)
         self.train()
         model, processor = self.model_and_processor
         results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.seed)
         results.to_csv(path, index=False)
+        self._stamp(path)
         return results
 
     def settings_dict(self) -> dict[str, Any]:

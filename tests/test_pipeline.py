@@ -28,8 +28,18 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     again.evaluate()
     assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
 
+    results = tmp_path / "run" / "eval" / "results.csv"
+    results_mtime, grounding_mtime = results.stat().st_mtime_ns, (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns
+    again.grounding()
+    assert results.stat().st_mtime_ns == results_mtime  # reused, not recomputed
+    assert (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns == grounding_mtime
+
     changed = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 5})
     assert changed.train()["steps"] == 5  # a changed training setting retrains
+    changed.evaluate()  # ... and the results of the old model are not served for the new one
+    changed.grounding()
+    assert results.stat().st_mtime_ns != results_mtime
+    assert (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns != grounding_mtime
 
 
 def test_report_from_credentialed_data_needs_an_explicit_opt_in(tmp_path):
