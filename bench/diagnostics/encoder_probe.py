@@ -1,0 +1,126 @@
+"""How much of the findings do a vision encoder's frozen patch tokens carry? (issue 5, section 4)
+
+Trains the embedded encoder's architecture for the default CLIP budget, either CLIP-style (the
+recipe of ``flamingo_lib.encoders``) or supervised on the CheXpert labels (an upper bound for the
+architecture at that budget), then fits an attention probe (per-label query pooling over the
+patch tokens) on all training films and reports val AUROC per label and the micro-F1 over the
+rendered findings at threshold 0.5.
+
+    HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe clip
+    HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe supervised
+    POOL=map python -m bench.diagnostics.encoder_probe clip        # timm pooling of the trunk
+    STEM=16,32,64 python -m bench.diagnostics.encoder_probe supervised   # stride-8 stem
+Each run takes 3-6 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+from flamingo_lib.encoders.clip_build import _labels
+from flamingo_lib.encoders.clip_pretrain import (ClipRecipe, build_clip, normalise, open_clip_config, pretrain_clip,
+                                                 render_images)
+from flamingo_lib.encoders.corpus import finding_signature, lm_documents, studies
+from flamingo_lib.encoders.probe import auroc
+from flamingo_lib.encoders.tokenizer import train_bpe_tokenizer
+
+
+def _patch_architecture() -> None:
+    """$POOL replaces the trunk's pooling, $STEM the conv stem's channels (one stride 2 each)."""
+    import flamingo_lib.encoders.vit as vit
+
+    if os.environ.get("POOL"):
+        create = vit._create
+        vit._create = lambda pretrained=False, **kw: create(pretrained, **{**kw, "global_pool": os.environ["POOL"]})
+    if os.environ.get("STEM"):
+        channels, stem = tuple(int(c) for c in os.environ["STEM"].split(",")), vit.conv_stem
+        vit.conv_stem = lambda widths=channels: stem(widths)
+
+
+class AttentionProbe(torch.nn.Module):
+    """(N, P, D) tokens -> (N, K) logits: LayerNorm, MLP, one softmax query per label."""
+
+    def __init__(self, dim: int, labels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.norm, self.mlp = torch.nn.LayerNorm(dim), torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU())
+        self.queries = torch.nn.Parameter(torch.randn(labels, hidden) * 0.02)
+        self.readout = torch.nn.Parameter(torch.randn(labels, hidden) * 0.02)
+        self.bias = torch.nn.Parameter(torch.zeros(labels))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.mlp(self.norm(tokens))
+        weights = torch.einsum("npd,kd->nkp", h, self.queries).softmax(-1)
+        return (torch.einsum("nkp,npd->nkd", weights, h) * self.readout).sum(-1) + self.bias
+
+
+def micro_f1(logits: torch.Tensor, truth: torch.Tensor, columns: list[int]) -> float:
+    predicted, actual = logits[:, columns] > 0, truth[:, columns] > 0.5
+    tp, fp, fn = (predicted & actual).sum(), (predicted & ~actual).sum(), (~predicted & actual).sum()
+    return float(2 * tp / max(1, int(2 * tp + fp + fn)))
+
+
+def main(variant: str) -> None:
+    torch.manual_seed(0)
+    _patch_architecture()
+    recipe = ClipRecipe()
+    tokenizer = train_bpe_tokenizer(lm_documents("train", 0), recipe.vocab_size, recipe.context_length, append_eos=True)
+    config = open_clip_config(recipe, len(tokenizer))
+    preprocess = config["preprocess_cfg"]
+    train = [s for s in studies("train", 0) if s.report]
+    val = [s for s in studies("val", 0) if s.report]
+    train_images = render_images(train, "train", recipe.render_size, preprocess, 0)
+    val_images = render_images(val, "val", recipe.render_size, preprocess, 0)
+    train_y, val_y = _labels(train), _labels(val)
+    model = build_clip(config, 0)
+    start = time.perf_counter()
+    if variant == "clip":
+        texts = tokenizer([s.report for s in train], padding="max_length", truncation=True,
+                          max_length=recipe.context_length, return_tensors="pt")["input_ids"]
+        pretrain_clip(model, train_images, texts, [finding_signature(s) for s in train], preprocess, recipe, 0)
+    elif variant == "supervised":
+        trunk, head = model.visual.trunk, torch.nn.Linear(model.visual.trunk.num_features, len(CHEXPERT_OBSERVATIONS))
+        optimiser = torch.optim.AdamW([*trunk.parameters(), *head.parameters()], lr=recipe.lr, weight_decay=0.05)
+        generator = torch.Generator().manual_seed(0)
+        trunk.train()
+        for _ in range(recipe.steps):
+            idx = torch.randint(0, len(train_images), (recipe.batch_size,), generator=generator)
+            pooled = trunk.forward_head(trunk.forward_features(normalise(train_images[idx], preprocess)), pre_logits=True)
+            torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), train_y[idx]).backward()
+            optimiser.step()
+            optimiser.zero_grad()
+    elif variant != "random":
+        raise SystemExit(f"variant must be clip, supervised or random, got {variant!r}")
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        def tokens(images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([model.visual.trunk.forward_features(normalise(images[i:i + 256], preprocess))
+                              for i in range(0, len(images), 256)])
+        train_x, val_x = tokens(train_images), tokens(val_images)
+    probe = AttentionProbe(train_x.shape[-1], len(CHEXPERT_OBSERVATIONS))
+    optimiser = torch.optim.AdamW(probe.parameters(), lr=3e-3, weight_decay=0.01)
+    for _ in range(600):
+        idx = torch.randint(0, len(train_x), (256,))
+        torch.nn.functional.binary_cross_entropy_with_logits(probe(train_x[idx]), train_y[idx]).backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    with torch.no_grad():
+        logits = probe(val_x)
+    columns = [CHEXPERT_OBSERVATIONS.index(o) for o in RENDERED_OBSERVATIONS]
+    aurocs = {o: round(auroc(logits[:, k], val_y[:, k]), 3) for k, o in enumerate(CHEXPERT_OBSERVATIONS)
+              if 0 < val_y[:, k].sum() < len(val_y)}
+    print(json.dumps({"variant": variant, "pool": os.environ.get("POOL"), "stem": os.environ.get("STEM"),
+                      "encoder_training_seconds": round(seconds, 1), "tokens": list(train_x.shape[1:]),
+                      "probe_micro_f1_rendered": round(micro_f1(logits, val_y, columns), 3),
+                      "val_auroc": aurocs}, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "clip")
