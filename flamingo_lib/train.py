@@ -295,58 +295,10 @@ class _nullcontext:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m flamingo_lib.train --preset tiny --data phantom --out runs/x`` (``--help``)."""
-    import argparse
+    """``python -m flamingo_lib.train ...``: see :func:`flamingo_lib.train_cli.main`."""
+    from flamingo_lib.train_cli import main as cli_main
 
-    from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-    from flamingo_lib.data.sources import open_source
-
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m flamingo_lib.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny-random", help="FlamingoConfig preset")
-    parser.add_argument("--data", default="phantom", help="data source spec (see flamingo_lib.data.sources)")
-    parser.add_argument("--out", default=defaults.out_dir, help="run directory (checkpoints, metrics, model)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--cache-features", metavar="DIR", help="train from frozen-encoder features cached in DIR")
-    parser.add_argument("--image-size", type=int, default=224, help="size of rendered phantom images")
-    parser.add_argument("--max-train-samples", type=int)
-    parser.add_argument("--max-val-samples", type=int, default=64)
-    for name in ("max_steps", "batch_size", "grad_accum", "warmup_steps", "eval_every", "save_every", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "gate_lr_mult", "weight_decay", "max_grad_norm"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for CUDA, off for CPU)")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    args = parser.parse_args(argv)
-
-    config = FlamingoConfig.from_preset(args.preset)
-    model, processor = FlamingoModel(config), FlamingoProcessor(config)
-    train_set = open_source(args.data, "train", args.image_size, args.max_train_samples, seed=args.seed)
-    val_set = open_source(args.data, "val", args.image_size, args.max_val_samples, seed=args.seed)
-    cache = None
-    if args.cache_features:
-        from flamingo_lib.features import FeatureCache
-
-        cache = FeatureCache(args.cache_features, model, processor)
-        stats = cache.build((im for ds in (train_set, val_set) for s in ds for im in s.images),
-                            total=sum(len(s.images) for ds in (train_set, val_set) for s in ds))
-        print(f"feature cache {cache.directory}: {stats.computed} computed, {stats.reused} reused")
-    train_config = TrainConfig(
-        out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, gate_lr_mult=args.gate_lr_mult, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
-        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
-        extra={"preset": args.preset, "data": args.data},
-    )
-    trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train_config)
-    if args.resume:
-        trainer.resume()
-    summary = trainer.fit()
-    print(f"trained to step {summary['steps']}: train loss {summary['first_train_loss']:.3f} -> "
-          f"{summary['last_train_loss']:.3f}; model in {Path(args.out) / 'model'}")
-    return summary
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
