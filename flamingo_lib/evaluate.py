@@ -2,8 +2,8 @@
 
 Baselines on the same split: the most frequent training report; nearest-neighbour retrieval (the
 report of the closest training image in the frozen encoder's feature space: mean-pooled patch
-tokens, cosine similarity); and the model with no image (its LM continues the same prompt text
-with the cross-attention silent).
+tokens, cosine similarity); and the model with no image (its frozen LM continues the same prompt
+text on its own: the cross-attention silent, the new <EOC>/<image> rows suppressed).
 """
 
 from __future__ import annotations
