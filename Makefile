@@ -25,10 +25,12 @@ test: test-lib test-notebooks
 test-lib: $(STAMP)
 	$(PY) -m pytest tests/ -q
 
-# Notebooks run through nbmake; an empty notebooks/ folder passes (nothing to run yet).
+# Notebooks run through nbmake; an empty notebooks/ folder passes (nothing to run yet). The whole
+# set takes ~3 min on 2 idle cores; a cell may take 15 min on a loaded machine before it counts as
+# hung (nbmake's default, 5 min, failed cells of 03 and 04 while another job held the cores).
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(PY) -m pytest --nbmake notebooks/ -q; \
+		$(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks/ -q; \
 	else echo "notebooks/: no notebooks yet, nothing to run"; fi
 
 # `make demo ARGS="--preset smol"` uses the real SmolLM2 LM (pip extra `smol`).
