@@ -32,7 +32,7 @@ class PipelineSettings:
     max_train_samples: int | None = None
     max_val_samples: int | None = 64
     max_test_samples: int | None = 100
-    max_steps: int = 1500  # ~6 min on 2 cores with the "tiny" preset (batch 16)
+    max_steps: int = 1500  # ~7 min on 2 cores with the "tiny" preset (batch 16)
     batch_size: int = 16
     lr: float = 1e-3
     gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
@@ -50,8 +50,8 @@ class PipelineSettings:
 
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
-        keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size", "lr",
-                "gate_lr_mult", "warmup_steps", "seed")
+        keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
+                "lr", "gate_lr_mult", "warmup_steps", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -72,7 +72,8 @@ class Pipeline:
         model_dir = self.run_dir / "train" / "model"
         if self._trained_for_these_settings():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
-        config = FlamingoConfig.from_preset(self.settings.preset, self.settings.pretrain_scale, seed=self.settings.seed)
+        s = self.settings
+        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed)
         return FlamingoModel(config), FlamingoProcessor(config)
 
     @cached_property
@@ -139,7 +140,8 @@ class Pipeline:
         model, processor = self.model_and_processor
         config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
                              lr=s.lr, gate_lr_mult=s.gate_lr_mult, warmup_steps=s.warmup_steps,
-                             eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress, extra={"pipeline": s.training_key()})
+                             eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
+                             extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
                           ReportCollator(processor, self.feature_cache), config)
         summary = trainer.fit()
