@@ -2,7 +2,7 @@
 pairs with open_clip's own model class and ``open_clip.ClipLoss``.
 
 The vision tower is :mod:`flamingo_lib.encoders.vit`'s conv-stem ViT (160 px, 100 tokens of
-width 64, average pooled), registered with timm; open_clip builds it by name like any timm trunk.
+width 64, attention pooled), registered with timm; open_clip builds it by name like any timm trunk.
 The text tower is open_clip's native small text transformer over the in-project BPE vocabulary
 (pooled at ``</s>``): its weights live in the same safetensors file and its tokenizer in the same
 directory (open_clip's ``get_tokenizer("local-dir:...")`` reads it there), whereas an HF text

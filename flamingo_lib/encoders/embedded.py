@@ -35,7 +35,7 @@ from flamingo_lib.encoders.clip_pretrain import ClipRecipe
 from flamingo_lib.encoders.lm_pretrain import LMRecipe
 from flamingo_lib.encoders.sentinels import env_scale, parse_scale, parse_sentinel
 
-FORMAT_VERSION = 1  # bump when the build code changes what it writes: every cache rebuilds
+FORMAT_VERSION = 2  # bump when the build code changes what it writes: every cache rebuilds (2: map pooling)
 DATA_SEED = 0  # the PhantomCXR anatomy seed of the pretraining data (the default dataset's)
 METRICS_FILE = "metrics.json"
 LM_FILES = ("config.json", "model.safetensors", "tokenizer.json", METRICS_FILE)

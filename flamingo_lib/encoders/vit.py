@@ -8,9 +8,14 @@ transformers see better", Xiao et al., 2021) reached 0.72 after 100 steps and 0.
 a lower cost per step. The stem keeps the ViT's token layout: 160 px -> 10 x 10 = 100 tokens of
 width 64, which is what the Perceiver Resampler reads.
 
-It is a plain ``timm.models.VisionTransformer`` (``HybridEmbed`` stem, no class token, average
-pooling), registered under :data:`MODEL_NAME` when this module is imported. flamingo_lib imports
-it before loading any open_clip model; plain open_clip users ``import flamingo_lib.encoders.vit``
+It is a plain ``timm.models.VisionTransformer`` (``HybridEmbed`` stem, no class token, attention
+pooling: timm's ``map`` head, one learned query as in SigLIP) registered under :data:`MODEL_NAME`
+when this module is imported. Why attention rather than average pooling: most findings are small
+and a mean over 100 tokens dilutes them, so CLIP training pushed the tokens less to encode them.
+Measured with the default recipe: attention-probe micro-F1 over the rendered findings on the val
+films 0.45 against 0.40 (``python -m bench.diagnostics.encoder_probe clip``), and the trained
+Flamingo's CE micro-F1 over rendered findings 0.152 against 0.094 (``make demo``). flamingo_lib
+imports this module before loading any open_clip model; plain open_clip users ``import flamingo_lib.encoders.vit``
 first, then ``open_clip.create_model("local-dir:<dir>")``.
 """
 
@@ -44,7 +49,7 @@ def _create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         raise ValueError(f"{MODEL_NAME} has no published weights: it is pretrained in-project "
                          "(flamingo_lib.encoders.embedded)")
     args: dict[str, Any] = dict(img_size=160, patch_size=1, embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0,
-                                class_token=False, global_pool="avg", num_classes=1000)
+                                class_token=False, global_pool="map", num_classes=1000)
     # timm.create_model passes its pretrained-config plumbing along; a from-scratch model has none.
     args.update({k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")})
     # patch_size=1: the stem already downsamples 16x; HybridEmbed projects its 64 channels per cell.
@@ -59,5 +64,6 @@ def _create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_model
 def flamingo_cxr_vitc_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """The embedded encoder's trunk: conv stem, 4 blocks, width 64, 2 heads, 160 px, 100 tokens."""
+    """The embedded encoder's trunk: conv stem, 4 blocks, width 64, 2 heads, 160 px, 100 tokens,
+    attention pooling."""
     return _create(pretrained, **kwargs)
