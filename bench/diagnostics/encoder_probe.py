@@ -8,7 +8,7 @@ rendered findings at threshold 0.5.
 
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe clip
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe supervised
-    POOL=map python -m bench.diagnostics.encoder_probe clip        # timm pooling of the trunk
+    POOL=avg python -m bench.diagnostics.encoder_probe clip        # the trunk's pooling (default: map)
     STEM=16,32,64 python -m bench.diagnostics.encoder_probe supervised   # stride-8 stem
 Each run takes 3-6 minutes on 2 cores.
 """
