@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from flamingo_lib.atomic_files import write_json_atomic
 from flamingo_lib.cache_dirs import cache_root
 from flamingo_lib.config import FlamingoConfig
 
@@ -126,7 +127,7 @@ class Pipeline:
     def _stamp(self, result: Path) -> None:
         """Record which model and settings produced ``result`` (written after it: a crash in
         between leaves the result unstamped, so it is recomputed)."""
-        result.with_name(result.name + ".key.json").write_text(json.dumps(self._result_key(), indent=1))
+        write_json_atomic(result.with_name(result.name + ".key.json"), self._result_key(), indent=1)
 
     def train(self, force: bool = False) -> dict[str, Any]:
         """Train on cached features (skipped when this run already trained with these settings)."""

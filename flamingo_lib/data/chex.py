@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -36,6 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from flamingo_lib.atomic_files import write_json_atomic
 from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, CXRSample, Finding
 
@@ -277,25 +276,10 @@ def write_chex(
                 "mask_files": mask_files, "meta": _json_safe(sample.meta),
             })  # fmt: skip
             annotations.append({"id": image_id, "image_id": image_id, "caption": sample.report})
-        _write_json_atomically(target, {"images": images, "annotations": annotations})
+        write_json_atomic(target, {"images": images, "annotations": annotations}, ensure_ascii=False)
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)
         raise
     logger.info("wrote %d sample(s) to %s", len(images), target)
     return target
-
-
-def _write_json_atomically(target: Path, data: dict[str, Any]) -> None:
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            json.dump(data, handle, ensure_ascii=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from flamingo_lib.atomic_files import write_json_atomic as write_json
 from flamingo_lib.cache_dirs import cache_root
 
 logger = logging.getLogger(__name__)
@@ -111,13 +112,5 @@ def cached_build(
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON through a temporary file and a rename."""
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
-    try:
-        with handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` as indented JSON with sorted keys, atomically (metrics, manifests)."""
+    write_json(path, payload, indent=2, sort_keys=True)
