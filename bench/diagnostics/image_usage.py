@@ -17,7 +17,7 @@ import time
 import torch
 
 from flamingo_lib.pipeline import Pipeline
-from flamingo_lib.train import ReportCollator
+from flamingo_lib.train import ReportCollator, parameter_groups
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     shuffled = {**probe, "image_embeddings": probe["image_embeddings"].roll(1, 0)}
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    gates = [p for n, p in named if n.endswith("_gate")]
-    groups = [{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": 0.1},
-              {"params": [p for n, p in named if p.ndim < 2 and not n.endswith("_gate")], "weight_decay": 0.0},
-              {"params": gates, "weight_decay": 0.0, "lr": args.lr * args.gate_lr_mult}]
-    optimiser = torch.optim.AdamW(groups, lr=args.lr)
+    optimiser = torch.optim.AdamW(parameter_groups(model, args.lr, 0.1, args.gate_lr_mult), lr=args.lr)
     base = [g["lr"] for g in optimiser.param_groups]
     generator, start = torch.Generator().manual_seed(0), time.perf_counter()
     model.train()
