@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from flamingo_lib.atomic_files import write_json_atomic as write_json
+from flamingo_lib import atomic_files
 from flamingo_lib.cache_dirs import cache_root
 
 logger = logging.getLogger(__name__)
@@ -113,4 +113,4 @@ def cached_build(
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON with sorted keys, atomically (metrics, manifests)."""
-    write_json(path, payload, indent=2, sort_keys=True)
+    atomic_files.write_json_atomic(path, payload, indent=2, sort_keys=True)
