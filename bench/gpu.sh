@@ -6,9 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-make -s setup
-PY=.venv/bin/python
-# Baselines outside .venv, as `make bench` installs them (see the Makefile).
+# BENCH_PYTHON: an interpreter that already has the locked packages (a lent GPU machine reaches no
+# package index, so `make setup` cannot build .venv there: see bench/README.md for the wheels).
+if [[ -n "${BENCH_PYTHON:-}" ]]; then
+    PY=$BENCH_PYTHON
+else
+    make -s setup
+    PY=.venv/bin/python
+fi
+# Baselines outside .venv, as `make bench` installs them (see the Makefile); a carried copy is used as is.
 if ! ls bench/.baselines/.installed-* >/dev/null 2>&1; then
     make -s "bench/.baselines/.installed-$(sha256sum bench/requirements-baselines.txt | cut -c1-16)"
 fi
