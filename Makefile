@@ -60,4 +60,4 @@ bench: $(STAMP) $(BASELINES_STAMP)
 
 # Toy sizes, one repetition (< 1 min): keeps the benchmark code working; writes bench/.smoke/.
 bench-smoke: $(STAMP) $(BASELINES_STAMP)
-	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke
+	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke --compile

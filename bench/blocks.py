@@ -6,6 +6,7 @@ equal before anything is timed, so the implementations compared compute the same
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +55,18 @@ def _seeded_ours_resampler(s: BlockSizes) -> PerceiverResampler:
                               num_latents=s.latents, num_time_embeds=4, ff_mult=s.ff_mult)
 
 
-def resamplers(s: BlockSizes, base: dict) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], Any]]]:
-    """The three resamplers with identical weights, each with how it takes (B, T, N, D) media.
+def _compiled_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` compiled in place (``nn.Module.compile``, as
+    ``flamingo_lib.compile.compile_blocks`` does it): same parameter names, so the equality
+    check compares its gradients name by name."""
+    compiled = copy.deepcopy(module)
+    compiled.compile()
+    return compiled
+
+
+def resamplers(s: BlockSizes, base: dict, compiled: bool = False) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], Any]]]:
+    """The three resamplers with identical weights, each with how it takes (B, T, N, D) media;
+    with ``compiled`` also ours under ``torch.compile`` (``ours+compile``).
 
     Time embeddings differ in meaning: ours and open_flamingo's ``frame_embs`` index the frame
     within an image (one frame here: index 0 for both images); lucidrains' ``media_pos_emb``
@@ -75,11 +86,15 @@ def resamplers(s: BlockSizes, base: dict) -> dict[str, tuple[nn.Module, Callable
     of_state = {k: v for k, v in state.items() if k != "time_pos_emb"}
     of_state["frame_embs"] = state["time_pos_emb"][:, 0].clone()
     _copy_state(of, of_state)
-    return {
+    out = {
         "ours": (ours, lambda x: ours(x)),
         "lucidrains": (lucid, lambda x: lucid(x)),
         "open_flamingo": (of, lambda x: of(x.unsqueeze(2))),  # (B, T, F=1, N, D)
     }
+    if compiled:
+        ours_compiled = _compiled_copy(ours)
+        out["ours+compile"] = (ours_compiled, lambda x: ours_compiled(x))
+    return out
 
 
 def xattn_blocks(s: BlockSizes, base: dict, dim_visual: int, which: tuple[str, ...]) -> dict[str, tuple]:
@@ -97,9 +112,10 @@ def xattn_blocks(s: BlockSizes, base: dict, dim_visual: int, which: tuple[str, .
         ours.ff_gate.fill_(0.5)
     out: dict[str, tuple] = {}
     for name in which:
-        if name == "ours":
+        if name in ("ours", "ours+compile"):
             # The model computes media_time = cumsum once per forward for all layers; so here.
-            out[name] = (ours, lambda x, m, loc: ours(x, m, loc.long().cumsum(-1)))
+            mod = ours if name == "ours" else _compiled_copy(ours)
+            out[name] = (mod, lambda x, m, loc, mod=mod: mod(x, m, loc.long().cumsum(-1)))
         elif name == "open_flamingo":
             of = base["open_flamingo"].GatedCrossAttentionBlock(
                 dim=s.dim, dim_visual=dim_visual, dim_head=s.dim_head, heads=s.heads, ff_mult=s.ff_mult,
@@ -162,9 +178,10 @@ def _check_equal(impls: dict[str, tuple[nn.Module, Callable[[], torch.Tensor]]],
     return diffs
 
 
-def run(env: Env, sizes: BlockSizes, reps: int) -> dict[str, Any]:
+def run(env: Env, sizes: BlockSizes, reps: int, compiled: bool = False) -> dict[str, Any]:
     """Check, then time forward + backward of every block implementation, interleaved with the
-    square matmul that gives the roofline of this machine."""
+    square matmul that gives the roofline of this machine; with ``compiled`` also ours under
+    ``torch.compile`` (compiled in the check and the warm-up, before anything is timed)."""
     base = load_baselines()
     s, dev = sizes, env.device
     g = torch.Generator().manual_seed(1)
@@ -184,9 +201,10 @@ def run(env: Env, sizes: BlockSizes, reps: int) -> dict[str, Any]:
     groups: dict[str, dict[str, tuple[nn.Module, Callable]]] = {}
     groups["resampler"] = {
         name: (mod.to(dev), _fwd_bwd(mod, lambda f=f: f(patches), res_grad, [], env))
-        for name, (mod, f) in resamplers(s, base).items()}
-    for label, dv, which in (("xattn", s.dim_visual, ("ours", "open_flamingo")),
-                             ("xattn_dv=dim", s.dim, ("ours", "lucidrains"))):
+        for name, (mod, f) in resamplers(s, base, compiled).items()}
+    ours_impls = ("ours", "ours+compile") if compiled else ("ours",)
+    for label, dv, which in (("xattn", s.dim_visual, (*ours_impls, "open_flamingo")),
+                             ("xattn_dv=dim", s.dim, (*ours_impls, "lucidrains"))):
         groups[label] = {
             name: (mod.to(dev), _fwd_bwd(mod, lambda f=f, m=media[dv]: f(text, m, locations), x_grad, [text, media[dv]], env))
             for name, (mod, f) in xattn_blocks(s, base, dv, which).items()}
@@ -206,7 +224,8 @@ def run(env: Env, sizes: BlockSizes, reps: int) -> dict[str, Any]:
     for label, impls in groups.items():
         for name, (_, fn) in impls.items():
             fns[f"{label}/{name}"] = fn
-    timings = interleaved(fns, env, reps=reps, warmup=1)
+    # Compiled blocks: the first call compiles forward and backward, a second settles autocast guards.
+    timings = interleaved(fns, env, reps=reps, warmup=2 if compiled else 1)
     matmul_rate = mm_flops / timings["matmul"].median
 
     # Best-of-N ("min") figures beside the medians: on a shared machine the noise only ever

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The four benchmarks on CUDA in bf16 autocast, in one command (< 5 minutes on an H100):
+# The four benchmarks on CUDA in bf16 autocast, in one command (< 5 minutes on an H100/H200):
 # blocks vs the baselines, generation, feature cache, memory + model FLOP utilisation of a
 # training step at the biomed sizes. Prints one summary table; writes bench/gpu/RESULTS.md and
 # bench/gpu/results.json. Extra arguments go to `python -m bench.run` (e.g. --train-batch 32).
@@ -19,6 +19,7 @@ if ! ls bench/.baselines/.installed-* >/dev/null 2>&1; then
     make -s "bench/.baselines/.installed-$(sha256sum bench/requirements-baselines.txt | cut -c1-16)"
 fi
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
-# GPU steps are milliseconds: more repetitions than on CPU for stable medians.
-BENCH_COMMAND="bench/gpu.sh $*" exec timeout 295 "$PY" -m bench.run --device cuda --bf16 --reps 10 \
-    --out bench/gpu "$@"
+# Block steps are milliseconds: many repetitions for stable medians; decoding is seconds: fewer.
+# --compile adds our blocks under torch.compile and compiles the training step (first step ~40 s).
+BENCH_COMMAND="bench/gpu.sh $*" exec timeout 295 "$PY" -m bench.run --device cuda --bf16 --compile \
+    --block-reps 20 --reps 5 --out bench/gpu "$@"

@@ -25,6 +25,7 @@ from bench.common import Env, Stats, interleaved, machine_info, matmul_fn
 from bench.models import SMOKE_BLOCKS, biomed_size_config
 from bench.training import make_step, optimizer_for, step_flops, train_batch, vit_shape
 from flamingo_lib import FlamingoModel, FlamingoProcessor
+from flamingo_lib.compile import compile_blocks
 
 
 class RssSampler:
@@ -52,12 +53,17 @@ class RssSampler:
 
 
 def measure(lm_dir: Path, vit_dir: Path, env: Env, batch: int, text: int, timed_steps: int,
-            smoke: bool = False) -> dict[str, Any]:
-    """Build the model, run one step measuring memory, then ``timed_steps`` steps for speed."""
+            smoke: bool = False, compiled: bool = False) -> dict[str, Any]:
+    """Build the model, run one step measuring memory, then ``timed_steps`` steps for speed.
+
+    With ``compiled`` every block is compiled (``flamingo_lib.compile.compile_blocks``): the
+    first step then includes the compilation, and one more untimed step precedes the timed ones.
+    """
     proc = psutil.Process()
     rss_start = proc.memory_info().rss
     config = biomed_size_config(lm_dir, vit_dir, **(SMOKE_BLOCKS if smoke else {}))
     model = FlamingoModel(config).to(env.device).train()
+    compiled_blocks = compile_blocks(model) if compiled else []
     processor = FlamingoProcessor(config)
     inputs = train_batch(processor, batch, text, env)
     optimizer = optimizer_for(model)
@@ -71,7 +77,7 @@ def measure(lm_dir: Path, vit_dir: Path, env: Env, batch: int, text: int, timed_
         "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         # AdamW keeps exp_avg and exp_avg_sq, each the size of its parameter, for trainable ones.
         "adamw_state_bytes_analytic": 2 * sum(p.numel() * p.element_size() for p in model.parameters_trainable()),
-        "rss_before_model_bytes": rss_start,
+        "rss_before_model_bytes": rss_start, "compiled_blocks": len(compiled_blocks),
     }
     if env.device.type == "cuda":
         torch.cuda.synchronize()
@@ -94,6 +100,8 @@ def measure(lm_dir: Path, vit_dir: Path, env: Env, batch: int, text: int, timed_
         t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
         if torch.is_tensor(t) and t.ndim > 0)  # skips the scalar `step` counters
 
+    if compiled:
+        step()  # any recompilation (e.g. after the optimiser state appeared) happens here, untimed
     samples = []
     for _ in range(timed_steps):
         env.sync()
@@ -127,13 +135,15 @@ def main() -> None:
     parser.add_argument("--text", type=int, default=128)
     parser.add_argument("--timed-steps", type=int, default=0, help="steps timed after the measured one")
     parser.add_argument("--smoke", action="store_true", help="the tiny-random block sizes")
+    parser.add_argument("--compile", action="store_true", help="compile every block (torch.compile)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--thread-clock", action="store_true", help="time with the thread's CPU time (1 thread)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     env = Env(torch.device(args.device), bf16=args.bf16, thread_clock=args.thread_clock)
-    print(json.dumps(measure(args.lm_dir, args.vit_dir, env, args.batch, args.text, args.timed_steps, args.smoke)))
+    print(json.dumps(measure(args.lm_dir, args.vit_dir, env, args.batch, args.text, args.timed_steps, args.smoke,
+                              args.compile)))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     bf16: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False
+    # torch.compile every block (flamingo_lib.compile.compile_blocks): on a GPU the eager model is
+    # host-bound at these sizes (bench/gpu/RESULTS.md); the first step pays the compilation.
+    compile: bool = False
     max_nonfinite: int = 0  # batches with NaN/inf loss tolerated (skipped, reported) before failing
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +107,10 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
         if config.gradient_checkpointing:
             model.flamingo.lm.gradient_checkpointing_enable()
+        if config.compile:
+            from flamingo_lib.compile import compile_blocks
+
+            compile_blocks(model)
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
         torch.manual_seed(config.seed)
         if not list(model.parameters_trainable()):

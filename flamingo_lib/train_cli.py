@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every block (worth it on a GPU; the first step compiles)")
     args = parser.parse_args(argv)
 
     config = FlamingoConfig.from_preset(args.preset)
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lr=args.lr, gate_lr_mult=args.gate_lr_mult, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
         extra={"preset": args.preset, "data": args.data},
     )
     trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train_config)
