@@ -8,6 +8,8 @@ frozen LM would (PRIOR_ART bugs 9 and 11).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -36,6 +38,31 @@ def text_to_media_mask(
     text_time = media_time[:, :, None]  # (B, L, 1)
     allowed = text_time == image_index if only_immediate else text_time >= image_index  # (B, L, T)
     return allowed.repeat_interleave(num_latents, dim=-1)[:, None]
+
+
+class MediaMasks(NamedTuple):
+    """The masks every cross-attention layer of one forward pass shares, built once per pass
+    (:func:`media_masks`) rather than once per layer: on a GPU each layer's dozen small mask
+    kernels cost more launch time than its matmuls (bench/gpu/README.md).
+
+    Fields:
+        attend: bool (B, 1, L, T * n), True where a text token may attend to a latent; rows of
+            text with no image before them are all True (a fully masked row would give NaN),
+            and their output is zeroed through ``blind``.
+        blind: bool (B, L, 1), True for text with no image at or before it.
+        only_immediate: the masking rule the masks were built with.
+    """
+
+    attend: torch.Tensor
+    blind: torch.Tensor
+    only_immediate: bool
+
+
+def media_masks(media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
+    """:class:`MediaMasks` for ``media_time`` (B, L) long (see :func:`text_to_media_mask`)."""
+    blind = (media_time == 0)[..., None]  # no image yet; media_time never exceeds num_media
+    allowed = text_to_media_mask(media_time, num_media, num_latents, only_immediate)
+    return MediaMasks(allowed | blind[:, None], blind, only_immediate)
 
 
 class MaskedCrossAttention(nn.Module):
@@ -67,8 +94,15 @@ class MaskedCrossAttention(nn.Module):
         k, v = self.to_kv(rearrange(media, "b t n d -> b (t n) d")).chunk(2, dim=-1)
         return tuple(rearrange(z, "b j (h d) -> b h j d", h=self.heads) for z in (k, v))  # type: ignore[return-value]
 
+    def masks(self, media: torch.Tensor, media_time: torch.Tensor, masks: MediaMasks | None = None) -> MediaMasks:
+        """``masks`` when they were built for this layer's rule, else built here."""
+        if masks is not None and masks.only_immediate == self.only_attend_immediate_media:
+            return masks
+        return media_masks(media_time, media.shape[1], media.shape[2], self.only_attend_immediate_media)
+
     def forward(
-        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None
+        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None,
+        masks: MediaMasks | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -76,20 +110,19 @@ class MaskedCrossAttention(nn.Module):
             media: resampled latents (B, T, n, Dv).
             media_time: (B, L) long, images at or before each position (0 = none yet).
             kv: precomputed ``media_kv(media)``, reused across decoding steps.
+            masks: :func:`media_masks` of ``media_time``, shared by the layers of one pass.
 
         Returns:
             (B, L, D); rows of text with no image before them are exactly zero. When
             ``keep_attention``, ``last_attention`` holds the weights (B, H, L, T*n).
         """
-        num_media, num_latents = media.shape[1:3]
+        masks = self.masks(media, media_time, masks)
         q = rearrange(self.to_q(self.norm(x)), "b l (h d) -> b h l d", h=self.heads)
         k, v = kv if kv is not None else self.media_kv(media)
-        mask = text_to_media_mask(media_time, num_media, num_latents, self.only_attend_immediate_media)
-        sees_media = mask.any(dim=-1, keepdim=True)  # (B, 1, L, 1)
-        # A row with every key masked would give NaN; open it up and zero its output below.
-        out, weights = attend(q, k, v, mask | ~sees_media, self.keep_attention)
-        out = out.masked_fill(~sees_media, 0.0)
-        self.last_attention = None if weights is None else weights.masked_fill(~sees_media, 0.0)
+        out, weights = attend(q, k, v, masks.attend, self.keep_attention)
+        blind = masks.blind[:, None]  # (B, 1, L, 1)
+        out = out.masked_fill(blind, 0.0)  # text with no image before it gets nothing
+        self.last_attention = None if weights is None else weights.masked_fill(blind, 0.0)
         return self.to_out(rearrange(out, "b h l d -> b l (h d)"))
 
 
@@ -123,16 +156,18 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.tensor([0.0]))
 
     def forward(
-        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None
+        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None,
+        masks: MediaMasks | None = None,
     ) -> torch.Tensor:
         """
         Args:
-            x: (B, L, D); media: (B, T, n, Dv); media_time: (B, L) long; kv: cached media K/V.
+            x: (B, L, D); media: (B, T, n, Dv); media_time: (B, L) long; kv: cached media K/V;
+            masks: :func:`media_masks` shared by the layers of one pass (built here if None).
 
         Returns:
             (B, L, D): ``x`` itself, bit for bit, at positions that see no image.
         """
-        sees_media = (media_time > 0)[..., None]  # (B, L, 1)
-        x = x + self.attn(x, media, media_time, kv) * self.attn_gate.tanh()
-        ff_out = (self.ff(x) * self.ff_gate.tanh()).masked_fill(~sees_media, 0.0)
+        masks = self.attn.masks(media, media_time, masks)
+        x = x + self.attn(x, media, media_time, kv, masks) * self.attn_gate.tanh()
+        ff_out = (self.ff(x) * self.ff_gate.tanh()).masked_fill(masks.blind, 0.0)
         return x + ff_out

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flamingo_lib.cross_attention import GatedCrossAttentionBlock, MediaKV
+from flamingo_lib.cross_attention import GatedCrossAttentionBlock, MediaKV, MediaMasks
 
 
 class FlamingoLayer(nn.Module):
@@ -33,16 +33,20 @@ class FlamingoLayer(nn.Module):
         self.media_time: torch.Tensor | None = None
         self.reuse_media_kv = False
         self.media_kv: MediaKV | None = None
+        self.masks: MediaMasks | None = None
 
-    def condition(self, media: torch.Tensor | None, media_time: torch.Tensor | None, reuse_media_kv: bool = False) -> None:
+    def condition(self, media: torch.Tensor | None, media_time: torch.Tensor | None, reuse_media_kv: bool = False,
+                  masks: MediaMasks | None = None) -> None:
         """Set the media (B, T, n, Dv) and per-token image counts (B, L) for the next forward.
 
         With ``reuse_media_kv`` the media keys/values are computed once and kept until the
-        next :meth:`condition` call (one ``generate`` call).
+        next :meth:`condition` call (one ``generate`` call). ``masks``: the cross-attention
+        masks of ``media_time``, built once for all layers (else each layer builds its own).
         """
         self.media, self.media_time = media, media_time
         self.reuse_media_kv = reuse_media_kv
         self.media_kv = None
+        self.masks = masks
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """``hidden_states`` (B, L, D) plus whatever the wrapped layer takes."""
@@ -53,7 +57,7 @@ class FlamingoLayer(nn.Module):
             kv = self.media_kv
             if kv is None and self.reuse_media_kv:
                 kv = self.media_kv = self.gated_cross_attn.attn.media_kv(self.media)
-            hidden_states = self.gated_cross_attn(hidden_states, self.media, self.media_time, kv)
+            hidden_states = self.gated_cross_attn(hidden_states, self.media, self.media_time, kv, self.masks)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flamingo_lib.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention
+from flamingo_lib.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention, media_masks
 from flamingo_lib.resampler import PerceiverResampler
 
 B, L, D, DV, T, N = 2, 9, 32, 24, 2, 4
@@ -125,3 +125,35 @@ def test_resampler_rejects_more_frames_than_time_embeddings():
     resampler = PerceiverResampler(dim=DV, depth=1, dim_head=8, heads=2, num_latents=5, num_time_embeds=2)
     with pytest.raises(ValueError, match="frames exceeds num_time_embeds=2"):
         resampler(torch.randn(1, 1, 3, 7, DV))
+
+
+@pytest.mark.parametrize("only_immediate", [True, False])
+def test_shared_masks_give_the_block_its_own_result_and_a_wrong_rule_is_not_used(only_immediate):
+    x, media = inputs()
+    blk = block(only_immediate)
+    own = blk(x, media, MEDIA_TIME)
+    assert torch.equal(blk(x, media, MEDIA_TIME, masks=media_masks(MEDIA_TIME, T, N, only_immediate)), own)
+    # Masks built for the other rule are rebuilt, not applied (the two rules differ after image 2).
+    other = media_masks(MEDIA_TIME, T, N, not only_immediate)
+    assert torch.equal(blk(x, media, MEDIA_TIME, masks=other), own)
+
+
+def test_one_forward_builds_the_masks_once_for_all_layers(monkeypatch, tiny_open, images):
+    import flamingo_lib.cross_attention as cross_attention
+    import flamingo_lib.flamingo as flamingo_module
+    from flamingo_lib.lm_injection import flamingo_layers
+
+    model, processor = tiny_open
+    assert len(list(flamingo_layers(model))) >= 2
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return media_masks(*args, **kwargs)
+
+    monkeypatch.setattr(flamingo_module, "media_masks", counting)
+    monkeypatch.setattr(cross_attention, "media_masks", counting)
+    batch = processor(["<image>Findings: clear.", "<image>Findings: effusion."], [[images[0]], [images[1]]])
+    with torch.no_grad():
+        model(**batch)
+    assert len(calls) == 1
