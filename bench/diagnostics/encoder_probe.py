@@ -2,12 +2,13 @@
 
 Trains the embedded encoder's architecture for the default CLIP budget, either CLIP-style (the
 recipe of ``flamingo_lib.encoders``) or supervised on the CheXpert labels (an upper bound for the
-architecture at that budget), then fits an attention probe (per-label query pooling over the
+architecture at that budget; ``dense`` adds, per token, which finding masks cover its cell), then fits an attention probe (per-label query pooling over the
 patch tokens) on all training films and reports val AUROC per label and the micro-F1 over the
 rendered findings at threshold 0.5.
 
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe clip
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe supervised
+    HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe dense   # + per-token finding-mask targets
     POOL=avg python -m bench.diagnostics.encoder_probe clip        # the trunk's pooling (default: map)
     STEM=16,32,64 python -m bench.diagnostics.encoder_probe supervised   # stride-8 stem
 Each run takes 3-6 minutes on 2 cores.
@@ -66,6 +67,45 @@ def micro_f1(logits: torch.Tensor, truth: torch.Tensor, columns: list[int]) -> f
     return float(2 * tp / max(1, int(2 * tp + fp + fn)))
 
 
+def dense_targets(train: list, recipe: ClipRecipe) -> tuple[torch.Tensor, list[str]]:
+    """(N, K, g, g) fraction of each token cell covered by each finding's mask (K mask names)."""
+    from flamingo_lib.encoders.corpus import phantom
+
+    datasets = {mode: phantom("train", mode, recipe.render_size, 0) for mode in sorted({s.mode for s in train})}
+    masks = [datasets[s.mode][s.index].masks or {} for s in train]
+    names = sorted({name for m in masks for name in m})
+    grid = recipe.image_size // 16
+    out = torch.zeros(len(train), len(names), grid, grid)
+    for i, m in enumerate(masks):
+        for name, mask in m.items():
+            cell = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None, None], grid)
+            out[i, names.index(name)] = cell[0, 0]
+    return out, names
+
+
+def train_dense(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                dense: tuple[torch.Tensor, list[str]], preprocess: dict, recipe: ClipRecipe) -> None:
+    """Supervised on the labels (pooled head) and, per token, on which finding masks cover its cell."""
+    targets, names = dense
+    head = torch.nn.Linear(trunk.num_features, len(CHEXPERT_OBSERVATIONS))
+    token_head = torch.nn.Linear(trunk.num_features, len(names))
+    params = [*trunk.parameters(), *head.parameters(), *token_head.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(0)
+    trunk.train()
+    weight = float(os.environ.get("DENSE_WEIGHT", "1"))
+    for _ in range(recipe.steps):
+        idx = torch.randint(0, len(images), (recipe.batch_size,), generator=generator)
+        tokens = trunk.forward_features(normalise(images[idx], preprocess))  # (B, g*g, D)
+        pooled = trunk.forward_head(tokens, pre_logits=True)
+        cells = (targets[idx].flatten(2).transpose(1, 2) > 0.02).float()  # (B, g*g, K)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), labels[idx])
+                + weight * torch.nn.functional.binary_cross_entropy_with_logits(token_head(tokens), cells))
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+
+
 def main(variant: str) -> None:
     torch.manual_seed(0)
     _patch_architecture()
@@ -95,8 +135,10 @@ def main(variant: str) -> None:
             torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), train_y[idx]).backward()
             optimiser.step()
             optimiser.zero_grad()
+    elif variant == "dense":
+        train_dense(model.visual.trunk, train_images, train_y, dense_targets(train, recipe), preprocess, recipe)
     elif variant != "random":
-        raise SystemExit(f"variant must be clip, supervised or random, got {variant!r}")
+        raise SystemExit(f"variant must be clip, supervised, dense or random, got {variant!r}")
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
