@@ -11,7 +11,7 @@ from torch import nn
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.cross_attention import GatedCrossAttentionBlock, media_masks
 from flamingo_lib.language import load_language_model
-from flamingo_lib.lm_injection import flamingo_layers, inject_cross_attention
+from flamingo_lib.lm_injection import flamingo_layers, inject_cross_attention, lm_flamingo_layers
 from flamingo_lib.new_tokens import add_token_rows
 from flamingo_lib.resampler import PerceiverResampler
 from flamingo_lib.vision import load_vision_encoder
@@ -133,16 +133,16 @@ class Flamingo(nn.Module):
                   reuse_media_kv: bool = False) -> None:
         """Hand the media to every :class:`FlamingoLayer` (None clears them), with the
         cross-attention masks of ``media_time`` built once for all of them."""
-        layers = list(flamingo_layers(self.lm))
+        layers = lm_flamingo_layers(self.lm)
         masks = None
         if layers and visual_features is not None and media_time is not None and visual_features.shape[1] > 0:
             rule = layers[0].gated_cross_attn.attn.only_attend_immediate_media
             masks = media_masks(media_time, visual_features.shape[1], visual_features.shape[2], rule)
         for layer in layers:
-            same_media = reuse_media_kv and layer.reuse_media_kv and layer.media is visual_features
-            kv = layer.media_kv if same_media else None
-            layer.condition(visual_features, media_time, reuse_media_kv, masks)
-            layer.media_kv = kv  # keep the cached media K/V while the media are the same tensor
+            state = layer.conditioning
+            same_media = reuse_media_kv and state.reuse_media_kv and state.media is visual_features
+            # keep the cached media K/V while the media are the same tensor
+            layer.condition(visual_features, media_time, reuse_media_kv, masks, state.media_kv if same_media else None)
 
     def forward(
         self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor,

@@ -3,6 +3,7 @@ media masking through the whole LM, the three visual input paths, and generation
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 
@@ -145,7 +146,7 @@ def test_media_keys_values_computed_once_per_generate_call(tiny_open):
     finally:
         for h in hooks:
             h.remove()
-    assert all(l.media is None and l.media_kv is None for l in flamingo_layers(model))
+    assert all(l.conditioning.media is None and l.conditioning.media_kv is None for l in flamingo_layers(model))
 
 
 def test_beam_search_runs_and_matches_with_and_without_cache(tiny_open):
@@ -217,3 +218,14 @@ def test_switching_off_media_kv_caching_recomputes_per_step_with_identical_token
             h.remove()
     assert torch.equal(cached, uncached)
     assert len(calls) == len(hooks) * (uncached.shape[1] - batch["input_ids"].shape[1])  # once per step
+
+
+def test_decoder_list_lookup_finds_the_same_layers_and_never_a_stale_one():
+    from flamingo_lib.lm_injection import decoder_layers, lm_flamingo_layers
+
+    model = FlamingoModel(FlamingoConfig.from_preset("tiny-random"))
+    lm = model.flamingo.lm
+    assert lm_flamingo_layers(lm) == list(flamingo_layers(lm)) and lm_flamingo_layers(lm)
+    replacement = copy.deepcopy(decoder_layers(lm)[0])  # as a DDP replica or a reload would
+    decoder_layers(lm)[0] = replacement
+    assert lm_flamingo_layers(lm)[0] is replacement
