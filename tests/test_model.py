@@ -4,6 +4,7 @@ media masking through the whole LM, the three visual input paths, and generation
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 
