@@ -42,6 +42,9 @@ class PipelineSettings:
     seed: int = 0
     num_beams: int = 1
     max_new_tokens: int = 60
+    # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
+    # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
+    compile: bool = False
     progress: bool = True
 
     @property
@@ -142,7 +145,7 @@ class Pipeline:
         config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
                              lr=s.lr, gate_lr_mult=s.gate_lr_mult, warmup_steps=s.warmup_steps,
                              eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
-                             extra={"pipeline": s.training_key()})
+                             compile=s.compile, extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
                           ReportCollator(processor, self.feature_cache), config)
         summary = trainer.fit()

@@ -58,3 +58,21 @@ def test_report_from_credentialed_data_needs_an_explicit_opt_in(tmp_path):
 def test_iu_derived_reports_carry_the_licence_credit(tmp_path):
     path = write_html_report(tmp_path / "r.html", "t", [("A", "<p>x</p>")], credentialed=False, iu_text=True)
     assert "CC BY-NC-ND 4.0" in path.read_text()
+
+
+def test_compile_setting_reaches_the_trainer_without_changing_the_training_key(tmp_path, monkeypatch):
+    import flamingo_lib.train as train_module
+
+    seen = []
+
+    class Recording(train_module.Trainer):
+        def __init__(self, model, train_set, val_set, collator, config):
+            seen.append(config.compile)
+            raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(train_module, "Trainer", Recording)
+    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "compile": True})
+    assert pipeline.settings.training_key() == Pipeline(**SMALL, run_dir=str(tmp_path)).settings.training_key()
+    with pytest.raises(RuntimeError, match="stop before training"):
+        pipeline.train()
+    assert seen == [True]
