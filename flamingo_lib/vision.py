@@ -195,7 +195,8 @@ def load_vision_encoder(clip_model_type: str, seed: int = 0) -> VisionEncoder:
     else:
         import open_clip
 
-        import flamingo_lib.encoders.vit  # noqa: F401  (registers the embedded encoder's timm trunk)
+        import flamingo_lib.encoders.cnn  # noqa: F401  (registers the embedded encoders' timm trunks)
+        import flamingo_lib.encoders.vit  # noqa: F401
 
         # pretrained_text=False: the text tower's weights come with the CLIP checkpoint (or are
         # not needed at all: only `.visual` is kept).

@@ -11,6 +11,8 @@ rendered findings at threshold 0.5.
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe dense   # + per-token finding-mask targets
     POOL=avg python -m bench.diagnostics.encoder_probe clip        # the trunk's pooling (default: map)
     STEM=16,32,64 python -m bench.diagnostics.encoder_probe supervised   # stride-8 stem
+    TRUNK=flamingo_cxr_cnn_tiny python -m bench.diagnostics.encoder_probe clip   # the CNN trunk
+    TRUNK=flamingo_cxr_cnn_tiny CNN_CHANNELS=32,64,96,128 python -m ...   # its stage widths
 Each run takes 3-6 minutes on 2 cores.
 """
 
@@ -40,6 +42,11 @@ def _patch_architecture() -> None:
     if os.environ.get("POOL"):
         create = vit._create
         vit._create = lambda pretrained=False, **kw: create(pretrained, **{**kw, "global_pool": os.environ["POOL"]})
+    if os.environ.get("CNN_CHANNELS"):  # the convolutional trunk's stage widths (TRUNK=flamingo_cxr_cnn_tiny)
+        import flamingo_lib.encoders.cnn as cnn
+
+        widths, init = tuple(int(c) for c in os.environ["CNN_CHANNELS"].split(",")), cnn.GridConvNet.__init__
+        cnn.GridConvNet.__init__ = lambda self, channels=widths, **kw: init(self, channels, **kw)
     if os.environ.get("STEM"):
         channels, stem = tuple(int(c) for c in os.environ["STEM"].split(",")), vit.conv_stem
         vit.conv_stem = lambda widths=channels: stem(widths)
@@ -109,7 +116,7 @@ def train_dense(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
 def main(variant: str) -> None:
     torch.manual_seed(0)
     _patch_architecture()
-    recipe = ClipRecipe()
+    recipe = ClipRecipe(**({"timm_model_name": os.environ["TRUNK"]} if os.environ.get("TRUNK") else {}))
     tokenizer = train_bpe_tokenizer(lm_documents("train", 0), recipe.vocab_size, recipe.context_length, append_eos=True)
     config = open_clip_config(recipe, len(tokenizer))
     preprocess = config["preprocess_cfg"]

@@ -1,0 +1,40 @@
+"""The embedded encoder's convolutional trunk: grid tokens, max pooling, timm and open_clip plumbing."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import flamingo_lib.encoders.cnn  # noqa: F401  (registers the trunk)
+from flamingo_lib.encoders.cnn import MODEL_NAME, GridConvNet
+
+
+def test_tokens_are_the_row_major_grid_of_the_last_feature_map():
+    net = GridConvNet(num_classes=0).eval()
+    x = torch.randn(2, 3, 160, 160)
+    tokens = net.forward_features(x)
+    assert tokens.shape == (2, 100, 128) and net.num_features == 128
+    grid = net.stem(x)  # (2, 128, 10, 10)
+    assert torch.equal(tokens[:, 13], grid[:, :, 1, 3])  # token 13 = row 1, column 3
+
+
+def test_pooled_output_is_the_maximum_over_tokens_so_one_local_response_survives():
+    net = GridConvNet(num_classes=0).eval()
+    tokens = torch.zeros(1, 100, 128)
+    tokens[0, 57, 5] = 3.0  # a single cell responding
+    pooled = net.forward_head(tokens, pre_logits=True)
+    assert pooled[0, 5] == 3.0 and pooled.abs().sum() == 3.0
+    with torch.no_grad():
+        assert torch.equal(net(torch.ones(1, 3, 160, 160)), net.forward_features(torch.ones(1, 3, 160, 160)).amax(1))
+
+
+def test_timm_builds_it_by_name_and_its_classifier_can_be_reset():
+    model = timm.create_model(MODEL_NAME, num_classes=7, pretrained_cfg=None)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 128)
+    with pytest.raises(ValueError, match="maximum over tokens"):
+        model.reset_classifier(0, global_pool="avg")
+    with pytest.raises(ValueError, match="no published weights"):
+        timm.create_model(MODEL_NAME, pretrained=True)
