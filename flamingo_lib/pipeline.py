@@ -108,12 +108,27 @@ class Pipeline:
         return cache
 
     # -------------------------------------------------------------------------------- train
+    @cached_property
+    def _current_encoder_builds(self) -> dict[str, str]:
+        """The embedded encoder builds this run's preset resolves to now (cache directory names)."""
+        from flamingo_lib.encoders.provenance import embedded_builds
+
+        s = self.settings
+        return embedded_builds(FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed))
+
     def _trained_for_these_settings(self) -> bool:
+        """The saved model was trained with these settings *and* on the encoder builds the preset
+        resolves to now: after a change of the build code or the phantom data, the same settings
+        would otherwise serve a model whose cross-attention sits on other frozen features."""
+        model_dir = self.run_dir / "train" / "model"
         summary = self.run_dir / "train" / "summary.json"
-        if not (summary.exists() and (self.run_dir / "train" / "model" / "model.safetensors").exists()):
+        if not (summary.exists() and (model_dir / "model.safetensors").exists()):
             return False
         saved = json.loads(summary.read_text())
-        return saved.get("config", {}).get("extra", {}).get("pipeline") == self.settings.training_key()
+        if saved.get("config", {}).get("extra", {}).get("pipeline") != self.settings.training_key():
+            return False
+        trained_on = json.loads((model_dir / "config.json").read_text()).get("embedded_builds") or {}
+        return trained_on == self._current_encoder_builds
 
     def _result_key(self) -> dict[str, Any]:
         """What a result computed from the trained model depends on (a change recomputes it)."""

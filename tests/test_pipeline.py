@@ -76,3 +76,20 @@ def test_compile_setting_reaches_the_trainer_without_changing_the_training_key(t
     with pytest.raises(RuntimeError, match="stop before training"):
         pipeline.train()
     assert seen == [True]
+
+
+def test_a_model_trained_on_another_encoder_build_is_retrained_not_served(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    first = Pipeline(run_dir=str(run), **SMALL)
+    first.train()
+    config_path = run / "train" / "model" / "config.json"
+    mtime = (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert Pipeline(run_dir=str(run), **SMALL).train()["steps"] == 4  # same settings, same builds: reused
+    assert (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    config = json.loads(config_path.read_text())
+    config["embedded_builds"] = {"clip_model_type": "tiny-vit-0123456789abcdef"}  # trained on another build
+    config_path.write_text(json.dumps(config))
+    Pipeline(run_dir=str(run), **SMALL).train()
+    assert (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns != mtime
