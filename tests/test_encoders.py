@@ -123,7 +123,7 @@ def test_flamingo_training_keeps_the_embedded_encoders_bitwise_frozen(built, mon
 
 
 def test_the_feature_cache_serves_the_embedded_encoder_and_notices_its_batchnorm_buffers(built, monkeypatch, tmp_path):
-    """The conv stem's BatchNorm brings 0-dim buffers (num_batches_tracked) into the fingerprint."""
+    """The convolutions' BatchNorm brings 0-dim buffers (num_batches_tracked) into the fingerprint."""
     from flamingo_lib.features import FeatureCache, encoder_fingerprint
 
     root, _, _ = built
@@ -137,7 +137,8 @@ def test_the_feature_cache_serves_the_embedded_encoder_and_notices_its_batchnorm
         direct = model.flamingo.encode_visuals(processor.preprocess_images([image])[:, None])[0, 0]
     torch.testing.assert_close(cache.get(image).float(), direct, atol=2e-3, rtol=1e-2)  # fp16 on disk
     before = encoder_fingerprint(model, processor)
-    model.flamingo.vision_encoder.tower.trunk.patch_embed.backbone[1].num_batches_tracked += 1
+    trunk = model.flamingo.vision_encoder.tower.trunk
+    next(m for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)).num_batches_tracked += 1
     assert encoder_fingerprint(model, processor) != before
 
 

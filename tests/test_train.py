@@ -149,7 +149,7 @@ def test_gates_get_their_own_learning_rate_and_no_weight_decay(tmp_path):
         groups = trainer.optimiser.param_groups
         gate_group = [g for g in groups if any(p.ndim == 1 and p.numel() == 1 for p in g["params"])
                       and all(p.numel() == 1 for p in g["params"])]
-        assert len(gate_group) == 1 and gate_group[0]["weight_decay"] == 0.0
+        assert len(gate_group) == 2 and all(g["weight_decay"] == 0.0 for g in gate_group)  # attention, ff
         trainer.fit()
         moved[mult] = {k: (v - before[k]).abs() for k, v in trainable(trainer).items()}
     for name, delta in moved[1.0].items():
@@ -157,3 +157,20 @@ def test_gates_get_their_own_learning_rate_and_no_weight_decay(tmp_path):
             assert delta.item() > 0 and moved[10.0][name].item() == pytest.approx(10 * delta.item(), rel=1e-3)
         else:
             assert torch.allclose(moved[10.0][name], delta, atol=1e-7), name
+
+
+def test_feedforward_gates_get_their_own_multiple_and_zero_holds_them_shut(tmp_path):
+    """ff_gate_lr_mult=0: the feed-forward gates (and so the text-only feed-forward path) stay
+    exactly at 0 while the attention gates move; None keeps the attention gates' multiple."""
+    trainer = make_trainer(tmp_path / "shut", max_steps=3, warmup_steps=0, ff_gate_lr_mult=0.0)
+    before = trainable(trainer)
+    trainer.fit()
+    after = trainable(trainer)
+    ff = [k for k in before if k.endswith("ff_gate")]
+    attn = [k for k in before if k.endswith("attn_gate")]
+    assert ff and attn
+    assert all(torch.equal(after[k], before[k]) for k in ff)
+    assert all(not torch.equal(after[k], before[k]) for k in attn)
+    same = make_trainer(tmp_path / "same", max_steps=1, gate_lr_mult=7.0)
+    gate_lrs = {g["initial_lr"] for g in same.optimiser.param_groups if all(p.numel() == 1 for p in g["params"])}
+    assert gate_lrs == {same.config.lr * 7.0}

@@ -1,12 +1,12 @@
 """Pretrain a small open_clip CLIP (timm-registered trunk, BiomedCLIP-shaped) on PhantomCXR
 image/report pairs with open_clip's own model class and ``open_clip.ClipLoss``.
 
-The vision tower is :mod:`flamingo_lib.encoders.vit`'s conv-stem ViT (160 px, 100 tokens of
-width 64, attention pooled), registered with timm; open_clip builds it by name like any timm
-trunk. ``ClipRecipe(timm_model_name="flamingo_cxr_cnn_tiny")`` builds
-:mod:`flamingo_lib.encoders.cnn`'s convolutional trunk instead: its frozen tokens carry more of
-the findings (probe micro-F1 0.61 against 0.45), but a Flamingo trained on them by the default
-recipe wrote one report for every image (README, "Quality on the embedded default").
+The vision tower is :mod:`flamingo_lib.encoders.cnn`'s convolutional trunk (160 px, 100 grid
+tokens of width 128, max pooled), registered with timm; open_clip builds it by name like any timm
+trunk. It replaced the conv-stem ViT of :mod:`flamingo_lib.encoders.vit`
+(``ClipRecipe(timm_model_name="flamingo_cxr_vitc_tiny")`` still builds that): with the same
+recipe and time its frozen tokens carry more of the findings (probe micro-F1 0.61 against 0.45;
+README, "Quality on the embedded default").
 
 The text tower is open_clip's native small text transformer over the in-project BPE vocabulary
 (pooled at ``</s>``): its weights live in the same safetensors file and its tokenizer in the same
@@ -33,7 +33,7 @@ from flamingo_lib.vision import OPENAI_MEAN, OPENAI_STD
 class ClipRecipe:
     """Architecture and schedule of the embedded CLIP (everything here is in its fingerprint)."""
 
-    timm_model_name: str = "flamingo_cxr_vitc_tiny"  # registered by flamingo_lib.encoders.vit (or .cnn)
+    timm_model_name: str = "flamingo_cxr_cnn_tiny"  # registered by flamingo_lib.encoders.cnn (or .vit)
     image_size: int = 160
     render_size: int = 224  # the phantom's default size; the encoder's own preprocessing resizes
     embed_dim: int = 64

@@ -1,17 +1,15 @@
 """``flamingo_cxr_cnn_tiny``: a small convolutional trunk whose last feature map is the patch tokens.
 
 Flamingo itself read the flattened final feature map of a convolutional encoder (NFNet-F6); this
-is the same idea at toy size, offered beside the embedded default, the conv-stem ViT of
-:mod:`flamingo_lib.encoders.vit` (``ClipRecipe(timm_model_name=MODEL_NAME)``). CLIP-trained by
-the same recipe (400 steps
+is the same idea at toy size, and the embedded default since it replaced the conv-stem ViT of
+:mod:`flamingo_lib.encoders.vit`. CLIP-trained by the same recipe (400 steps
 of 64 on 5k phantom films, ~2 minutes on 2 cores either way), an attention probe on its frozen
 tokens reaches micro-F1 0.61 over the rendered findings against the ViT's 0.45 (val AUROC
 cardiomegaly 0.99, effusion 0.96, pneumothorax 0.98, atelectasis 0.89, edema 1.00; lung lesion
 0.55, devices 0.70, fracture 0.62: ``TRUNK=flamingo_cxr_cnn_tiny python -m
 bench.diagnostics.encoder_probe clip``). A local detector that fires anywhere survives max
-pooling, where a 64-wide attention stack diluted small findings. Not the default yet: a Flamingo
-trained on its tokens by the default recipe wrote the same report for every test image
-(README, "Quality on the embedded default").
+pooling, where a 64-wide attention stack diluted small findings. (A Flamingo on these tokens uses
+them only with its feed-forward gates held shut at first: ``TrainConfig.ff_gate_lr_mult``.)
 
 Layout at 160 px: four 3x3 stride-2 convolutions (16, 48, 96, 128 channels; BatchNorm, ReLU) to
 10 x 10, then one 3x3 stride-1 convolution for context: 100 tokens of width 128. (32, 64, 96, 128

@@ -1,5 +1,9 @@
 """``flamingo_cxr_vitc_tiny``: a small timm ViT with a convolutional stem, registered with timm.
 
+The embedded encoder until :mod:`flamingo_lib.encoders.cnn` replaced it (its frozen tokens carry
+fewer of the findings: probe micro-F1 0.45 against 0.61); kept for comparison and buildable with
+``ClipRecipe(timm_model_name="flamingo_cxr_vitc_tiny")``.
+
 Why not timm's own ``test_vit`` / ``test_vit2``: trained from scratch for a few hundred steps on
 5k phantom films, their 16x16 patchify stems barely learnt anything (supervised cardiomegaly AUROC
 0.59-0.61 after 100 steps of batch 64, against 0.96 for logistic regression on 20x20 pixels).
