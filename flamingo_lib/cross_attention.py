@@ -42,8 +42,9 @@ def text_to_media_mask(
 
 class MediaMasks(NamedTuple):
     """The masks every cross-attention layer of one forward pass shares, built once per pass
-    (:func:`media_masks`) rather than once per layer: on a GPU each layer's dozen small mask
-    kernels cost more launch time than its matmuls (bench/gpu/README.md).
+    (:func:`media_masks`) rather than once per layer: they depend on ``media_time`` alone, and
+    small ops like these set a decoding step's cost where the model is host-bound (measured on
+    an H200 and on CPU: bench/gpu/README.md, bench/RESULTS.md).
 
     Fields:
         attend: bool (B, 1, L, T * n), True where a text token may attend to a latent; rows of
