@@ -116,6 +116,20 @@ def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callabl
     return row
 
 
+#: The row of the reference reports themselves, scored against the image truth only: how far a
+#: report-reading score can go when the labeler's reading of a perfect report and the image's
+#: labels disagree (hedged phrases read as uncertain, parent observations the text leaves implicit).
+REFERENCE_CEILING = "reference report (ceiling)"
+
+
+def reference_ceiling(references: Sequence[str], labeler: Callable[[str], dict], image_truth: Sequence[dict],
+                      observations_top5: Sequence[str], shown_observations: Sequence[str] | None) -> dict[str, Any]:
+    """The reference reports scored as a system against the image truth; every other column NaN
+    (against themselves they would score 1.0, which says nothing)."""
+    row = score(references, references, labeler, image_truth, observations_top5, shown_observations)
+    return {k: (v if k.endswith("vs image truth)") else float("nan")) for k, v in row.items()}
+
+
 def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],
              out_dir: str | Path | None = None, labeler: Callable[[str], dict] | None = None,
              num_beams: int = 1, max_new_tokens: int = 80, batch_size: int = 8, feature_cache: Any = None,
@@ -126,13 +140,16 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         labels_are_image_truth: the samples' ``labels`` describe what the image shows (phantom
             data: the rendered findings), so systems are also scored against them, and over
             the observations the phantom can draw (``RENDERED_OBSERVATIONS``: no "No Finding",
-            so always writing a normal report earns nothing there).
+            so always writing a normal report earns nothing there), and the reference reports
+            get a row of their own against them (``REFERENCE_CEILING``: the labeler's reading
+            of the reference is the most a report can earn there).
 
     Writes (when ``out_dir``): ``results.json`` (metrics per system), ``results.csv``,
     ``generations.jsonl`` (id, reference, every system's report) and ``PROTOCOL.md``.
 
     Returns:
-        a DataFrame, one row per system (model, baselines), one column per metric.
+        a DataFrame, one row per system (model, baselines[, reference ceiling]), one column per
+        metric.
     """
     if labeler is None:
         from flamingo_lib.labeler import label_report as labeler
@@ -158,6 +175,8 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     }
     table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown)
                           for name, hyps in systems.items()}).T
+    if image_truth is not None:
+        table.loc[REFERENCE_CEILING] = reference_ceiling(references, labeler, image_truth, top5, shown)
     table.index.name = "system"
     if out_dir is not None:
         out = Path(out_dir)

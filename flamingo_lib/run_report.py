@@ -6,8 +6,10 @@ import html
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
+from flamingo_lib.evaluate import REFERENCE_CEILING
 from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, write_html_report
 
 HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
@@ -55,7 +57,7 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
     sections = [
         ("Run", "<p>" + html.escape(f"preset {settings.preset!r}, data {settings.data!r}, "
                                     f"{settings.max_steps} steps, test studies: {len(generations)}") + "</p>"),
-        ("Metrics (test split) against baselines", table[columns].astype(float).round(3).rename_axis(None).to_html()),
+        ("Metrics (test split) against baselines", table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")),
         ("Training", figure_to_img(loss_curve_figure(curves))),
     ]
     if not grounding.empty:
@@ -91,9 +93,12 @@ def headline(pipeline: Any) -> str:
     lines = []
     for column in [c for c in HEADLINE if c in table.columns]:
         values = table[column].astype(float)
-        baselines = values.drop("flamingo")
-        lines.append(f"{column:>34}: flamingo {values['flamingo']:.3f} | best baseline "
-                     f"{baselines.max():.3f} ({baselines.idxmax()})")
+        baselines = values.drop(["flamingo", REFERENCE_CEILING], errors="ignore")
+        line = (f"{column:>34}: flamingo {values['flamingo']:.3f} | best baseline "
+                f"{baselines.max():.3f} ({baselines.idxmax()})")
+        if pd.notna(values.get(REFERENCE_CEILING, float("nan"))):
+            line += f" | reference report {values[REFERENCE_CEILING]:.3f}"
+        lines.append(line)
     grounding = pipeline.grounding()
     if not grounding.empty:
         lines.append(f"{'pointing game':>34}: {grounding['hit'].mean():.3f} vs chance {grounding['chance'].mean():.3f}"

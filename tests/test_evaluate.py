@@ -125,3 +125,33 @@ def test_no_image_baseline_writes_in_the_lm_vocabulary_even_when_eoc_dominates()
     head.forward = eoc_then_letter
     text = generate_reports(model, processor, SAMPLES[:1], max_new_tokens=3, with_images=False, progress=False)
     assert text == ["aaa"]
+
+
+def test_reference_ceiling_scores_the_reference_text_against_the_image_truth():
+    """A hedged reference ("likely atelectasis") is read as uncertain, so even the reference text
+    misses a finding the image shows: the ceiling row says so; its report-vs-report columns are
+    empty rather than a trivial 1.0."""
+    from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluate import reference_ceiling
+    from flamingo_lib.labeler import label_report
+
+    references = ["Heart size is normal. Small right pleural effusion.",
+                  "Streaky left base opacity, likely atelectasis."]
+    truth = [{"Pleural Effusion": 1.0}, {"Atelectasis": 1.0}]
+    row = reference_ceiling(references, label_report, truth, ["Pleural Effusion"], RENDERED_OBSERVATIONS)
+    # effusion: tp; atelectasis read as uncertain: fn; "opacity" read as Lung Opacity: fp
+    assert row["CE micro-F1 (rendered findings, vs image truth)"] == pytest.approx(0.5)
+    assert math.isnan(row["BLEU_4"]) and math.isnan(row["CE micro-F1 (14, vs reference)"])
+
+
+def test_evaluation_on_image_truth_adds_the_reference_ceiling_row(tmp_path):
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    samples = [CXRSample(id=s.id, images=s.images, report=s.report, labels={"Pleural Effusion": 1.0})
+               for s in SAMPLES[:2]]
+    table = evaluate(model, processor, SAMPLES, samples, max_new_tokens=3, labels_are_image_truth=True,
+                     progress=False)
+    assert table.index[-1] == "reference report (ceiling)"
+    ceiling = table.loc["reference report (ceiling)"]
+    assert math.isnan(ceiling["BLEU_4"])
+    assert not math.isnan(ceiling["CE micro-F1 (rendered findings, vs image truth)"])
