@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from flamingo_lib.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
+from flamingo_lib.sampling import epoch_order, repeat_factors, study_labels
 
 
 @dataclass
@@ -45,6 +46,10 @@ class TrainConfig:
     # stayed near 0 and the model wrote one report for every image; held shut (0) the attention
     # gates opened (|tanh| 0.37-0.97) and findings F1 rose from 0.000 to 0.220 (README).
     ff_gate_lr_mult: float | None = None
+    # Repeat-factor sampling of studies with rare findings (flamingo_lib.sampling): observations in
+    # fewer than this fraction of training studies are repeated by sqrt(t / f). None: each study
+    # once per epoch.
+    repeat_factor_threshold: float | None = None
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
@@ -96,11 +101,6 @@ def parameter_groups(model: Any, lr: float, weight_decay: float, gate_lr_mult: f
     return [g for g in groups if g["params"]]
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
-    """The sample order of one epoch: a permutation fixed by (seed, epoch), so resuming replays it."""
-    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-
-
 class Trainer:
     """Trains a ``FlamingoModel`` on a train set, validating on a val set.
 
@@ -125,6 +125,8 @@ class Trainer:
 
             compile_blocks(model)
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        self.repeat_factors = (None if config.repeat_factor_threshold is None
+                               else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)
         if not list(model.parameters_trainable()):
             raise ValueError("the model has no trainable parameters")
@@ -146,10 +148,11 @@ class Trainer:
         """The next batch's sample indices for this process; advances the data position."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         per_step = self.config.batch_size * world
-        if self.progress["position"] + per_step > len(self.train_set):
+        order = epoch_order(len(self.train_set), self.config.seed, self.progress["epoch"], self.repeat_factors)
+        if self.progress["position"] + per_step > len(order):
             self.progress["epoch"] += 1
             self.progress["position"] = 0
-        order = epoch_order(len(self.train_set), self.config.seed, self.progress["epoch"])
+            order = epoch_order(len(self.train_set), self.config.seed, self.progress["epoch"], self.repeat_factors)
         start = self.progress["position"]
         self.progress["position"] += per_step
         return order[start:start + per_step][rank::world]

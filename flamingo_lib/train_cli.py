@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     parser.add_argument("--ff-gate-lr-mult", type=float, default=defaults.ff_gate_lr_mult,
                         help="feed-forward gates' lr multiple (default: --gate-lr-mult; 0 holds them shut)")
+    parser.add_argument("--repeat-factor-threshold", type=float, default=defaults.repeat_factor_threshold,
+                        help="repeat studies with findings rarer than this fraction (LVIS repeat-factor sampling)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"feature cache {cache.directory}: {stats.computed} computed, {stats.reused} reused")
     train_config = TrainConfig(
         out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, gate_lr_mult=args.gate_lr_mult, ff_gate_lr_mult=args.ff_gate_lr_mult, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        lr=args.lr, gate_lr_mult=args.gate_lr_mult, ff_gate_lr_mult=args.ff_gate_lr_mult,
+        repeat_factor_threshold=args.repeat_factor_threshold, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
         max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         compile=args.compile,

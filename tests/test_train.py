@@ -13,7 +13,10 @@ from toy_data import TOY_STUDIES, toy_radiograph
 from flamingo_lib.features import FeatureCache
 from flamingo_lib.train import ReportCollator, TrainConfig, Trainer, epoch_order
 
-SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], report=report)
+TOY_LABELS = {"normal": {"No Finding": 1.0}, "left_effusion": {"Pleural Effusion": 1.0},
+              "right_nodule": {"Lung Lesion": 1.0}, "cardiomegaly": {"Cardiomegaly": 1.0}}
+SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], report=report,
+                     labels=TOY_LABELS[kind])
            for i, (kind, report) in enumerate(TOY_STUDIES * 2)]
 
 
@@ -47,10 +50,12 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_interrupted_then_resumed_training_is_bit_identical(tmp_path):
-    straight = make_trainer(tmp_path / "straight", max_steps=6)
+@pytest.mark.parametrize("repeat_factor_threshold", [None, 0.5])
+def test_interrupted_then_resumed_training_is_bit_identical(tmp_path, repeat_factor_threshold):
+    rfs = {"repeat_factor_threshold": repeat_factor_threshold}
+    straight = make_trainer(tmp_path / "straight", max_steps=6, **rfs)
     straight.fit()
-    first = make_trainer(tmp_path / "resumed", max_steps=6)
+    first = make_trainer(tmp_path / "resumed", max_steps=6, **rfs)
     save = first.save
 
     def save_then_crash():
@@ -60,17 +65,25 @@ def test_interrupted_then_resumed_training_is_bit_identical(tmp_path):
     first.save = save_then_crash
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    second = make_trainer(tmp_path / "resumed", max_steps=6)  # a new process: fresh model
+    second = make_trainer(tmp_path / "resumed", max_steps=6, **rfs)  # a new process: fresh model
     second.resume()
     assert second.progress["step"] == 3
     second.fit()
     expected, got = trainable(straight), trainable(second)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
-    # the data order crossed an epoch boundary (8 samples, 3 per step) and was replayed
+    # the data order crossed an epoch boundary (8 samples or more, 3 per step) and was replayed
     assert second.progress["epoch"] >= 1
     steps = [line.split(",")[0] for line in (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_repeat_factor_sampling_reaches_the_trainers_batches(tmp_path):
+    # four classes, each in 2 of 8 studies: at threshold 1 every study is repeated sqrt(4) = 2 times
+    trainer = make_trainer(tmp_path, repeat_factor_threshold=1.0)
+    seen = [i for _ in range(16 // 3) for i in trainer._next_indices()]
+    assert trainer.repeat_factors == pytest.approx([2.0] * 8)
+    assert max(seen.count(i) for i in range(8)) == 2 and trainer.progress["epoch"] == 0
 
 
 def test_a_fresh_run_into_a_used_directory_starts_a_new_metrics_file(tmp_path):
