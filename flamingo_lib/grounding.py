@@ -103,3 +103,31 @@ def pointing_summary(results: pd.DataFrame) -> pd.DataFrame:
                             "chance": [results["chance"].mean()], "shuffled": [results["shuffled_hit"].mean()]},
                            index=["all"])
     return pd.concat([grouped, overall])
+
+
+def pointing_tests(results: pd.DataFrame) -> dict[str, float]:
+    """Is the pointing game better than chance and than the shuffled-image control, beyond luck?
+
+    * vs chance: exact one-sided p-value of at least this many hits if each finding's peak fell
+      at a random point (a hit with probability = its mask's area fraction: a Poisson-binomial
+      distribution, computed exactly);
+    * vs shuffled: exact one-sided McNemar test on the paired outcomes (own image hit and
+      shuffled missed, against the reverse): the same tokens, only the image differs.
+
+    Returns:
+        ``{"n", "hits", "p_vs_chance", "p_vs_shuffled"}`` (p = 1.0 when nothing was scored).
+    """
+    from scipy.stats import binomtest
+
+    if results.empty:
+        return {"n": 0, "hits": 0, "p_vs_chance": 1.0, "p_vs_shuffled": 1.0}
+    hits = results["hit"].astype(bool).to_numpy()
+    shuffled = results["shuffled_hit"].astype(bool).to_numpy()
+    distribution = np.array([1.0])  # P(k hits) by chance, one finding at a time
+    for p in results["chance"].to_numpy(dtype=float):
+        distribution = np.convolve(distribution, [1.0 - p, p])
+    own_only, shuffled_only = int((hits & ~shuffled).sum()), int((~hits & shuffled).sum())
+    p_shuffled = (binomtest(own_only, own_only + shuffled_only, 0.5, alternative="greater").pvalue
+                  if own_only + shuffled_only else 1.0)
+    return {"n": len(results), "hits": int(hits.sum()), "p_vs_chance": float(min(1.0, distribution[hits.sum():].sum())),
+            "p_vs_shuffled": float(p_shuffled)}

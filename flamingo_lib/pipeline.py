@@ -40,6 +40,7 @@ class PipelineSettings:
     lr: float = 3e-3
     gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
     ff_gate_lr_mult: float | None = 0.0  # feed-forward gates held shut: see TrainConfig.ff_gate_lr_mult
+    ff_gate_open_step: int | None = None  # see TrainConfig.ff_gate_open_step
     warmup_steps: int = 20
     repeat_factor_threshold: float | None = None  # see TrainConfig.repeat_factor_threshold
     eval_every: int = 50
@@ -59,7 +60,8 @@ class PipelineSettings:
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
-                "lr", "gate_lr_mult", "ff_gate_lr_mult", "warmup_steps", "repeat_factor_threshold", "seed")
+                "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
+                "repeat_factor_threshold", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -163,7 +165,7 @@ class Pipeline:
         model, processor = self.model_and_processor
         config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
                              lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
-                             repeat_factor_threshold=s.repeat_factor_threshold,
+                             ff_gate_open_step=s.ff_gate_open_step, repeat_factor_threshold=s.repeat_factor_threshold,
                              warmup_steps=s.warmup_steps,
                              eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
                              compile=s.compile, extra={"pipeline": s.training_key()})

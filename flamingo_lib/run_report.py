@@ -61,12 +61,15 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
         ("Training", figure_to_img(loss_curve_figure(curves))),
     ]
     if not grounding.empty:
-        from flamingo_lib.grounding import pointing_summary
+        from flamingo_lib.grounding import pointing_summary, pointing_tests
 
         summary = pointing_summary(grounding).round(3)
+        tests = pointing_tests(grounding)
         sections.append(("Grounding: pointing game (peak of the finding's attention inside its mask)",
                          summary.to_html() + "<p>chance = mask area fraction; shuffled = the map computed "
-                                             "with another study's image.</p>"))
+                                             "with another study's image. One-sided exact p-values over all "
+                                             f"findings: above chance p = {tests['p_vs_chance']:.2g}, above the "
+                                             f"shuffled control (paired) p = {tests['p_vs_shuffled']:.2g}.</p>"))
     cases = []
     test = pipeline.splits["test"]
     for index in range(min(n_cases, len(test))):
@@ -101,7 +104,11 @@ def headline(pipeline: Any) -> str:
         lines.append(line)
     grounding = pipeline.grounding()
     if not grounding.empty:
+        from flamingo_lib.grounding import pointing_tests
+
+        tests = pointing_tests(grounding)
         lines.append(f"{'pointing game':>34}: {grounding['hit'].mean():.3f} vs chance {grounding['chance'].mean():.3f}"
-                     f" and shuffled image {grounding['shuffled_hit'].mean():.3f} (n={len(grounding)})")
+                     f" (p={tests['p_vs_chance']:.2g}) and shuffled image {grounding['shuffled_hit'].mean():.3f}"
+                     f" (paired p={tests['p_vs_shuffled']:.2g}; n={len(grounding)})")
     return "\n".join(lines) if lines else "no metrics"
 

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ class TrainConfig:
     # stayed near 0 and the model wrote one report for every image; held shut (0) the attention
     # gates opened (|tanh| 0.37-0.97) and findings F1 rose from 0.000 to 0.220 (README).
     ff_gate_lr_mult: float | None = None
+    # Open the feed-forward gates only from this step on (None: from the start): once the
+    # attention gates are open the feed-forward half sees image-conditioned text, not text alone.
+    ff_gate_open_step: int | None = None
     # Repeat-factor sampling of studies with rare findings (flamingo_lib.sampling): observations in
     # fewer than this fraction of training studies are repeated by sqrt(t / f). None: each study
     # once per epoch.
@@ -83,6 +87,29 @@ class ReportCollator:
         return batch
 
 
+FF_GATE_GROUP = "feed-forward gates"
+
+
+def _shut_until(step: int, schedule: Any, open_step: int) -> float:
+    """``schedule``'s lr factor from ``open_step`` on, 0 before (a module-level function so the
+    scheduler's state stays picklable)."""
+    return schedule(step) if step >= open_step else 0.0
+
+
+def lr_schedule(optimiser: torch.optim.Optimizer, config: "TrainConfig") -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine for every group; the feed-forward gates' group shut until
+    ``config.ff_gate_open_step`` when it is set."""
+    cosine = get_cosine_schedule_with_warmup(optimiser, config.warmup_steps, config.max_steps)
+    if config.ff_gate_open_step is None:
+        return cosine
+    base = cosine.lr_lambdas[0]
+    lambdas = [partial(_shut_until, schedule=base, open_step=config.ff_gate_open_step)
+               if group.get("name") == FF_GATE_GROUP else base for group in optimiser.param_groups]
+    for group in optimiser.param_groups:  # LambdaLR scales initial_lr: undo the cosine's first step
+        group["lr"] = group["initial_lr"]
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambdas)
+
+
 def parameter_groups(model: Any, lr: float, weight_decay: float, gate_lr_mult: float,
                      ff_gate_lr_mult: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups over the trainable parameters: matrices with weight decay; norms and biases
@@ -97,7 +124,8 @@ def parameter_groups(model: Any, lr: float, weight_decay: float, gate_lr_mult: f
               {"params": [p for p in params if p.ndim < 2 and id(p) not in gate_ids], "weight_decay": 0.0},
               {"params": [p for p in params if id(p) in gate_ids - ff_ids], "weight_decay": 0.0,
                "lr": lr * gate_lr_mult},
-              {"params": [p for p in params if id(p) in ff_ids], "weight_decay": 0.0, "lr": lr * ff_mult}]
+              {"params": [p for p in params if id(p) in ff_ids], "weight_decay": 0.0, "lr": lr * ff_mult,
+               "name": FF_GATE_GROUP}]
     return [g for g in groups if g["params"]]
 
 
@@ -134,7 +162,10 @@ class Trainer:
             parameter_groups(model, config.lr, config.weight_decay, config.gate_lr_mult, config.ff_gate_lr_mult),
             lr=config.lr, fused=True,  # one kernel for all parameters (CPU and CUDA): ~4x faster steps
         )
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimiser, config.warmup_steps, config.max_steps)
+        if config.ff_gate_open_step is not None and config.ff_gate_lr_mult == 0:
+            raise ValueError("ff_gate_open_step is set but ff_gate_lr_mult is 0: the feed-forward gates would never "
+                             "open; give them a learning-rate multiple")
+        self.scheduler = lr_schedule(self.optimiser, config)
         self.model, self.optimiser = self.accelerator.prepare(model, self.optimiser)
         self.out_dir = Path(config.out_dir)
         self.progress: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "history": [], "nonfinite": []}

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     parser.add_argument("--ff-gate-lr-mult", type=float, default=defaults.ff_gate_lr_mult,
                         help="feed-forward gates' lr multiple (default: --gate-lr-mult; 0 holds them shut)")
+    parser.add_argument("--ff-gate-open-step", type=int, default=defaults.ff_gate_open_step,
+                        help="keep the feed-forward gates shut until this step (needs --ff-gate-lr-mult > 0)")
     parser.add_argument("--repeat-factor-threshold", type=float, default=defaults.repeat_factor_threshold,
                         help="repeat studies with findings rarer than this fraction (LVIS repeat-factor sampling)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -60,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_config = TrainConfig(
         out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, gate_lr_mult=args.gate_lr_mult, ff_gate_lr_mult=args.ff_gate_lr_mult,
-        repeat_factor_threshold=args.repeat_factor_threshold, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
+        ff_gate_open_step=args.ff_gate_open_step, repeat_factor_threshold=args.repeat_factor_threshold,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         compile=args.compile,

@@ -75,3 +75,23 @@ def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_contr
         assert row.chance == pytest.approx(sample.masks[row.finding].mean())
     summary = pointing_summary(results)
     assert summary.loc["all", "n"] == len(results)
+
+
+def test_pointing_tests_are_exact_against_chance_and_paired_against_the_shuffled_control():
+    import pandas as pd
+
+    from flamingo_lib.grounding import pointing_tests
+
+    # 3 findings, chance 0.5 each, all hit: P(3 hits by chance) = 1/8
+    rows = pd.DataFrame({"hit": [True] * 3, "chance": [0.5] * 3, "shuffled_hit": [True, False, False]})
+    tests = pointing_tests(rows)
+    assert tests["hits"] == 3 and tests["p_vs_chance"] == pytest.approx(1 / 8)
+    # discordant pairs: own-only 2, shuffled-only 0 -> P(Bin(2, 1/2) >= 2) = 1/4
+    assert tests["p_vs_shuffled"] == pytest.approx(1 / 4)
+    # a map that ignores the image: own and shuffled always agree -> no evidence at all
+    same = pd.DataFrame({"hit": [True, False] * 10, "chance": [0.01] * 20, "shuffled_hit": [True, False] * 10})
+    tests = pointing_tests(same)
+    assert tests["p_vs_shuffled"] == 1.0 and tests["p_vs_chance"] < 1e-6
+    # chance of 1 per finding: hits are certain, no evidence above chance
+    assert pointing_tests(rows.assign(chance=1.0))["p_vs_chance"] == pytest.approx(1.0)
+    assert pointing_tests(rows.iloc[:0])["n"] == 0

@@ -50,9 +50,10 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("repeat_factor_threshold", [None, 0.5])
-def test_interrupted_then_resumed_training_is_bit_identical(tmp_path, repeat_factor_threshold):
-    rfs = {"repeat_factor_threshold": repeat_factor_threshold}
+@pytest.mark.parametrize("recipe", [{}, {"repeat_factor_threshold": 0.5},
+                                    {"ff_gate_lr_mult": 30.0, "ff_gate_open_step": 4}])
+def test_interrupted_then_resumed_training_is_bit_identical(tmp_path, recipe):
+    rfs = recipe
     straight = make_trainer(tmp_path / "straight", max_steps=6, **rfs)
     straight.fit()
     first = make_trainer(tmp_path / "resumed", max_steps=6, **rfs)
@@ -84,6 +85,26 @@ def test_repeat_factor_sampling_reaches_the_trainers_batches(tmp_path):
     seen = [i for _ in range(16 // 3) for i in trainer._next_indices()]
     assert trainer.repeat_factors == pytest.approx([2.0] * 8)
     assert max(seen.count(i) for i in range(8)) == 2 and trainer.progress["epoch"] == 0
+
+
+def test_feed_forward_gates_stay_shut_until_their_opening_step(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, gate_lr_mult=30.0, ff_gate_lr_mult=30.0, ff_gate_open_step=3)
+    ff_gates = {n: p for n, p in trainer.unwrapped.named_parameters() if n.endswith("ff_gate")}
+    attn_gates = {n: p for n, p in trainer.unwrapped.named_parameters() if n.endswith("attn_gate")}
+    history = []
+    step = trainer.save
+
+    def record():
+        history.append((trainer.progress["step"], {n: float(p.detach()) for n, p in ff_gates.items()}))
+        step()
+
+    trainer.save = record  # save_every=3: after steps 3 and 6
+    trainer.fit()
+    assert history[0][0] == 3 and all(v == 0.0 for v in history[0][1].values())  # steps 1-3: lr factor 0
+    assert any(v != 0.0 for v in history[1][1].values())  # steps 4-6: open
+    assert any(float(p.detach()) != 0.0 for p in attn_gates.values())
+    with pytest.raises(ValueError, match="would never open"):
+        make_trainer(tmp_path / "never", ff_gate_lr_mult=0.0, ff_gate_open_step=2)
 
 
 def test_a_fresh_run_into_a_used_directory_starts_a_new_metrics_file(tmp_path):
