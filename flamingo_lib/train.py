@@ -14,15 +14,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from flamingo_lib.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
+from flamingo_lib.optimisation import lr_schedule, parameter_groups
 from flamingo_lib.sampling import epoch_order, repeat_factors, study_labels
 
 
@@ -85,48 +84,6 @@ class ReportCollator:
             batch["image_embeddings"] = self.feature_cache.stack(images)
         batch["ids"] = [s.id for s in samples]
         return batch
-
-
-FF_GATE_GROUP = "feed-forward gates"
-
-
-def _shut_until(step: int, schedule: Any, open_step: int) -> float:
-    """``schedule``'s lr factor from ``open_step`` on, 0 before (a module-level function so the
-    scheduler's state stays picklable)."""
-    return schedule(step) if step >= open_step else 0.0
-
-
-def lr_schedule(optimiser: torch.optim.Optimizer, config: "TrainConfig") -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine for every group; the feed-forward gates' group shut until
-    ``config.ff_gate_open_step`` when it is set."""
-    cosine = get_cosine_schedule_with_warmup(optimiser, config.warmup_steps, config.max_steps)
-    if config.ff_gate_open_step is None:
-        return cosine
-    base = cosine.lr_lambdas[0]
-    lambdas = [partial(_shut_until, schedule=base, open_step=config.ff_gate_open_step)
-               if group.get("name") == FF_GATE_GROUP else base for group in optimiser.param_groups]
-    for group in optimiser.param_groups:  # LambdaLR scales initial_lr: undo the cosine's first step
-        group["lr"] = group["initial_lr"]
-    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambdas)
-
-
-def parameter_groups(model: Any, lr: float, weight_decay: float, gate_lr_mult: float,
-                     ff_gate_lr_mult: float | None = None) -> list[dict[str, Any]]:
-    """AdamW groups over the trainable parameters: matrices with weight decay; norms and biases
-    without; the tanh gates without (it would pull them to 0): attention gates at
-    ``lr * gate_lr_mult``, feed-forward gates at ``lr * ff_gate_lr_mult`` (None: the same)."""
-    params = list(model.parameters_trainable())
-    names = {id(p): name for name, p in model.named_parameters()}
-    gate_ids = {i for i, name in names.items() if name.endswith("_gate")}
-    ff_ids = {i for i, name in names.items() if name.endswith("ff_gate")}
-    ff_mult = gate_lr_mult if ff_gate_lr_mult is None else ff_gate_lr_mult
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2 and id(p) not in gate_ids], "weight_decay": 0.0},
-              {"params": [p for p in params if id(p) in gate_ids - ff_ids], "weight_decay": 0.0,
-               "lr": lr * gate_lr_mult},
-              {"params": [p for p in params if id(p) in ff_ids], "weight_decay": 0.0, "lr": lr * ff_mult,
-               "name": FF_GATE_GROUP}]
-    return [g for g in groups if g["params"]]
 
 
 class Trainer:
