@@ -35,7 +35,7 @@ class PipelineSettings:
     max_test_samples: int | None = 100
     max_steps: int = 1500  # ~7 min on 2 cores with the "tiny" preset (batch 16)
     batch_size: int = 16
-    # 3e-3: findings micro-F1 0.32 against 0.22 at 1e-3 on the phantom (1e-2 collapsed to one
+    # 3e-3: findings micro-F1 0.322 against 0.234 at 1e-3 on the phantom (1e-2 collapsed to one
     # normal report for every image); README, "Quality on the embedded default".
     lr: float = 3e-3
     gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
