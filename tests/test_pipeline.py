@@ -93,3 +93,21 @@ def test_a_model_trained_on_another_encoder_build_is_retrained_not_served(tmp_pa
     config_path.write_text(json.dumps(config))
     Pipeline(run_dir=str(run), **SMALL).train()
     assert (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns != mtime
+
+
+def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_default(tmp_path):
+    """A knob added later (absent from the saved key) counts as its default, which is the
+    behaviour the run had; a saved key with a different value, or an unknown extra key, retrains."""
+    import json
+
+    run = tmp_path / "run"
+    Pipeline(run_dir=str(run), **SMALL).train()
+    summary_path = run / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["config"]["extra"]["pipeline"]["repeat_factor_threshold"]  # as written before the knob existed
+    summary_path.write_text(json.dumps(summary))
+    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **{**SMALL, "repeat_factor_threshold": 0.3})._trained_for_these_settings()
+    summary["config"]["extra"]["pipeline"]["retired_knob"] = 1
+    summary_path.write_text(json.dumps(summary))
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
