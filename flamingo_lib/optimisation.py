@@ -29,8 +29,8 @@ def lr_schedule(optimiser: torch.optim.Optimizer, config: Any) -> torch.optim.lr
     base = cosine.lr_lambdas[0]
     lambdas = [partial(_shut_until, schedule=base, open_step=config.ff_gate_open_step)
                if group.get("name") == FF_GATE_GROUP else base for group in optimiser.param_groups]
-    for group in optimiser.param_groups:  # LambdaLR scales initial_lr: undo the cosine's first step
-        group["lr"] = group["initial_lr"]
+    # The replacement scales each group's ``initial_lr`` (recorded by the first scheduler), so
+    # the cosine's own first step leaves nothing behind.
     return torch.optim.lr_scheduler.LambdaLR(optimiser, lambdas)
 
 

@@ -57,7 +57,8 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
     sections = [
         ("Run", "<p>" + html.escape(f"preset {settings.preset!r}, data {settings.data!r}, "
                                     f"{settings.max_steps} steps, test studies: {len(generations)}") + "</p>"),
-        ("Metrics (test split) against baselines", table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")),
+        ("Metrics (test split) against baselines",
+         table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")),
         ("Training", figure_to_img(loss_curve_figure(curves))),
     ]
     if not grounding.empty:
