@@ -1,7 +1,8 @@
 """Where is a finding lost between the image and the report? (issue 5, section 4)
 
-For a trained run, per rendered finding, two measurements on held-out training studies (the last
-400 of the split, never used to fit anything here):
+For a trained run, per rendered finding, two measurements on the last 400 studies of the
+training split (held out from the probes below; the Flamingo itself trained on them, so the
+second measurement is, if anything, optimistic):
 
 1. *Carried*: AUROC of a linear probe (mean + max pooled, 1,600 studies) on the frozen encoder's
    patch tokens and on the trained resampler's latents: does the visual input to the
