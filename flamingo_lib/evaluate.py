@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from flamingo_lib.metrics import clinical_efficacy, most_common_observations, nlg_metrics
+from flamingo_lib.metrics import NLG_METRICS, clinical_efficacy, most_common_observations, nlg_metrics
 
 PROTOCOL = __doc__ + "\n" + (
     "Generation: the training prompt (one <image> per view, then 'Findings:'), decoding stops at <EOC>.\n"
@@ -92,15 +92,13 @@ def nearest_neighbour_reports(train_descriptors: torch.Tensor, train_reports: Se
     return [train_reports[i] for i in nearest.tolist()]
 
 
-def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callable[[str], dict],
-          image_truth: Sequence[dict] | None, observations_top5: Sequence[str],
-          shown_observations: Sequence[str] | None = None) -> dict[str, Any]:
-    """NLG metrics plus clinical efficacy (14 observations, the top 5 and, when given, the
-    ``shown_observations`` the images can show) for one system."""
-    hyp_labels = [labeler(h) for h in hypotheses]
-    ref_labels = [labeler(r) for r in references]
-    row: dict[str, Any] = dict(nlg_metrics(references, hypotheses))
-    for name, truth in (("reference", ref_labels), ("image truth", image_truth)):
+def clinical_scores(hyp_labels: Sequence[dict], truths: dict[str, Sequence[dict] | None],
+                    observations_top5: Sequence[str], shown_observations: Sequence[str] | None = None
+                    ) -> dict[str, float]:
+    """Clinical efficacy of one system's labels against each named truth (skipped when None):
+    14 observations, the top 5 and, when given, the ``shown_observations`` the images can show."""
+    row: dict[str, float] = {}
+    for name, truth in truths.items():
         if truth is None:
             continue
         ce14 = clinical_efficacy(truth, hyp_labels)
@@ -116,6 +114,20 @@ def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callabl
     return row
 
 
+def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callable[[str], dict],
+          image_truth: Sequence[dict] | None, observations_top5: Sequence[str],
+          shown_observations: Sequence[str] | None = None,
+          reference_labels: Sequence[dict] | None = None) -> dict[str, Any]:
+    """NLG metrics plus clinical efficacy (:func:`clinical_scores`) for one system, against the
+    labeler's reading of the references (``reference_labels`` when already read) and the image truth."""
+    hyp_labels = [labeler(h) for h in hypotheses]
+    ref_labels = [labeler(r) for r in references] if reference_labels is None else reference_labels
+    row: dict[str, Any] = dict(nlg_metrics(references, hypotheses))
+    row.update(clinical_scores(hyp_labels, {"reference": ref_labels, "image truth": image_truth},
+                               observations_top5, shown_observations))
+    return row
+
+
 #: The row of the reference reports themselves, scored against the image truth only: how far a
 #: report-reading score can go when the labeler's reading of a perfect report and the image's
 #: labels disagree (hedged phrases read as uncertain, parent observations the text leaves implicit).
@@ -123,11 +135,14 @@ REFERENCE_CEILING = "reference report (ceiling)"
 
 
 def reference_ceiling(references: Sequence[str], labeler: Callable[[str], dict], image_truth: Sequence[dict],
-                      observations_top5: Sequence[str], shown_observations: Sequence[str] | None) -> dict[str, Any]:
+                      observations_top5: Sequence[str], shown_observations: Sequence[str] | None,
+                      reference_labels: Sequence[dict] | None = None) -> dict[str, Any]:
     """The reference reports scored as a system against the image truth; every other column NaN
-    (against themselves they would score 1.0, which says nothing)."""
-    row = score(references, references, labeler, image_truth, observations_top5, shown_observations)
-    return {k: (v if k.endswith("vs image truth)") else float("nan")) for k, v in row.items()}
+    (against themselves they would score 1.0, which says nothing, so they are not computed)."""
+    ref_labels = [labeler(r) for r in references] if reference_labels is None else reference_labels
+    against_truth = clinical_scores(ref_labels, {"image truth": image_truth}, observations_top5, shown_observations)
+    not_computed = clinical_scores(ref_labels, {"reference": ref_labels}, observations_top5, shown_observations)
+    return dict.fromkeys([*NLG_METRICS, *not_computed], float("nan")) | against_truth
 
 
 def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],
@@ -156,7 +171,8 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     test_samples = [test_samples[i] for i in range(len(test_samples))]  # datasets need not support slicing
     references = [s.report for s in test_samples]
     image_truth = [s.labels for s in test_samples] if labels_are_image_truth else None
-    top5 = most_common_observations(image_truth or [labeler(r) for r in references])
+    reference_labels = [labeler(r) for r in references]  # read once, shared by every system's row
+    top5 = most_common_observations(image_truth or reference_labels)
     shown = None
     if labels_are_image_truth:
         from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
@@ -173,10 +189,11 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         "LM without image": generate_reports(model, processor, test_samples, batch_size, num_beams, max_new_tokens,
                                              with_images=False, progress=progress),
     }
-    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown)
+    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown, reference_labels)
                           for name, hyps in systems.items()}).T
     if image_truth is not None:
-        table.loc[REFERENCE_CEILING] = reference_ceiling(references, labeler, image_truth, top5, shown)
+        table.loc[REFERENCE_CEILING] = reference_ceiling(references, labeler, image_truth, top5, shown,
+                                                         reference_labels)
     table.index.name = "system"
     if out_dir is not None:
         out = Path(out_dir)

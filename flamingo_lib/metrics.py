@@ -31,6 +31,10 @@ def normalise_report(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+#: The columns :func:`nlg_metrics` returns, in its order.
+NLG_METRICS: tuple[str, ...] = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
 def nlg_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr over the corpus.
 
