@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -22,9 +21,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.flamingo import Flamingo
+from flamingo_lib.loss import LOSS_REDUCTIONS, causal_lm_loss
 
 WEIGHTS_FILE = "model.safetensors"
-LOSS_REDUCTIONS = ("mean", "sum", "none")
 
 
 class FlamingoModel(PreTrainedModel, GenerationMixin):
@@ -312,20 +311,3 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
         return model.eval()
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy; -100 labels ignored.
-
-    Args:
-        logits: (B, L, V); labels: (B, L).
-        reduction: 'mean' over label tokens, 'sum', or 'none': per-sample mean (B,).
-    """
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L-1)
-    valid = (labels != -100).float()
-    if reduction == "sum":
-        return per_token.sum()
-    if reduction == "none":
-        return per_token.sum(-1) / valid.sum(-1).clamp(min=1)
-    return per_token.sum() / valid.sum().clamp(min=1)
