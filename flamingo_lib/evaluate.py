@@ -141,8 +141,9 @@ def reference_ceiling(references: Sequence[str], labeler: Callable[[str], dict],
     (against themselves they would score 1.0, which says nothing, so they are not computed)."""
     ref_labels = [labeler(r) for r in references] if reference_labels is None else reference_labels
     against_truth = clinical_scores(ref_labels, {"image truth": image_truth}, observations_top5, shown_observations)
-    not_computed = clinical_scores(ref_labels, {"reference": ref_labels}, observations_top5, shown_observations)
-    return dict.fromkeys([*NLG_METRICS, *not_computed], float("nan")) | against_truth
+    # The vs-reference columns are named like the vs-image-truth ones (clinical_scores' pattern).
+    against_reference = [k.replace("vs image truth)", "vs reference)") for k in against_truth]
+    return dict.fromkeys([*NLG_METRICS, *against_reference], float("nan")) | against_truth
 
 
 def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],

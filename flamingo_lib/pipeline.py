@@ -130,10 +130,8 @@ class Pipeline:
         summary = self.run_dir / "train" / "summary.json"
         if not (summary.exists() and (model_dir / "model.safetensors").exists()):
             return False
-        saved = json.loads(summary.read_text())
-        if saved.get("config", {}).get("extra", {}).get("pipeline") is None:
-            return False
-        if self._saved_training_key(saved["config"]["extra"]["pipeline"]) != self.settings.training_key():
+        saved_key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
+        if saved_key is None or self._saved_training_key(saved_key) != self.settings.training_key():
             return False
         trained_on = json.loads((model_dir / "config.json").read_text()).get("embedded_builds") or {}
         return trained_on == self._current_encoder_builds

@@ -143,6 +143,10 @@ def test_reference_ceiling_scores_the_reference_text_against_the_image_truth():
     # effusion: tp; atelectasis read as uncertain: fn; "opacity" read as Lung Opacity: fp
     assert row["CE micro-F1 (rendered findings, vs image truth)"] == pytest.approx(0.5)
     assert math.isnan(row["BLEU_4"]) and math.isnan(row["CE micro-F1 (14, vs reference)"])
+    from flamingo_lib.evaluate import score
+
+    system_row = score(references, references, label_report, truth, ["Pleural Effusion"], RENDERED_OBSERVATIONS)
+    assert list(row) == list(system_row)  # the same columns as every system's row, in the same order
 
 
 def test_evaluation_on_image_truth_adds_the_reference_ceiling_row(tmp_path):
