@@ -47,7 +47,9 @@ def word_token_positions(processor: Any, report: str, words: Sequence[str], offs
             if any(start < s_end and end > s_start for s_start, s_end in spans)]
 
 
-def _heatmap(maps: AttentionMaps, positions: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+def tokens_heatmap(maps: AttentionMaps, positions: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+    """The (H, W) heatmap of ``size`` of the tokens at ``positions`` of sample 0: their patch
+    relevance averaged, upsampled, summing to 1 (:func:`~flamingo_lib.attention_maps.relevance_to_heatmap`)."""
     relevance = torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
     return relevance_to_heatmap(relevance, size)
 
@@ -86,9 +88,9 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
             mask = sample.masks[finding]
             rows.append({
                 "id": sample.id, "finding": finding,
-                "hit": _hit(_heatmap(maps, token_positions, mask.shape), mask),
+                "hit": _hit(tokens_heatmap(maps, token_positions, mask.shape), mask),
                 "chance": float(mask.mean()),
-                "shuffled_hit": _hit(_heatmap(shuffled_maps, token_positions, mask.shape), mask),
+                "shuffled_hit": _hit(tokens_heatmap(shuffled_maps, token_positions, mask.shape), mask),
             })
     return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit"])
 

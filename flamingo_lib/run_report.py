@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from flamingo_lib.evaluate import REFERENCE_CEILING
 from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, write_html_report
@@ -17,10 +16,20 @@ HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rend
             "CE micro-F1 (14, vs reference)", "CE macro-F1 (14, vs reference)"]
 
 
-def _case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
-    """Heatmap of the tokens naming the sample's first mapped finding (or of the whole report)."""
-    from flamingo_lib.attention_maps import capture_attention, relevance_to_heatmap
-    from flamingo_lib.grounding import FINDING_WORDS, word_token_positions
+def case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
+    """Attention heatmap over the sample's first image, teacher-forced on its reference report.
+
+    The relevance of the tokens that name the sample's first finding with a ground-truth mask
+    (:data:`~flamingo_lib.grounding.FINDING_WORDS`), averaged; without such tokens, of the whole
+    report.
+
+    Returns:
+        heatmap: float array (H, W) of the image's size, non-negative, summing to 1;
+        mask: the finding's bool mask (H, W), or None for the whole-report map;
+        title: which tokens the map shows.
+    """
+    from flamingo_lib.attention_maps import capture_attention
+    from flamingo_lib.grounding import FINDING_WORDS, tokens_heatmap, word_token_positions
 
     model, processor = pipeline.model_and_processor
     batch = processor.training_batch([sample.report], [[sample.images[0]]])
@@ -30,11 +39,9 @@ def _case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
     for finding, mask in sample.masks.items():
         positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
         if positions:
-            relevance = torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
-            return relevance_to_heatmap(relevance, size), mask, f"attention of '{finding}' tokens"
+            return tokens_heatmap(maps, positions, size), mask, f"attention of '{finding}' tokens"
     report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
-    relevance = torch.stack([maps.token_relevance(0, p) for p in report_positions]).mean(0)
-    return relevance_to_heatmap(relevance, size), None, "attention of the report's tokens"
+    return tokens_heatmap(maps, report_positions, size), None, "attention of the report's tokens"
 
 
 def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int = 6,
@@ -75,7 +82,7 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
     test = pipeline.splits["test"]
     for index in range(min(n_cases, len(test))):
         sample = test[index]
-        heatmap, mask, title = _case_heatmap(pipeline, sample)
+        heatmap, mask, title = case_heatmap(pipeline, sample)
         row = generations.loc[sample.id]
         cases.append(
             "<div class='case'>" + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)

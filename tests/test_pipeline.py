@@ -111,3 +111,23 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary["config"]["extra"]["pipeline"]["retired_knob"] = 1
     summary_path.write_text(json.dumps(summary))
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+
+
+def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
+    import numpy as np
+    from flamingo_lib.grounding import FINDING_WORDS
+    from flamingo_lib.run_report import case_heatmap
+
+    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_test_samples": 40})
+    pipeline.train()
+    test = [pipeline.splits["test"][i] for i in range(len(pipeline.splits["test"]))]
+    named = next(s for s in test if any(w in s.report.lower() for f in s.masks for w in FINDING_WORDS.get(f, ())))
+    heatmap, mask, title = case_heatmap(pipeline, named)
+    width, height = named.images[0].size
+    assert heatmap.shape == (height, width) and heatmap.min() >= 0 and abs(heatmap.sum() - 1) < 1e-4
+    finding = title.split("'")[1]
+    assert finding in named.masks and mask is named.masks[finding]
+
+    normal = next(s for s in test if not s.masks)
+    heatmap, mask, title = case_heatmap(pipeline, normal)
+    assert mask is None and title == "attention of the report's tokens" and abs(heatmap.sum() - 1) < 1e-4
