@@ -71,6 +71,35 @@ def case_figure(image: Any, heatmap: Any, mask: Any, title: str) -> Figure:
     return figure
 
 
+def metrics_figure(table: pd.DataFrame, columns: list[str]) -> Figure:
+    """Grouped bars, each labelled with its value: one group per metric in ``columns``, one bar per
+    system (row of ``table``); language metrics and clinical-efficacy ("CE ...") metrics in two
+    panels, as their scales differ (CIDEr exceeds 1). A missing value (NaN, e.g. the reference
+    ceiling's NLG scores) gets no bar and no label."""
+    import textwrap
+
+    import numpy as np
+
+    values = table[columns].astype(float)
+    panels = [p for p in ([c for c in columns if not c.startswith("CE")], [c for c in columns if c.startswith("CE")]) if p]
+    figure = Figure(figsize=(12, 4.2))
+    axes = figure.subplots(1, len(panels), width_ratios=[len(p) for p in panels], squeeze=False)[0]
+    width = 0.8 / len(values)
+    for ax, panel in zip(axes, panels):
+        positions = np.arange(len(panel))
+        for offset, (system, row) in enumerate(values[panel].iterrows()):
+            bars = ax.bar(positions + offset * width, row.fillna(0).to_numpy(), width, label=str(system))
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.2f}" for v in row], fontsize=6, rotation=90,
+                         padding=2)
+        ax.set_xticks(positions + 0.4 - width / 2, [textwrap.fill(c, 16) for c in panel], fontsize=7)
+        ax.set_ylim(0, max(1.0, float(np.nanmax(values[panel].to_numpy(), initial=0))) * 1.15)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel("score")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    return figure
+
+
 def write_html_report(path: str | Path, title: str, sections: list[tuple[str, str]], *, credentialed: bool,
                       allow_credentialed: bool = False, iu_text: bool = False) -> Path:
     """Write the report atomically.

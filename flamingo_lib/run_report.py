@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.evaluate import REFERENCE_CEILING
-from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, write_html_report
+from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, metrics_figure, write_html_report
 
 HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
             "CE micro-F1 (rendered findings, vs reference)", "CE micro-F1 (14, vs image truth)",
@@ -44,9 +44,32 @@ def case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
     return tokens_heatmap(maps, report_positions, size), None, "attention of the report's tokens"
 
 
+def cases_html(pipeline: Any, n_cases: int = 6) -> str:
+    """The first ``n_cases`` test studies as HTML: the film and its attention map (:func:`case_heatmap`)
+    beside the generated report, the reference report and the nearest-neighbour baseline's report.
+
+    Images are inlined (base64 PNG), so the fragment stands alone (``IPython.display.HTML``).
+    """
+    generations = pipeline.generations().set_index("id")
+    test = pipeline.splits["test"]
+    cases = []
+    for index in range(min(n_cases, len(test))):
+        sample = test[index]
+        heatmap, mask, title = case_heatmap(pipeline, sample)
+        row = generations.loc[sample.id]
+        cases.append(
+            "<div class='case' style='display:flex;gap:1em'>"
+            + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)
+            + f"<div><p><b>Generated:</b> {html.escape(str(row['flamingo']))}</p>"
+            + f"<p class='ref'><b>Reference:</b> {html.escape(sample.report)}</p>"
+            + f"<p class='ref'><b>Nearest-neighbour baseline:</b> {html.escape(str(row['nearest neighbour']))}</p>"
+            + "</div></div>")
+    return "".join(cases)
+
+
 def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int = 6,
                      allow_credentialed: bool = False) -> Path:
-    """Run (or reuse) every step of ``pipeline`` and write ``run_dir/report.html``.
+    """Run (or reuse) every step of ``pipeline`` and write ``path`` (default ``run_dir/report.html``).
 
     Raises:
         PermissionError: the data are credentialed and ``allow_credentialed`` is False.
@@ -65,7 +88,8 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
         ("Run", "<p>" + html.escape(f"preset {settings.preset!r}, data {settings.data!r}, "
                                     f"{settings.max_steps} steps, test studies: {len(generations)}") + "</p>"),
         ("Metrics (test split) against baselines",
-         table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")),
+         table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")
+         + figure_to_img(metrics_figure(table, columns), 1000)),
         ("Training", figure_to_img(loss_curve_figure(curves))),
     ]
     if not grounding.empty:
@@ -78,19 +102,7 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
                                              "with another study's image. One-sided exact p-values over all "
                                              f"findings: above chance p = {tests['p_vs_chance']:.2g}, above the "
                                              f"shuffled control (paired) p = {tests['p_vs_shuffled']:.2g}.</p>"))
-    cases = []
-    test = pipeline.splits["test"]
-    for index in range(min(n_cases, len(test))):
-        sample = test[index]
-        heatmap, mask, title = case_heatmap(pipeline, sample)
-        row = generations.loc[sample.id]
-        cases.append(
-            "<div class='case'>" + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)
-            + f"<div><p><b>Generated:</b> {html.escape(str(row['flamingo']))}</p>"
-            + f"<p class='ref'><b>Reference:</b> {html.escape(sample.report)}</p>"
-            + f"<p class='ref'><b>Nearest-neighbour baseline:</b> {html.escape(str(row['nearest neighbour']))}</p>"
-            + "</div></div>")
-    sections.append(("Cases", "".join(cases)))
+    sections.append(("Cases", cases_html(pipeline, n_cases)))
     protocol = (pipeline.run_dir / "eval" / "PROTOCOL.md").read_text()
     sections.append(("Protocol", f"<pre>{html.escape(protocol)}</pre>"))
     return write_html_report(path or pipeline.run_dir / "report.html", "Flamingo chest X-ray report generation",

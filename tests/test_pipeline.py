@@ -131,3 +131,17 @@ def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     normal = next(s for s in test if not s.masks)
     heatmap, mask, title = case_heatmap(pipeline, normal)
     assert mask is None and title == "attention of the report's tokens" and abs(heatmap.sum() - 1) < 1e-4
+
+
+def test_metrics_figure_draws_one_labelled_bar_per_system_and_metric_and_none_for_missing_values():
+    import pandas as pd
+    from flamingo_lib.report_html import metrics_figure
+
+    table = pd.DataFrame({"BLEU_4": [0.3, float("nan")], "CIDEr": [1.6, float("nan")], "CE micro-F1 (14)": [0.4, 0.8]},
+                         index=["flamingo", "reference report (ceiling)"])
+    language, clinical = metrics_figure(table, list(table.columns)).axes
+    assert [t.get_text() for t in language.get_xticklabels()] == ["BLEU_4", "CIDEr"]
+    assert language.get_ylim()[1] > 1.6  # CIDEr is not clipped at 1
+    labels = lambda ax: sorted(t.get_text() for t in ax.texts if t.get_text())  # noqa: E731
+    assert labels(language) == ["0.30", "1.60"] and labels(clinical) == ["0.40", "0.80"]
+    assert [p.get_height() for p in clinical.patches] == [0.4, 0.8]
