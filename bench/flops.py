@@ -31,13 +31,16 @@ def resampler_forward(batch: int, images: int, tokens: int, dim: int, depth: int
 
 
 def xattn_forward(batch: int, text: int, media_tokens: int, dim: int, dim_visual: int, heads: int,
-                  dim_head: int, ff_mult: int, media_kv: bool = True) -> float:
+                  dim_head: int, ff_mult: int, media_kv: bool = True, attended: int | None = None) -> float:
     """Gated cross-attention block forward over ``text`` queries and ``media_tokens`` (T * n)
-    keys; ``media_kv=False`` leaves out the media key/value projection (cached)."""
+    keys; ``media_kv=False`` leaves out the media key/value projection (cached); ``attended``:
+    the keys each query attends to, when fewer than all (a decoding step attending to the
+    latest image's n latents only)."""
     inner = heads * dim_head
+    keys = media_tokens if attended is None else attended
     flops = (
         2 * text * dim * inner                     # to_q
-        + 2 * 2 * text * media_tokens * inner      # Q K^T and A V
+        + 2 * 2 * text * keys * inner              # Q K^T and A V
         + 2 * text * inner * dim                   # to_out
         + 2 * 2 * text * dim * ff_mult * dim       # feed-forward
     )
@@ -82,20 +85,23 @@ class FlamingoShape:
     images: int
     latents: int
     new_tokens: int = 2  # <image> and <EOC>: extra output columns
+    only_immediate: bool = True  # text attends to the latest image's latents only
 
     @classmethod
     def of(cls, config, lm_config, images: int) -> "FlamingoShape":  # noqa: ANN001
         return cls(LMShape.of(lm_config), config.dim_visual, lm_config.num_hidden_layers // config.xattn_every,
                    config.xattn_heads, config.xattn_dim_head, config.xattn_ff_mult, images,
-                   config.resampler_num_latents)
+                   config.resampler_num_latents, only_immediate=config.only_attend_immediate_media)
 
 
 def flamingo_decode_step(shape: FlamingoShape, batch: int, context: int, media_kv_cached: bool) -> float:
     """One decoded token per sample: the LM, every cross-attention block (its media keys/values
-    recomputed unless cached) and the new-token output columns."""
+    recomputed unless cached; attention over the latest image's latents only when text attends
+    to the immediate image, all images' otherwise) and the new-token output columns."""
+    attended = shape.latents if shape.only_immediate else shape.images * shape.latents
     xattn = shape.xattn_layers * xattn_forward(
         batch, 1, shape.images * shape.latents, shape.lm.hidden, shape.dim_visual, shape.xattn_heads,
-        shape.xattn_dim_head, shape.xattn_ff_mult, media_kv=not media_kv_cached)
+        shape.xattn_dim_head, shape.xattn_ff_mult, media_kv=not media_kv_cached, attended=attended)
     return lm_forward(shape.lm, batch, 1, context) + xattn + 2.0 * batch * shape.lm.hidden * shape.new_tokens
 
 

@@ -54,6 +54,9 @@ class Case:
     # skips the vision tower and the resampler, which the decode rate never includes anyway)
     visual: str
     note: str = ""
+    # repetitions at least: a tiny model's decode takes milliseconds, and its median needs many
+    # samples to settle (3 gave 3.8k and 6.5k tok/s for the same bare LM in two runs)
+    min_reps: int = 0
 
 
 def _inputs(case: Case, batch: int, env: Env) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -102,7 +105,8 @@ def run_case(env: Env, case: Case, batch: int, reps: int) -> dict[str, Any]:
     names = ("bare_lm", "flamingo", "flamingo_recompute_kv")
     for name in names:
         decoder(name, 2)()  # warm-up: first-touch of the weights, allocator, one decoding step
-    timings = interleaved({name: decoder(name, n) for name in names}, env, reps=reps, warmup=0, self_timed=True)
+    timings = interleaved({name: decoder(name, n) for name in names}, env, reps=max(reps, case.min_reps), warmup=0,
+                          self_timed=True)
     prompt_len = inputs["input_ids"].shape[1]
     for name, out in outputs.items():
         assert out.shape == (batch, prompt_len + n), f"{name} returned {tuple(out.shape)}"

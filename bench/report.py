@@ -77,8 +77,11 @@ def _machine(results: dict[str, Any]) -> list[str]:
               f"| baselines | " + ", ".join(f"{k} {v}" for k, v in results["baselines"].items()) + " |",
               "| load average (1, 5, 15 min) | start " + ", ".join(f"{x:.1f}" for x in results["load_avg_start"])
               + "; end " + ", ".join(f"{x:.1f}" for x in results["load_avg_end"]) + " |",
-              f"| repetitions | blocks {results['reps']['blocks']}, others {results['reps']['others']} "
-              f"(interleaved; median, min-max) |",
+              f"| repetitions | blocks {results['reps']['blocks']}, others {results['reps']['others']}"
+              + "".join(f", {g['case']} decoding (batch {g['batch']}) {g['tokens_per_s']['bare_lm']['n']}"
+                        for g in results.get("generation", []) if g["tokens_per_s"]["bare_lm"]["n"]
+                        != results["reps"]["others"])
+              + " (interleaved; median, min-max) |",
               f"| wall time | {results['wall_s']:.0f} s |"]
     for name, sec in results.get("sections", {}).items():
         lines.append(f"| section {name} | {sec['wall_s']:.0f} s, load {sec['load_avg_1min_at_start']:.1f} at start, "

@@ -60,7 +60,8 @@ def generation_cases(args: argparse.Namespace, lm_dir: Path, vit_dir: Path) -> l
     cases = [generation.Case("tiny-random", FlamingoModel(tiny), FlamingoProcessor(tiny),
                              load_language_model(tiny.lm, tiny.seed), 4 if args.smoke else 32,
                              (1, 2) if args.smoke else (1, 8), "pixel_values",
-                             "tiny-random preset (xattn_every=1), images through the tiny ViT")]
+                             "tiny-random preset (xattn_every=1), images through the tiny ViT",
+                             min_reps=1 if args.smoke else 21)]
     if not args.smoke:
         big = biomed_size_config(lm_dir, vit_dir)
         cases.append(generation.Case(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -49,14 +50,19 @@ class MediaMasks(NamedTuple):
     Fields:
         attend: bool (B, 1, L, T * n), True where a text token may attend to a latent; rows of
             text with no image before them are all True (a fully masked row would give NaN),
-            and their output is zeroed through ``blind``.
-        blind: bool (B, L, 1), True for text with no image at or before it.
+            and their output is zeroed through ``blind``. None when ``window`` says it all.
+        blind: bool (B, L, 1), True for text with no image at or before it; None when no text
+            of the pass is blind.
         only_immediate: the masking rule the masks were built with.
+        window: (start, stop): every text token of the pass attends to exactly the latents
+            ``start:stop`` and none is blind (:func:`all_seen_masks`); then no mask is applied
+            at all: keys and values are sliced. None for the general, masked case.
     """
 
-    attend: torch.Tensor
-    blind: torch.Tensor
+    attend: torch.Tensor | None
+    blind: torch.Tensor | None
     only_immediate: bool
+    window: tuple[int, int] | None = None
 
 
 def media_masks(media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
@@ -64,6 +70,16 @@ def media_masks(media_time: torch.Tensor, num_media: int, num_latents: int, only
     blind = (media_time == 0)[..., None]  # no image yet; media_time never exceeds num_media
     allowed = text_to_media_mask(media_time, num_media, num_latents, only_immediate)
     return MediaMasks(allowed | blind[:, None], blind, only_immediate)
+
+
+def all_seen_masks(num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
+    """:class:`MediaMasks` for a pass in which every text token comes after all ``num_media``
+    images of its sample (a decoding step after a prompt holding every image): each attends to
+    the last image's latents (``only_immediate``) or to all of them, with no mask and no blind
+    rows, the same result as :func:`media_masks` gives for ``media_time == num_media`` without
+    its per-layer masking ops (they set a decoding step's cost where it is host-bound)."""
+    start = (num_media - 1) * num_latents if only_immediate else 0
+    return MediaMasks(None, None, only_immediate, (start, num_media * num_latents))
 
 
 class MaskedCrossAttention(nn.Module):
@@ -118,13 +134,22 @@ class MaskedCrossAttention(nn.Module):
             ``keep_attention``, ``last_attention`` holds the weights (B, H, L, T*n).
         """
         masks = self.masks(media, media_time, masks)
-        q = rearrange(self.to_q(self.norm(x)), "b l (h d) -> b h l d", h=self.heads)
+        b, length, _ = x.shape
+        # view/transpose rather than einops: this runs per layer at every decoding step
+        q = self.to_q(self.norm(x)).view(b, length, self.heads, -1).transpose(1, 2)
         k, v = kv if kv is not None else self.media_kv(media)
-        out, weights = attend(q, k, v, masks.attend, self.keep_attention)
-        blind = masks.blind[:, None]  # (B, 1, L, 1)
-        out = out.masked_fill(blind, 0.0)  # text with no image before it gets nothing
-        self.last_attention = None if weights is None else weights.masked_fill(blind, 0.0)
-        return self.to_out(rearrange(out, "b h l d -> b l (h d)"))
+        if masks.window is not None:  # every token sees the same latents and none is blind
+            start, stop = masks.window
+            out, weights = attend(q, k[:, :, start:stop], v[:, :, start:stop], None, self.keep_attention)
+            if weights is not None:  # report the weights over all T * n latents, as the masked path does
+                weights = F.pad(weights, (start, k.shape[2] - stop))
+        else:
+            out, weights = attend(q, k, v, masks.attend, self.keep_attention)
+            blind = masks.blind[:, None]  # (B, 1, L, 1)
+            out = out.masked_fill(blind, 0.0)  # text with no image before it gets nothing
+            weights = None if weights is None else weights.masked_fill(blind, 0.0)
+        self.last_attention = weights
+        return self.to_out(out.transpose(1, 2).reshape(b, length, -1))
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -170,5 +195,7 @@ class GatedCrossAttentionBlock(nn.Module):
         """
         masks = self.attn.masks(media, media_time, masks)
         x = x + self.attn(x, media, media_time, kv, masks) * self.attn_gate.tanh()
-        ff_out = (self.ff(x) * self.ff_gate.tanh()).masked_fill(masks.blind, 0.0)
+        ff_out = self.ff(x) * self.ff_gate.tanh()
+        if masks.blind is not None:
+            ff_out = ff_out.masked_fill(masks.blind, 0.0)
         return x + ff_out

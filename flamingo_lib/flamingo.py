@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from flamingo_lib.config import FlamingoConfig
-from flamingo_lib.cross_attention import GatedCrossAttentionBlock, media_masks
+from flamingo_lib.cross_attention import GatedCrossAttentionBlock, all_seen_masks, media_masks
 from flamingo_lib.language import load_language_model
 from flamingo_lib.lm_injection import flamingo_layers, inject_cross_attention, lm_flamingo_layers
 from flamingo_lib.new_tokens import add_token_rows
@@ -130,14 +130,22 @@ class Flamingo(nn.Module):
 
     # ---------------------------------------------------------------------------- forward
     def condition(self, visual_features: torch.Tensor | None, media_time: torch.Tensor | None,
-                  reuse_media_kv: bool = False) -> None:
+                  reuse_media_kv: bool = False, all_media_seen: bool = False) -> None:
         """Hand the media to every :class:`FlamingoLayer` (None clears them), with the
-        cross-attention masks of ``media_time`` built once for all of them."""
+        cross-attention masks of ``media_time`` built once for all of them.
+
+        ``all_media_seen``: every text position of the pass comes after all of its sample's
+        images (``media_time`` may then be None): the layers attend without masks
+        (:func:`~flamingo_lib.cross_attention.all_seen_masks`).
+        """
         layers = lm_flamingo_layers(self.lm)
         masks = None
-        if layers and visual_features is not None and media_time is not None and visual_features.shape[1] > 0:
+        if layers and visual_features is not None and visual_features.shape[1] > 0:
             rule = layers[0].gated_cross_attn.attn.only_attend_immediate_media
-            masks = media_masks(media_time, visual_features.shape[1], visual_features.shape[2], rule)
+            if all_media_seen:
+                masks = all_seen_masks(visual_features.shape[1], visual_features.shape[2], rule)
+            elif media_time is not None:
+                masks = media_masks(media_time, visual_features.shape[1], visual_features.shape[2], rule)
         for layer in layers:
             state = layer.conditioning
             same_media = reuse_media_kv and state.reuse_media_kv and state.media is visual_features
@@ -145,15 +153,16 @@ class Flamingo(nn.Module):
             layer.condition(visual_features, media_time, reuse_media_kv, masks, state.media_kv if same_media else None)
 
     def forward(
-        self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor,
-        reuse_media_kv: bool = False, **lm_kwargs: Any,
+        self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor | None,
+        reuse_media_kv: bool = False, all_media_seen: bool = False, **lm_kwargs: Any,
     ) -> Any:
-        """Run the LM conditioned on ``visual_features`` (B, T, n, Dv); ``media_time`` (B, L).
+        """Run the LM conditioned on ``visual_features`` (B, T, n, Dv); ``media_time`` (B, L)
+        (None only with ``all_media_seen``, see :meth:`condition`).
 
         Returns:
             the LM's output (logits (B, L, V'), cache, ...).
         """
-        self.condition(visual_features, media_time, reuse_media_kv)
+        self.condition(visual_features, media_time, reuse_media_kv, all_media_seen)
         try:
             return self.lm(input_ids=input_ids, **lm_kwargs)
         finally:

@@ -71,7 +71,8 @@ class FlamingoLayer(nn.Module):
         """``hidden_states`` (B, L, D) plus whatever the wrapped layer takes."""
         state = self.conditioning
         if state.media is not None and state.media.shape[1] > 0:  # no images at all: nothing to attend
-            if state.media_time is None or state.media_time.shape != hidden_states.shape[:2]:
+            all_seen = state.masks is not None and state.masks.window is not None  # needs no media_time
+            if not all_seen and (state.media_time is None or state.media_time.shape != hidden_states.shape[:2]):
                 got = None if state.media_time is None else tuple(state.media_time.shape)
                 raise ValueError(f"media_time has shape {got}, expected {tuple(hidden_states.shape[:2])}")
             kv = state.media_kv

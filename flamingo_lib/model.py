@@ -1,32 +1,32 @@
 """`FlamingoModel`: the Hugging Face face of :class:`~flamingo_lib.flamingo.Flamingo`.
 
-forward / loss, generate (visual features computed once per call, media keys/values cached per
-layer), save_pretrained / from_pretrained of the trainable weights only.
+forward / loss, generate (:mod:`flamingo_lib.generation`), save_pretrained / from_pretrained of
+the trainable weights only.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.flamingo import Flamingo
 from flamingo_lib.loss import LOSS_REDUCTIONS, causal_lm_loss
+from flamingo_lib.generation import FlamingoGenerationMixin
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-class FlamingoModel(PreTrainedModel, GenerationMixin):
+class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
     """A frozen causal LM that reads chest X-rays through gated cross-attention.
 
     ``forward`` takes exactly one of ``pixel_values`` (B, T, 3, H, W), ``image_embeddings``
@@ -51,6 +51,7 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
             bos_token_id=lm_config.bos_token_id, eos_token_id=eos, pad_token_id=pad, max_new_tokens=60
         )
         self._generating = False
+        self._all_media_seen_from: int | None = None  # generate: positions from here on see every image
         # Compute each cross-attention layer's media keys/values once per `generate` call (the
         # media do not change between steps). False recomputes them at every step, as
         # open_flamingo does: kept switchable for benchmarks and debugging.
@@ -165,6 +166,7 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         position_ids: torch.Tensor | None = None,
         media_time: torch.Tensor | None = None,
+        all_media_seen: bool = False,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """
@@ -177,6 +179,8 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
             cache, use_cache, position_ids: passed to the LM.
             media_time: (B, L) images at or before each position, for inputs that are only the
                 tail of a sequence (cached decoding); defaults to ``media_locations.cumsum(-1)``.
+            all_media_seen: every position of ``input_ids`` comes after all of its sample's
+                images (a decoding step; ``generate`` sets it): no ``media_time``, no masks.
 
         Returns:
             ``CausalLMOutputWithPast`` with loss, logits (B, L, V'), cache.
@@ -186,86 +190,16 @@ class FlamingoModel(PreTrainedModel, GenerationMixin):
         features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
         if features.shape[0] != input_ids.shape[0]:
             raise ValueError(f"{features.shape[0]} samples of images for {input_ids.shape[0]} texts")
-        if media_time is None:
+        if media_time is None and not all_media_seen:
             media_time = self._media_time(input_ids, media_locations, features.shape[1])
         out = self.flamingo(
             input_ids, features, media_time, reuse_media_kv=self._generating and self.cache_media_kv,
+            all_media_seen=all_media_seen,
             attention_mask=attention_mask,
             cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
         )
         loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)
         return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=getattr(out, "cache", None))
-
-    # -------------------------------------------------------------------------- generation
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
-        """Adds ``media_time`` for the positions being fed, counted over the *whole* sequence so
-        far: correct with the KV cache on (only new tokens fed) or off (PRIOR_ART bug 7)."""
-        kwargs.pop("media_locations", None)
-        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
-        fed = inputs["input_ids"].shape[1]
-        inputs["media_time"] = (input_ids == self.config.image_token_id).long().cumsum(-1)[:, -fed:]
-        return inputs
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        media_locations: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_embeddings: torch.Tensor | None = None,
-        visual_features: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """``transformers`` generation (greedy, sampling, beam search) conditioned on images.
-
-        The visual features are computed once per call and each cross-attention layer's media
-        keys/values once per call, then reused at every step, KV cache on or off.
-
-        Returns:
-            token ids (B * num_return_sequences, L + new) as ``GenerationMixin.generate``.
-        """
-        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
-        self._media_time(input_ids, media_locations, features.shape[1])  # validate the prompt
-        if kwargs.get("use_cache", True) and kwargs.get("cache") is None:
-            kwargs["cache"] = DynamicCache(config=self.flamingo.lm.config)
-        self._generating = True
-        try:
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    visual_features=features, **kwargs)
-        finally:
-            self._generating = False
-            self.flamingo.condition(None, None)
-
-    @torch.no_grad()
-    def generate_captions(
-        self,
-        processor: Any,
-        images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
-        prompt: str | None = None,
-        max_length: int = 60,
-        num_beams: int = 1,
-        **kwargs: Any,
-    ) -> list[str]:
-        """Reports for images: one string per sample, tags removed.
-
-        Args:
-            processor: this model's :class:`~flamingo_lib.FlamingoProcessor`.
-            images: one image per sample, or a list of images per sample (one ``<image>`` each
-                in ``prompt``).
-            prompt: defaults to ``processor.study_prompt(views)``: the text it trained on.
-            max_length: new tokens at most.
-            num_beams: 1 = greedy.
-        """
-        per_sample = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
-        prompts = [processor.study_prompt(len(v)) if prompt is None else prompt for v in per_sample]
-        batch = processor(prompts, per_sample, padding_side="left")
-        device = next(self.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = self.generate(**batch, max_new_tokens=max_length, num_beams=num_beams, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
-        return [processor.remove_tags(t.split(self.config.eoc_token)[0]) for t in texts]
 
     # ---------------------------------------------------------------------------- save/load
     def save_pretrained(self, save_directory: str | os.PathLike, processor: Any = None, **_: Any) -> None:

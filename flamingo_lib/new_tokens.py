@@ -42,7 +42,7 @@ class DecoupledEmbedding(nn.Module):
         out = self.base(input_ids.masked_fill(input_ids >= self.base_vocab_size, 0))
         # Always take both paths (a lookup in a 2-row table): an `if is_new.any()` would make the
         # GPU wait for the host at every forward, every decoding step included.
-        rows = torch.searchsorted(self.new_token_ids, input_ids).clamp(max=len(self.new_token_ids) - 1)
+        rows = torch.searchsorted(self.new_token_ids, input_ids.contiguous()).clamp(max=len(self.new_token_ids) - 1)
         new = F.embedding(rows, self.new_rows) * getattr(self.base, "embed_scale", 1.0)
         return torch.where(is_new[..., None], new.to(out.dtype), out)
 
@@ -62,6 +62,10 @@ class DecoupledLMHead(nn.Module):
         self.new_rows = new_rows
         self.register_buffer("new_token_ids", torch.tensor(sorted(new_token_ids)), persistent=False)
         self.num_logits = max(base.weight.shape[0], max(new_token_ids) + 1)
+        # (num_new,) added to the new tokens' logits, or None: ``generate`` sets -inf on
+        # ``<image>`` here (never generated) at no cost per step (the bias of the linear that
+        # computes those columns), instead of a logits processor's ops and per-step signature check
+        self.new_logit_bias: torch.Tensor | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -73,7 +77,8 @@ class DecoupledLMHead(nn.Module):
         extra = self.num_logits - logits.shape[-1]
         if extra > 0:
             logits = F.pad(logits, (0, extra))
-        new = F.linear(hidden_states, self.new_rows.to(hidden_states.dtype)).to(logits.dtype)
+        bias = None if self.new_logit_bias is None else self.new_logit_bias.to(hidden_states.dtype)
+        new = F.linear(hidden_states, self.new_rows.to(hidden_states.dtype), bias).to(logits.dtype)
         return logits.index_copy(-1, self.new_token_ids, new)
 
 
