@@ -123,8 +123,10 @@ def _generation(gen: list[dict[str, Any]]) -> list[str]:
     lines = ["Greedy, KV cache on, prompt with 2 images, exactly N new tokens (min = max). Decode rate = "
              "batch x (N - 1) / time from the first to the last step (the prefill is excluded). "
              "`recompute K/V` is our model with `model.cache_media_kv = False`: every step recomputes each "
-             "layer's media keys/values, as open_flamingo's decoding does. Bound = bare-LM rate x bare-LM FLOPs / "
-             "Flamingo FLOPs per decoded token (`bench/flops.py`).", "",
+             "layer's media keys/values, as open_flamingo's decoding does. Both decode the steps after the prompt "
+             "without cross-attention masks (every image is in the prompt: each layer attends to the latest "
+             "image's keys/values only). Bound = bare-LM rate x bare-LM FLOPs / "
+             "Flamingo FLOPs per decoded token (`bench/flops.py`; attention counted over that image's latents).", "",
              "| model | batch | prompt + new | bare LM tok/s | Flamingo tok/s | recompute K/V tok/s | GFLOP/step bare, "
              "ours, recompute | bound tok/s | of bound | vs recompute | same tokens |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

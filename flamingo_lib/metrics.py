@@ -13,6 +13,7 @@ Protocol (R2Gen convention, so numbers line up with the literature):
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import shutil
@@ -69,10 +70,25 @@ def meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None
         from pycocoevalcap.meteor.meteor import Meteor
 
         _METEOR = Meteor()  # one Java process per Python process: starting it takes seconds
+        atexit.register(close_meteor)
     return float(_METEOR.compute_score(gts, res)[0])
 
 
 _METEOR = None
+
+
+def close_meteor() -> None:
+    """Stop the METEOR Java process, closing all three of its pipes (pycocoevalcap's own
+    ``__del__`` closes stdin only, which left two unclosed-file ResourceWarnings at exit).
+    Runs at interpreter exit; the next :func:`meteor` call starts a new process."""
+    global _METEOR
+    if _METEOR is None:
+        return
+    process, _METEOR = _METEOR.meteor_p, None
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        pipe.close()
+    process.kill()
+    process.wait()
 
 
 def _positive(labels: Labels, observation: str) -> bool:

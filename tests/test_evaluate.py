@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -25,6 +28,15 @@ def test_identical_reports_score_perfectly_and_unrelated_ones_do_not():
     assert poor["BLEU_1"] < 0.3 and poor["ROUGE_L"] < 0.3 and poor["CIDEr"] < perfect["CIDEr"]
     if perfect["METEOR"] is not None:  # Java present
         assert perfect["METEOR"] > 0.9 > poor["METEOR"]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
+def test_meteor_leaves_no_unclosed_pipes_at_exit():
+    script = ("from flamingo_lib.metrics import meteor\n"
+              "assert meteor({0: ['the heart is normal']}, {0: ['the heart is normal']}) > 0.9\n")
+    run = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "ResourceWarning" not in run.stderr, run.stderr
 
 
 def test_normalisation_splits_punctuation_and_lowercases():
