@@ -187,7 +187,10 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         """
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={loss_reduction!r}; allowed: {', '.join(LOSS_REDUCTIONS)}")
-        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
+        if all_media_seen and visual_features is not None and pixel_values is None and image_embeddings is None:
+            features = visual_features  # a decoding step: generate resolved and checked them once per call
+        else:
+            features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
         if features.shape[0] != input_ids.shape[0]:
             raise ValueError(f"{features.shape[0]} samples of images for {input_ids.shape[0]} texts")
         if media_time is None and not all_media_seen:
