@@ -86,3 +86,24 @@ def test_image_token_is_never_generated_even_when_it_scores_highest(monkeypatch,
     assert image not in out.sequences[0, batch["input_ids"].shape[1]:].tolist()
     for scores in out.scores:  # only <image> is ruled out; every other score stays finite
         assert scores[0, image] == -float("inf") and int(scores[0].isfinite().sum()) == scores.shape[-1] - 1
+
+
+@pytest.mark.parametrize("only_immediate", [True, False])
+@pytest.mark.parametrize("keep_weights", [False, True])
+def test_the_window_equals_the_masks_of_text_after_every_image(only_immediate, keep_weights):
+    from flamingo_lib.cross_attention import MaskedCrossAttention, all_seen_masks, media_masks
+
+    torch.manual_seed(0)
+    images, latents = 3, 4
+    attention = MaskedCrossAttention(dim=16, dim_visual=8, dim_head=4, heads=2, only_attend_immediate_media=only_immediate)
+    attention.keep_attention = keep_weights
+    x, media = torch.randn(2, 5, 16), torch.randn(2, images, latents, 8)
+    media_time = torch.full((2, 5), images)
+    masked = attention(x, media, media_time, masks=media_masks(media_time, images, latents, only_immediate))
+    masked_weights = attention.last_attention
+    windowed = attention(x, media, None, masks=all_seen_masks(images, latents, only_immediate))
+    torch.testing.assert_close(windowed, masked, atol=1e-6, rtol=0)
+    if keep_weights:  # reported over all images' latents, zero outside the window
+        torch.testing.assert_close(attention.last_attention, masked_weights, atol=1e-6, rtol=0)
+        first_attended = (images - 1) * latents if only_immediate else 0
+        assert attention.last_attention[..., :first_attended].abs().sum() == 0
