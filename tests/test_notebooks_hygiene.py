@@ -25,6 +25,17 @@ def test_notebook_is_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_valid_nbformat_with_unique_cell_ids(path):
+    import nbformat
+
+    notebook = json.loads(path.read_text())
+    nbformat.validate(nbformat.reads(path.read_text(), as_version=4))  # raises on an invalid notebook
+    ids = [c.get("id") for c in notebook["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), (
+        f"{path.name}: every cell needs a unique id (nbformat 4.5; missing ids warn now, fail later)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_one_parameters_cell_of_upper_case_literals(path):
     cells = json.loads(path.read_text())["cells"]
     tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
