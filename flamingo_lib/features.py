@@ -34,7 +34,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
-FEATURE_FORMAT_VERSION = 1
+# 2: features computed with the frozen encoder always in eval mode (version 1 caches built by a
+# freshly constructed model ran its BatchNorm layers in train mode: batch-dependent features)
+FEATURE_FORMAT_VERSION = 2
 
 
 def image_hash(image: Image.Image) -> str:

@@ -85,8 +85,9 @@ class Flamingo(nn.Module):
         self.lm.requires_grad_(True)
 
     def freeze_vm(self) -> None:
-        """Freeze the vision encoder; it then runs without building a graph."""
+        """Freeze the vision encoder; it then runs without building a graph, in eval mode."""
         self.vision_encoder.requires_grad_(False)
+        self.vision_encoder.eval()
 
     def unfreeze_vm(self) -> None:
         """Train the vision encoder (it then runs with gradients: PRIOR_ART bug 5)."""

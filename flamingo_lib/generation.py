@@ -48,7 +48,9 @@ class FlamingoGenerationMixin(GenerationMixin):
         """``transformers`` generation (greedy, sampling, beam search) conditioned on images.
 
         The visual features are computed once per call and each cross-attention layer's media
-        keys/values once per call, then reused at every step, KV cache on or off.
+        keys/values once per call, then reused at every step, KV cache on or off. ``<image>`` is
+        never generated (its logit is -inf: there is no image to give it). When every sample's
+        prompt holds all its images, the steps after the prompt attend without masks.
 
         Returns:
             token ids (B * num_return_sequences, L + new) as ``GenerationMixin.generate``.
@@ -57,8 +59,8 @@ class FlamingoGenerationMixin(GenerationMixin):
         self._media_time(input_ids, media_locations, features.shape[1])  # validate the prompt
         if kwargs.get("use_cache", True) and kwargs.get("cache") is None:
             kwargs["cache"] = DynamicCache(config=self.flamingo.lm.config)
-        # A generated <image> would have no image to show (its attention row fully masked): never
-        # emit it. Then, when every sample's prompt holds all T images, each generated position
+        # A generated <image> would announce an image that was never given (with immediate-media
+        # attention its row would be fully masked: NaN): never emit it. Then, when every sample's prompt holds all T images, each generated position
         # sees all of them, and decoding steps skip the masks (one host read here, none per step).
         head = self.get_output_embeddings()
         if isinstance(head, DecoupledLMHead):

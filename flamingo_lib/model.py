@@ -57,6 +57,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         # open_flamingo does: kept switchable for benchmarks and debugging.
         self.cache_media_kv = True
         self.post_init()
+        # a new module is in train mode; apply `train`'s rule now, so the frozen parts never run in
+        # it (the frozen encoder's BatchNorm would otherwise cache batch-dependent features)
+        self.train(self.training)
 
     def init_weights(self) -> None:
         """Nothing to do, on purpose: frozen parts arrive loaded from their source and the new parts

@@ -62,7 +62,10 @@ class PipelineSettings:
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
                 "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
                 "repeat_factor_threshold", "seed")
-        return {k: getattr(self, k) for k in keys}
+        from flamingo_lib.features import FEATURE_FORMAT_VERSION
+
+        # the feature format too: a model trained on features of another format reads other inputs
+        return {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
 
 
 class Pipeline:
@@ -141,6 +144,7 @@ class Pipeline:
         """A run's saved training key, completed with the defaults of settings added since it
         was trained: a new knob's default is the behaviour the run had, so it is not retrained."""
         defaults = PipelineSettings().training_key()
+        saved = {"feature_format": 1} | saved  # keys written before it was recorded: format 1's features
         return {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
 
     def _result_key(self) -> dict[str, Any]:

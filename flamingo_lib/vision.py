@@ -155,6 +155,19 @@ class VisionEncoder(nn.Module):
         else:
             self.dim_visual = int(tower.config.hidden_size)
 
+    @property
+    def frozen(self) -> bool:
+        """No parameter of the tower trains."""
+        return not any(p.requires_grad for p in self.parameters())
+
+    def train(self, mode: bool = True) -> "VisionEncoder":
+        """Train mode only for a tower that trains: a frozen one stays in eval mode whatever
+        ``mode`` asks (a parent's ``.train()`` included). In train mode the BatchNorm layers of a
+        CNN trunk (the embedded tiny encoder's) would normalise with each batch's statistics,
+        making a cached feature depend on the images it was computed with, and would update their
+        running statistics: a frozen encoder drifting. Dropout would add noise."""
+        return super().train(mode and not self.frozen)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """
         Args:

@@ -232,3 +232,32 @@ def test_a_reload_on_another_encoder_build_warns_and_the_same_build_does_not(bui
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.warns(EncoderBuildMismatchWarning, match="tiny-vit-0123456789abcdef.*" + clip_dir.name):
         FlamingoModel.from_pretrained(tmp_path)
+
+
+def test_a_fresh_model_computes_frozen_features_in_eval_mode_whatever_the_batch(built, monkeypatch, tmp_path):
+    from conftest import xray_like
+    from flamingo_lib.features import FeatureCache
+
+    root, _, _ = built
+    monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))
+    model = FlamingoModel(FlamingoConfig.from_preset("tiny", lm=TINY_LM, clip_model_type=TINY_VIT))  # no .eval()
+    processor = FlamingoProcessor(model.config)
+    tower = model.flamingo.vision_encoder
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())  # the case where the mode matters
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    images = [xray_like(i) for i in range(4)]
+    together = FeatureCache(tmp_path / "together", model, processor)
+    together.build(images, batch_size=4, progress=False)
+    alone = FeatureCache(tmp_path / "alone", model, processor)
+    alone.build(images[:1], batch_size=1, progress=False)
+    torch.testing.assert_close(together.get(images[0]), alone.get(images[0]), atol=2e-3, rtol=0)
+    assert all(torch.equal(before[k], v) for k, v in tower.state_dict().items()), "running statistics moved"
+
+    for make_train in (model.train, model.flamingo.train, tower.train):  # whichever module is asked
+        make_train()
+        assert not any(m.training for m in tower.modules())
+    model.flamingo.unfreeze_vm()
+    model.train()
+    assert tower.training  # a trainable encoder does train
+    model.flamingo.freeze_vm()
+    assert not any(m.training for m in tower.modules())

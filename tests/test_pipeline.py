@@ -113,6 +113,22 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
 
 
+def test_a_run_trained_on_features_of_an_older_format_is_retrained(tmp_path):
+    import json
+
+    from flamingo_lib.features import FEATURE_FORMAT_VERSION
+
+    run = tmp_path / "run"
+    Pipeline(run_dir=str(run), **SMALL).train()
+    summary_path = run / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["config"]["extra"]["pipeline"]["feature_format"] == FEATURE_FORMAT_VERSION
+    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    del summary["config"]["extra"]["pipeline"]["feature_format"]  # written before the format was recorded: 1
+    summary_path.write_text(json.dumps(summary))
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+
+
 def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     import numpy as np
     from flamingo_lib.grounding import FINDING_WORDS
