@@ -55,7 +55,8 @@ class Case:
     visual: str
     note: str = ""
     # repetitions at least: a tiny model's decode takes milliseconds, and its median needs many
-    # samples to settle (3 gave 3.8k and 6.5k tok/s for the same bare LM in two runs)
+    # samples to settle (3 gave 3.8k and 6.5k tok/s for the same bare LM in two runs); the
+    # BioGPT-size batch-1 decode is memory-bound and moves with the machine's other tenants
     min_reps: int = 0
 
 
