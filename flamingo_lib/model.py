@@ -20,8 +20,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.flamingo import Flamingo
-from flamingo_lib.loss import LOSS_REDUCTIONS, causal_lm_loss
 from flamingo_lib.generation import FlamingoGenerationMixin
+from flamingo_lib.loss import LOSS_REDUCTIONS, causal_lm_loss
 
 WEIGHTS_FILE = "model.safetensors"
 
