@@ -95,7 +95,7 @@ class Flamingo(nn.Module):
 
     @property
     def vision_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.vision_encoder.parameters())
+        return self.vision_encoder.frozen
 
     # ---------------------------------------------------------------------------- visuals
     def expected_image_size(self) -> int | None:

@@ -69,16 +69,14 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
 
     def train(self, mode: bool = True) -> "FlamingoModel":
         """Train mode for the parts that train; frozen parts stay in eval mode (no dropout), as a
-        frozen feature extractor should, which also makes training reproducible step for step."""
+        frozen feature extractor should, which also makes training reproducible step for step.
+        (A frozen vision encoder keeps itself in eval mode: :meth:`VisionEncoder.train`.)"""
         super().train(mode)
-        if mode:
-            if not any(p.requires_grad for n, p in self.flamingo.lm.named_parameters()
-                       if "gated_cross_attn" not in n and "new_rows" not in n):
-                self.flamingo.lm.eval()
-                for block in (m for m in self.flamingo.lm.modules() if hasattr(m, "gated_cross_attn")):
-                    block.gated_cross_attn.train()
-            if self.flamingo.vision_frozen:
-                self.flamingo.vision_encoder.eval()
+        if mode and not any(p.requires_grad for n, p in self.flamingo.lm.named_parameters()
+                            if "gated_cross_attn" not in n and "new_rows" not in n):
+            self.flamingo.lm.eval()
+            for block in (m for m in self.flamingo.lm.modules() if hasattr(m, "gated_cross_attn")):
+                block.gated_cross_attn.train()
         return self
 
     # ------------------------------------------------------------------ parts and freezing
