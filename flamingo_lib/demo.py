@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"[3/5] training {args.steps} steps on cached features")
     summary = pipeline.train()
     print(f"      train loss {summary['first_train_loss']:.3f} -> {summary['last_train_loss']:.3f}")
-    print("[4/5] evaluating the model and its baselines, measuring grounding")
+    print("[4/5] evaluating the model and its baselines, measuring grounding and which findings the text follows")
     report = build_run_report(pipeline)
     target = Path(args.report)
     target.parent.mkdir(parents=True, exist_ok=True)

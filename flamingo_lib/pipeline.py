@@ -47,6 +47,8 @@ class PipelineSettings:
     seed: int = 0
     num_beams: int = 1
     max_new_tokens: int = 60
+    # Reports sampled per test study to measure which findings the text follows (finding_usage).
+    usage_samples: int = 8
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False
@@ -153,16 +155,17 @@ class Pipeline:
         return {"training": s.training_key(), "max_test_samples": s.max_test_samples, "num_beams": s.num_beams,
                 "max_new_tokens": s.max_new_tokens}
 
-    def _up_to_date(self, result: Path) -> bool:
-        """``result`` exists and was computed from this run's current model and settings."""
+    def _up_to_date(self, result: Path, **extra: Any) -> bool:
+        """``result`` exists and was computed from this run's current model and settings (and
+        the result-specific ``extra`` settings)."""
         stamp = result.with_name(result.name + ".key.json")
         return (result.exists() and stamp.exists() and self._trained_for_these_settings()
-                and json.loads(stamp.read_text()) == self._result_key())
+                and json.loads(stamp.read_text()) == self._result_key() | extra)
 
-    def _stamp(self, result: Path) -> None:
+    def _stamp(self, result: Path, **extra: Any) -> None:
         """Record which model and settings produced ``result`` (written after it: a crash in
         between leaves the result unstamped, so it is recomputed)."""
-        write_json_atomic(result.with_name(result.name + ".key.json"), self._result_key(), indent=1)
+        write_json_atomic(result.with_name(result.name + ".key.json"), self._result_key() | extra, indent=1)
 
     def train(self, force: bool = False) -> dict[str, Any]:
         """Train on cached features (skipped when this run already trained with these settings)."""
@@ -211,6 +214,38 @@ class Pipeline:
         """id, reference and every system's report for the test split."""
         self.evaluate()
         return pd.read_json(self.run_dir / "eval" / "generations.jsonl", lines=True)
+
+    def finding_usage(self, force: bool = False) -> pd.DataFrame:
+        """Per observation, whether the model's sampled reports follow the image
+        (:mod:`flamingo_lib.finding_usage`), on the test split; cached in ``eval/finding_usage.csv``.
+
+        The truth is the image truth on phantom data, else the labeler's reading of the reference.
+        """
+        from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+        from flamingo_lib.finding_usage import finding_usage, sampled_mention_rates
+        from flamingo_lib.labeler import label_report
+
+        s = self.settings
+        path = self.run_dir / "eval" / "finding_usage.csv"
+        if not force and self._up_to_date(path, usage_samples=s.usage_samples):
+            return pd.read_csv(path, index_col="observation")
+        self.train()
+        model, processor = self.model_and_processor
+        test = [self.splits["test"][i] for i in range(len(self.splits["test"]))]
+        if s.data.startswith("phantom"):
+            from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+
+            observations, truth = RENDERED_OBSERVATIONS, [sample.labels for sample in test]
+        else:
+            observations = [obs for obs in CHEXPERT_OBSERVATIONS if obs != "No Finding"]
+            truth = [label_report(sample.report) for sample in test]
+        rates = sampled_mention_rates(model, processor, test, observations, num_samples=s.usage_samples,
+                                      max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
+        table = finding_usage(rates, truth)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path)
+        self._stamp(path, usage_samples=s.usage_samples)
+        return table
 
     # ---------------------------------------------------------------------------- grounding
     def grounding(self, force: bool = False) -> pd.DataFrame:

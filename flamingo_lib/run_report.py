@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.evaluate import REFERENCE_CEILING
+from flamingo_lib.finding_usage import FOLLOWED_AUROC, finding_usage_figure
 from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, metrics_figure, write_html_report
 
 HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
@@ -102,6 +103,14 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
                                              "with another study's image. One-sided exact p-values over all "
                                              f"findings: above chance p = {tests['p_vs_chance']:.2g}, above the "
                                              f"shuffled control (paired) p = {tests['p_vs_shuffled']:.2g}.</p>"))
+    usage = pipeline.finding_usage()
+    if usage["AUROC"].notna().any():
+        sections.append(("Which findings does the text follow? (sampled reports)",
+                         figure_to_img(finding_usage_figure(usage), 520)
+                         + usage.round(3).to_html(na_rep="-")
+                         + f"<p>{settings.usage_samples} reports sampled per test study (temperature 1), read "
+                           "by the labeler. AUROC of each finding's mention rate against the truth: 0.5 = the "
+                           "text states the finding as often without it as with it.</p>"))
     sections.append(("Cases", cases_html(pipeline, n_cases)))
     protocol = (pipeline.run_dir / "eval" / "PROTOCOL.md").read_text()
     sections.append(("Protocol", f"<pre>{html.escape(protocol)}</pre>"))
@@ -130,5 +139,10 @@ def headline(pipeline: Any) -> str:
         lines.append(f"{'pointing game':>34}: {grounding['hit'].mean():.3f} vs chance {grounding['chance'].mean():.3f}"
                      f" (p={tests['p_vs_chance']:.2g}) and shuffled image {grounding['shuffled_hit'].mean():.3f}"
                      f" (paired p={tests['p_vs_shuffled']:.2g}; n={len(grounding)})")
+    usage = pipeline.finding_usage().dropna(subset=["AUROC"])
+    if not usage.empty:
+        followed = usage.index[usage["AUROC"] >= FOLLOWED_AUROC].tolist()
+        lines.append(f"{'findings the text follows':>34}: {len(followed)} of {len(usage)} (sampled mention-rate "
+                     f"AUROC >= {FOLLOWED_AUROC}): {', '.join(followed) or 'none'}")
     return "\n".join(lines) if lines else "no metrics"
 

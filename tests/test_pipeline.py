@@ -20,7 +20,16 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     text = path.read_text()
     assert text.startswith("<!doctype html>") and "Metrics (test split) against baselines" in text
     assert "data:image/png;base64," in text and "nearest neighbour" in text
-    assert "pointing game" in headline(pipeline)
+    assert "pointing game" in headline(pipeline) and "findings the text follows" in headline(pipeline)
+    assert "Which findings does the text follow?" in text
+    usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"
+    usage = pipeline.finding_usage()
+    from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+
+    assert list(usage.index) == list(RENDERED_OBSERVATIONS)
+    assert usage["positives"].tolist() == [sum(s.labels.get(o) == 1.0 for s in pipeline.splits["test"])
+                                           for o in RENDERED_OBSERVATIONS]  # scored against the image truth
+    usage_mtime = usage_path.stat().st_mtime_ns
     mtime = (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns
 
     again = Pipeline(run_dir=str(tmp_path / "run"), **SMALL)  # e.g. the next notebook
@@ -31,7 +40,13 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     results = tmp_path / "run" / "eval" / "results.csv"
     results_mtime, grounding_mtime = results.stat().st_mtime_ns, (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns
     again.grounding()
+    again.finding_usage()
     assert results.stat().st_mtime_ns == results_mtime  # reused, not recomputed
+    assert usage_path.stat().st_mtime_ns == usage_mtime
+    more_samples = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "usage_samples": 3})
+    more_samples.finding_usage()  # its own setting recomputes it, and only it
+    assert usage_path.stat().st_mtime_ns != usage_mtime and results.stat().st_mtime_ns == results_mtime
+    assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     assert (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns == grounding_mtime
 
     changed = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 5})

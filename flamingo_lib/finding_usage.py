@@ -1,0 +1,126 @@
+"""Which findings does the generated text follow? Per-observation sensitivity of sampled reports.
+
+Greedy decoding hides what a report generator knows: it names a finding only when that
+finding's phrasing beats every normal phrasing, so a model whose text moves with the image for
+a finding, but not far enough to win the argmax, scores exactly like a model that ignores the
+image. Sampling shows the difference. For every study, ``num_samples`` reports are sampled
+(temperature 1, no truncation: the model's own distribution) and read by the labeler; the
+*mention rate* of an observation is the fraction of a study's samples that state it positive.
+
+Per observation, the AUROC of the mention rate against the truth then says whether the model's
+text depends on the image for that finding at all: 0.5 means it writes the finding as often for
+films without it as for films with it (it follows the text prior only), 1.0 that every film
+with the finding gets it mentioned more often than every film without. The truth is the image
+truth on phantom data, or the labeler's reading of the reference report on real data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from flamingo_lib.encoders.probe import auroc
+
+Labels = Mapping[str, Any]
+
+#: A finding counts as followed by the text when its mention rate separates the studies with it
+#: from those without at this AUROC or above.
+FOLLOWED_AUROC = 0.7
+
+
+@torch.no_grad()
+def sampled_mention_rates(model: Any, processor: Any, samples: Sequence[Any], observations: Sequence[str],
+                          num_samples: int = 16, labeler: Callable[[str], Labels] | None = None,
+                          batch_size: int = 4, max_new_tokens: int = 60, seed: int = 0,
+                          progress: bool = True) -> pd.DataFrame:
+    """For each study, the fraction of ``num_samples`` sampled reports that state each observation.
+
+    Args:
+        samples: ``CXRSample``-like objects (``.id``, ``.images``).
+        observations: the observations to read (e.g. ``RENDERED_OBSERVATIONS``).
+        labeler: report text -> labels (1.0 = positive); defaults to the rule-based labeler.
+        seed: sampling seed; the global RNG state is restored afterwards.
+
+    Returns:
+        a DataFrame indexed by study id, one column per observation, values in [0, 1].
+
+    Raises:
+        ValueError: ``num_samples`` < 1 or no samples.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if len(samples) == 0:
+        raise ValueError("no samples to read")
+    if labeler is None:
+        from flamingo_lib.labeler import label_report as labeler
+    model.eval()
+    rows: dict[str, list[float]] = {}
+    devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="sampling reports"):
+            chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
+            texts = model.generate_captions(processor, [list(s.images) for s in chunk], max_length=max_new_tokens,
+                                            do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                                            num_return_sequences=num_samples)
+            for i, sample in enumerate(chunk):
+                read = [labeler(t) for t in texts[i * num_samples:(i + 1) * num_samples]]
+                rows[sample.id] = [sum(r.get(obs) == 1.0 for r in read) / num_samples for obs in observations]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(observations))
+    frame.index.name = "id"
+    return frame
+
+
+def finding_usage(mention_rates: pd.DataFrame, truth: Sequence[Labels]) -> pd.DataFrame:
+    """Per observation: how many studies have it, and how well the mention rate separates them.
+
+    Args:
+        mention_rates: :func:`sampled_mention_rates` output (N studies x observations).
+        truth: N label dicts in the same order (positive = 1.0).
+
+    Returns:
+        a DataFrame indexed by observation: ``positives``, ``AUROC`` (NaN when every study or
+        none has it), ``rate | present`` and ``rate | absent`` (mean mention rates).
+
+    Raises:
+        ValueError: ``truth`` and ``mention_rates`` differ in length.
+    """
+    if len(truth) != len(mention_rates):
+        raise ValueError(f"{len(mention_rates)} studies of mention rates but {len(truth)} truth label sets")
+    rows = {}
+    for obs in mention_rates.columns:
+        present = torch.tensor([t.get(obs) == 1.0 for t in truth])
+        rate = torch.tensor(mention_rates[obs].to_numpy(), dtype=torch.float64)
+        n_pos = int(present.sum())
+        rows[obs] = {
+            "positives": n_pos,
+            "AUROC": auroc(rate, present) if 0 < n_pos < len(present) else float("nan"),
+            "rate | present": float(rate[present].mean()) if n_pos else float("nan"),
+            "rate | absent": float(rate[~present].mean()) if n_pos < len(present) else float("nan"),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "observation"
+    return table
+
+
+def finding_usage_figure(table: pd.DataFrame, title: str = "", followed_auroc: float = FOLLOWED_AUROC) -> Figure:
+    """Horizontal bars of each observation's mention-rate AUROC, chance (0.5) marked; bars at
+    ``followed_auroc`` or above in green."""
+    shown = table.dropna(subset=["AUROC"])
+    figure = Figure(figsize=(5.5, 0.3 * len(shown) + 1.2))
+    ax = figure.subplots()
+    labels = [f"{obs} (n={int(n)})" for obs, n in zip(shown.index, shown["positives"])]
+    ax.barh(labels, shown["AUROC"], color=["#2a7" if a >= followed_auroc else "#bbb" for a in shown["AUROC"]])
+    ax.axvline(0.5, color="k", ls="--", lw=1, label="chance: text ignores the image")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("AUROC of the sampled reports' mention rate")
+    ax.set_title(title or "Does the report follow the image? (per finding)")
+    ax.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
