@@ -107,6 +107,9 @@ class FlamingoConfig(PretrainedConfig):
             (``True``) or to every image before it (``False``). Text before the first image
             receives nothing from the cross-attention blocks either way.
         seed: seed of the ``tiny-random`` models' weights and of the new layers' initialisation.
+        findings_head: observation names of an auxiliary findings classifier on the resampled
+            visual features (:mod:`flamingo_lib.findings_head`), trained when the batch carries
+            ``finding_labels``; None (default): no head.
         image_token: the added token that marks where an image sits in the text.
         eoc_token: the added end-of-chunk token that ends a report.
         image_token_id: id of ``image_token``; set when the model or processor is built.
@@ -137,6 +140,7 @@ class FlamingoConfig(PretrainedConfig):
         freeze_vision_model: bool = True,
         only_attend_immediate_media: bool = True,
         seed: int = 0,
+        findings_head: list[str] | None = None,
         image_token: str = "<image>",
         eoc_token: str = "<EOC>",
         image_token_id: int | None = None,
@@ -176,6 +180,10 @@ class FlamingoConfig(PretrainedConfig):
         self.freeze_vision_model = freeze_vision_model
         self.only_attend_immediate_media = only_attend_immediate_media
         self.seed = seed
+        if findings_head is not None and (isinstance(findings_head, str) or not findings_head
+                                          or not all(isinstance(o, str) for o in findings_head)):
+            raise ValueError(f"findings_head must be None or a non-empty list of observation names, got {findings_head!r}")
+        self.findings_head = None if findings_head is None else list(findings_head)
         self.image_token = image_token
         self.eoc_token = eoc_token
         self.image_token_id = image_token_id

@@ -108,6 +108,20 @@ def finding_usage(mention_rates: pd.DataFrame, truth: Sequence[Labels]) -> pd.Da
     return table
 
 
+def classifier_auroc(probabilities: Mapping[str, torch.Tensor], truth: Sequence[Labels],
+                     observations: Sequence[str]) -> pd.Series:
+    """Per observation, the AUROC of a classifier's probabilities (e.g. the findings head's,
+    :meth:`FlamingoModel.predict_findings`) against the truth: what the visual features carry,
+    to set beside what the text follows. NaN where the classifier lacks the observation or the
+    truth holds one class only."""
+    values = {}
+    for obs in observations:
+        present = torch.tensor([t.get(obs) == 1.0 for t in truth])
+        defined = obs in probabilities and 0 < int(present.sum()) < len(present)
+        values[obs] = auroc(probabilities[obs].double().cpu(), present) if defined else float("nan")
+    return pd.Series(values, name="classifier AUROC")
+
+
 def finding_usage_figure(table: pd.DataFrame, title: str = "", followed_auroc: float = FOLLOWED_AUROC) -> Figure:
     """Horizontal bars of each observation's mention-rate AUROC, chance (0.5) marked; bars at
     ``followed_auroc`` or above in green."""
@@ -115,8 +129,11 @@ def finding_usage_figure(table: pd.DataFrame, title: str = "", followed_auroc: f
     figure = Figure(figsize=(5.5, 0.3 * len(shown) + 1.2))
     ax = figure.subplots()
     labels = [f"{obs} (n={int(n)})" for obs, n in zip(shown.index, shown["positives"])]
-    ax.barh(labels, shown["AUROC"], color=["#2a7" if a >= followed_auroc else "#bbb" for a in shown["AUROC"]])
-    ax.axvline(0.5, color="k", ls="--", lw=1, label="chance: text ignores the image")
+    ax.barh(labels, shown["AUROC"], color=["#2a7" if a >= followed_auroc else "#bbb" for a in shown["AUROC"]],
+            label="the text (sampled reports)")
+    if "classifier AUROC" in shown:  # what the visual features carry, for comparison
+        ax.plot(shown["classifier AUROC"], labels, "k|", markersize=14, mew=2, label="findings head")
+    ax.axvline(0.5, color="k", ls="--", lw=1, label="chance")
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_xlabel("AUROC of the sampled reports' mention rate")

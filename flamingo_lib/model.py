@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,22 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.config import FlamingoConfig
+from flamingo_lib.findings_head import findings_loss
 from flamingo_lib.flamingo import Flamingo
 from flamingo_lib.generation import FlamingoGenerationMixin
 from flamingo_lib.loss import LOSS_REDUCTIONS, causal_lm_loss
 
 WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class FlamingoOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus the auxiliary findings head's outputs, when the model has
+    one and ``finding_labels`` were given: ``findings_logits`` (B, K) and ``findings_loss``
+    (binary cross-entropy; not added to ``loss``: the trainer weighs it)."""
+
+    findings_logits: torch.Tensor | None = None
+    findings_loss: torch.Tensor | None = None
 
 
 class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
@@ -168,8 +180,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         position_ids: torch.Tensor | None = None,
         media_time: torch.Tensor | None = None,
         all_media_seen: bool = False,
+        finding_labels: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> FlamingoOutput:
         """
         Args:
             input_ids, attention_mask: (B, L).
@@ -182,9 +195,12 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
                 tail of a sequence (cached decoding); defaults to ``media_locations.cumsum(-1)``.
             all_media_seen: every position of ``input_ids`` comes after all of its sample's
                 images (a decoding step; ``generate`` sets it): no ``media_time``, no masks.
+            finding_labels: (B, K) targets of the findings head (``config.findings_head``):
+                its logits and loss are returned too.
 
         Returns:
-            ``CausalLMOutputWithPast`` with loss, logits (B, L, V'), cache.
+            :class:`FlamingoOutput` with loss, logits (B, L, V'), cache (and the findings head's
+            logits and loss when ``finding_labels`` are given).
         """
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={loss_reduction!r}; allowed: {', '.join(LOSS_REDUCTIONS)}")
@@ -203,7 +219,30 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
             cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
         )
         loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)
-        return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=getattr(out, "cache", None))
+        findings_logits = aux_loss = None
+        if finding_labels is not None:
+            findings_logits = self._findings_logits(features)
+            aux_loss = findings_loss(findings_logits, finding_labels)
+        return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
+                              findings_logits=findings_logits, findings_loss=aux_loss)
+
+    def _findings_logits(self, visual_features: torch.Tensor) -> torch.Tensor:
+        if self.flamingo.findings_head is None:
+            raise ValueError("this model has no findings head (config.findings_head is None): "
+                             "build it with findings_head=[observation names]")
+        return self.flamingo.findings_head(visual_features)
+
+    @torch.no_grad()
+    def predict_findings(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                         visual_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The findings head's probabilities for each study (exactly one input, as ``forward``).
+
+        Returns:
+            observation name (``config.findings_head``) -> (B,) probability.
+        """
+        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
+        probabilities = self._findings_logits(features).float().sigmoid()
+        return {obs: probabilities[:, j] for j, obs in enumerate(self.config.findings_head)}
 
     # ---------------------------------------------------------------------------- save/load
     def save_pretrained(self, save_directory: str | os.PathLike, processor: Any = None, **_: Any) -> None:

@@ -43,6 +43,9 @@ class PipelineSettings:
     ff_gate_open_step: int | None = None  # see TrainConfig.ff_gate_open_step
     warmup_steps: int = 20
     repeat_factor_threshold: float | None = None  # see TrainConfig.repeat_factor_threshold
+    # The auxiliary findings head on the resampler's latents (flamingo_lib.findings_head) and the
+    # weight of its loss; 0: no head. README, "Quality on the embedded default".
+    findings_loss_weight: float = 1.0
     eval_every: int = 50
     seed: int = 0
     num_beams: int = 1
@@ -63,7 +66,7 @@ class PipelineSettings:
         """The settings that determine the trained weights (a changed one retrains)."""
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
                 "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
-                "repeat_factor_threshold", "seed")
+                "repeat_factor_threshold", "findings_loss_weight", "seed")
         from flamingo_lib.features import FEATURE_FORMAT_VERSION
 
         # the feature format too: a model trained on features of another format reads other inputs
@@ -88,8 +91,13 @@ class Pipeline:
         if self._trained_for_these_settings():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
         s = self.settings
-        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed)
+        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=self._findings_head())
         return FlamingoModel(config), FlamingoProcessor(config)
+
+    def _findings_head(self) -> list[str] | None:
+        from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS
+
+        return list(FINDINGS_OBSERVATIONS) if self.settings.findings_loss_weight else None
 
     @cached_property
     def splits(self) -> dict[str, Any]:
@@ -146,7 +154,8 @@ class Pipeline:
         """A run's saved training key, completed with the defaults of settings added since it
         was trained: a new knob's default is the behaviour the run had, so it is not retrained."""
         defaults = PipelineSettings().training_key()
-        saved = {"feature_format": 1} | saved  # keys written before it was recorded: format 1's features
+        # keys written before they were recorded: format 1's features, no findings head
+        saved = {"feature_format": 1, "findings_loss_weight": 0.0} | saved
         return {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
 
     def _result_key(self) -> dict[str, Any]:
@@ -180,7 +189,7 @@ class Pipeline:
         config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
                              lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
                              ff_gate_open_step=s.ff_gate_open_step, repeat_factor_threshold=s.repeat_factor_threshold,
-                             warmup_steps=s.warmup_steps,
+                             warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
                              eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
                              compile=s.compile, extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
@@ -222,7 +231,7 @@ class Pipeline:
         The truth is the image truth on phantom data, else the labeler's reading of the reference.
         """
         from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
-        from flamingo_lib.finding_usage import finding_usage, sampled_mention_rates
+        from flamingo_lib.finding_usage import classifier_auroc, finding_usage, sampled_mention_rates
         from flamingo_lib.labeler import label_report
 
         s = self.settings
@@ -242,6 +251,10 @@ class Pipeline:
         rates = sampled_mention_rates(model, processor, test, observations, num_samples=s.usage_samples,
                                       max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
         table = finding_usage(rates, truth)
+        if model.config.findings_head is not None:  # what the latents carry, beside what the text follows
+            embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
+            probabilities = model.predict_findings(image_embeddings=embeddings.to(next(model.parameters()).device))
+            table["classifier AUROC"] = classifier_auroc(probabilities, truth, observations)
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path)
         self._stamp(path, usage_samples=s.usage_samples)

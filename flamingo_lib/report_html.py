@@ -42,15 +42,21 @@ def figure_to_img(figure: Figure, width: int = 480) -> str:
 
 
 def loss_curve_figure(curves: pd.DataFrame) -> Figure:
-    """Train and validation loss against step."""
-    figure = Figure(figsize=(5, 3))
-    ax = figure.subplots()
+    """Train and validation loss against step; the findings head's loss beside them, when it trained."""
+    with_head = "findings_loss" in curves and curves["findings_loss"].notna().any()
+    figure = Figure(figsize=(9 if with_head else 5, 3))
+    axes = figure.subplots(1, 2 if with_head else 1, squeeze=False)[0]
+    ax = axes[0]
     ax.plot(curves["step"], curves["train_loss"], label="train", lw=1)
     val = curves.dropna(subset=["val_loss"])
     ax.plot(val["step"], val["val_loss"], "o-", label="validation")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("token cross-entropy")
     ax.legend()
+    if with_head:
+        axes[1].plot(curves["step"], curves["findings_loss"], lw=1, color="#a50")
+        axes[1].set_xlabel("optimiser step")
+        axes[1].set_ylabel("findings head: binary cross-entropy")
     figure.tight_layout()
     return figure
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flamingo_lib.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
+from flamingo_lib.findings_head import FindingTargets
 from flamingo_lib.optimisation import lr_schedule, parameter_groups
 from flamingo_lib.sampling import epoch_order, repeat_factors, study_labels
 from flamingo_lib.train_config import TrainConfig
@@ -30,10 +31,12 @@ __all__ = ["ReportCollator", "TrainConfig", "Trainer", "main"]
 
 
 class ReportCollator:
-    """CXRSamples -> a training batch (labels included), from pixels or from cached features."""
+    """CXRSamples -> a training batch (labels included), from pixels or from cached features;
+    with ``finding_targets`` (:class:`~flamingo_lib.findings_head.FindingTargets`), also the
+    findings head's ``finding_labels`` (B, K), read from the reports."""
 
-    def __init__(self, processor: Any, feature_cache: Any = None) -> None:
-        self.processor, self.feature_cache = processor, feature_cache
+    def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None) -> None:
+        self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         images = [list(s.images) for s in samples]
@@ -41,6 +44,8 @@ class ReportCollator:
         if self.feature_cache is not None:
             batch.pop("pixel_values")
             batch["image_embeddings"] = self.feature_cache.stack(images)
+        if self.finding_targets is not None:
+            batch["finding_labels"] = self.finding_targets([s.report for s in samples])
         batch["ids"] = [s.id for s in samples]
         return batch
 
@@ -69,6 +74,12 @@ class Trainer:
 
             compile_blocks(model)
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        if config.findings_loss_weight:
+            if model.config.findings_head is None:
+                raise ValueError(f"findings_loss_weight={config.findings_loss_weight} but the model has no findings "
+                                 "head: build it with FlamingoConfig(findings_head=[observation names])")
+            if collator.finding_targets is None:  # read the head's targets from the reports
+                collator.finding_targets = FindingTargets(model.config.findings_head)
         self.repeat_factors = (None if config.repeat_factor_threshold is None
                                else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)
@@ -149,12 +160,14 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         if self.tensorboard is not None:
-            for key in ("train_loss", "val_loss", "lr", "samples_per_s"):
+            for key in ("train_loss", "val_loss", "findings_loss", "lr", "samples_per_s"):
                 if row.get(key) is not None:
                     self.tensorboard.add_scalar(key, row[key], row["step"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "metrics.csv"
         fields = ["step", "epoch", "train_loss", "val_loss", "lr", "samples_per_s"]
+        if self.config.findings_loss_weight:  # only then: a run resumed from before it keeps its columns
+            fields.insert(4, "findings_loss")
         new = not path.exists()
         with path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
@@ -194,19 +207,24 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.progress["step"], disable=not cfg.progress, desc="training")
         window_start, window_samples = time.perf_counter(), 0
         while self.progress["step"] < cfg.max_steps:
-            step_loss, ids_seen, finite = 0.0, [], True
+            step_loss, step_findings_loss, ids_seen, finite = 0.0, 0.0, [], True
             for micro in range(cfg.grad_accum):
                 batch = self._to_device(self.collator([self.train_set[i] for i in self._next_indices()]))
                 ids_seen += batch.pop("ids")
                 sync = micro == cfg.grad_accum - 1
                 context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
                 with context, self.accelerator.autocast():
-                    loss = self.model(**batch).loss / cfg.grad_accum
+                    out = self.model(**batch)
+                    loss = out.loss / cfg.grad_accum
+                    if cfg.findings_loss_weight:
+                        findings = out.findings_loss / cfg.grad_accum
+                        loss = loss + cfg.findings_loss_weight * findings
+                        step_findings_loss += float(findings.detach())
                 if not torch.isfinite(loss):
                     finite = False
                     break
                 self.accelerator.backward(loss)
-                step_loss += float(loss.detach())
+                step_loss += float(out.loss.detach()) / cfg.grad_accum  # the LM loss, comparable to val_loss
                 window_samples += len(batch["labels"]) * self.accelerator.num_processes
             if not finite:
                 self.optimiser.zero_grad(set_to_none=True)
@@ -227,6 +245,8 @@ class Trainer:
             elapsed = time.perf_counter() - window_start
             row = {"step": step, "epoch": self.progress["epoch"], "train_loss": step_loss,
                    "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+            if cfg.findings_loss_weight:
+                row["findings_loss"] = step_findings_loss
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 row["val_loss"] = self.validation_loss()
             self._write_metrics(row)

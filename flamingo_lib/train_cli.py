@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="keep the feed-forward gates shut until this step (needs --ff-gate-lr-mult > 0)")
     parser.add_argument("--repeat-factor-threshold", type=float, default=defaults.repeat_factor_threshold,
                         help="repeat studies with findings rarer than this fraction (LVIS repeat-factor sampling)")
+    parser.add_argument("--findings-loss-weight", type=float, default=defaults.findings_loss_weight,
+                        help="add a findings head on the resampler's latents, trained on the labeler's reading "
+                             "of each report with this loss weight (0: no head; the pipeline uses 1)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -47,7 +50,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="torch.compile every block (worth it on a GPU; the first step compiles)")
     args = parser.parse_args(argv)
 
-    config = FlamingoConfig.from_preset(args.preset)
+    from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS
+
+    head = list(FINDINGS_OBSERVATIONS) if args.findings_loss_weight else None
+    config = FlamingoConfig.from_preset(args.preset, findings_head=head)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     train_set = open_source(args.data, "train", args.image_size, args.max_train_samples, seed=args.seed)
     val_set = open_source(args.data, "val", args.image_size, args.max_val_samples, seed=args.seed)
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, gate_lr_mult=args.gate_lr_mult, ff_gate_lr_mult=args.ff_gate_lr_mult,
         ff_gate_open_step=args.ff_gate_open_step, repeat_factor_threshold=args.repeat_factor_threshold,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, findings_loss_weight=args.findings_loss_weight,
         max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         compile=args.compile,

@@ -35,6 +35,9 @@ class TrainConfig:
     # fewer than this fraction of training studies are repeated by sqrt(t / f). None: each study
     # once per epoch.
     repeat_factor_threshold: float | None = None
+    # Weight of the findings head's binary cross-entropy (flamingo_lib.findings_head) added to the
+    # LM loss; 0: the head, if any, does not train. Needs a model built with findings_head=[...].
+    findings_loss_weight: float = 0.0
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0

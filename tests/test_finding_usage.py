@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import xray_like
-from flamingo_lib.finding_usage import finding_usage, finding_usage_figure, sampled_mention_rates
+from flamingo_lib.finding_usage import classifier_auroc, finding_usage, finding_usage_figure, sampled_mention_rates
 from flamingo_lib.labeler import label_report
 
 OBS = ["Edema", "Pleural Effusion"]
@@ -90,3 +90,16 @@ def test_mention_rates_of_a_real_model_are_reproducible(tiny_open):
                                   batch_size=2, progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert first.isin([0.0, 1 / 3, 2 / 3, 1.0]).all().all()
+
+
+def test_classifier_auroc_sits_beside_the_texts_and_is_nan_where_undefined():
+    truth = [{"Edema": 1.0}, {"Edema": 0.0}, {}, {"Edema": 1.0}]
+    probabilities = {"Edema": torch.tensor([0.9, 0.2, 0.1, 0.4]), "Fracture": torch.tensor([0.5] * 4)}
+    got = classifier_auroc(probabilities, truth, ["Edema", "Fracture", "Pneumothorax"])
+    assert got["Edema"] == pytest.approx(1.0)
+    assert math.isnan(got["Fracture"]) and math.isnan(got["Pneumothorax"])  # one class only; not predicted
+    table = finding_usage(pd.DataFrame({"Edema": [0.5, 0.0, 0.0, 0.5]}), truth)
+    table["classifier AUROC"] = got
+    figure = finding_usage_figure(table)
+    assert {t.get_text() for t in figure.axes[0].get_legend().get_texts()} == {
+        "the text (sampled reports)", "findings head", "chance"}

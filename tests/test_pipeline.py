@@ -27,6 +27,7 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
 
     assert list(usage.index) == list(RENDERED_OBSERVATIONS)
+    assert "classifier AUROC" in usage  # the default run has a findings head: what its latents carry
     assert usage["positives"].tolist() == [sum(s.labels.get(o) == 1.0 for s in pipeline.splits["test"])
                                            for o in RENDERED_OBSERVATIONS]  # scored against the image truth
     usage_mtime = usage_path.stat().st_mtime_ns
@@ -123,6 +124,12 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary_path.write_text(json.dumps(summary))
     assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
     assert not Pipeline(run_dir=str(run), **{**SMALL, "repeat_factor_threshold": 0.3})._trained_for_these_settings()
+    del summary["config"]["extra"]["pipeline"]["findings_loss_weight"]  # before the findings head: none
+    summary_path.write_text(json.dumps(summary))
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **{**SMALL, "findings_loss_weight": 0.0})._saved_training_key(
+        summary["config"]["extra"]["pipeline"]) == Pipeline(run_dir=str(run), **{**SMALL, "findings_loss_weight": 0.0}
+                                                               ).settings.training_key()
     summary["config"]["extra"]["pipeline"]["retired_knob"] = 1
     summary_path.write_text(json.dumps(summary))
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()

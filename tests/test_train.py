@@ -21,7 +21,10 @@ SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], r
 
 
 def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
-    config = FlamingoConfig.from_preset("tiny-random")
+    from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS
+
+    head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=head)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     cache = None
     if feature_cache_root is not None:
@@ -51,7 +54,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", [{}, {"repeat_factor_threshold": 0.5},
-                                    {"ff_gate_lr_mult": 30.0, "ff_gate_open_step": 4}])
+                                    {"ff_gate_lr_mult": 30.0, "ff_gate_open_step": 4}, {"findings_loss_weight": 1.0}])
 def test_interrupted_then_resumed_training_is_bit_identical(tmp_path, recipe):
     rfs = recipe
     straight = make_trainer(tmp_path / "straight", max_steps=6, **rfs)

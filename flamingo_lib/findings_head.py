@@ -1,0 +1,90 @@
+"""An auxiliary findings classifier on the resampled visual features.
+
+The Perceiver Resampler learns only through the language-modelling loss, and on the embedded
+default that signal is too thin for it to pull most findings out of the encoder's patch tokens:
+trained on *oracle* tokens that spell out the findings, the same cross-attention and frozen LM
+name them at the reference reports' ceiling (`bench/diagnostics/oracle_features.py`), on the
+real tokens they name only the heart and effusions. A linear classifier on the latents, trained
+with binary cross-entropy on the labeler's reading of each training report (what MIMIC-CXR-JPG
+distributes as its CheXpert labels), gives the resampler a direct signal to make the findings
+readable in its latents; the cross-attention then reads them as it reads the oracle's.
+
+The head is also a classifier in its own right: :meth:`FlamingoModel.predict_findings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+
+#: The observations the head predicts by default: the 14 CheXpert observations but "No Finding"
+#: (an absence, implied by the others).
+FINDINGS_OBSERVATIONS: tuple[str, ...] = tuple(obs for obs in CHEXPERT_OBSERVATIONS if obs != "No Finding")
+
+
+class FindingsHead(nn.Module):
+    """A linear multi-label classifier on every latent of the resampled images.
+
+    Args:
+        num_latents, dim_visual: the resampler's output shape per image.
+        num_findings: the number of observations predicted.
+    """
+
+    def __init__(self, num_latents: int, dim_visual: int, num_findings: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(num_latents * dim_visual, num_findings)
+
+    def forward(self, visual_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, num_latents, dim_visual) -> (B, num_findings) logits (the study's T images averaged).
+
+        Raises:
+            ValueError: a study without images (T = 0): there is nothing to classify.
+        """
+        if visual_features.shape[1] == 0:
+            raise ValueError("the findings head needs at least one image per study; got visual features "
+                             f"of shape {tuple(visual_features.shape)}")
+        return self.classifier(visual_features.flatten(2).mean(1))
+
+
+def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy, averaged over studies and observations.
+
+    Args:
+        logits: (B, K); targets: (B, K) in {0, 1}.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"findings logits {tuple(logits.shape)} but targets {tuple(targets.shape)}")
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+class FindingTargets:
+    """Report text -> (K,) targets: 1.0 where the labeler reads the observation as positive
+    (uncertain and negative mentions are 0, as in the clinical-efficacy convention); memoised,
+    since a training run reads each report once per epoch.
+
+    Args:
+        observations: the head's observations, in order.
+        labeler: report text -> labels; defaults to the rule-based labeler.
+    """
+
+    def __init__(self, observations: Sequence[str], labeler: Callable[[str], Mapping[str, Any]] | None = None) -> None:
+        if labeler is None:
+            from flamingo_lib.labeler import label_report as labeler
+        self.observations, self.labeler = tuple(observations), labeler
+        self._read: dict[str, torch.Tensor] = {}
+
+    def __call__(self, reports: Sequence[str]) -> torch.Tensor:
+        """(B,) reports -> (B, K) float targets."""
+        rows = []
+        for report in reports:
+            if report not in self._read:
+                labels = self.labeler(report)
+                self._read[report] = torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
+            rows.append(self._read[report])
+        return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))

@@ -1,0 +1,117 @@
+"""The auxiliary findings head: its loss and gradients, predictions, saving, targets, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import open_gates, xray_like
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS, FindingTargets
+from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
+from test_train import SAMPLES
+
+OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
+
+
+@pytest.fixture(scope="module")
+def with_head():
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=OBS)
+    model = FlamingoModel(config).eval()
+    open_gates(model)
+    return model, FlamingoProcessor(config)
+
+
+def test_findings_loss_is_binary_cross_entropy_and_trains_the_resampler_not_the_text_path(with_head):
+    model, processor = with_head
+    batch = processor.training_batch(["Small left pleural effusion.", "Heart size is normal."],
+                                     [[xray_like(0)], [xray_like(1)]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    plain = model(**batch)
+    out = model(**batch, finding_labels=targets)
+    assert plain.findings_loss is None and torch.equal(out.loss, plain.loss)  # the LM loss is untouched
+    assert out.findings_logits.shape == (2, 3)
+    assert torch.allclose(out.findings_loss, F.binary_cross_entropy_with_logits(out.findings_logits, targets))
+    model.zero_grad(set_to_none=True)
+    out.findings_loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert grads["flamingo.findings_head.classifier.weight"].abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("flamingo.perceiver."))
+    # the cross-attention and the new token rows are not on the head's path
+    assert all(g is None for n, g in grads.items() if "gated_cross_attn" in n or "new_rows" in n)
+    model.zero_grad(set_to_none=True)
+
+
+def test_predictions_agree_from_pixels_and_embeddings_and_survive_save_and_load(with_head, tmp_path):
+    model, processor = with_head
+    pixels = processor(["<image>"] * 2, [[xray_like(2)], [xray_like(3)]])["pixel_values"]
+    probabilities = model.predict_findings(pixel_values=pixels)
+    assert list(probabilities) == OBS
+    assert all(p.shape == (2,) and bool(((p > 0) & (p < 1)).all()) for p in probabilities.values())
+    embeddings = model.flamingo.encode_visuals(pixels)
+    assert all(torch.allclose(probabilities[o], model.predict_findings(image_embeddings=embeddings)[o]) for o in OBS)
+    model.save_pretrained(tmp_path / "m", processor=processor)
+    reloaded = FlamingoModel.from_pretrained(tmp_path / "m").eval()
+    assert reloaded.config.findings_head == OBS
+    assert all(torch.equal(probabilities[o], reloaded.predict_findings(pixel_values=pixels)[o]) for o in OBS)
+
+
+def test_a_model_without_head_says_so(tiny, tmp_path):
+    model, processor = tiny
+    pixels = processor(["<image>"], [[xray_like(0)]])["pixel_values"]
+    with pytest.raises(ValueError, match="no findings head"):
+        model.predict_findings(pixel_values=pixels)
+    trainer_config = TrainConfig(out_dir=str(tmp_path), max_steps=1, findings_loss_weight=1.0, progress=False)
+    with pytest.raises(ValueError, match="findings_loss_weight=1.0 but the model has no findings head"):
+        Trainer(FlamingoModel(model.config), SAMPLES, None, ReportCollator(processor), trainer_config)
+    for bad in ("Edema", [], [3]):
+        with pytest.raises(ValueError, match="findings_head must be None or a non-empty list"):
+            FlamingoConfig.from_preset("tiny-random", findings_head=bad)
+
+
+def test_targets_are_the_labelers_positive_readings_read_once_per_report():
+    reads = []
+
+    def labeler(text):
+        reads.append(text)
+        return {"Edema": 1.0, "Pleural Effusion": -1.0} if "edema" in text else {"Pleural Effusion": 0.0}
+
+    targets = FindingTargets(["Edema", "Pleural Effusion"], labeler)
+    got = targets(["Mild edema, possible effusion.", "No effusion.", "Mild edema, possible effusion."])
+    assert got.tolist() == [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]  # uncertain (-1) is not positive
+    assert reads == ["Mild edema, possible effusion.", "No effusion."]
+    assert FindingTargets(["Edema"], labeler)([]).shape == (0, 1)
+    assert "No Finding" not in FINDINGS_OBSERVATIONS and len(FINDINGS_OBSERVATIONS) == 13
+
+
+def test_training_with_the_head_teaches_it_the_findings_of_the_reports(tmp_path):
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=list(FINDINGS_OBSERVATIONS))
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    train_config = TrainConfig(out_dir=str(tmp_path), max_steps=30, batch_size=4, lr=3e-3, warmup_steps=2,
+                               eval_every=10, save_every=30, findings_loss_weight=1.0, progress=False)
+    collator = ReportCollator(processor)
+    trainer = Trainer(model, SAMPLES, SAMPLES[:2], collator, train_config)
+    assert collator.finding_targets is not None  # the trainer reads the targets from the reports
+    trainer.fit()
+    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header == "step,epoch,train_loss,val_loss,findings_loss,lr,samples_per_s"
+    findings_losses = [float(r.split(",")[4]) for r in rows]
+    assert sum(findings_losses[-5:]) / 5 < 0.5 * sum(findings_losses[:5]) / 5
+    # the head now tells the toy effusions from the rest (the frozen encoder is random: it fits them)
+    model.eval()
+    pixels = processor(["<image>"] * len(SAMPLES), [s.images for s in SAMPLES])["pixel_values"]
+    scores = model.predict_findings(pixel_values=pixels)["Pleural Effusion"]
+    has = torch.tensor([s.labels.get("Pleural Effusion") == 1.0 for s in SAMPLES])
+    assert has.any() and scores[has].min() > scores[~has].max()
+
+
+def test_loss_curves_show_the_findings_loss_only_when_the_head_trained():
+    import pandas as pd
+
+    from flamingo_lib.report_html import loss_curve_figure
+
+    curves = pd.DataFrame({"step": [1, 2], "train_loss": [2.0, 1.5], "val_loss": [None, 1.6]})
+    assert len(loss_curve_figure(curves).axes) == 1
+    with_head = loss_curve_figure(curves.assign(findings_loss=[0.7, 0.4]))
+    assert len(with_head.axes) == 2 and list(with_head.axes[1].lines[0].get_ydata()) == [0.7, 0.4]
