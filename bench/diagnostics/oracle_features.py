@@ -17,8 +17,10 @@ About 7 minutes on 2 cores (a full training); writes nothing into the run.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,28 +88,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="a run whose settings to copy (only its settings are read)")
     parser.add_argument("--signal", type=float, default=1.0, help="oracle signal scale (anatomy is N(0, 1))")
     args = parser.parse_args(argv)
-    import json
-    from pathlib import Path
-
     saved = json.loads((Path(args.run_dir) / "train" / "summary.json").read_text())["config"]["extra"]["pipeline"]
-    known = set(PipelineSettings.__dataclass_fields__)
-    settings = PipelineSettings(**{k: v for k, v in saved.items() if k in known}, progress=False)
-    pipeline = Pipeline(settings)
-    model, processor = pipeline.model_and_processor
-    if model.config.dim_visual != WIDTH:
-        raise SystemExit(f"the oracle spells {WIDTH}-wide tokens; this preset's encoder gives {model.config.dim_visual}")
-    oracle = OracleTokens(seed=settings.seed, signal=args.signal)
-    s = settings
-    with tempfile.TemporaryDirectory() as out:
+    known = set(PipelineSettings.__dataclass_fields__) - {"run_dir"}
+    with tempfile.TemporaryDirectory() as out:  # a fresh model, not the run's trained one
+        s = PipelineSettings(**{k: v for k, v in saved.items() if k in known}, run_dir=out, progress=False)
+        pipeline = Pipeline(s)
+        model, processor = pipeline.model_and_processor
+        if model.config.dim_visual != WIDTH:
+            raise SystemExit(f"the oracle spells {WIDTH}-wide tokens; this preset's encoder gives {model.config.dim_visual}")
+        oracle = OracleTokens(seed=s.seed, signal=args.signal)
         config = TrainConfig(out_dir=out, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
                              gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
-                             warmup_steps=s.warmup_steps, eval_every=s.max_steps, save_every=10 ** 9, seed=s.seed,
+                             warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
+                             eval_every=s.max_steps, save_every=10 ** 9, seed=s.seed,
                              progress=True)
         Trainer(model, pipeline.splits["train"], pipeline.splits["val"], OracleCollator(processor, oracle),
                 config).fit()
     test = [pipeline.splits["test"][i] for i in range(min(100, len(pipeline.splits["test"])))]
     predicted = torch.stack([positives(label_report(r)) for r in greedy_reports(model, processor, test, oracle)])
-    truth = torch.stack([positives(s.labels) for s in test])
+    truth = torch.stack([positives(study.labels) for study in test])
     tp = float((predicted * truth).sum())
     print(f"oracle tokens, greedy, {len(test)} test studies: rendered-findings micro-F1 vs image truth "
           f"{2 * tp / float(predicted.sum() + truth.sum()):.3f}")
