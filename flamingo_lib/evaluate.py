@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,8 @@ def reference_ceiling(references: Sequence[str], labeler: Callable[[str], dict],
 def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],
              out_dir: str | Path | None = None, labeler: Callable[[str], dict] | None = None,
              num_beams: int = 1, max_new_tokens: int = 80, batch_size: int = 8, feature_cache: Any = None,
-             labels_are_image_truth: bool = False, progress: bool = True) -> pd.DataFrame:
+             labels_are_image_truth: bool = False, progress: bool = True,
+             extra_systems: Mapping[str, Sequence[str]] | None = None, protocol_notes: str = "") -> pd.DataFrame:
     """Generate for ``test_samples``, score the model and the baselines, write the results.
 
     Args:
@@ -159,6 +160,9 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
             so always writing a normal report earns nothing there), and the reference reports
             get a row of their own against them (``REFERENCE_CEILING``: the labeler's reading
             of the reference is the most a report can earn there).
+        extra_systems: name -> one report per test sample, scored beside the others (e.g. the
+            model under another decoding: :mod:`flamingo_lib.guided_decoding`).
+        protocol_notes: appended to ``PROTOCOL.md`` (how the extra systems were made).
 
     Writes (when ``out_dir``): ``results.json`` (metrics per system), ``results.csv``,
     ``generations.jsonl`` (id, reference, every system's report) and ``PROTOCOL.md``.
@@ -190,6 +194,11 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         "LM without image": generate_reports(model, processor, test_samples, batch_size, num_beams, max_new_tokens,
                                              with_images=False, progress=progress),
     }
+    for name, reports in (extra_systems or {}).items():
+        if len(reports) != len(test_samples) or name in systems:
+            raise ValueError(f"extra system {name!r}: {len(reports)} reports for {len(test_samples)} test samples "
+                             "(names must differ from the built-in systems')")
+        systems[name] = list(reports)
     table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown, reference_labels)
                           for name, hyps in systems.items()}).T
     if image_truth is not None:
@@ -206,5 +215,5 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
             for i, sample in enumerate(test_samples):
                 row = {"id": sample.id, "reference": sample.report, **{k: v[i] for k, v in systems.items()}}
                 handle.write(json.dumps(row) + "\n")
-        (out / "PROTOCOL.md").write_text(PROTOCOL)
+        (out / "PROTOCOL.md").write_text(PROTOCOL + (f"\n{protocol_notes}\n" if protocol_notes else ""))
     return table

@@ -9,6 +9,7 @@ generations, protocol), ``grounding.csv`` and ``report.html``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +53,9 @@ class PipelineSettings:
     max_new_tokens: int = 60
     # Reports sampled per test study to measure which findings the text follows (finding_usage).
     usage_samples: int = 8
+    # Findings-guided decoding (flamingo_lib.guided_decoding), scored as a system of its own when
+    # the model has a findings head: candidates sampled per study; 0: off.
+    guided_candidates: int = 16
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False
@@ -207,17 +211,53 @@ class Pipeline:
         """Metrics of the trained model and the baselines on the test split (cached in eval/)."""
         from flamingo_lib.evaluate import evaluate
 
+        s = self.settings
         out = self.run_dir / "eval"
-        if not force and self._up_to_date(out / "results.csv"):
+        if not force and self._up_to_date(out / "results.csv", guided_candidates=s.guided_candidates):
             return pd.read_csv(out / "results.csv", index_col="system")
         self.train()
         model, processor = self.model_and_processor
-        s = self.settings
+        extra, notes = self._guided_reports(model, processor)
         table = evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
                          num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, feature_cache=self.feature_cache,
-                         labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress)
-        self._stamp(out / "results.csv")
+                         labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress,
+                         extra_systems=extra, protocol_notes=notes)
+        self._stamp(out / "results.csv", guided_candidates=s.guided_candidates)
         return table
+
+    def _truth(self, split: str) -> tuple[list[Any], Sequence[str] | None]:
+        """A split's truth labels (phantom: the image truth, over the rendered observations; else
+        the labeler's reading of the reference reports) and the observations to score."""
+        from flamingo_lib.labeler import label_report
+
+        samples = [self.splits[split][i] for i in range(len(self.splits[split]))]
+        if self.settings.data.startswith("phantom"):
+            from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+
+            return [sample.labels for sample in samples], RENDERED_OBSERVATIONS
+        return [label_report(sample.report) for sample in samples], None
+
+    def _guided_reports(self, model: Any, processor: Any) -> tuple[dict[str, list[str]], str]:
+        """The test split's findings-guided reports, threshold picked on the val split (nothing
+        when the model has no findings head or ``guided_candidates`` is 0), and how they were made."""
+        from flamingo_lib.guided_decoding import SYSTEM_NAME, choose, sample_candidates, tune_threshold
+
+        s = self.settings
+        if not s.guided_candidates or model.config.findings_head is None or not len(self.splits["val"]):
+            return {}, ""
+        options = dict(num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed,
+                       progress=s.progress)
+        val_truth, observations = self._truth("val")
+        val = sample_candidates(model, processor, [self.splits["val"][i] for i in range(len(val_truth))], **options)
+        threshold, scores = tune_threshold(val, val_truth, observations)
+        test = sample_candidates(model, processor, [self.splits["test"][i] for i in range(len(self.splits["test"]))],
+                                 **options)
+        notes = (f"'{SYSTEM_NAME}': per study, the greedy report and {s.guided_candidates} sampled reports "
+                 "(temperature 1), read by the labeler; kept: the one maximising the sum, over the findings it "
+                 f"states, of (findings-head probability - threshold); threshold {threshold} picked on the val split "
+                 f"({len(val_truth)} studies; findings micro-F1 per threshold: "
+                 + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")
+        return {SYSTEM_NAME: choose(test, threshold)}, notes
 
     def generations(self) -> pd.DataFrame:
         """id, reference and every system's report for the test split."""
@@ -227,12 +267,12 @@ class Pipeline:
     def finding_usage(self, force: bool = False) -> pd.DataFrame:
         """Per observation, whether the model's sampled reports follow the image
         (:mod:`flamingo_lib.finding_usage`), on the test split; cached in ``eval/finding_usage.csv``.
+        With a findings head, its AUROC too (``classifier AUROC``: what the latents carry).
 
         The truth is the image truth on phantom data, else the labeler's reading of the reference.
         """
-        from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+        from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS
         from flamingo_lib.finding_usage import classifier_auroc, finding_usage, sampled_mention_rates
-        from flamingo_lib.labeler import label_report
 
         s = self.settings
         path = self.run_dir / "eval" / "finding_usage.csv"
@@ -241,13 +281,8 @@ class Pipeline:
         self.train()
         model, processor = self.model_and_processor
         test = [self.splits["test"][i] for i in range(len(self.splits["test"]))]
-        if s.data.startswith("phantom"):
-            from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
-
-            observations, truth = RENDERED_OBSERVATIONS, [sample.labels for sample in test]
-        else:
-            observations = [obs for obs in CHEXPERT_OBSERVATIONS if obs != "No Finding"]
-            truth = [label_report(sample.report) for sample in test]
+        truth, observations = self._truth("test")
+        observations = observations or FINDINGS_OBSERVATIONS
         rates = sampled_mention_rates(model, processor, test, observations, num_samples=s.usage_samples,
                                       max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
         table = finding_usage(rates, truth)

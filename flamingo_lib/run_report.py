@@ -10,6 +10,7 @@ import pandas as pd
 
 from flamingo_lib.evaluate import REFERENCE_CEILING
 from flamingo_lib.finding_usage import FOLLOWED_AUROC, finding_usage_figure
+from flamingo_lib.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.report_html import case_figure, figure_to_img, loss_curve_figure, metrics_figure, write_html_report
 
 HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
@@ -125,9 +126,12 @@ def headline(pipeline: Any) -> str:
     lines = []
     for column in [c for c in HEADLINE if c in table.columns]:
         values = table[column].astype(float)
-        baselines = values.drop(["flamingo", REFERENCE_CEILING], errors="ignore")
-        line = (f"{column:>34}: flamingo {values['flamingo']:.3f} | best baseline "
-                f"{baselines.max():.3f} ({baselines.idxmax()})")
+        ours = [name for name in values.index if name.startswith("flamingo")]  # greedy and other decodings
+        baselines = values.drop([*ours, REFERENCE_CEILING], errors="ignore")
+        line = f"{column:>34}: flamingo {values['flamingo']:.3f}"
+        if GUIDED in values.index:
+            line += f" (findings-guided {values[GUIDED]:.3f})"
+        line += f" | best baseline {baselines.max():.3f} ({baselines.idxmax()})"
         if pd.notna(values.get(REFERENCE_CEILING, float("nan"))):
             line += f" | reference report {values[REFERENCE_CEILING]:.3f}"
         lines.append(line)

@@ -86,6 +86,15 @@ def test_evaluation_writes_every_system_and_the_protocol(tmp_path):
     lines = (tmp_path / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["reference"] == SAMPLES[0].report
     assert "positive = 1.0" in (tmp_path / "PROTOCOL.md").read_text()
+    # another decoding's reports are scored as a system of their own, with the protocol's note
+    table = evaluate(model, processor, SAMPLES, SAMPLES[:2], out_dir=tmp_path, max_new_tokens=5, progress=False,
+                     extra_systems={"flamingo, other": [s.report for s in SAMPLES[:2]]}, protocol_notes="NOTE")
+    assert table.loc["flamingo, other", "BLEU_4"] == pytest.approx(1.0)
+    assert (tmp_path / "PROTOCOL.md").read_text().rstrip().endswith("NOTE")
+    assert json.loads((tmp_path / "generations.jsonl").read_text().splitlines()[1])["flamingo, other"] == SAMPLES[1].report
+    with pytest.raises(ValueError, match="extra system 'short': 1 reports for 2 test samples"):
+        evaluate(model, processor, SAMPLES, SAMPLES[:2], max_new_tokens=2, progress=False,
+                 extra_systems={"short": ["x"]})
 
 
 def test_no_image_baseline_ignores_the_image():

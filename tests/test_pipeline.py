@@ -22,6 +22,11 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert "data:image/png;base64," in text and "nearest neighbour" in text
     assert "pointing game" in headline(pipeline) and "findings the text follows" in headline(pipeline)
     assert "Which findings does the text follow?" in text
+    from flamingo_lib.guided_decoding import SYSTEM_NAME
+
+    table = pipeline.evaluate()  # the default run has a findings head: its guided decoding is a system
+    assert SYSTEM_NAME in table.index and "findings-guided" in headline(pipeline)
+    assert "picked on the val split (4 studies" in (tmp_path / "run" / "eval" / "PROTOCOL.md").read_text()
     usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"
     usage = pipeline.finding_usage()
     from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
@@ -44,7 +49,10 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     again.finding_usage()
     assert results.stat().st_mtime_ns == results_mtime  # reused, not recomputed
     assert usage_path.stat().st_mtime_ns == usage_mtime
-    more_samples = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "usage_samples": 3})
+    unguided = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_candidates": 0}).evaluate()
+    assert SYSTEM_NAME not in unguided.index and results.stat().st_mtime_ns != results_mtime
+    results_mtime = results.stat().st_mtime_ns
+    more_samples = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_candidates": 0, "usage_samples": 3})
     more_samples.finding_usage()  # its own setting recomputes it, and only it
     assert usage_path.stat().st_mtime_ns != usage_mtime and results.stat().st_mtime_ns == results_mtime
     assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime

@@ -1,0 +1,114 @@
+"""Findings-guided decoding: choose among sampled reports the one the findings head agrees with.
+
+Greedy decoding writes a finding only when its phrasing beats every normal phrasing, and the
+text follows fewer findings than the resampled latents carry (README, "Quality on the embedded
+default"). The model's own findings head (:mod:`flamingo_lib.findings_head`) reads the latents
+directly. For each study, the greedy report and ``num_candidates`` sampled reports are read by
+the labeler, and the one with the highest
+
+    score = sum over the head's observations the report states of (probability - threshold)
+
+is kept: each stated finding earns what the head believes of it beyond the threshold, and costs
+where the head doubts it. Ties keep the greedy report. The threshold is picked on a validation
+split (:func:`tune_threshold`), never on the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+Labels = Mapping[str, Any]
+
+#: The name of the findings-guided system in evaluation tables (beside "flamingo": greedy).
+SYSTEM_NAME = "flamingo, findings-guided"
+
+
+@dataclass
+class Candidates:
+    """Per study: its candidate reports (greedy first), their labels and the head's probabilities."""
+
+    reports: list[list[str]]
+    stated: list[torch.Tensor]  # per study (1 + num_candidates, K): 1.0 where a report states it
+    probabilities: torch.Tensor  # (N, K)
+    observations: tuple[str, ...]
+
+
+@torch.no_grad()
+def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_candidates: int = 16,
+                      labeler: Callable[[str], Labels] | None = None, batch_size: int = 4,
+                      max_new_tokens: int = 60, seed: int = 0, progress: bool = True) -> Candidates:
+    """The greedy report, ``num_candidates`` sampled reports (temperature 1) and the findings
+    head's probabilities of every study; the caller's RNG state is left alone.
+
+    Raises:
+        ValueError: the model has no findings head, or ``num_candidates`` < 1.
+    """
+    if model.config.findings_head is None:
+        raise ValueError("findings-guided decoding needs a model with a findings head (config.findings_head)")
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    if labeler is None:
+        from flamingo_lib.labeler import label_report as labeler
+    model.eval()
+    observations = tuple(model.config.findings_head)
+    device = next(model.parameters()).device
+    reports, stated, probabilities = [], [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="guided decoding"):
+            chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
+            images = [list(s.images) for s in chunk]
+            greedy = model.generate_captions(processor, images, max_length=max_new_tokens)
+            sampled = model.generate_captions(processor, images, max_length=max_new_tokens, do_sample=True,
+                                              top_k=0, top_p=1.0, temperature=1.0,
+                                              num_return_sequences=num_candidates)
+            pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
+            head = model.predict_findings(pixel_values=pixels.to(device))
+            probabilities.append(torch.stack([head[obs].cpu() for obs in observations], 1))
+            for i in range(len(chunk)):
+                options = [greedy[i], *sampled[i * num_candidates:(i + 1) * num_candidates]]
+                reports.append(options)
+                read = [labeler(text) for text in options]
+                stated.append(torch.tensor([[float(r.get(obs) == 1.0) for obs in observations] for r in read]))
+    return Candidates(reports, stated, torch.cat(probabilities), observations)
+
+
+def _pick(stated: torch.Tensor, probability: torch.Tensor, threshold: float) -> int:
+    """Index of the best-scoring candidate; ``argmax`` returns the first maximum (greedy first)."""
+    return int((stated * (probability - threshold)).sum(1).argmax())
+
+
+def choose(candidates: Candidates, threshold: float) -> list[str]:
+    """One report per study: the candidate with the highest score (ties: the earliest, greedy first)."""
+    return [options[_pick(stated, probability, threshold)]
+            for options, stated, probability in zip(candidates.reports, candidates.stated, candidates.probabilities)]
+
+
+def _micro_f1(stated: torch.Tensor, truth: torch.Tensor) -> float:
+    true_positives = float((stated * truth).sum())
+    denominator = float(stated.sum() + truth.sum())
+    return 2 * true_positives / denominator if denominator else 0.0
+
+
+def tune_threshold(candidates: Candidates, truth: Sequence[Labels], observations: Sequence[str] | None = None,
+                   grid: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)) -> tuple[float, dict[float, float]]:
+    """The threshold of ``grid`` whose chosen reports score the best micro-F1 against ``truth``
+    over ``observations`` (default: the head's), on a validation split.
+
+    Returns:
+        (best threshold, {threshold: micro-F1}); ties go to the smaller threshold.
+    """
+    columns = [candidates.observations.index(obs) for obs in (observations or candidates.observations)]
+    target = torch.tensor([[float(t.get(candidates.observations[j]) == 1.0) for j in columns] for t in truth])
+    scores = {}
+    for threshold in grid:
+        picked = [stated[_pick(stated, probability, threshold)]
+                  for stated, probability in zip(candidates.stated, candidates.probabilities)]
+        scores[threshold] = _micro_f1(torch.stack(picked)[:, columns], target)
+    best = max(grid, key=lambda t: (scores[t], -t))
+    return best, scores

@@ -1,0 +1,70 @@
+"""Findings-guided decoding: which candidate is kept, how the threshold is picked, the sampling."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import open_gates, xray_like
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.guided_decoding import Candidates, choose, sample_candidates, tune_threshold
+
+OBS = ("Edema", "Pleural Effusion")
+
+
+def hand_made() -> Candidates:
+    """Two studies; candidates 0 (greedy): nothing, 1: edema, 2: edema and effusion."""
+    stated = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    return Candidates(reports=[["normal", "edema", "edema+effusion"], ["normal", "edema", "edema+effusion"]],
+                      stated=[stated, stated.clone()],
+                      probabilities=torch.tensor([[0.9, 0.25], [0.15, 0.05]]), observations=OBS)
+
+
+def test_each_stated_finding_earns_its_probability_beyond_the_threshold():
+    candidates = hand_made()
+    # study 1: edema (0.9) pays at every threshold below it, effusion (0.25) only below 0.25;
+    # study 2: nothing is believed beyond 0.2, so the greedy normal report stays
+    assert choose(candidates, 0.2) == ["edema+effusion", "normal"]
+    assert choose(candidates, 0.3) == ["edema", "normal"]
+    assert choose(candidates, 0.1) == ["edema+effusion", "edema"]
+    assert choose(candidates, 0.95) == ["normal", "normal"]  # ties and doubts keep the greedy report
+
+
+def test_the_threshold_is_the_one_that_scores_best_on_the_given_truth():
+    candidates = hand_made()
+    truth = [{"Edema": 1.0}, {}]
+    best, scores = tune_threshold(candidates, truth, grid=(0.1, 0.2, 0.3, 0.5))
+    assert best == 0.3 and scores[0.3] == pytest.approx(1.0)  # edema alone, then normal
+    assert scores[0.1] == pytest.approx(2 * 1 / (3 + 1))  # three findings stated, one of one right
+    best, _ = tune_threshold(candidates, [{"Edema": 1.0, "Pleural Effusion": 1.0}, {}], grid=(0.1, 0.2, 0.3))
+    assert best == 0.2
+    # scored over the named observations only: effusion ignored, edema alone decides (ties: the smaller)
+    best, scores = tune_threshold(candidates, [{"Edema": 1.0}, {}], observations=["Edema"], grid=(0.2, 0.3, 0.5))
+    assert best == 0.2 and scores[0.2] == scores[0.3] == pytest.approx(1.0)
+
+
+def test_candidates_are_the_greedy_report_then_samples_and_the_heads_probabilities(tiny):
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=list(OBS))
+    model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
+    open_gates(model)
+    studies = [SimpleNamespace(id=f"s{k}", images=[xray_like(k)]) for k in range(3)]
+    before = torch.random.get_rng_state()
+    candidates = sample_candidates(model, processor, studies, num_candidates=3, batch_size=2, max_new_tokens=6,
+                                   progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert [len(r) for r in candidates.reports] == [4, 4, 4] and candidates.observations == OBS
+    greedy = model.generate_captions(processor, [s.images for s in studies], max_length=6)
+    assert [r[0] for r in candidates.reports] == greedy
+    pixels = processor(["<image>"] * 3, [s.images for s in studies])["pixel_values"]
+    head = model.predict_findings(pixel_values=pixels)
+    assert torch.allclose(candidates.probabilities, torch.stack([head[o] for o in OBS], 1))
+    assert all(s.shape == (4, 2) for s in candidates.stated)
+    again = sample_candidates(model, processor, studies, num_candidates=3, batch_size=2, max_new_tokens=6,
+                              progress=False)
+    assert again.reports == candidates.reports  # seeded
+    with pytest.raises(ValueError, match="num_candidates must be >= 1"):
+        sample_candidates(model, processor, studies, num_candidates=0)
+    with pytest.raises(ValueError, match="needs a model with a findings head"):
+        sample_candidates(tiny[0], tiny[1], studies)
