@@ -112,3 +112,26 @@ def tune_threshold(candidates: Candidates, truth: Sequence[Labels], observations
         scores[threshold] = _micro_f1(torch.stack(picked)[:, columns], target)
     best = max(grid, key=lambda t: (scores[t], -t))
     return best, scores
+
+
+def guided_reports(model: Any, processor: Any, val_samples: Sequence[Any], val_truth: Sequence[Labels],
+                   test_samples: Sequence[Any], observations: Sequence[str] | None = None,
+                   num_candidates: int = 16, **sampling: Any) -> tuple[list[str], str]:
+    """Findings-guided reports for ``test_samples``, the threshold picked on ``val_samples``.
+
+    Args:
+        val_truth: the val studies' labels (image truth, or the labeler's reading of the reference).
+        observations: the ones the threshold is picked on (default: the head's).
+        sampling: passed to :func:`sample_candidates` (``max_new_tokens``, ``seed``, ``progress``...).
+
+    Returns:
+        (one report per test study, a protocol note saying how they were made).
+    """
+    val = sample_candidates(model, processor, val_samples, num_candidates, **sampling)
+    threshold, scores = tune_threshold(val, val_truth, observations)
+    test = sample_candidates(model, processor, test_samples, num_candidates, **sampling)
+    note = (f"'{SYSTEM_NAME}': per study, the greedy report and {num_candidates} sampled reports (temperature 1), "
+            "read by the labeler; kept: the one maximising the sum, over the findings it states, of (findings-head "
+            f"probability - threshold); threshold {threshold} picked on the val split ({len(val_samples)} studies; "
+            "findings micro-F1 per threshold: " + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")
+    return choose(test, threshold), note

@@ -238,26 +238,19 @@ class Pipeline:
         return [label_report(sample.report) for sample in samples], None
 
     def _guided_reports(self, model: Any, processor: Any) -> tuple[dict[str, list[str]], str]:
-        """The test split's findings-guided reports, threshold picked on the val split (nothing
-        when the model has no findings head or ``guided_candidates`` is 0), and how they were made."""
-        from flamingo_lib.guided_decoding import SYSTEM_NAME, choose, sample_candidates, tune_threshold
+        """The test split's findings-guided reports (:func:`~flamingo_lib.guided_decoding.guided_reports`;
+        nothing when the model has no findings head or ``guided_candidates`` is 0) and how they were made."""
+        from flamingo_lib.guided_decoding import SYSTEM_NAME, guided_reports
 
         s = self.settings
         if not s.guided_candidates or model.config.findings_head is None or not len(self.splits["val"]):
             return {}, ""
-        options = dict(num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed,
-                       progress=s.progress)
         val_truth, observations = self._truth("val")
-        val = sample_candidates(model, processor, [self.splits["val"][i] for i in range(len(val_truth))], **options)
-        threshold, scores = tune_threshold(val, val_truth, observations)
-        test = sample_candidates(model, processor, [self.splits["test"][i] for i in range(len(self.splits["test"]))],
-                                 **options)
-        notes = (f"'{SYSTEM_NAME}': per study, the greedy report and {s.guided_candidates} sampled reports "
-                 "(temperature 1), read by the labeler; kept: the one maximising the sum, over the findings it "
-                 f"states, of (findings-head probability - threshold); threshold {threshold} picked on the val split "
-                 f"({len(val_truth)} studies; findings micro-F1 per threshold: "
-                 + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")
-        return {SYSTEM_NAME: choose(test, threshold)}, notes
+        reports, note = guided_reports(
+            model, processor, [self.splits["val"][i] for i in range(len(val_truth))], val_truth,
+            [self.splits["test"][i] for i in range(len(self.splits["test"]))], observations,
+            num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
+        return {SYSTEM_NAME: reports}, note
 
     def generations(self) -> pd.DataFrame:
         """id, reference and every system's report for the test split."""
