@@ -126,7 +126,7 @@ def finding_usage_figure(table: pd.DataFrame, title: str = "", followed_auroc: f
     """Horizontal bars of each observation's mention-rate AUROC, chance (0.5) marked; bars at
     ``followed_auroc`` or above in green."""
     shown = table.dropna(subset=["AUROC"])
-    figure = Figure(figsize=(5.5, 0.3 * len(shown) + 1.2))
+    figure = Figure(figsize=(5.5, 0.3 * len(shown) + 1.6), layout="constrained")
     ax = figure.subplots()
     labels = [f"{obs} (n={int(n)})" for obs, n in zip(shown.index, shown["positives"])]
     ax.barh(labels, shown["AUROC"], color=["#2a7" if a >= followed_auroc else "#bbb" for a in shown["AUROC"]],
@@ -134,10 +134,9 @@ def finding_usage_figure(table: pd.DataFrame, title: str = "", followed_auroc: f
     if "classifier AUROC" in shown:  # what the visual features carry, for comparison
         ax.plot(shown["classifier AUROC"], labels, "k|", markersize=14, mew=2, label="findings head")
     ax.axvline(0.5, color="k", ls="--", lw=1, label="chance")
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1.02)  # a tick at 1.0 stays visible
     ax.invert_yaxis()
-    ax.set_xlabel("AUROC of the sampled reports' mention rate")
+    ax.set_xlabel("AUROC against the truth")
     ax.set_title(title or "Does the report follow the image? (per finding)")
-    ax.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
+    figure.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)  # clear of the bars
     return figure

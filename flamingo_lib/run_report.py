@@ -48,7 +48,8 @@ def case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
 
 def cases_html(pipeline: Any, n_cases: int = 6) -> str:
     """The first ``n_cases`` test studies as HTML: the film and its attention map (:func:`case_heatmap`)
-    beside the generated report, the reference report and the nearest-neighbour baseline's report.
+    beside the generated report (greedy, and findings-guided when evaluated), the reference report
+    and the nearest-neighbour baseline's report.
 
     Images are inlined (base64 PNG), so the fragment stands alone (``IPython.display.HTML``).
     """
@@ -63,6 +64,7 @@ def cases_html(pipeline: Any, n_cases: int = 6) -> str:
             "<div class='case' style='display:flex;gap:1em'>"
             + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)
             + f"<div><p><b>Generated:</b> {html.escape(str(row['flamingo']))}</p>"
+            + (f"<p><b>Findings-guided:</b> {html.escape(str(row[GUIDED]))}</p>" if GUIDED in row.index else "")
             + f"<p class='ref'><b>Reference:</b> {html.escape(sample.report)}</p>"
             + f"<p class='ref'><b>Nearest-neighbour baseline:</b> {html.escape(str(row['nearest neighbour']))}</p>"
             + "</div></div>")
@@ -111,7 +113,8 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
                          + usage.round(3).to_html(na_rep="-")
                          + f"<p>{settings.usage_samples} reports sampled per test study (temperature 1), read "
                            "by the labeler. AUROC of each finding's mention rate against the truth: 0.5 = the "
-                           "text states the finding as often without it as with it.</p>"))
+                           "text states the finding as often without it as with it. Black ticks: the findings "
+                           "head's AUROC, what the visual features carry.</p>"))
     sections.append(("Cases", cases_html(pipeline, n_cases)))
     protocol = (pipeline.run_dir / "eval" / "PROTOCOL.md").read_text()
     sections.append(("Protocol", f"<pre>{html.escape(protocol)}</pre>"))

@@ -101,5 +101,5 @@ def test_classifier_auroc_sits_beside_the_texts_and_is_nan_where_undefined():
     table = finding_usage(pd.DataFrame({"Edema": [0.5, 0.0, 0.0, 0.5]}), truth)
     table["classifier AUROC"] = got
     figure = finding_usage_figure(table)
-    assert {t.get_text() for t in figure.axes[0].get_legend().get_texts()} == {
+    assert {t.get_text() for t in figure.legends[0].get_texts()} == {
         "the text (sampled reports)", "findings head", "chance"}

@@ -21,7 +21,7 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert text.startswith("<!doctype html>") and "Metrics (test split) against baselines" in text
     assert "data:image/png;base64," in text and "nearest neighbour" in text
     assert "pointing game" in headline(pipeline) and "findings the text follows" in headline(pipeline)
-    assert "Which findings does the text follow?" in text
+    assert "Which findings does the text follow?" in text and "Findings-guided:" in text  # in the cases too
     from flamingo_lib.guided_decoding import SYSTEM_NAME
 
     table = pipeline.evaluate()  # the default run has a findings head: its guided decoding is a system
