@@ -76,6 +76,13 @@ def sampled_mention_rates(model: Any, processor: Any, samples: Sequence[Any], ob
     return frame
 
 
+def _present(truth: Sequence[Labels], observation: str) -> tuple[torch.Tensor, bool]:
+    """(N,) bool: the studies that have ``observation`` (positive = 1.0); and whether both classes
+    occur (else an AUROC is undefined)."""
+    present = torch.tensor([t.get(observation) == 1.0 for t in truth])
+    return present, 0 < int(present.sum()) < len(present)
+
+
 def finding_usage(mention_rates: pd.DataFrame, truth: Sequence[Labels]) -> pd.DataFrame:
     """Per observation: how many studies have it, and how well the mention rate separates them.
 
@@ -94,12 +101,12 @@ def finding_usage(mention_rates: pd.DataFrame, truth: Sequence[Labels]) -> pd.Da
         raise ValueError(f"{len(mention_rates)} studies of mention rates but {len(truth)} truth label sets")
     rows = {}
     for obs in mention_rates.columns:
-        present = torch.tensor([t.get(obs) == 1.0 for t in truth])
+        present, both = _present(truth, obs)
         rate = torch.tensor(mention_rates[obs].to_numpy(), dtype=torch.float64)
         n_pos = int(present.sum())
         rows[obs] = {
             "positives": n_pos,
-            "AUROC": auroc(rate, present) if 0 < n_pos < len(present) else float("nan"),
+            "AUROC": auroc(rate, present) if both else float("nan"),
             "rate | present": float(rate[present].mean()) if n_pos else float("nan"),
             "rate | absent": float(rate[~present].mean()) if n_pos < len(present) else float("nan"),
         }
@@ -116,8 +123,8 @@ def classifier_auroc(probabilities: Mapping[str, torch.Tensor], truth: Sequence[
     truth holds one class only."""
     values = {}
     for obs in observations:
-        present = torch.tensor([t.get(obs) == 1.0 for t in truth])
-        defined = obs in probabilities and 0 < int(present.sum()) < len(present)
+        present, both = _present(truth, obs)
+        defined = both and obs in probabilities
         values[obs] = auroc(probabilities[obs].double().cpu(), present) if defined else float("nan")
     return pd.Series(values, name="classifier AUROC")
 

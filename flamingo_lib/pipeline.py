@@ -95,7 +95,8 @@ class Pipeline:
         if self._trained_for_these_settings():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
         s = self.settings
-        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=self._findings_head())
+        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed,
+                                            findings_head=self._findings_head())
         return FlamingoModel(config), FlamingoProcessor(config)
 
     def _findings_head(self) -> list[str] | None:
@@ -225,12 +226,15 @@ class Pipeline:
         self._stamp(out / "results.csv", guided_candidates=s.guided_candidates)
         return table
 
-    def _truth(self, split: str) -> tuple[list[Any], Sequence[str] | None]:
-        """A split's truth labels (phantom: the image truth, over the rendered observations; else
+    def _samples(self, split: str) -> list[Any]:
+        """Every study of a split, loaded once (datasets need not support slicing)."""
+        return [self.splits[split][i] for i in range(len(self.splits[split]))]
+
+    def _truth(self, samples: Sequence[Any]) -> tuple[list[Any], Sequence[str] | None]:
+        """The studies' truth labels (phantom: the image truth, over the rendered observations; else
         the labeler's reading of the reference reports) and the observations to score."""
         from flamingo_lib.labeler import label_report
 
-        samples = [self.splits[split][i] for i in range(len(self.splits[split]))]
         if self.settings.data.startswith("phantom"):
             from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
 
@@ -245,10 +249,10 @@ class Pipeline:
         s = self.settings
         if not s.guided_candidates or model.config.findings_head is None or not len(self.splits["val"]):
             return {}, ""
-        val_truth, observations = self._truth("val")
+        val = self._samples("val")
+        val_truth, observations = self._truth(val)
         reports, note = guided_reports(
-            model, processor, [self.splits["val"][i] for i in range(len(val_truth))], val_truth,
-            [self.splits["test"][i] for i in range(len(self.splits["test"]))], observations,
+            model, processor, val, val_truth, self._samples("test"), observations,
             num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
         return {SYSTEM_NAME: reports}, note
 
@@ -273,8 +277,8 @@ class Pipeline:
             return pd.read_csv(path, index_col="observation")
         self.train()
         model, processor = self.model_and_processor
-        test = [self.splits["test"][i] for i in range(len(self.splits["test"]))]
-        truth, observations = self._truth("test")
+        test = self._samples("test")
+        truth, observations = self._truth(test)
         observations = observations or FINDINGS_OBSERVATIONS
         rates = sampled_mention_rates(model, processor, test, observations, num_samples=s.usage_samples,
                                       max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)

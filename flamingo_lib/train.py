@@ -131,6 +131,7 @@ class Trainer:
         for start in starts:
             batch = self._to_device(self.collator([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))]))
             batch.pop("ids")
+            batch.pop("finding_labels", None)  # the LM loss only: the head's loss would be computed for nothing
             with self.accelerator.autocast():
                 loss = self.model(**batch, loss_reduction="sum").loss
             total += float(loss)
