@@ -38,3 +38,15 @@ def test_timm_builds_it_by_name_and_its_classifier_can_be_reset():
         model.reset_classifier(0, global_pool="avg")
     with pytest.raises(ValueError, match="no published weights"):
         timm.create_model(MODEL_NAME, pretrained=True)
+
+
+def test_the_small_trunk_is_the_tiny_layout_with_two_convolutions_per_stage_and_the_same_tokens():
+    small = timm.create_model("flamingo_cxr_cnn_small", num_classes=0, pretrained_cfg=None).eval()
+    tiny = timm.create_model(MODEL_NAME, num_classes=0, pretrained_cfg=None)
+    convs = [m for m in small.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [2, 1, 2, 1, 2, 1, 2, 1, 1]
+    assert len([m for m in tiny.stem if isinstance(m, torch.nn.Conv2d)]) == 5
+    assert small.forward_features(torch.randn(1, 3, 160, 160)).shape == (1, 100, 128)
+    assert small.pretrained_cfg["architecture"] == "flamingo_cxr_cnn_small"
+    with pytest.raises(ValueError, match="flamingo_cxr_cnn_small has no published weights"):
+        timm.create_model("flamingo_cxr_cnn_small", pretrained=True)

@@ -1,18 +1,23 @@
 """How much of the findings do a vision encoder's frozen patch tokens carry? (issue 5, section 4)
 
-Trains the embedded encoder's architecture for the default CLIP budget, either CLIP-style (the
-recipe of ``flamingo_lib.encoders``) or supervised on the CheXpert labels (an upper bound for the
-architecture at that budget; ``dense`` adds, per token, which finding masks cover its cell), then fits an attention probe (per-label query pooling over the
-patch tokens) on all training films and reports val AUROC per label and the micro-F1 over the
-rendered findings at threshold 0.5.
+Trains the embedded encoder's architecture for the default budget by the embedded build's recipe
+(``recipe``: the trunk on the labeler's reading of the reports, then CLIP fitted to it locked),
+contrastively from scratch (``clip``), or supervised on the films' true CheXpert labels (an upper
+bound for the architecture at that budget; ``LABELS=report`` uses the reports' labels instead;
+``dense`` adds, per token, which finding masks cover its cell), then fits an attention probe
+(per-label query pooling over the patch tokens) on all training films and reports val AUROC per
+label and the micro-F1 over the rendered findings at threshold 0.5.
 
+    HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe recipe
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe clip
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe supervised
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.encoder_probe dense   # + per-token finding-mask targets
-    POOL=avg python -m bench.diagnostics.encoder_probe clip        # the trunk's pooling (default: map)
-    STEM=16,32,64 python -m bench.diagnostics.encoder_probe supervised   # stride-8 stem
-    TRUNK=flamingo_cxr_cnn_tiny python -m bench.diagnostics.encoder_probe clip   # the CNN trunk
-    TRUNK=flamingo_cxr_cnn_tiny CNN_CHANNELS=32,64,96,128 python -m ...   # its stage widths
+    TRUNK=flamingo_cxr_vitc_tiny POOL=avg python -m ... clip   # the ViT's pooling (default: map)
+    TRUNK=flamingo_cxr_vitc_tiny STEM=16,32,64 python -m ... supervised   # the ViT with a stride-8 stem
+    TRUNK=flamingo_cxr_cnn_tiny python -m bench.diagnostics.encoder_probe clip   # one conv per stage
+    TRUNK=flamingo_cxr_vitc_tiny python -m bench.diagnostics.encoder_probe clip   # the conv-stem ViT
+    CNN_CHANNELS=32,64,96,128 CNN_DEPTH=3 python -m ...   # the CNN trunk's stage widths and depth
+    IMAGE_SIZE=224 STEPS=800 python -m ...                 # input size, optimiser steps
 Each run takes 3-6 minutes on 2 cores.
 """
 
@@ -28,6 +33,7 @@ import torch
 from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
 from flamingo_lib.encoders.clip_build import _labels
+from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels, report_labels
 from flamingo_lib.encoders.clip_pretrain import (ClipRecipe, build_clip, normalise, open_clip_config, pretrain_clip,
                                                  render_images)
 from flamingo_lib.encoders.corpus import finding_signature, lm_documents, studies
@@ -47,6 +53,11 @@ def _patch_architecture() -> None:
 
         widths, init = tuple(int(c) for c in os.environ["CNN_CHANNELS"].split(",")), cnn.GridConvNet.__init__
         cnn.GridConvNet.__init__ = lambda self, channels=widths, **kw: init(self, channels, **kw)
+    if os.environ.get("CNN_DEPTH"):  # convolutions per stage of the convolutional trunk
+        import flamingo_lib.encoders.cnn as cnn
+
+        depth, init_depth = int(os.environ["CNN_DEPTH"]), cnn.GridConvNet.__init__
+        cnn.GridConvNet.__init__ = lambda self, *a, **kw: init_depth(self, *a, **{**kw, "depth": depth})
     if os.environ.get("STEM"):
         channels, stem = tuple(int(c) for c in os.environ["STEM"].split(",")), vit.conv_stem
         vit.conv_stem = lambda widths=channels: stem(widths)
@@ -116,7 +127,10 @@ def train_dense(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
 def main(variant: str) -> None:
     torch.manual_seed(0)
     _patch_architecture()
-    recipe = ClipRecipe(**({"timm_model_name": os.environ["TRUNK"]} if os.environ.get("TRUNK") else {}))
+    overrides = {"timm_model_name": os.environ.get("TRUNK"), "image_size": os.environ.get("IMAGE_SIZE"),
+                 "steps": os.environ.get("STEPS")}
+    recipe = ClipRecipe(**{k: v if k == "timm_model_name" else type(getattr(ClipRecipe, k))(v)
+                           for k, v in overrides.items() if v})
     tokenizer = train_bpe_tokenizer(lm_documents("train", 0), recipe.vocab_size, recipe.context_length, append_eos=True)
     config = open_clip_config(recipe, len(tokenizer))
     preprocess = config["preprocess_cfg"]
@@ -127,11 +141,19 @@ def main(variant: str) -> None:
     train_y, val_y = _labels(train), _labels(val)
     model = build_clip(config, 0)
     start = time.perf_counter()
-    if variant == "clip":
+    if variant in ("clip", "recipe"):
         texts = tokenizer([s.report for s in train], padding="max_length", truncation=True,
                           max_length=recipe.context_length, return_tensors="pt")["input_ids"]
-        pretrain_clip(model, train_images, texts, [finding_signature(s) for s in train], preprocess, recipe, 0)
+        if variant == "recipe":  # the embedded build: trunk on the report labels, CLIP fitted to it locked
+            pretrain_trunk_on_labels(model.visual.trunk, train_images, report_labels([s.report for s in train]),
+                                     preprocess, recipe, 0)
+        pretrain_clip(model, train_images, texts, [finding_signature(s) for s in train], preprocess, recipe, 0,
+                      lock_trunk=variant == "recipe")
     elif variant == "supervised":
+        if os.environ.get("LABELS") == "report":  # the labeler's reading of the reports, not the films' truth
+            train_y_fit = report_labels([s.report for s in train])
+        else:
+            train_y_fit = train_y
         trunk, head = model.visual.trunk, torch.nn.Linear(model.visual.trunk.num_features, len(CHEXPERT_OBSERVATIONS))
         optimiser = torch.optim.AdamW([*trunk.parameters(), *head.parameters()], lr=recipe.lr, weight_decay=0.05)
         generator = torch.Generator().manual_seed(0)
@@ -139,13 +161,13 @@ def main(variant: str) -> None:
         for _ in range(recipe.steps):
             idx = torch.randint(0, len(train_images), (recipe.batch_size,), generator=generator)
             pooled = trunk.forward_head(trunk.forward_features(normalise(train_images[idx], preprocess)), pre_logits=True)
-            torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), train_y[idx]).backward()
+            torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), train_y_fit[idx]).backward()
             optimiser.step()
             optimiser.zero_grad()
     elif variant == "dense":
         train_dense(model.visual.trunk, train_images, train_y, dense_targets(train, recipe), preprocess, recipe)
     elif variant != "random":
-        raise SystemExit(f"variant must be clip, supervised, dense or random, got {variant!r}")
+        raise SystemExit(f"variant must be recipe, clip, supervised, dense or random, got {variant!r}")
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():

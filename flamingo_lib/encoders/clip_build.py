@@ -1,4 +1,5 @@
-"""Build the embedded vision encoder's directory: CLIP-pretrain, measure, save as open_clip does.
+"""Build the embedded vision encoder's directory: pretrain (the trunk on the reports' labels, then
+CLIP's text tower on it locked; or CLIP from scratch), measure, save as open_clip does.
 
 Metrics, all on the val split (never trained on):
 
@@ -30,6 +31,7 @@ from flamingo_lib.encoders.clip_pretrain import (
     render_images,
 )
 from flamingo_lib.encoders.corpus import Study, finding_signature, lm_documents, studies
+from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels, report_labels
 from flamingo_lib.encoders.probe import probe_aurocs, retrieval_recall
 from flamingo_lib.encoders.tokenizer import train_bpe_tokenizer
 
@@ -95,7 +97,14 @@ def build_clip_dir(directory: Path, recipe: ClipRecipe, seed: int, data_seed: in
     model = build_clip(config, seed)
     initial = copy.deepcopy(model).eval()
     groups = [finding_signature(s) for s in train]
-    stats = pretrain_clip(model, train_images, texts, groups, preprocess, recipe, seed, progress)
+    stats = {}
+    if recipe.trunk_objective == "labels":
+        stats = pretrain_trunk_on_labels(model.visual.trunk, train_images, report_labels([s.report for s in train]),
+                                         preprocess, recipe, seed, progress)
+    elif recipe.trunk_objective != "clip":
+        raise ValueError(f"trunk_objective must be 'labels' or 'clip', got {recipe.trunk_objective!r}")
+    stats.update(pretrain_clip(model, train_images, texts, groups, preprocess, recipe, seed, progress,
+                               lock_trunk=recipe.trunk_objective == "labels"))
 
     probe_rows = _subset(list(range(len(train))), recipe.probe_train_images, seed + 1)
     metrics: dict = {"vision_parameters": sum(p.numel() for p in model.visual.parameters()),

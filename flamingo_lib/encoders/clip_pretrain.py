@@ -1,12 +1,15 @@
 """Pretrain a small open_clip CLIP (timm-registered trunk, BiomedCLIP-shaped) on PhantomCXR
 image/report pairs with open_clip's own model class and ``open_clip.ClipLoss``.
 
-The vision tower is :mod:`flamingo_lib.encoders.cnn`'s convolutional trunk (160 px, 100 grid
-tokens of width 128, max pooled), registered with timm; open_clip builds it by name like any timm
-trunk. It replaced the conv-stem ViT of :mod:`flamingo_lib.encoders.vit`
-(``ClipRecipe(timm_model_name="flamingo_cxr_vitc_tiny")`` still builds that): with the same
-recipe and time its frozen tokens carry more of the findings (probe micro-F1 0.61 against 0.45;
-README, "Quality on the embedded default").
+The vision tower is :mod:`flamingo_lib.encoders.cnn`'s convolutional trunk
+(``flamingo_cxr_cnn_small``: 160 px, 100 grid tokens of width 128, max pooled), registered with
+timm; open_clip builds it by name like any timm trunk. By default (``trunk_objective="labels"``)
+the trunk is first trained on the labeler's reading of the reports
+(:mod:`flamingo_lib.encoders.label_pretrain`) and the contrastive loss then fits only the text
+tower and the projections to it, locked (LiT); ``trunk_objective="clip"`` trains everything
+contrastively from scratch, as the builds before it did. The convolutional trunk replaced the
+conv-stem ViT of :mod:`flamingo_lib.encoders.vit` (``timm_model_name="flamingo_cxr_vitc_tiny"``
+still builds that). Probe numbers for each: README, "Quality on the embedded default".
 
 The text tower is open_clip's native small text transformer over the in-project BPE vocabulary
 (pooled at ``</s>``): its weights live in the same safetensors file and its tokenizer in the same
@@ -33,7 +36,7 @@ from flamingo_lib.vision import OPENAI_MEAN, OPENAI_STD
 class ClipRecipe:
     """Architecture and schedule of the embedded CLIP (everything here is in its fingerprint)."""
 
-    timm_model_name: str = "flamingo_cxr_cnn_tiny"  # registered by flamingo_lib.encoders.cnn (or .vit)
+    timm_model_name: str = "flamingo_cxr_cnn_small"  # registered by flamingo_lib.encoders.cnn (or .vit)
     image_size: int = 160
     render_size: int = 224  # the phantom's default size; the encoder's own preprocessing resizes
     embed_dim: int = 64
@@ -48,6 +51,10 @@ class ClipRecipe:
     warmup_steps: int = 20
     weight_decay: float = 0.05
     max_shift: int = 4  # random translation (pixels) of training images: the only augmentation
+    # "labels": train the trunk on the labeler's reading of the reports, then fit the text tower
+    # and projection to it locked (flamingo_lib.encoders.label_pretrain); "clip": contrastive
+    # from scratch (the builds before FORMAT_VERSION 3).
+    trunk_objective: str = "labels"
     max_train_images: int | None = None  # None: the whole train split
     max_eval_images: int | None = None  # None: the whole val split (recall@k, probe)
     probe_train_images: int = 2000
@@ -162,9 +169,13 @@ def distinct_batch(groups: Sequence[object], batch_size: int, generator: torch.G
 
 def pretrain_clip(
     model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, groups: Sequence[object], preprocess: dict,
-    recipe: ClipRecipe, seed: int, progress: bool = True,
+    recipe: ClipRecipe, seed: int, progress: bool = True, lock_trunk: bool = False,
 ) -> dict:
     """CLIP-pretrain ``model`` in place on (image, report) pairs with ``open_clip.ClipLoss``.
+
+    With ``lock_trunk`` the vision trunk stays as it is (LiT: its pooled features are computed
+    once, without augmentation) and only the image projection, the text tower and the
+    temperature learn.
 
     Args:
         images: uint8 (N, S, S) preprocessed films (:func:`render_images`).
@@ -179,8 +190,16 @@ def pretrain_clip(
 
     start = time.perf_counter()
     loss_fn = ClipLoss()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
+    trunk = model.visual.trunk
+    locked = {id(p) for p in trunk.parameters()} if lock_trunk else set()
+    if lock_trunk:
+        trunk.eval()
+        with torch.no_grad():
+            pooled = torch.cat([trunk.forward_head(trunk.forward_features(normalise(images[i:i + 256], preprocess)),
+                                                   pre_logits=True) for i in range(0, len(images), 256)])
+    named = [(n, p) for n, p in model.named_parameters() if id(p) not in locked]
+    decay = [p for n, p in named if p.ndim >= 2 and "logit_scale" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "logit_scale" not in n)]
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
     warm, total = recipe.warmup_steps, recipe.steps
@@ -189,17 +208,25 @@ def pretrain_clip(
     generator = torch.Generator().manual_seed(seed)
     curve, seen = [], 0
     model.train()
+    if lock_trunk:
+        trunk.eval()  # its BatchNorm statistics stay those it was trained with
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        bar = tqdm(range(recipe.steps), desc="pretrain CLIP", disable=not progress)
+        bar = tqdm(range(recipe.steps), desc="fit CLIP to the locked trunk" if lock_trunk else "pretrain CLIP",
+                   disable=not progress)
         for step in bar:
             idx = distinct_batch(groups, recipe.batch_size, generator)
             seen += len(idx)
-            pixels = normalise(_shift(images[idx][:, None], recipe.max_shift, generator)[:, 0], preprocess)
-            image_features, text_features, logit_scale = model(pixels, texts[idx])[:3]
+            if lock_trunk:
+                image_features = torch.nn.functional.normalize(model.visual.head(pooled[idx]), dim=-1)
+                text_features = model.encode_text(texts[idx], normalize=True)
+                logit_scale = model.logit_scale.exp()
+            else:
+                pixels = normalise(_shift(images[idx][:, None], recipe.max_shift, generator)[:, 0], preprocess)
+                image_features, text_features, logit_scale = model(pixels, texts[idx])[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
             optimiser.step()
             scheduler.step()
             optimiser.zero_grad(set_to_none=True)

@@ -1,0 +1,93 @@
+"""Supervised pretraining of the embedded vision trunk on the labeler's reading of the reports.
+
+Report-generation work on MIMIC-CXR has long used image encoders trained on CheXpert labels
+mined from the reports (R2Gen and its successors start from such a DenseNet); this is that recipe
+at toy size. Measured on the phantom (an attention probe on the frozen patch tokens, val split,
+``python -m bench.diagnostics.encoder_probe``), the contrastive objective alone leaves the
+trunk blind to small findings, whatever its depth: probe micro-F1 0.61 (one convolution per
+stage) and 0.59 (two), lung lesions 0.55-0.57 and devices 0.54-0.70 AUROC; adding this loss to
+the contrastive one at weight 1 gave 0.53 and 0.64. Trained on the labels alone, two convolutions
+per stage reach 0.73 (lesions 0.66, devices 0.75, atelectasis 0.98, pneumothorax 0.96).
+
+The CLIP text tower and projection are then fitted to the locked trunk (LiT: Zhai et al., 2022;
+``pretrain_clip(lock_trunk=True)``), so the directory is still a working open_clip CLIP.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+
+
+def report_labels(reports: Sequence[str], observations: Sequence[str] = CHEXPERT_OBSERVATIONS) -> torch.Tensor:
+    """(N, K) 1.0 where the labeler reads an observation as positive in a report, else 0.0
+    (uncertain and negative mentions both count as not positive): the supervision a real
+    archive offers (MIMIC-CXR-JPG's CheXpert labels), never the film's truth."""
+    from flamingo_lib.labeler import label_report
+
+    return torch.tensor([[1.0 if label_report(text).get(obs) == 1.0 else 0.0 for obs in observations]
+                         for text in reports])
+
+
+def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocess: dict,
+                             recipe, seed: int, progress: bool = True) -> dict:
+    """Train ``trunk`` in place: binary cross-entropy of a linear head on its pooled features.
+
+    Args:
+        trunk: a timm-style trunk (``forward_features``, ``forward_head(pre_logits=True)``,
+            ``num_features``).
+        images: uint8 (N, S, S) preprocessed films (:func:`~flamingo_lib.encoders.clip_pretrain.render_images`).
+        labels: (N, K) float targets in {0, 1}.
+        recipe: a :class:`~flamingo_lib.encoders.clip_pretrain.ClipRecipe` (batch size, steps, lr,
+            warmup, weight decay, shift augmentation).
+
+    Returns:
+        stats: ``label_steps``, ``label_loss_curve`` ([step, loss] every 10 steps), ``label_seconds``.
+
+    Raises:
+        ValueError: ``labels`` does not have one row per image.
+    """
+    from flamingo_lib.encoders.clip_pretrain import _shift, normalise
+
+    if labels.ndim != 2 or len(labels) != len(images):
+        raise ValueError(f"labels must be (N={len(images)}, K), got {tuple(labels.shape)}")
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        head = torch.nn.Linear(trunk.num_features, labels.shape[1])
+        decay = [p for p in trunk.parameters() if p.ndim >= 2] + [head.weight]
+        rest = [p for p in trunk.parameters() if p.ndim < 2] + [head.bias]
+        optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                       {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
+        warm, total = recipe.warmup_steps, recipe.steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda s: (s + 1) / warm if s < warm else
+            0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+        generator = torch.Generator().manual_seed(seed)
+        curve = []
+        trunk.train()
+        bar = tqdm(range(recipe.steps), desc="pretrain trunk on labels", disable=not progress)
+        for step in bar:
+            # Random batches (not one per finding signature as for the contrastive loss): the
+            # label loss has no false negatives to avoid, and wants the real label frequencies.
+            idx = torch.randint(0, len(images), (min(recipe.batch_size, len(images)),), generator=generator)
+            pixels = normalise(_shift(images[idx][:, None], recipe.max_shift, generator)[:, 0], preprocess)
+            pooled = trunk.forward_head(trunk.forward_features(pixels), pre_logits=True)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), labels[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*trunk.parameters(), *head.parameters()], 1.0)
+            optimiser.step()
+            scheduler.step()
+            optimiser.zero_grad(set_to_none=True)
+            if step % 10 == 0 or step == recipe.steps - 1:
+                curve.append([step, round(loss.item(), 4)])
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    trunk.eval()
+    return {"label_steps": recipe.steps, "label_loss_curve": curve,
+            "label_seconds": round(time.perf_counter() - start, 1)}
