@@ -37,8 +37,11 @@ when it and its weights are already on this machine; it never downloads.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, Label
 from flamingo_lib.labeler_phrases import (
@@ -190,6 +193,17 @@ def label_report(text: str) -> dict[str, Label]:
     if not any(v in (POSITIVE, UNCERTAIN) for v in findings):
         labels["No Finding"] = POSITIVE
     return labels
+
+
+@functools.cache
+def rules_version() -> str:
+    """A hash of the rules (this module and :mod:`flamingo_lib.labeler_phrases`, as source): what
+    was trained on or scored with the labeler's readings is stale when it changes."""
+    import flamingo_lib.labeler_phrases as phrases
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(phrases.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def label_reports(texts: Iterable[str], backend: str = "rules") -> list[dict[str, Label]]:

@@ -48,8 +48,10 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         r"fibros(?:is|tic)|fibrotic",
     ),
     "Lung Lesion": (
-        # "Nodular" alone describes a shape ("nodular opacity"), as MeSH's "round" does.
+        # "Nodular" alone describes a shape ("nodular contour", "reticulonodular"), but a nodular
+        # density, opacity or opacification is a lesion: CheXpert's own mention list names them.
         r"nodules?",
+        r"nodular (?:densit(?:y|ies)|opaci(?:ty|ties|fication))",
         r"mass(?:es)?(?! effect)",
         _NOT_BONE + r"lesions?",
         r"granulomas?|granulomata|granulomatous (?:calcifications?|nodules?)",

@@ -74,7 +74,12 @@ class PipelineSettings:
         from flamingo_lib.features import FEATURE_FORMAT_VERSION
 
         # the feature format too: a model trained on features of another format reads other inputs
-        return {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
+        key = {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
+        if self.findings_loss_weight > 0:  # the findings head learns the labeler's readings
+            from flamingo_lib.labeler import rules_version
+
+            key["labeler"] = rules_version()
+        return key
 
 
 class Pipeline:
@@ -159,15 +164,21 @@ class Pipeline:
         """A run's saved training key, completed with the defaults of settings added since it
         was trained: a new knob's default is the behaviour the run had, so it is not retrained."""
         defaults = PipelineSettings().training_key()
-        # keys written before they were recorded: format 1's features, no findings head
-        saved = {"feature_format": 1, "findings_loss_weight": 0.0} | saved
-        return {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
+        # keys written before they were recorded: format 1's features, no findings head, and a
+        # findings head trained on readings of an unknown labeler
+        saved = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None} | saved
+        key = {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
+        if not key["findings_loss_weight"]:
+            key.pop("labeler")  # without the head, training never reads the labeler
+        return key
 
     def _result_key(self) -> dict[str, Any]:
         """What a result computed from the trained model depends on (a change recomputes it)."""
         s = self.settings
+        from flamingo_lib.labeler import rules_version
+
         return {"training": s.training_key(), "max_test_samples": s.max_test_samples, "num_beams": s.num_beams,
-                "max_new_tokens": s.max_new_tokens}
+                "max_new_tokens": s.max_new_tokens, "labeler": rules_version()}  # it scores every result
 
     def _up_to_date(self, result: Path, **extra: Any) -> bool:
         """``result`` exists and was computed from this run's current model and settings (and

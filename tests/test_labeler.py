@@ -292,3 +292,32 @@ def test_labeler_is_fast_enough_for_a_corpus() -> None:
     start = time.perf_counter()
     label_reports(texts)
     assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("text", ["Moderate rounded nodular opacity in the right base.",
+                                  "Nodular densities in both upper lobes.",
+                                  "Nodular opacification at the left apex."])
+def test_a_nodular_opacity_or_density_is_a_lung_lesion_as_chexpert_lists_it(text: str) -> None:
+    labels = label_report(text)
+    assert labels["Lung Lesion"] == 1.0 and labels["Lung Opacity"] == 1.0
+
+
+@pytest.mark.parametrize("text", ["Reticulonodular opacities at the bases.", "Nodular contour of the left hilum."])
+def test_nodular_alone_describes_a_shape_not_a_lesion(text: str) -> None:
+    assert label_report(text)["Lung Lesion"] is None
+
+
+def test_rules_version_hashes_the_rules_and_changes_with_them(monkeypatch) -> None:
+    import flamingo_lib.labeler as labeler
+
+    first = labeler.rules_version()
+    assert first == labeler.rules_version() and len(first) == 16
+    labeler.rules_version.cache_clear()
+    real_read = labeler.Path.read_bytes
+    monkeypatch.setattr(labeler.Path, "read_bytes", lambda self: real_read(self) + b"# edited")
+    try:
+        assert labeler.rules_version() != first
+    finally:
+        monkeypatch.undo()
+        labeler.rules_version.cache_clear()
+    assert labeler.rules_version() == first

@@ -159,6 +159,51 @@ def test_a_run_trained_on_features_of_an_older_format_is_retrained(tmp_path):
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
 
 
+def test_a_labeler_change_retrains_the_findings_head_and_rescores_every_result(tmp_path, monkeypatch):
+    """The findings head learns the labeler's readings and every clinical-efficacy score is the
+    labeler's: a change of its rules retrains a run with the head (not one without) and
+    recomputes results; a run saved before the labeler was recorded counts as trained on an
+    unknown labeler."""
+    import json
+
+    import flamingo_lib.labeler as labeler
+
+    run = tmp_path / "run"
+    pipeline = Pipeline(run_dir=str(run), **SMALL)
+    pipeline.train()
+    result = run / "eval" / "dummy.csv"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text("x")
+    pipeline._stamp(result)
+    assert pipeline._up_to_date(result)
+    without_head = Pipeline(run_dir=str(tmp_path / "plain"), **{**SMALL, "findings_loss_weight": 0.0})
+    without_head.train()
+    monkeypatch.setattr(labeler, "rules_version", lambda: "other-rules")
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL)._up_to_date(result)
+    assert Pipeline(run_dir=str(tmp_path / "plain"), **{**SMALL, "findings_loss_weight": 0.0}
+                    )._trained_for_these_settings()
+    monkeypatch.undo()
+    summary_path = run / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["config"]["extra"]["pipeline"]["labeler"]  # written before the labeler was recorded
+    summary_path.write_text(json.dumps(summary))
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+
+
+def test_the_embedded_encoder_fingerprint_follows_the_labeler_when_its_trunk_learns_labels(monkeypatch):
+    import dataclasses
+
+    import flamingo_lib.labeler as labeler
+    from flamingo_lib.encoders.embedded import _spec, recipes
+
+    _, clip = recipes()
+    before, contrastive = _spec("vit", clip, 0), _spec("vit", dataclasses.replace(clip, trunk_objective="clip"), 0)
+    monkeypatch.setattr(labeler, "rules_version", lambda: "other-rules")
+    assert _spec("vit", clip, 0) != before
+    assert _spec("vit", dataclasses.replace(clip, trunk_objective="clip"), 0) == contrastive
+
+
 def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     import numpy as np
     from flamingo_lib.grounding import FINDING_WORDS

@@ -65,8 +65,13 @@ def recipes(scale: float = 1.0) -> tuple[LMRecipe, ClipRecipe]:
 def _spec(kind: str, recipe: object, seed: int) -> dict:
     from flamingo_lib.encoders.corpus import data_version
 
-    return {"kind": kind, "format_version": FORMAT_VERSION, "data_version": data_version(DATA_SEED),
+    spec = {"kind": kind, "format_version": FORMAT_VERSION, "data_version": data_version(DATA_SEED),
             "data_seed": DATA_SEED, "recipe": asdict(recipe), "seed": seed}
+    if getattr(recipe, "trunk_objective", None) == "labels":
+        from flamingo_lib.labeler import rules_version
+
+        spec["labeler"] = rules_version()  # the trunk learns the labeler's readings
+    return spec
 
 
 def _build_lm(directory: Path, recipe: LMRecipe, seed: int, progress: bool) -> None:
