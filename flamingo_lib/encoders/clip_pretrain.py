@@ -46,7 +46,7 @@ class ClipRecipe:
     context_length: int = 64
     vocab_size: int = 4096
     batch_size: int = 64
-    steps: int = 400
+    steps: int = 800  # 400 left lung lesions at probe AUROC 0.62 (800: 0.72; README)
     lr: float = 2e-3
     warmup_steps: int = 20
     weight_decay: float = 0.05

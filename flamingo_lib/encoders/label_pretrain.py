@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+from flamingo_lib.encoders.clip_pretrain import ClipRecipe, _shift, normalise
 
 
 def report_labels(reports: Sequence[str], observations: Sequence[str] = CHEXPERT_OBSERVATIONS) -> torch.Tensor:
@@ -36,7 +37,7 @@ def report_labels(reports: Sequence[str], observations: Sequence[str] = CHEXPERT
 
 
 def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocess: dict,
-                             recipe, seed: int, progress: bool = True) -> dict:
+                             recipe: ClipRecipe, seed: int, progress: bool = True) -> dict:
     """Train ``trunk`` in place: binary cross-entropy of a linear head on its pooled features.
 
     Args:
@@ -53,8 +54,6 @@ def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, label
     Raises:
         ValueError: ``labels`` does not have one row per image.
     """
-    from flamingo_lib.encoders.clip_pretrain import _shift, normalise
-
     if labels.ndim != 2 or len(labels) != len(images):
         raise ValueError(f"labels must be (N={len(images)}, K), got {tuple(labels.shape)}")
     start = time.perf_counter()
