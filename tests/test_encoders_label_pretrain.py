@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flamingo_lib.encoders.clip_pretrain import ClipRecipe, build_clip, open_clip_config, pretrain_clip
-from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels, report_labels
+from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels
+from flamingo_lib.findings_head import FindingTargets
 from flamingo_lib.vision import OPENAI_MEAN, OPENAI_STD
 
 SIZE = 32
@@ -32,9 +33,10 @@ def _recipe(**changes) -> ClipRecipe:
                                           max_shift=2, vocab_size=64, context_length=8), **changes)
 
 
-def test_report_labels_are_the_labelers_positive_readings_only():
-    labels = report_labels(["Moderate cardiomegaly. No pleural effusion.", "Possible small left pleural effusion."],
-                           ("Cardiomegaly", "Pleural Effusion"))
+def test_the_trunk_learns_the_labelers_positive_readings_only():
+    # The encoder build's targets (FindingTargets, shared with the findings head), real labeler.
+    labels = FindingTargets(("Cardiomegaly", "Pleural Effusion"))(
+        ["Moderate cardiomegaly. No pleural effusion.", "Possible small left pleural effusion."])
     # Negated and uncertain mentions are not positive (the R2Gen convention the evaluation uses).
     assert labels.tolist() == [[1.0, 0.0], [0.0, 0.0]]
 
@@ -98,3 +100,8 @@ def test_lit_fits_the_text_tower_and_projection_and_leaves_the_trunk_bitwise_alo
     unlocked = build_clip(config, seed=0)
     pretrain_clip(unlocked, images, texts, list(range(32)), config["preprocess_cfg"], recipe, seed=0, progress=False)
     assert not all(torch.equal(before[k], unlocked.state_dict()[k]) for k in trunk_keys)
+
+
+def test_an_unknown_trunk_objective_is_refused_when_the_recipe_is_made():
+    with pytest.raises(ValueError, match="trunk_objective must be 'labels' or 'clip', got 'contrastive'"):
+        ClipRecipe(trunk_objective="contrastive")

@@ -33,7 +33,8 @@ import torch
 from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
 from flamingo_lib.encoders.clip_build import _labels
-from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels, report_labels
+from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels
+from flamingo_lib.findings_head import FindingTargets
 from flamingo_lib.encoders.clip_pretrain import (ClipRecipe, build_clip, normalise, open_clip_config, pretrain_clip,
                                                  render_images)
 from flamingo_lib.encoders.corpus import finding_signature, lm_documents, studies
@@ -145,13 +146,13 @@ def main(variant: str) -> None:
         texts = tokenizer([s.report for s in train], padding="max_length", truncation=True,
                           max_length=recipe.context_length, return_tensors="pt")["input_ids"]
         if variant == "recipe":  # the embedded build: trunk on the report labels, CLIP fitted to it locked
-            pretrain_trunk_on_labels(model.visual.trunk, train_images, report_labels([s.report for s in train]),
-                                     preprocess, recipe, 0)
+            stated = FindingTargets(CHEXPERT_OBSERVATIONS)([s.report for s in train])
+            pretrain_trunk_on_labels(model.visual.trunk, train_images, stated, preprocess, recipe, 0)
         pretrain_clip(model, train_images, texts, [finding_signature(s) for s in train], preprocess, recipe, 0,
                       lock_trunk=variant == "recipe")
     elif variant == "supervised":
         if os.environ.get("LABELS") == "report":  # the labeler's reading of the reports, not the films' truth
-            train_y_fit = report_labels([s.report for s in train])
+            train_y_fit = FindingTargets(CHEXPERT_OBSERVATIONS)([s.report for s in train])
         else:
             train_y_fit = train_y
         trunk, head = model.visual.trunk, torch.nn.Linear(model.visual.trunk.num_features, len(CHEXPERT_OBSERVATIONS))

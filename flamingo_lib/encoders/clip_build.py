@@ -31,9 +31,10 @@ from flamingo_lib.encoders.clip_pretrain import (
     render_images,
 )
 from flamingo_lib.encoders.corpus import Study, finding_signature, lm_documents, studies
-from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels, report_labels
+from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels
 from flamingo_lib.encoders.probe import probe_aurocs, retrieval_recall
 from flamingo_lib.encoders.tokenizer import train_bpe_tokenizer
+from flamingo_lib.findings_head import FindingTargets
 
 
 def _subset(items: list, n: int | None, seed: int) -> list:
@@ -98,11 +99,9 @@ def build_clip_dir(directory: Path, recipe: ClipRecipe, seed: int, data_seed: in
     initial = copy.deepcopy(model).eval()
     groups = [finding_signature(s) for s in train]
     stats = {}
-    if recipe.trunk_objective == "labels":
-        stats = pretrain_trunk_on_labels(model.visual.trunk, train_images, report_labels([s.report for s in train]),
-                                         preprocess, recipe, seed, progress)
-    elif recipe.trunk_objective != "clip":
-        raise ValueError(f"trunk_objective must be 'labels' or 'clip', got {recipe.trunk_objective!r}")
+    if recipe.trunk_objective == "labels":  # the labeler's reading of each report, as the findings head's
+        stated = FindingTargets(CHEXPERT_OBSERVATIONS)([s.report for s in train])
+        stats = pretrain_trunk_on_labels(model.visual.trunk, train_images, stated, preprocess, recipe, seed, progress)
     stats.update(pretrain_clip(model, train_images, texts, groups, preprocess, recipe, seed, progress,
                                lock_trunk=recipe.trunk_objective == "labels"))
 

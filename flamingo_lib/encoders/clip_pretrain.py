@@ -59,6 +59,23 @@ class ClipRecipe:
     max_eval_images: int | None = None  # None: the whole val split (recall@k, probe)
     probe_train_images: int = 2000
 
+    def __post_init__(self) -> None:  # before minutes of rendering and tokenizer training
+        if self.trunk_objective not in ("labels", "clip"):
+            raise ValueError(f"trunk_objective must be 'labels' or 'clip', got {self.trunk_objective!r}")
+
+
+def adamw_warmup_cosine(decay: list[torch.nn.Parameter], rest: list[torch.nn.Parameter],
+                        recipe: ClipRecipe) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW at ``recipe.lr`` (weight decay on ``decay`` only), linear warmup over
+    ``recipe.warmup_steps`` then cosine to 0 at ``recipe.steps``: the schedule of both the
+    contrastive and the label pretraining."""
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
+    warm, total = recipe.warmup_steps, recipe.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: (s + 1) / warm if s < warm else
+                                                  0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    return optimiser, scheduler
+
 
 def open_clip_config(recipe: ClipRecipe, vocab_size: int) -> dict:
     """``open_clip_config.json``: BiomedCLIP's vision layout (timm trunk, no pool, linear proj)."""
@@ -200,11 +217,7 @@ def pretrain_clip(
     named = [(n, p) for n, p in model.named_parameters() if id(p) not in locked]
     decay = [p for n, p in named if p.ndim >= 2 and "logit_scale" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "logit_scale" not in n)]
-    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
-    warm, total = recipe.warmup_steps, recipe.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: (s + 1) / warm if s < warm else
-                                                  0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    optimiser, scheduler = adamw_warmup_cosine(decay, rest, recipe)
     generator = torch.Generator().manual_seed(seed)
     curve, seen = [], 0
     model.train()

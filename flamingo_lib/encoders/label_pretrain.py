@@ -18,25 +18,12 @@ The CLIP text tower and projection are then fitted to the locked trunk (LiT: Zha
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
-from flamingo_lib.encoders.clip_pretrain import ClipRecipe, _shift, normalise
-
-
-def report_labels(reports: Sequence[str], observations: Sequence[str] = CHEXPERT_OBSERVATIONS) -> torch.Tensor:
-    """(N, K) 1.0 where the labeler reads an observation as positive in a report, else 0.0
-    (uncertain and negative mentions both count as not positive): the supervision a real
-    archive offers (MIMIC-CXR-JPG's CheXpert labels), never the film's truth."""
-    from flamingo_lib.labeler import label_report
-
-    return torch.tensor([[1.0 if label_report(text).get(obs) == 1.0 else 0.0 for obs in observations]
-                         for text in reports])
+from flamingo_lib.encoders.clip_pretrain import ClipRecipe, _shift, adamw_warmup_cosine, normalise
 
 
 def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocess: dict,
@@ -65,12 +52,7 @@ def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, label
         head = torch.nn.Linear(trunk.num_features, labels.shape[1])
         decay = [p for p in trunk.parameters() if p.ndim >= 2] + [head.weight]
         rest = [p for p in trunk.parameters() if p.ndim < 2] + [head.bias]
-        optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                       {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
-        warm, total = recipe.warmup_steps, recipe.steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda s: (s + 1) / warm if s < warm else
-            0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+        optimiser, scheduler = adamw_warmup_cosine(decay, rest, recipe)
         generator = torch.Generator().manual_seed(seed)
         curve = []
         trunk.train()
