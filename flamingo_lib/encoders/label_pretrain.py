@@ -27,7 +27,8 @@ from flamingo_lib.encoders.clip_pretrain import ClipRecipe, _shift, adamw_warmup
 
 
 def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocess: dict,
-                             recipe: ClipRecipe, seed: int, progress: bool = True) -> dict:
+                             recipe: ClipRecipe, seed: int, progress: bool = True,
+                             head: torch.nn.Linear | None = None) -> dict:
     """Train ``trunk`` in place: binary cross-entropy of a linear head on its pooled features.
 
     Args:
@@ -37,6 +38,9 @@ def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, label
         labels: (N, K) float targets in {0, 1}.
         recipe: a :class:`~flamingo_lib.encoders.clip_pretrain.ClipRecipe` (batch size, steps, lr,
             warmup, weight decay, shift augmentation).
+        head: the linear classifier (``num_features`` -> K) to train with the trunk, for a caller
+            that reads it afterwards (``bench/diagnostics/trunk_locality.py``); None: a fresh one,
+            seeded by ``seed``, discarded after training.
 
     Returns:
         stats: ``label_steps``, ``label_loss_curve`` ([step, loss] every 10 steps), ``label_seconds``.
@@ -49,7 +53,11 @@ def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, label
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
-        head = torch.nn.Linear(trunk.num_features, labels.shape[1])
+        if head is None:
+            head = torch.nn.Linear(trunk.num_features, labels.shape[1])
+        elif (head.in_features, head.out_features) != (trunk.num_features, labels.shape[1]):
+            raise ValueError(f"head must map {trunk.num_features} -> {labels.shape[1]}, "
+                             f"got {head.in_features} -> {head.out_features}")
         decay = [p for p in trunk.parameters() if p.ndim >= 2] + [head.weight]
         rest = [p for p in trunk.parameters() if p.ndim < 2] + [head.bias]
         optimiser, scheduler = adamw_warmup_cosine(decay, rest, recipe)
