@@ -8,7 +8,7 @@ import torch
 from bench.diagnostics.trunk_locality import max_pool_attribution, pointing_hits
 from flamingo_lib.encoders.clip_pretrain import ClipRecipe
 from flamingo_lib.encoders.cnn import GridConvNet
-from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels
+from flamingo_lib.encoders.label_pretrain import label_head, pretrain_trunk_on_labels
 from flamingo_lib.vision import OPENAI_MEAN, OPENAI_STD
 
 SIZE = 64  # a 4 x 4 token grid
@@ -68,18 +68,14 @@ def test_a_trunk_whose_evidence_is_the_nodules_brightness_points_at_every_nodule
     assert pointing_hits(max_pool_attribution(tokens, -weight), masks)["nodule"]["hit"] <= 0.25
 
 
-def test_a_caller_head_seeded_like_the_default_trains_the_same_trunk_and_a_mis_sized_one_is_refused():
+def test_a_caller_label_head_trains_the_same_trunk_as_none_and_a_mis_sized_head_is_refused():
     images, labels, _ = _films(32, seed=0)
     recipe = RECIPE
     trunks = []
     for pass_head in (False, True):
         torch.manual_seed(0)
         trunk = GridConvNet(num_classes=0, img_size=SIZE)
-        head = None
-        if pass_head:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0 + 2)  # how pretrain_trunk_on_labels seeds its own head
-                head = torch.nn.Linear(128, 14)
+        head = label_head(trunk, 14, seed=0) if pass_head else None
         before = None if head is None else head.weight.detach().clone()
         pretrain_trunk_on_labels(trunk, images, labels, PREPROCESS, recipe, seed=0, progress=False, head=head)
         if head is not None:

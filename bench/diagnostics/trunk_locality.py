@@ -80,7 +80,7 @@ def main() -> None:
     from flamingo_lib.encoders.clip_build import _labels
     from flamingo_lib.encoders.clip_pretrain import ClipRecipe, build_clip, normalise, open_clip_config, render_images
     from flamingo_lib.encoders.corpus import phantom, studies
-    from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels
+    from flamingo_lib.encoders.label_pretrain import label_head, pretrain_trunk_on_labels
     from flamingo_lib.encoders.probe import auroc
     from flamingo_lib.findings_head import FindingTargets
 
@@ -92,9 +92,7 @@ def main() -> None:
     train_images = render_images(train, "train", recipe.render_size, preprocess, seed)
     val_images = render_images(val, "val", recipe.render_size, preprocess, seed)
     trunk = build_clip(open_clip_config(recipe, recipe.vocab_size), seed).visual.trunk  # the build's initialisation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 2)  # as pretrain_trunk_on_labels seeds its own head
-        head = torch.nn.Linear(trunk.num_features, len(CHEXPERT_OBSERVATIONS))
+    head = label_head(trunk, len(CHEXPERT_OBSERVATIONS), seed)  # the head the build trains, kept
     stated = FindingTargets(CHEXPERT_OBSERVATIONS)([s.report for s in train])
     pretrain_trunk_on_labels(trunk, train_images, stated, preprocess, recipe, seed, head=head)
     with torch.no_grad():

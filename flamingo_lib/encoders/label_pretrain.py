@@ -26,6 +26,16 @@ from tqdm.auto import tqdm
 from flamingo_lib.encoders.clip_pretrain import ClipRecipe, _shift, adamw_warmup_cosine, normalise
 
 
+def label_head(trunk: torch.nn.Module, num_labels: int, seed: int) -> torch.nn.Linear:
+    """The linear classifier (``trunk.num_features`` -> ``num_labels``) that
+    :func:`pretrain_trunk_on_labels` trains when given none, initialised from ``seed`` alone
+    (the global RNG is left as it was): a caller that wants to read the head afterwards makes it
+    here and gets the very weights the embedded build trains."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        return torch.nn.Linear(trunk.num_features, num_labels)
+
+
 def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocess: dict,
                              recipe: ClipRecipe, seed: int, progress: bool = True,
                              head: torch.nn.Linear | None = None) -> dict:
@@ -39,8 +49,8 @@ def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, label
         recipe: a :class:`~flamingo_lib.encoders.clip_pretrain.ClipRecipe` (batch size, steps, lr,
             warmup, weight decay, shift augmentation).
         head: the linear classifier (``num_features`` -> K) to train with the trunk, for a caller
-            that reads it afterwards (``bench/diagnostics/trunk_locality.py``); None: a fresh one,
-            seeded by ``seed``, discarded after training.
+            that reads it afterwards (``bench/diagnostics/trunk_locality.py``); None:
+            :func:`label_head`, discarded after training.
 
     Returns:
         stats: ``label_steps``, ``label_loss_curve`` ([step, loss] every 10 steps), ``label_seconds``.
@@ -51,13 +61,13 @@ def pretrain_trunk_on_labels(trunk: torch.nn.Module, images: torch.Tensor, label
     if labels.ndim != 2 or len(labels) != len(images):
         raise ValueError(f"labels must be (N={len(images)}, K), got {tuple(labels.shape)}")
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    if head is None:
+        head = label_head(trunk, labels.shape[1], seed)
+    elif (head.in_features, head.out_features) != (trunk.num_features, labels.shape[1]):
+        raise ValueError(f"head must map {trunk.num_features} -> {labels.shape[1]}, "
+                         f"got {head.in_features} -> {head.out_features}")
+    with torch.random.fork_rng(devices=[]):  # the loop is seeded and leaves the caller's RNG alone
         torch.manual_seed(seed + 2)
-        if head is None:
-            head = torch.nn.Linear(trunk.num_features, labels.shape[1])
-        elif (head.in_features, head.out_features) != (trunk.num_features, labels.shape[1]):
-            raise ValueError(f"head must map {trunk.num_features} -> {labels.shape[1]}, "
-                             f"got {head.in_features} -> {head.out_features}")
         decay = [p for p in trunk.parameters() if p.ndim >= 2] + [head.weight]
         rest = [p for p in trunk.parameters() if p.ndim < 2] + [head.bias]
         optimiser, scheduler = adamw_warmup_cosine(decay, rest, recipe)
