@@ -70,18 +70,17 @@ def test_a_trunk_whose_evidence_is_the_nodules_brightness_points_at_every_nodule
 
 def test_a_caller_label_head_trains_the_same_trunk_as_none_and_a_mis_sized_head_is_refused():
     images, labels, _ = _films(32, seed=0)
-    recipe = RECIPE
     trunks = []
     for pass_head in (False, True):
         torch.manual_seed(0)
         trunk = GridConvNet(num_classes=0, img_size=SIZE)
         head = label_head(trunk, 14, seed=0) if pass_head else None
         before = None if head is None else head.weight.detach().clone()
-        pretrain_trunk_on_labels(trunk, images, labels, PREPROCESS, recipe, seed=0, progress=False, head=head)
+        pretrain_trunk_on_labels(trunk, images, labels, PREPROCESS, RECIPE, seed=0, progress=False, head=head)
         if head is not None:
             assert not torch.equal(head.weight, before)  # the caller's head is the one trained
         trunks.append(trunk.state_dict())
     assert all(torch.equal(trunks[0][k], trunks[1][k]) for k in trunks[0])
     with pytest.raises(ValueError, match="head must map 128 -> 14, got 128 -> 3"):
-        pretrain_trunk_on_labels(GridConvNet(num_classes=0, img_size=SIZE), images, labels, PREPROCESS, recipe, 0,
+        pretrain_trunk_on_labels(GridConvNet(num_classes=0, img_size=SIZE), images, labels, PREPROCESS, RECIPE, 0,
                                  progress=False, head=torch.nn.Linear(128, 3))

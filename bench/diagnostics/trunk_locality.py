@@ -86,12 +86,13 @@ def main() -> None:
 
     recipe = ClipRecipe(steps=int(os.environ.get("STEPS", ClipRecipe.steps)))
     seed = 0
-    preprocess = open_clip_config(recipe, recipe.vocab_size)["preprocess_cfg"]
+    config = open_clip_config(recipe, recipe.vocab_size)
+    preprocess = config["preprocess_cfg"]
     train = [s for s in studies("train", seed) if s.report]
     val = [s for s in studies("val", seed) if s.report]
     train_images = render_images(train, "train", recipe.render_size, preprocess, seed)
     val_images = render_images(val, "val", recipe.render_size, preprocess, seed)
-    trunk = build_clip(open_clip_config(recipe, recipe.vocab_size), seed).visual.trunk  # the build's initialisation
+    trunk = build_clip(config, seed).visual.trunk  # the build's initialisation
     head = label_head(trunk, len(CHEXPERT_OBSERVATIONS), seed)  # the head the build trains, kept
     stated = FindingTargets(CHEXPERT_OBSERVATIONS)([s.report for s in train])
     pretrain_trunk_on_labels(trunk, train_images, stated, preprocess, recipe, seed, head=head)
