@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.diagnostics.resampler_attention import analyse, gradient_relevance, image_specificity, layer_statistics
+from bench.diagnostics.resampler_attention import (analyse, gradient_relevance, image_specificity, layer_statistics,
+                                                   pointing_markdown)
 
 
 def test_image_specificity_is_zero_for_one_shared_map_and_one_minus_one_over_n_for_disjoint_maps():
@@ -56,3 +57,19 @@ def test_attention_pointing_reproduces_the_demo_pointing_game(tiny_open):
     assert sum(stats["mean_map"]) == pytest.approx(1.0, abs=1e-4)
     assert 0.0 < stats["image_specificity"] < 1.0
     assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+
+
+def test_pointing_markdown_gives_per_finding_and_overall_rates_with_counts():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"finding": "edema", "hit_attention": True, "hit_rollout": False, "hit_gradient": True, "chance": 0.1},
+        {"finding": "edema", "hit_attention": False, "hit_rollout": False, "hit_gradient": True, "chance": 0.3},
+        {"finding": "nodule", "hit_attention": True, "hit_rollout": True, "hit_gradient": False, "chance": 0.0},
+    ])
+    lines = pointing_markdown(table).splitlines()
+    assert lines[0] == "| finding | hit_attention | hit_rollout | hit_gradient | chance | n |"
+    assert lines[1] == "|---|---|---|---|---|---|"
+    assert lines[2] == "| edema | 0.500 | 0.000 | 1.000 | 0.200 | 2 |"
+    assert lines[3] == "| nodule | 1.000 | 1.000 | 0.000 | 0.000 | 1 |"
+    assert lines[4] == "| all | 0.667 | 0.333 | 0.667 | 0.133 | 3 |"

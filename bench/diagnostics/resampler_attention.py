@@ -23,6 +23,7 @@ About a minute per 100 studies on 2 cores.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,25 +129,38 @@ def analyse(model: Any, processor: Any, samples: Sequence[Any]) -> tuple[list[di
                   "mean_map": stacked.mean(0).tolist()}
 
 
+def pointing_markdown(table: Any) -> str:
+    """Markdown table of the hit rates per finding and over all rows (the ``rows`` of :func:`analyse`
+    as a DataFrame), with the number of rows each rate is over. Written by hand: pandas'
+    ``to_markdown`` needs tabulate, which is not a dependency."""
+    columns = ["hit_attention", "hit_rollout", "hit_gradient", "chance"]
+    groups = [(name, group) for name, group in table.groupby("finding")] + [("all", table)]
+    lines = ["| finding | " + " | ".join(columns) + " | n |", "|---" * (len(columns) + 2) + "|"]
+    for name, group in groups:
+        lines.append(f"| {name} | " + " | ".join(f"{group[c].mean():.3f}" for c in columns) + f" | {len(group)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from flamingo_lib import FlamingoModel, FlamingoProcessor
+    from flamingo_lib.encoders.provenance import EncoderBuildMismatchWarning
     from flamingo_lib.pipeline import Pipeline
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
     parser.add_argument("--max-studies", type=int, default=250)
     args = parser.parse_args(argv)
+    # on another encoder build than the run trained on, every number here would be noise
+    warnings.simplefilter("error", EncoderBuildMismatchWarning)
     model_dir = f"{args.run_dir}/train/model"
     model, processor = FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
     test = Pipeline(run_dir=args.run_dir, progress=False).splits["test"]
     rows, stats = analyse(model, processor, [test[i] for i in range(min(args.max_studies, len(test)))])
     table = pd.DataFrame(rows)
-    summary = table.groupby("finding")[["hit_attention", "hit_rollout", "hit_gradient", "chance"]].mean()
-    summary.loc["all"] = table[["hit_attention", "hit_rollout", "hit_gradient", "chance"]].mean()
-    summary["n"] = table.groupby("finding").size().reindex(summary.index).fillna(len(table)).astype(int)
-    print(summary.round(3).to_markdown())
+    table.to_csv(f"{args.run_dir}/eval/resampler_attention.csv", index=False)
+    print(pointing_markdown(table))
     print("| layer | patch mass | patch entropy |\n|---|---|---|")
     for i, layer in enumerate(stats["layers"]):
         print(f"| {i} | {layer['patch_mass']:.3f} | {layer['patch_entropy']:.3f} |")
