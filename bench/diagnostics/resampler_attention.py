@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     test = Pipeline(run_dir=args.run_dir, progress=False).splits["test"]
     rows, stats = analyse(model, processor, [test[i] for i in range(min(args.max_studies, len(test)))])
     table = pd.DataFrame(rows)
-    table.to_csv(f"{args.run_dir}/eval/resampler_attention.csv", index=False)
+    eval_dir = Path(args.run_dir) / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)  # a run with only train/model would lose the analysis
+    table.to_csv(eval_dir / "resampler_attention.csv", index=False)
     print(pointing_markdown(table))
     print("| layer | patch mass | patch entropy |\n|---|---|---|")
     for i, layer in enumerate(stats["layers"]):
