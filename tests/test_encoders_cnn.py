@@ -50,3 +50,26 @@ def test_the_small_trunk_is_the_tiny_layout_with_two_convolutions_per_stage_and_
     assert small.pretrained_cfg["architecture"] == "flamingo_cxr_cnn_small"
     with pytest.raises(ValueError, match="flamingo_cxr_cnn_small has no published weights"):
         timm.create_model("flamingo_cxr_cnn_small", pretrained=True)
+
+
+def _receptive_field_width(net: torch.nn.Module, row: int, col: int) -> int:
+    """Columns of a 160-px input that the token at (row, col) of the 10 x 10 grid depends on."""
+    x = torch.randn(1, 3, 160, 160, requires_grad=True)
+    net.forward_features(x)[0, row * 10 + col].sum().backward()
+    columns = x.grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()
+    return int(columns.max() - columns.min() + 1)
+
+
+def test_the_local_trunk_is_the_small_one_without_the_context_convolution_so_its_tokens_see_91_px():
+    torch.manual_seed(0)
+    local = timm.create_model("flamingo_cxr_cnn_local", num_classes=0, pretrained_cfg=None).eval()
+    small = timm.create_model("flamingo_cxr_cnn_small", num_classes=0, pretrained_cfg=None).eval()
+    convs = [m for m in local.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [2, 1, 2, 1, 2, 1, 2, 1]
+    assert local.forward_features(torch.randn(1, 3, 160, 160)).shape == (1, 100, 128)
+    # a central token: nothing clipped by the border, so the width is the theoretical field
+    assert _receptive_field_width(local, 5, 5) == 91
+    assert _receptive_field_width(small, 5, 5) == 123
+    assert local.pretrained_cfg["architecture"] == "flamingo_cxr_cnn_local"
+    with pytest.raises(ValueError, match="flamingo_cxr_cnn_local has no published weights"):
+        timm.create_model("flamingo_cxr_cnn_local", pretrained=True)

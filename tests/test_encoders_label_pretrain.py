@@ -47,7 +47,7 @@ def test_label_pretraining_teaches_the_trunk_a_local_finding_its_random_init_doe
 
     images, labels = _films()
     held_out, held_labels = _films(32, seed=1)
-    trunk = timm.create_model("flamingo_cxr_cnn_small", num_classes=0, img_size=SIZE)
+    trunk = timm.create_model(_recipe().timm_model_name, num_classes=0, img_size=SIZE)  # the default trunk
     stats = pretrain_trunk_on_labels(trunk, images, labels, PREPROCESS, _recipe(), seed=0, progress=False)
     assert stats["label_steps"] == 60 and stats["label_loss_curve"][-1][1] < stats["label_loss_curve"][0][1]
     assert not trunk.training
@@ -72,7 +72,7 @@ def test_label_pretraining_is_seeded_and_rejects_labels_of_the_wrong_length():
     trunks = []
     for _ in range(2):
         torch.manual_seed(0)
-        trunk = timm.create_model("flamingo_cxr_cnn_small", num_classes=0, img_size=SIZE)
+        trunk = timm.create_model(_recipe().timm_model_name, num_classes=0, img_size=SIZE)  # the default trunk
         pretrain_trunk_on_labels(trunk, images, labels, PREPROCESS, _recipe(steps=5), seed=3, progress=False)
         trunks.append(trunk.state_dict())
     assert all(torch.equal(trunks[0][k], trunks[1][k]) for k in trunks[0])

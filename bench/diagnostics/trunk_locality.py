@@ -10,12 +10,14 @@ the finding's mask: the trunk's own pointing game, with chance the mask's share 
 This separates the trunk from the Flamingo built on it, whose pointing game
 (:mod:`flamingo_lib.grounding`) also goes through the resampler's and cross-attention's maps.
 
-    HF_HUB_OFFLINE=1 python -m bench.diagnostics.trunk_locality          # STEPS=400 (the default recipe)
-    STEPS=800 HF_HUB_OFFLINE=1 python -m bench.diagnostics.trunk_locality
+    HF_HUB_OFFLINE=1 python -m bench.diagnostics.trunk_locality          # the default recipe
+    TRUNK=flamingo_cxr_cnn_small STEPS=400 HF_HUB_OFFLINE=1 python -m bench.diagnostics.trunk_locality
 
 Trains the default trunk on the labeler's reading of the training reports exactly as the embedded
 build does (same seeds: the same weights), then scores every val film's masks. Training takes
-about 4 minutes on 2 idle cores at 400 steps and 6 at 800, plus rendering on a fresh machine.
+about 4 minutes on 2 idle cores at 400 steps and 6 at 800, plus rendering on a fresh machine
+(``TRUNK`` and ``STEPS`` override the recipe's trunk and steps; the README's session-9 numbers are
+``flamingo_cxr_cnn_small`` at 400 and 800 steps, the default of then).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def main() -> None:
     from flamingo_lib.encoders.probe import auroc
     from flamingo_lib.findings_head import FindingTargets
 
-    recipe = ClipRecipe(steps=int(os.environ.get("STEPS", ClipRecipe.steps)))
+    recipe = ClipRecipe(steps=int(os.environ.get("STEPS", ClipRecipe.steps)),
+                        timm_model_name=os.environ.get("TRUNK", ClipRecipe.timm_model_name))
     seed = 0
     config = open_clip_config(recipe, recipe.vocab_size)
     preprocess = config["preprocess_cfg"]

@@ -7,10 +7,11 @@ at toy size. Measured on the phantom (an attention probe on the frozen patch tok
 trunk blind to small findings, whatever its depth: probe micro-F1 0.61 (one convolution per
 stage) and 0.59 (two), lung lesions 0.55-0.57 and devices 0.54-0.70 AUROC; adding this loss to
 the contrastive one at weight 1 gave 0.53 and 0.64. Trained on the labels alone (this module,
-then LiT), two convolutions per stage reach 0.70 in 400 steps, the default (lesions 0.62,
-atelectasis 0.98), and 0.74 in 800 (lesions 0.72; but a Flamingo on those tokens fails the
-pointing game: README); trained on the films' truth instead, 0.76 (lesions 0.86): the reports
-leave many drawn lesions unsaid.
+then LiT), two convolutions per stage reach 0.70 in 400 steps (lesions 0.62, atelectasis 0.98)
+and 0.74 in 800 (lesions 0.72; but a Flamingo on those tokens fails the pointing game, README,
+unless the trunk drops its context convolution: ``flamingo_cxr_cnn_local`` at 800 steps is the
+default); trained on the films' truth instead, 0.76 (lesions 0.86): the reports leave many drawn
+lesions unsaid.
 
 The CLIP text tower and projection are then fitted to the locked trunk (LiT: Zhai et al., 2022;
 ``pretrain_clip(lock_trunk=True)``), so the directory is still a working open_clip CLIP.
