@@ -55,7 +55,7 @@ class GridConvNet(nn.Module):
         num_classes: classifier outputs (0: none, the pooled features are the output).
         img_size: the input size it is built for (recorded in ``default_cfg``).
         depth: convolutions per stage (the first of each has stride 2).
-        context: end with one more stride-1 convolution (receptive field +32 px at 160 px input).
+        context: end with one more stride-1 convolution (a 3x3 at stride 16: +32 px of receptive field).
     """
 
     def __init__(self, channels: tuple[int, ...] = (16, 48, 96, 128), num_classes: int = 1000,
