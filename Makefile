@@ -26,7 +26,7 @@ test-lib: $(STAMP)
 	$(PY) -m pytest tests/ -q
 
 # Notebooks run through nbmake; an empty notebooks/ folder passes (nothing to run yet). The whole
-# set takes 2.7 min on 2 idle cores with the encoders built, about 12 min on a fresh machine (00 builds
+# set takes 2.7 min on 2 idle cores with the encoders built, about 19 min on a fresh machine (00 builds
 # them); a cell may take 15 min on a loaded machine before it counts as hung (nbmake's default,
 # 5 min, failed cells of 03 and 04 while another job held the cores).
 test-notebooks: $(STAMP)

@@ -48,9 +48,9 @@ class ClipRecipe:
     context_length: int = 64
     vocab_size: int = 4096
     batch_size: int = 64
-    # 800: the local trunk carries more findings than at 400 (lesions, devices, pneumothorax; README)
-    # while its Flamingo's maps still point; the 123-px "_small" lost the pointing at 800
-    steps: int = 800
+    # 1600: the local trunk carries more findings than at 400 or 800 (lesions, devices, pneumothorax;
+    # README) while its Flamingo's maps still point; the 123-px "_small" lost the pointing at 800
+    steps: int = 1600
     lr: float = 2e-3
     warmup_steps: int = 20
     weight_decay: float = 0.05

@@ -9,7 +9,7 @@ stage) and 0.59 (two), lung lesions 0.55-0.57 and devices 0.54-0.70 AUROC; addin
 the contrastive one at weight 1 gave 0.53 and 0.64. Trained on the labels alone (this module,
 then LiT), two convolutions per stage reach 0.70 in 400 steps (lesions 0.62, atelectasis 0.98)
 and 0.74 in 800 (lesions 0.72; but a Flamingo on those tokens fails the pointing game, README,
-unless the trunk drops its context convolution: ``flamingo_cxr_cnn_local`` at 800 steps is the
+unless the trunk drops its context convolution: ``flamingo_cxr_cnn_local`` at 1600 steps is the
 default); trained on the films' truth instead, 0.76 (lesions 0.86): the reports leave many drawn
 lesions unsaid.
 
