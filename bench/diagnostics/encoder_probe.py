@@ -125,13 +125,18 @@ def train_dense(trunk: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         optimiser.zero_grad()
 
 
+def recipe_from_environment() -> ClipRecipe:
+    """The default :class:`ClipRecipe` with ``TRUNK``, ``IMAGE_SIZE`` and ``STEPS`` from the environment."""
+    overrides = {"timm_model_name": os.environ.get("TRUNK"), "image_size": os.environ.get("IMAGE_SIZE"),
+                 "steps": os.environ.get("STEPS")}
+    return ClipRecipe(**{k: v if k == "timm_model_name" else type(getattr(ClipRecipe, k))(v)
+                         for k, v in overrides.items() if v})
+
+
 def main(variant: str) -> None:
     torch.manual_seed(0)
     _patch_architecture()
-    overrides = {"timm_model_name": os.environ.get("TRUNK"), "image_size": os.environ.get("IMAGE_SIZE"),
-                 "steps": os.environ.get("STEPS")}
-    recipe = ClipRecipe(**{k: v if k == "timm_model_name" else type(getattr(ClipRecipe, k))(v)
-                           for k, v in overrides.items() if v})
+    recipe = recipe_from_environment()
     tokenizer = train_bpe_tokenizer(lm_documents("train", 0), recipe.vocab_size, recipe.context_length, append_eos=True)
     config = open_clip_config(recipe, len(tokenizer))
     preprocess = config["preprocess_cfg"]

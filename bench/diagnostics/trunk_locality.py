@@ -23,7 +23,6 @@ about 4 minutes on 2 idle cores at 400 steps and 6 at 800, plus rendering on a f
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 import torch
@@ -80,14 +79,15 @@ def pointing_hits(contributions: torch.Tensor, masks: Sequence[dict[str, torch.T
 
 def main() -> None:
     from flamingo_lib.encoders.clip_build import _labels
-    from flamingo_lib.encoders.clip_pretrain import ClipRecipe, build_clip, normalise, open_clip_config, render_images
+    from flamingo_lib.encoders.clip_pretrain import build_clip, normalise, open_clip_config, render_images
     from flamingo_lib.encoders.corpus import phantom, studies
     from flamingo_lib.encoders.label_pretrain import label_head, pretrain_trunk_on_labels
     from flamingo_lib.encoders.probe import auroc
     from flamingo_lib.findings_head import FindingTargets
 
-    recipe = ClipRecipe(steps=int(os.environ.get("STEPS", ClipRecipe.steps)),
-                        timm_model_name=os.environ.get("TRUNK", ClipRecipe.timm_model_name))
+    from bench.diagnostics.encoder_probe import recipe_from_environment
+
+    recipe = recipe_from_environment()  # TRUNK, IMAGE_SIZE, STEPS
     seed = 0
     config = open_clip_config(recipe, recipe.vocab_size)
     preprocess = config["preprocess_cfg"]

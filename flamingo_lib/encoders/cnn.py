@@ -8,7 +8,7 @@ stage, no context convolution), trained on the reports' labels
 token of ``_small`` sees 123 of the 160 px (nine 3x3 convolutions), so once trained long enough
 a token beside the heart carries the heart's size, and the Flamingo built on it reads the
 findings off the wrong cells (its attention maps fail the pointing game). ``_local``'s tokens see
-91 px: the same 800 steps keep the maps on the findings and carry more of them (README, "Quality
+91 px: at 800 and 1600 steps the maps stay on the findings, which the tokens carry more of (README, "Quality
 on the embedded default"). ``_small`` (with the context convolution) was the default before;
 ``_tiny`` (one per stage), CLIP-trained by the same recipe (400 steps
 of 64 on 5k phantom films, ~2 minutes on 2 cores either way), an attention probe on its frozen
