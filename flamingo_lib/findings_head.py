@@ -5,9 +5,10 @@ default that signal is too thin for it to pull most findings out of the encoder'
 trained on *oracle* tokens that spell out the findings, the same cross-attention and frozen LM
 name them at the reference reports' ceiling (`bench/diagnostics/oracle_features.py`), on the
 real tokens they name only the heart and effusions. A linear classifier on the latents, trained
-with binary cross-entropy on the labeler's reading of each training report (what MIMIC-CXR-JPG
-distributes as its CheXpert labels), gives the resampler a direct signal to make the findings
-readable in its latents; the cross-attention then reads them as it reads the oracle's.
+with binary cross-entropy on each training study's labels (:class:`FindingTargets`: the dataset's
+own, such as MIMIC-CXR-JPG's CheXpert table or the phantom's image truth, else the labeler's reading
+of the report), gives the resampler a direct signal to make the findings readable in its latents;
+the cross-attention then reads them as it reads the oracle's.
 
 The head is also a classifier in its own right: :meth:`FlamingoModel.predict_findings`.
 """
@@ -26,6 +27,9 @@ from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
 #: The observations the head predicts by default: the 14 CheXpert observations but "No Finding"
 #: (an absence, implied by the others).
 FINDINGS_OBSERVATIONS: tuple[str, ...] = tuple(obs for obs in CHEXPERT_OBSERVATIONS if obs != "No Finding")
+
+#: Where the head's targets come from (:meth:`FindingTargets.for_samples`).
+FINDINGS_TARGET_SOURCES: tuple[str, ...] = ("labels", "reports", "both")
 
 
 class FindingsHead(nn.Module):
@@ -66,7 +70,8 @@ def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class FindingTargets:
     """Report text -> (K,) targets: 1.0 where the labeler reads the observation as positive
     (uncertain and negative mentions are 0, as in the clinical-efficacy convention); memoised,
-    since a training run reads each report once per epoch.
+    since a training run reads each report once per epoch. :meth:`for_samples` prefers a study's
+    own labels.
 
     Args:
         observations: the head's observations, in order.
@@ -87,4 +92,31 @@ class FindingTargets:
                 labels = self.labeler(report)
                 self._read[report] = torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
             rows.append(self._read[report])
+        return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))
+
+    def for_samples(self, samples: Sequence[Any], source: str = "labels") -> torch.Tensor:
+        """(B,) studies -> (B, K) float targets.
+
+        Args:
+            source: ``"reports"``: the labeler's reading of each report. ``"labels"``: each study's own
+                ``labels`` (the dataset's: the phantom's image truth, MIMIC-CXR-JPG's CheXpert table,
+                IU X-Ray's MeSH terms; positive = 1.0). ``"both"``: their mean, so the head learns the
+                average of the two probabilities (0.5 where they disagree). A study with no labels at
+                all (every value ``None``) gets the reading whatever the source.
+
+        Why the labels: the head is the judge of findings-guided decoding, and a report's wording is
+        a noisy copy of what the image shows (hedged findings read as uncertain, a parent observation
+        left unnamed). Why both: a report is scored against the image and against the reference's
+        wording, and with the mean the judge weighs the two equally.
+        """
+        if source not in FINDINGS_TARGET_SOURCES:
+            raise ValueError(f"findings targets come from one of {FINDINGS_TARGET_SOURCES}, got {source!r}")
+        rows = []
+        for sample in samples:
+            labels = getattr(sample, "labels", None) or {}
+            if source == "reports" or not any(value is not None for value in labels.values()):
+                rows.append(self([sample.report])[0])
+                continue
+            own = torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
+            rows.append(own if source == "labels" else (own + self([sample.report])[0]) / 2)
         return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))

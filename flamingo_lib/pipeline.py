@@ -47,6 +47,7 @@ class PipelineSettings:
     # The auxiliary findings head on the resampler's latents (flamingo_lib.findings_head) and the
     # weight of its loss; 0: no head. README, "Quality on the embedded default".
     findings_loss_weight: float = 1.0
+    findings_targets: str = "labels"  # see TrainConfig.findings_targets
     eval_every: int = 50
     seed: int = 0
     num_beams: int = 1
@@ -55,7 +56,7 @@ class PipelineSettings:
     usage_samples: int = 8
     # Findings-guided decoding (flamingo_lib.guided_decoding), scored as a system of its own when
     # the model has a findings head: candidates sampled per study; 0: off.
-    guided_candidates: int = 16
+    guided_candidates: int = 32
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False
@@ -75,9 +76,10 @@ class PipelineSettings:
 
         # the feature format too: a model trained on features of another format reads other inputs
         key = {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
-        if self.findings_loss_weight > 0:  # the findings head learns the labeler's readings
+        if self.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings
             from flamingo_lib.labeler import rules_version
 
+            key["findings_targets"] = self.findings_targets
             key["labeler"] = rules_version()
         return key
 
@@ -166,10 +168,11 @@ class Pipeline:
         defaults = PipelineSettings().training_key()
         # keys written before they were recorded: format 1's features, no findings head, and a
         # findings head trained on readings of an unknown labeler
-        saved = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None} | saved
+        saved = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None, "findings_targets": "reports"} | saved
         key = {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
         if not key["findings_loss_weight"]:
             key.pop("labeler")  # without the head, training never reads the labeler
+            key.pop("findings_targets")  # nor reads any targets
         return key
 
     def _result_key(self) -> dict[str, Any]:
@@ -206,7 +209,7 @@ class Pipeline:
                              lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
                              ff_gate_open_step=s.ff_gate_open_step, repeat_factor_threshold=s.repeat_factor_threshold,
                              warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
-                             eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
+                             findings_targets=s.findings_targets, eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
                              compile=s.compile, extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
                           ReportCollator(processor, self.feature_cache), config)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flamingo_lib.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
-from flamingo_lib.findings_head import FindingTargets
+from flamingo_lib.findings_head import FINDINGS_TARGET_SOURCES, FindingTargets
 from flamingo_lib.optimisation import lr_schedule, parameter_groups
 from flamingo_lib.sampling import epoch_order, repeat_factors, study_labels
 from flamingo_lib.train_config import TrainConfig
@@ -33,10 +33,12 @@ __all__ = ["ReportCollator", "TrainConfig", "Trainer", "main"]
 class ReportCollator:
     """CXRSamples -> a training batch (labels included), from pixels or from cached features;
     with ``finding_targets`` (:class:`~flamingo_lib.findings_head.FindingTargets`), also the
-    findings head's ``finding_labels`` (B, K), read from the reports."""
+    findings head's ``finding_labels`` (B, K), from the source ``findings_targets`` names
+    (:meth:`~flamingo_lib.findings_head.FindingTargets.for_samples`)."""
 
     def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None) -> None:
         self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
+        self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         images = [list(s.images) for s in samples]
@@ -45,7 +47,7 @@ class ReportCollator:
             batch.pop("pixel_values")
             batch["image_embeddings"] = self.feature_cache.stack(images)
         if self.finding_targets is not None:
-            batch["finding_labels"] = self.finding_targets([s.report for s in samples])
+            batch["finding_labels"] = self.finding_targets.for_samples(samples, self.findings_targets)
         batch["ids"] = [s.id for s in samples]
         return batch
 
@@ -78,8 +80,12 @@ class Trainer:
             if model.config.findings_head is None:
                 raise ValueError(f"findings_loss_weight={config.findings_loss_weight} but the model has no findings "
                                  "head: build it with FlamingoConfig(findings_head=[observation names])")
-            if collator.finding_targets is None:  # read the head's targets from the reports
+            if config.findings_targets not in FINDINGS_TARGET_SOURCES:
+                raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, "
+                                 f"got {config.findings_targets!r}")
+            if collator.finding_targets is None:  # the labeler, for reports (and studies without labels)
                 collator.finding_targets = FindingTargets(model.config.findings_head)
+            collator.findings_targets = config.findings_targets
         self.repeat_factors = (None if config.repeat_factor_threshold is None
                                else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)

@@ -38,6 +38,10 @@ class TrainConfig:
     # Weight of the findings head's binary cross-entropy (flamingo_lib.findings_head) added to the
     # LM loss; 0: the head, if any, does not train. Needs a model built with findings_head=[...].
     findings_loss_weight: float = 0.0
+    # What the findings head learns: "labels", each study's own labels (the dataset's; the labeler's
+    # reading of its report where it has none), "reports", always the labeler's reading, or "both",
+    # their mean (flamingo_lib.findings_head.FindingTargets.for_samples says why).
+    findings_targets: str = "labels"
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0

@@ -85,14 +85,62 @@ def test_targets_are_the_labelers_positive_readings_read_once_per_report():
     assert "No Finding" not in FINDINGS_OBSERVATIONS and len(FINDINGS_OBSERVATIONS) == 13
 
 
-def test_training_with_the_head_teaches_it_the_findings_of_the_reports(tmp_path):
+def test_targets_of_studies_are_their_own_labels_and_the_labelers_reading_only_without_any():
+    from flamingo_lib.data.sample import CXRSample
+
+    reads = []
+
+    def labeler(text):
+        reads.append(text)
+        return {"Edema": 1.0} if "edema" in text else {}
+
+    targets = FindingTargets(["Edema", "Pleural Effusion"], labeler)
+    hedged = CXRSample(id="a", images=[], report="Possible effusion. The lungs are clear.",
+                       labels={"Edema": 0.0, "Pleural Effusion": 1.0, "Cardiomegaly": None})
+    uncertain = CXRSample(id="b", images=[], report="Mild edema.", labels={"Edema": -1.0, "Pleural Effusion": None})
+    only_no_finding = CXRSample(id="c", images=[], report="Mild edema.", labels={"No Finding": 1.0})
+    unlabelled = CXRSample(id="d", images=[], report="Mild edema.", labels={"Edema": None})
+    bare = CXRSample(id="e", images=[], report="Mild edema.")
+    got = targets.for_samples([hedged, uncertain, only_no_finding, unlabelled, bare])
+    # the labels win over the text; uncertain (-1) and unmentioned (None) are not positive
+    assert got.tolist() == [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    assert reads == ["Mild edema."]  # read once, and only for the studies without any label
+    assert targets.for_samples([]).shape == (0, 2)
+    # "reports": the reading whatever the labels; "both": the mean of labels and reading
+    assert targets.for_samples([hedged, uncertain], "reports").tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    assert targets.for_samples([hedged, uncertain, bare], "both").tolist() == [[0.0, 0.5], [0.5, 0.0], [1.0, 0.0]]
+    with pytest.raises(ValueError, match=r"one of \('labels', 'reports', 'both'\), got 'text'"):
+        targets.for_samples([hedged], "text")
+
+
+def test_the_trainer_gives_the_head_labels_or_readings_as_configured(tmp_path):
+    from dataclasses import replace
+
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=["Pleural Effusion", "Cardiomegaly"])
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    # a study whose labels disagree with its report: the report names no effusion
+    study = replace(SAMPLES[0], report="Heart size is normal. The lungs are clear.",
+                    labels={"Pleural Effusion": 1.0, "Cardiomegaly": 0.0})
+    for source, expected in (("labels", [[1.0, 0.0]]), ("reports", [[0.0, 0.0]]), ("both", [[0.5, 0.0]])):
+        collator = ReportCollator(processor)
+        Trainer(model, [study], None, collator,
+                TrainConfig(out_dir=str(tmp_path / source), max_steps=1, findings_loss_weight=1.0,
+                            findings_targets=source, progress=False))
+        assert collator(([study]))["finding_labels"].tolist() == expected
+    with pytest.raises(ValueError, match="findings_targets must be one of .*, got 'text'"):
+        Trainer(model, [study], None, ReportCollator(processor),
+                TrainConfig(out_dir=str(tmp_path / "bad"), max_steps=1, findings_loss_weight=1.0,
+                            findings_targets="text", progress=False))
+
+
+def test_training_with_the_head_teaches_it_the_findings_of_the_studies(tmp_path):
     config = FlamingoConfig.from_preset("tiny-random", findings_head=list(FINDINGS_OBSERVATIONS))
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     train_config = TrainConfig(out_dir=str(tmp_path), max_steps=30, batch_size=4, lr=3e-3, warmup_steps=2,
                                eval_every=10, save_every=30, findings_loss_weight=1.0, progress=False)
     collator = ReportCollator(processor)
     trainer = Trainer(model, SAMPLES, SAMPLES[:2], collator, train_config)
-    assert collator.finding_targets is not None  # the trainer reads the targets from the reports
+    assert collator.finding_targets is not None  # the trainer gives the head its targets
     trainer.fit()
     header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert header == "step,epoch,train_loss,val_loss,findings_loss,lr,samples_per_s"

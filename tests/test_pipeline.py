@@ -132,6 +132,10 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary_path.write_text(json.dumps(summary))
     assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
     assert not Pipeline(run_dir=str(run), **{**SMALL, "repeat_factor_threshold": 0.3})._trained_for_these_settings()
+    del summary["config"]["extra"]["pipeline"]["findings_targets"]  # before the knob: the reports' readings
+    summary_path.write_text(json.dumps(summary))
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **{**SMALL, "findings_targets": "reports"})._trained_for_these_settings()
     del summary["config"]["extra"]["pipeline"]["findings_loss_weight"]  # before the findings head: none
     summary_path.write_text(json.dumps(summary))
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         config = TrainConfig(out_dir=out, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
                              gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
                              warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
+                             findings_targets=s.findings_targets,
                              eval_every=s.max_steps, save_every=10 ** 9, seed=s.seed,
                              progress=True)
         Trainer(model, pipeline.splits["train"], pipeline.splits["val"], OracleCollator(processor, oracle),
