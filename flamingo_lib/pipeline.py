@@ -56,7 +56,7 @@ class PipelineSettings:
     usage_samples: int = 8
     # Findings-guided decoding (flamingo_lib.guided_decoding), scored as a system of its own when
     # the model has a findings head: candidates sampled per study; 0: off.
-    guided_candidates: int = 32
+    guided_candidates: int = 64
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False
