@@ -167,8 +167,9 @@ class Pipeline:
         was trained: a new knob's default is the behaviour the run had, so it is not retrained."""
         defaults = PipelineSettings().training_key()
         # keys written before they were recorded: format 1's features, no findings head, and a
-        # findings head trained on readings of an unknown labeler
-        saved = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None, "findings_targets": "reports"} | saved
+        # findings head trained on the reports' readings (session 12 and before) of an unknown labeler
+        before = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None, "findings_targets": "reports"}
+        saved = before | saved
         key = {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
         if not key["findings_loss_weight"]:
             key.pop("labeler")  # without the head, training never reads the labeler
@@ -209,7 +210,8 @@ class Pipeline:
                              lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
                              ff_gate_open_step=s.ff_gate_open_step, repeat_factor_threshold=s.repeat_factor_threshold,
                              warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
-                             findings_targets=s.findings_targets, eval_every=s.eval_every, save_every=s.max_steps, seed=s.seed, progress=s.progress,
+                             findings_targets=s.findings_targets, eval_every=s.eval_every, save_every=s.max_steps,
+                             seed=s.seed, progress=s.progress,
                              compile=s.compile, extra={"pipeline": s.training_key()})
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
                           ReportCollator(processor, self.feature_cache), config)

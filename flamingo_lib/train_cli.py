@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flamingo_lib.findings_head import FINDINGS_TARGET_SOURCES
 from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--findings-loss-weight", type=float, default=defaults.findings_loss_weight,
                         help="add a findings head on the resampler's latents, trained with this loss weight "
                              "(0: no head; the pipeline uses 1)")
-    parser.add_argument("--findings-targets", choices=("labels", "reports", "both"), default=defaults.findings_targets,
+    parser.add_argument("--findings-targets", choices=FINDINGS_TARGET_SOURCES, default=defaults.findings_targets,
                         help="what the findings head learns: each study's own labels (the labeler's reading of "
                              "its report where it has none), the labeler's reading of every report, or their mean")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lr=args.lr, gate_lr_mult=args.gate_lr_mult, ff_gate_lr_mult=args.ff_gate_lr_mult,
         ff_gate_open_step=args.ff_gate_open_step, repeat_factor_threshold=args.repeat_factor_threshold,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, findings_loss_weight=args.findings_loss_weight,
-        findings_targets=args.findings_targets, max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
+        findings_targets=args.findings_targets, max_grad_norm=args.max_grad_norm, eval_every=args.eval_every,
+        save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         compile=args.compile,
         extra={"preset": args.preset, "data": args.data},

@@ -157,14 +157,15 @@ def test_epoch_order_is_a_fixed_permutation_per_epoch():
     assert epoch_order(10, 0, 0) == epoch_order(10, 0, 0) != epoch_order(10, 0, 1)
 
 
-def test_command_line_trains_and_resumes_on_templated_phantom_data(tmp_path):
+def test_command_line_trains_with_the_findings_head_and_resumes_on_templated_phantom_data(tmp_path):
     from flamingo_lib.train import main
 
     common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
               "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
-              "--save-every", "2", "--warmup-steps", "1"]
+              "--save-every", "2", "--warmup-steps", "1", "--findings-loss-weight", "1", "--findings-targets", "both"]
     first = main([*common, "--max-steps", "2", "--cache-features", str(tmp_path / "features")])
     assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
+    assert first["config"]["findings_targets"] == "both" and first["config"]["findings_loss_weight"] == 1.0
     resumed = main([*common, "--max-steps", "4", "--resume"])
     assert resumed["steps"] == 4
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5

@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", default=defaults.data, help="a templated phantom source (default: the pipeline's)")
     args = parser.parse_args(argv)
     if not args.data.startswith("phantom"):
-        raise SystemExit(f"--data must be a phantom source (the second reader writes from its findings), got {args.data!r}")
+        raise SystemExit(f"--data must be a phantom source (the second reader writes from its findings), "
+                         f"got {args.data!r}")
     split = open_source(args.data, args.split, defaults.image_size, None, seed=defaults.seed)
     samples = [split[i] for i in range(len(split))]
     if not any(s.findings for s in samples):
