@@ -41,9 +41,10 @@ class Candidates:
 @torch.no_grad()
 def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_candidates: int = 16,
                       labeler: Callable[[str], Labels] | None = None, batch_size: int = 4,
-                      max_new_tokens: int = 60, seed: int = 0, progress: bool = True) -> Candidates:
-    """The greedy report, ``num_candidates`` sampled reports (temperature 1) and the findings
-    head's probabilities of every study; the caller's RNG state is left alone.
+                      max_new_tokens: int = 60, seed: int = 0, progress: bool = True,
+                      temperature: float = 1.0, top_p: float = 1.0) -> Candidates:
+    """The greedy report, ``num_candidates`` sampled reports (``temperature``, nucleus ``top_p``)
+    and the findings head's probabilities of every study; the caller's RNG state is left alone.
 
     Raises:
         ValueError: the model has no findings head, or ``num_candidates`` < 1.
@@ -52,6 +53,8 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
         raise ValueError("findings-guided decoding needs a model with a findings head (config.findings_head)")
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     if labeler is None:
         from flamingo_lib.labeler import label_report as labeler
     model.eval()
@@ -65,7 +68,7 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
             images = [list(s.images) for s in chunk]
             greedy = model.generate_captions(processor, images, max_length=max_new_tokens)
             sampled = model.generate_captions(processor, images, max_length=max_new_tokens, do_sample=True,
-                                              top_k=0, top_p=1.0, temperature=1.0,
+                                              top_k=0, top_p=top_p, temperature=temperature,
                                               num_return_sequences=num_candidates)
             pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
             head = model.predict_findings(pixel_values=pixels.to(device))
@@ -116,21 +119,25 @@ def tune_threshold(candidates: Candidates, truth: Sequence[Labels], observations
 
 def guided_reports(model: Any, processor: Any, val_samples: Sequence[Any], val_truth: Sequence[Labels],
                    test_samples: Sequence[Any], observations: Sequence[str] | None = None,
-                   num_candidates: int = 16, **sampling: Any) -> tuple[list[str], str]:
+                   num_candidates: int = 16, temperature: float = 1.0, top_p: float = 1.0,
+                   **sampling: Any) -> tuple[list[str], str]:
     """Findings-guided reports for ``test_samples``, the threshold picked on ``val_samples``.
 
     Args:
         val_truth: the val studies' labels (image truth, or the labeler's reading of the reference).
         observations: the ones the threshold is picked on (default: the head's).
+        temperature, top_p: how the candidates are sampled.
         sampling: passed to :func:`sample_candidates` (``max_new_tokens``, ``seed``, ``progress``...).
 
     Returns:
         (one report per test study, a protocol note saying how they were made).
     """
+    sampling |= {"temperature": temperature, "top_p": top_p}
     val = sample_candidates(model, processor, val_samples, num_candidates, **sampling)
     threshold, scores = tune_threshold(val, val_truth, observations)
     test = sample_candidates(model, processor, test_samples, num_candidates, **sampling)
-    note = (f"'{SYSTEM_NAME}': per study, the greedy report and {num_candidates} sampled reports (temperature 1), "
+    note = (f"'{SYSTEM_NAME}': per study, the greedy report and {num_candidates} sampled reports "
+            f"(temperature {temperature}, top-p {top_p}), "
             "read by the labeler; kept: the one maximising the sum, over the findings it states, of (findings-head "
             f"probability - threshold); threshold {threshold} picked on the val split ({len(val_samples)} studies; "
             "findings micro-F1 per threshold: " + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")

@@ -68,3 +68,20 @@ def test_candidates_are_the_greedy_report_then_samples_and_the_heads_probabiliti
         sample_candidates(model, processor, studies, num_candidates=0)
     with pytest.raises(ValueError, match="needs a model with a findings head"):
         sample_candidates(tiny[0], tiny[1], studies)
+
+
+def test_sampling_temperature_reaches_the_samples_and_is_checked():
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=list(OBS))
+    model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
+    open_gates(model)
+    studies = [SimpleNamespace(id=f"s{k}", images=[xray_like(k)]) for k in range(2)]
+    common = dict(num_candidates=4, batch_size=2, max_new_tokens=6, progress=False)
+    hot = sample_candidates(model, processor, studies, temperature=1.0, **common)
+    # the random tiny LM is nearly flat: at temperature 1 its samples differ from the greedy report
+    assert any(len(set(options)) > 1 for options in hot.reports)
+    # near zero temperature every sample is the argmax path: the greedy report again
+    cold = sample_candidates(model, processor, studies, temperature=1e-4, **common)
+    assert all(set(options) == {options[0]} for options in cold.reports)
+    for bad in (dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5)):
+        with pytest.raises(ValueError, match="temperature > 0 and 0 < top_p <= 1"):
+            sample_candidates(model, processor, studies, **common, **bad)

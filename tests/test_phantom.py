@@ -233,6 +233,8 @@ def test_templated_splits_are_fixed_sized_disjoint_and_deterministic() -> None:
     assert again.label_frame().equals(splits["val"].label_frame())
     other_seed = PhantomCXR("val", text="templated", seed=1, cache=False)
     assert not other_seed.label_frame().equals(splits["val"].label_frame())
+    # the reports without rendering: the same texts the samples carry
+    assert again.reports[:2] == [again[0].report, again[1].report] and len(again.reports) == len(again)
 
 
 def _report(number: int, sections: dict[str, str], mesh: tuple[str, ...] = ()) -> IUReport:

@@ -179,6 +179,11 @@ class PhantomCXR:
         """Study ids in index order."""
         return [s.id for s in self._studies]
 
+    @property
+    def reports(self) -> list[str]:
+        """Report texts in index order, without rendering any film."""
+        return [s.report for s in self._studies]
+
     def image_seed(self, index: int) -> int:
         """The render seed of study ``index``: ``sha256(report id, dataset seed)``."""
         return stable_seed("phantom-image", self._studies[index].id, self.seed)
