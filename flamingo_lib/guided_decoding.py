@@ -47,7 +47,8 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
     and the findings head's probabilities of every study; the caller's RNG state is left alone.
 
     Raises:
-        ValueError: the model has no findings head, or ``num_candidates`` < 1.
+        ValueError: the model has no findings head, ``num_candidates`` < 1, ``temperature`` <= 0 or
+            ``top_p`` outside (0, 1].
     """
     if model.config.findings_head is None:
         raise ValueError("findings-guided decoding needs a model with a findings head (config.findings_head)")
