@@ -86,13 +86,20 @@ class FindingTargets:
 
     def __call__(self, reports: Sequence[str]) -> torch.Tensor:
         """(B,) reports -> (B, K) float targets."""
-        rows = []
-        for report in reports:
-            if report not in self._read:
-                labels = self.labeler(report)
-                self._read[report] = torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
-            rows.append(self._read[report])
-        return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))
+        return self._stack([self._reading(report) for report in reports])
+
+    def _positives(self, labels: Mapping[str, Any]) -> torch.Tensor:
+        """(K,): 1.0 where ``labels`` says positive (exactly 1.0)."""
+        return torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
+
+    def _reading(self, report: str) -> torch.Tensor:
+        """(K,) positives of the labeler's reading of ``report``, read once."""
+        if report not in self._read:
+            self._read[report] = self._positives(self.labeler(report))
+        return self._read[report]
+
+    def _stack(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(rows)) if rows else torch.zeros(0, len(self.observations))
 
     def for_samples(self, samples: Sequence[Any], source: str = "labels") -> torch.Tensor:
         """(B,) studies -> (B, K) float targets.
@@ -115,8 +122,8 @@ class FindingTargets:
         for sample in samples:
             labels = getattr(sample, "labels", None) or {}
             if source == "reports" or not any(value is not None for value in labels.values()):
-                rows.append(self([sample.report])[0])
+                rows.append(self._reading(sample.report))
                 continue
-            own = torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
-            rows.append(own if source == "labels" else (own + self([sample.report])[0]) / 2)
-        return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))
+            own = self._positives(labels)
+            rows.append(own if source == "labels" else (own + self._reading(sample.report)) / 2)
+        return self._stack(rows)
