@@ -2,7 +2,9 @@
 resampler's attention over patches, as a heatmap over the image.
 
 For text position i, image t, cross-attention layer l and head h, the weight on latent j is
-``xattn[l][h, i, t*n + j]``. Each latent's dependence on the patches is the resampler's attention
+``xattn[l][h, i, t*m + j]``, m the media tokens per image: the n latents, then (models with
+``findings_tokens``) the study's K findings tokens, which are not image regions: the maps over the
+image leave their weight out, :meth:`AttentionMaps.findings_weights` reports it. Each latent's dependence on the patches is the resampler's attention
 rolled out through its layers (the residual keeps what earlier layers gathered):
 ``R_k = R_{k-1} + A_k[:, patches] + A_k[:, latents] @ R_{k-1}``, rows normalised at the end.
 The token's map over patches is ``xattn_weights @ R``.
@@ -44,14 +46,30 @@ class AttentionMaps:
     """Attention weights of one teacher-forced forward pass.
 
     Attributes:
-        xattn: per cross-attention layer, (B, H, L, T*n).
+        xattn: per cross-attention layer, (B, H, L, T*m).
         resampler: per resampler layer, (B, T, H_r, n, P + n).
         num_latents: n.
+        num_findings_tokens: K, the findings tokens after each image's latents (m = n + K).
     """
 
     xattn: list[torch.Tensor]
     resampler: list[torch.Tensor]
     num_latents: int
+    num_findings_tokens: int = 0
+
+    @property
+    def media_per_image(self) -> int:
+        return self.num_latents + self.num_findings_tokens
+
+    def _xattn_weights(self, sample: int, position: int, image: int, start: int, stop: int,
+                       layer: int | None, head: int | None) -> torch.Tensor:
+        """Weights on media tokens [start, stop) of ``image``, averaged over layers and heads
+        (or the chosen ones)."""
+        layers = self.xattn if layer is None else [self.xattn[layer]]
+        offset = image * self.media_per_image
+        weights = torch.stack([l[sample, :, position, offset + start:offset + stop].float().cpu() for l in layers])
+        weights = weights.mean(0)  # (H, stop - start)
+        return weights.mean(0) if head is None else weights[head]
 
     @property
     def num_patches(self) -> int:
@@ -69,13 +87,15 @@ class AttentionMaps:
     def token_relevance(self, sample: int, position: int, image: int = 0, layer: int | None = None,
                         head: int | None = None) -> torch.Tensor:
         """(P,) relevance of each patch to text ``position`` (sums to the attention mass on that
-        image: 0 for text that cannot see it). ``layer`` / ``head`` None average over them."""
-        layers = self.xattn if layer is None else [self.xattn[layer]]
-        n = self.num_latents
-        weights = torch.stack([l[sample, :, position, image * n:(image + 1) * n].float().cpu() for l in layers])
-        weights = weights.mean(0)  # (H, n)
-        weights = weights.mean(0) if head is None else weights[head]
+        image's latents: 0 for text that cannot see it). ``layer`` / ``head`` None average over them."""
+        weights = self._xattn_weights(sample, position, image, 0, self.num_latents, layer, head)
         return weights @ self.latent_to_patch(sample, image)
+
+    def findings_weights(self, sample: int, position: int, image: int = 0, layer: int | None = None,
+                         head: int | None = None) -> torch.Tensor:
+        """(K,) attention of text ``position`` on the findings tokens that follow ``image``
+        (in ``config.findings_head`` order; empty without findings tokens)."""
+        return self._xattn_weights(sample, position, image, self.num_latents, self.media_per_image, layer, head)
 
 
 @torch.no_grad()
@@ -86,7 +106,8 @@ def capture_attention(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         xattn = [layer.gated_cross_attn.attn.last_attention for layer in flamingo_layers(model)]
         resampler = [attn.last_attention for attn, _ in model.flamingo.perceiver.layers]
-    return logits, AttentionMaps(xattn, resampler, model.config.resampler_num_latents)
+    findings = len(model.config.findings_head) if model.config.findings_tokens else 0
+    return logits, AttentionMaps(xattn, resampler, model.config.resampler_num_latents, findings)
 
 
 def patch_grid(num_patches: int) -> tuple[int, int]:

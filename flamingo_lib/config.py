@@ -110,6 +110,9 @@ class FlamingoConfig(PretrainedConfig):
         findings_head: observation names of an auxiliary findings classifier on the resampled
             visual features (:mod:`flamingo_lib.findings_head`), trained when the batch carries
             ``finding_labels``; None (default): no head.
+        findings_tokens: hand the head's probabilities to the LM as one extra media token per
+            observation after every image's latents (:mod:`flamingo_lib.findings_tokens`); needs
+            ``findings_head``. Default False: the media are the latents alone.
         image_token: the added token that marks where an image sits in the text.
         eoc_token: the added end-of-chunk token that ends a report.
         image_token_id: id of ``image_token``; set when the model or processor is built.
@@ -141,6 +144,7 @@ class FlamingoConfig(PretrainedConfig):
         only_attend_immediate_media: bool = True,
         seed: int = 0,
         findings_head: list[str] | None = None,
+        findings_tokens: bool = False,
         image_token: str = "<image>",
         eoc_token: str = "<EOC>",
         image_token_id: int | None = None,
@@ -184,6 +188,10 @@ class FlamingoConfig(PretrainedConfig):
                                           or not all(isinstance(o, str) for o in findings_head)):
             raise ValueError(f"findings_head must be None or a non-empty list of observation names, got {findings_head!r}")
         self.findings_head = None if findings_head is None else list(findings_head)
+        if findings_tokens and findings_head is None:
+            raise ValueError("findings_tokens=True hands the findings head's probabilities to the LM, "
+                             "but findings_head is None: name its observations too")
+        self.findings_tokens = bool(findings_tokens)
         self.image_token = image_token
         self.eoc_token = eoc_token
         self.image_token_id = image_token_id

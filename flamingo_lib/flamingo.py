@@ -11,6 +11,7 @@ from torch import nn
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.cross_attention import GatedCrossAttentionBlock, all_seen_masks, media_masks
 from flamingo_lib.findings_head import FindingsHead
+from flamingo_lib.findings_tokens import FindingsTokens
 from flamingo_lib.language import load_language_model
 from flamingo_lib.lm_injection import flamingo_layers, inject_cross_attention, lm_flamingo_layers
 from flamingo_lib.new_tokens import add_token_rows
@@ -66,6 +67,8 @@ class Flamingo(nn.Module):
             add_token_rows(self.lm, [config.image_token_id, config.eoc_token_id], generator)
             self.findings_head = None if config.findings_head is None else FindingsHead(
                 config.resampler_num_latents, dim_visual, len(config.findings_head))
+            self.findings_tokens = FindingsTokens(len(config.findings_head), dim_visual) \
+                if config.findings_tokens else None
         self.freeze_lm() if config.freeze_language_model else self.unfreeze_lm()
         self.freeze_vm() if config.freeze_vision_model else self.unfreeze_vm()
 

@@ -76,7 +76,7 @@ class FlamingoGenerationMixin(GenerationMixin):
             return super().generate(input_ids=input_ids, attention_mask=attention_mask,
                                     visual_features=features, **kwargs)
         finally:
-            self._generating, self._all_media_seen_from = False, None
+            self._generating, self._all_media_seen_from, self._media_memo = False, None, None
             if isinstance(head, DecoupledLMHead):
                 head.new_logit_bias = None
             self.flamingo.condition(None, None)

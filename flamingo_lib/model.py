@@ -21,6 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.config import FlamingoConfig
 from flamingo_lib.findings_head import findings_loss
+from flamingo_lib.findings_tokens import append_findings_tokens
 from flamingo_lib.flamingo import Flamingo
 from flamingo_lib.generation import FlamingoGenerationMixin
 from flamingo_lib.loss import LOSS_REDUCTIONS, causal_lm_loss
@@ -64,6 +65,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         )
         self._generating = False
         self._all_media_seen_from: int | None = None  # generate: positions from here on see every image
+        # generate: (resolved features, their conditioning media), so that every step hands the
+        # layers the same media tensor and their cached media keys/values stay valid
+        self._media_memo: tuple[torch.Tensor, torch.Tensor] | None = None
         # Compute each cross-attention layer's media keys/values once per `generate` call (the
         # media do not change between steps). False recomputes them at every step, as
         # open_flamingo does: kept switchable for benchmarks and debugging.
@@ -213,7 +217,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         if media_time is None and not all_media_seen:
             media_time = self._media_time(input_ids, media_locations, features.shape[1])
         out = self.flamingo(
-            input_ids, features, media_time, reuse_media_kv=self._generating and self.cache_media_kv,
+            input_ids, self._media_for(features), media_time, reuse_media_kv=self._generating and self.cache_media_kv,
             all_media_seen=all_media_seen,
             attention_mask=attention_mask,
             cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
@@ -225,6 +229,25 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
             aux_loss = findings_loss(findings_logits, finding_labels)
         return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
                               findings_logits=findings_logits, findings_loss=aux_loss)
+
+    def conditioning_media(self, visual_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, n, D) resampled latents -> what the cross-attention layers read: with
+        ``config.findings_tokens``, every image's latents followed by the study's K findings tokens
+        (B, T, n + K, D; :mod:`flamingo_lib.findings_tokens`), else the latents unchanged (so too for
+        studies without images, T = 0)."""
+        tokens = self.flamingo.findings_tokens
+        if tokens is None or visual_features.shape[1] == 0:
+            return visual_features
+        # detached: the head learns from its labels only, never from what is easy to write
+        probabilities = self._findings_logits(visual_features).detach().float().sigmoid()
+        return append_findings_tokens(visual_features, tokens(probabilities))
+
+    def _media_for(self, features: torch.Tensor) -> torch.Tensor:
+        if not self._generating:
+            return self.conditioning_media(features)
+        if self._media_memo is None or self._media_memo[0] is not features:
+            self._media_memo = (features, self.conditioning_media(features))
+        return self._media_memo[1]
 
     def _findings_logits(self, visual_features: torch.Tensor) -> torch.Tensor:
         if self.flamingo.findings_head is None:

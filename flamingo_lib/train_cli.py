@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--findings-targets", choices=FINDINGS_TARGET_SOURCES, default=defaults.findings_targets,
                         help="what the findings head learns: each study's own labels (the labeler's reading of "
                              "its report where it has none), the labeler's reading of every report, or their mean")
+    parser.add_argument("--findings-tokens", action=argparse.BooleanOptionalAction, default=False,
+                        help="hand the findings head's probabilities to the LM as one media token per "
+                             "observation (needs --findings-loss-weight > 0; the pipeline turns it on)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS
 
     head = list(FINDINGS_OBSERVATIONS) if args.findings_loss_weight else None
-    config = FlamingoConfig.from_preset(args.preset, findings_head=head)
+    if args.findings_tokens and head is None:
+        parser.error("--findings-tokens needs a findings head: --findings-loss-weight > 0")
+    config = FlamingoConfig.from_preset(args.preset, findings_head=head, findings_tokens=args.findings_tokens)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     train_set = open_source(args.data, "train", args.image_size, args.max_train_samples, seed=args.seed)
     val_set = open_source(args.data, "val", args.image_size, args.max_val_samples, seed=args.seed)

@@ -132,6 +132,11 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary_path.write_text(json.dumps(summary))
     assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
     assert not Pipeline(run_dir=str(run), **{**SMALL, "repeat_factor_threshold": 0.3})._trained_for_these_settings()
+    assert summary["config"]["extra"]["pipeline"]["findings_tokens"] is False
+    del summary["config"]["extra"]["pipeline"]["findings_tokens"]  # before the knob: no findings tokens
+    summary_path.write_text(json.dumps(summary))
+    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **{**SMALL, "findings_tokens": True})._trained_for_these_settings()
     del summary["config"]["extra"]["pipeline"]["findings_targets"]  # before the knob: the reports' readings
     summary_path.write_text(json.dumps(summary))
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
@@ -145,6 +150,17 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary["config"]["extra"]["pipeline"]["retired_knob"] = 1
     summary_path.write_text(json.dumps(summary))
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+
+
+def test_a_run_with_findings_tokens_trains_them_and_maps_attention_past_them(tmp_path):
+    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "findings_tokens": True})
+    pipeline.train()
+    model, _ = pipeline.model_and_processor
+    assert model.config.findings_tokens and model.flamingo.findings_tokens is not None
+    from flamingo_lib.guided_decoding import SYSTEM_NAME
+
+    assert SYSTEM_NAME in pipeline.evaluate().index  # greedy, guided and the baselines all decode with them
+    assert len(pipeline.grounding()) > 0  # the maps slice each image's latents out of latents + tokens
 
 
 def test_a_run_trained_on_features_of_an_older_format_is_retrained(tmp_path):

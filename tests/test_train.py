@@ -162,12 +162,18 @@ def test_command_line_trains_with_the_findings_head_and_resumes_on_templated_pha
 
     common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
               "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
-              "--save-every", "2", "--warmup-steps", "1", "--findings-loss-weight", "1", "--findings-targets", "both"]
+              "--save-every", "2", "--warmup-steps", "1", "--findings-loss-weight", "1", "--findings-targets", "both",
+              "--findings-tokens"]
     first = main([*common, "--max-steps", "2", "--cache-features", str(tmp_path / "features")])
     assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
     assert first["config"]["findings_targets"] == "both" and first["config"]["findings_loss_weight"] == 1.0
+    tokens_after_2 = FlamingoModel.from_pretrained(tmp_path / "run" / "model").flamingo.findings_tokens.present
     resumed = main([*common, "--max-steps", "4", "--resume"])
     assert resumed["steps"] == 4
+    reloaded = FlamingoModel.from_pretrained(tmp_path / "run" / "model")
+    assert reloaded.config.findings_tokens and not torch.equal(reloaded.flamingo.findings_tokens.present, tokens_after_2)
+    with pytest.raises(SystemExit):  # the tokens spell out the head's verdict: no head, no tokens
+        main([*common[:-5], "--findings-loss-weight", "0", "--findings-tokens", "--max-steps", "1"])
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
 
 
