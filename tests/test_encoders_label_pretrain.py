@@ -105,3 +105,40 @@ def test_lit_fits_the_text_tower_and_projection_and_leaves_the_trunk_bitwise_alo
 def test_an_unknown_trunk_objective_is_refused_when_the_recipe_is_made():
     with pytest.raises(ValueError, match="trunk_objective must be 'labels' or 'clip', got 'contrastive'"):
         ClipRecipe(trunk_objective="contrastive")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("source", ["labels", "reports"])
+def test_the_build_pretrains_the_trunk_on_the_targets_its_recipe_names(source, tmp_path, monkeypatch):
+    """``trunk_targets`` picks each film's own labels (the phantom's image truth) or the labeler's
+    reading of its report, as ``FindingTargets.for_samples`` does for the findings head."""
+    from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+    from flamingo_lib.encoders import clip_build
+    from flamingo_lib.encoders.corpus import studies
+    from flamingo_lib.labeler import label_report
+
+    seen = {}
+
+    def capture(trunk, images, targets, *args, **kwargs):
+        seen["targets"] = targets
+        raise _Stop  # what follows (LiT, probes) is not what this test is about
+
+    monkeypatch.setattr(clip_build, "pretrain_trunk_on_labels", capture)
+    monkeypatch.setattr(clip_build, "render_images", lambda items, *a, **k: torch.zeros(len(items), 8, 8, dtype=torch.uint8))
+    recipe = _recipe(trunk_targets=source, max_train_images=200, max_eval_images=4, vocab_size=300)
+    with pytest.raises(_Stop):
+        clip_build.build_clip_dir(tmp_path, recipe, seed=0, data_seed=0, progress=False)
+    train = clip_build._subset([s for s in studies("train", 0) if s.report], 200, 0)
+    films = torch.tensor([[float(s.labels.get(o) == 1.0) for o in CHEXPERT_OBSERVATIONS] for s in train])
+    readings = torch.tensor([[float(label_report(s.report).get(o) == 1.0) for o in CHEXPERT_OBSERVATIONS]
+                             for s in train])
+    assert not torch.equal(films, readings)  # the reports leave findings unsaid or hedged
+    assert torch.equal(seen["targets"], films if source == "labels" else readings)
+
+
+def test_an_unknown_trunk_target_source_is_refused_when_the_recipe_is_made():
+    with pytest.raises(ValueError, match=r"trunk_targets must be one of \('labels', 'reports', 'both'\), got 'films'"):
+        ClipRecipe(trunk_targets="films")

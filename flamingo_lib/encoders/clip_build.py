@@ -99,9 +99,9 @@ def build_clip_dir(directory: Path, recipe: ClipRecipe, seed: int, data_seed: in
     initial = copy.deepcopy(model).eval()
     groups = [finding_signature(s) for s in train]
     stats = {}
-    if recipe.trunk_objective == "labels":  # the labeler's reading of each report, as the findings head's
-        stated = FindingTargets(CHEXPERT_OBSERVATIONS)([s.report for s in train])
-        stats = pretrain_trunk_on_labels(model.visual.trunk, train_images, stated, preprocess, recipe, seed, progress)
+    if recipe.trunk_objective == "labels":  # the targets the findings head learns too (FindingTargets)
+        targets = FindingTargets(CHEXPERT_OBSERVATIONS).for_samples(train, recipe.trunk_targets)
+        stats = pretrain_trunk_on_labels(model.visual.trunk, train_images, targets, preprocess, recipe, seed, progress)
     stats.update(pretrain_clip(model, train_images, texts, groups, preprocess, recipe, seed, progress,
                                lock_trunk=recipe.trunk_objective == "labels"))
 

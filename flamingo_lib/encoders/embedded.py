@@ -70,7 +70,9 @@ def _spec(kind: str, recipe: object, seed: int) -> dict:
     if getattr(recipe, "trunk_objective", None) == "labels":
         from flamingo_lib.labeler import rules_version
 
-        spec["labeler"] = rules_version()  # the trunk learns the labeler's readings
+        # the trunk learns the labeler's readings (trunk_targets "reports" / "both"; with "labels",
+        # of any study that has no labels of its own)
+        spec["labeler"] = rules_version()
     return spec
 
 

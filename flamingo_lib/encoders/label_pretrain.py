@@ -1,4 +1,4 @@
-"""Supervised pretraining of the embedded vision trunk on the labeler's reading of the reports.
+"""Supervised pretraining of the embedded vision trunk on CheXpert labels of its training films.
 
 Report-generation work on MIMIC-CXR has long used image encoders trained on CheXpert labels
 mined from the reports (R2Gen and its successors start from such a DenseNet); this is that recipe
@@ -11,7 +11,9 @@ then LiT), two convolutions per stage reach 0.70 in 400 steps (lesions 0.62, ate
 and 0.74 in 800 (lesions 0.72; but a Flamingo on those tokens fails the pointing game, README,
 unless the trunk drops its context convolution: ``flamingo_cxr_cnn_local`` at 1600 steps is the
 default); trained on the films' truth instead, 0.76 (lesions 0.86): the reports leave many drawn
-lesions unsaid.
+lesions unsaid. So since session 14 the build learns each study's own labels (``ClipRecipe.
+trunk_targets="labels"``: the phantom's image truth, the reading where a study has none), as the
+findings head does; "reports" (the labeler's reading of every report) was the recipe of sessions 8-13.
 
 The CLIP text tower and projection are then fitted to the locked trunk (LiT: Zhai et al., 2022;
 ``pretrain_clip(lock_trunk=True)``), so the directory is still a working open_clip CLIP.
