@@ -4,8 +4,9 @@ resampler's attention over patches, as a heatmap over the image.
 For text position i, image t, cross-attention layer l and head h, the weight on latent j is
 ``xattn[l][h, i, t*m + j]``, m the media tokens per image: the n latents, then (models with
 ``findings_tokens``) the study's K findings tokens, which are not image regions: the maps over the
-image leave their weight out, :meth:`AttentionMaps.findings_weights` reports it. Each latent's dependence on the patches is the resampler's attention
-rolled out through its layers (the residual keeps what earlier layers gathered):
+image leave their weight out, :meth:`AttentionMaps.findings_weights` reports it. Each latent's
+dependence on the patches is the resampler's attention rolled out through its layers (the residual
+keeps what earlier layers gathered):
 ``R_k = R_{k-1} + A_k[:, patches] + A_k[:, latents] @ R_{k-1}``, rows normalised at the end.
 The token's map over patches is ``xattn_weights @ R``.
 """
