@@ -44,21 +44,17 @@ def score_draw(val: Candidates, val_truth: Sequence[Labels], test: Candidates, t
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import json
-    from pathlib import Path
-
+    from bench.diagnostics.runs import saved_settings
     from flamingo_lib.guided_decoding import sample_candidates
     from flamingo_lib.labeler import label_report
-    from flamingo_lib.pipeline import Pipeline, PipelineSettings
+    from flamingo_lib.pipeline import Pipeline
 
     parser = argparse.ArgumentParser(prog="python -m bench.diagnostics.guided_draws", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a trained phantom run (its settings and model are read)")
     parser.add_argument("--draws", type=int, default=3, help="sampling seeds 0 .. draws-1")
     args = parser.parse_args(argv)
-    saved = json.loads((Path(args.run_dir) / "train" / "summary.json").read_text())["config"]["extra"]["pipeline"]
-    known = set(PipelineSettings.__dataclass_fields__) - {"run_dir"}
-    pipeline = Pipeline(PipelineSettings(**{k: v for k, v in saved.items() if k in known}, run_dir=args.run_dir))
+    pipeline = Pipeline(saved_settings(args.run_dir))
     if not pipeline.settings.data.startswith("phantom"):
         raise SystemExit(f"the image truth exists for phantom data only; this run trained on {pipeline.settings.data!r}")
     if not pipeline._trained_for_these_settings():

@@ -17,17 +17,16 @@ About 7 minutes on 2 cores (a full training); writes nothing into the run.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.diagnostics.runs import saved_settings
 from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
 from flamingo_lib.labeler import label_report
-from flamingo_lib.pipeline import Pipeline, PipelineSettings
+from flamingo_lib.pipeline import Pipeline
 from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
 
 TOKENS, WIDTH = 100, 128  # the embedded CNN's grid: 10 x 10 tokens of width 128
@@ -88,10 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="a run whose settings to copy (only its settings are read)")
     parser.add_argument("--signal", type=float, default=1.0, help="oracle signal scale (anatomy is N(0, 1))")
     args = parser.parse_args(argv)
-    saved = json.loads((Path(args.run_dir) / "train" / "summary.json").read_text())["config"]["extra"]["pipeline"]
-    known = set(PipelineSettings.__dataclass_fields__) - {"run_dir"}
     with tempfile.TemporaryDirectory() as out:  # a fresh model, not the run's trained one
-        s = PipelineSettings(**{k: v for k, v in saved.items() if k in known}, run_dir=out, progress=False)
+        s = saved_settings(args.run_dir, run_dir=out, progress=False)
         pipeline = Pipeline(s)
         model, processor = pipeline.model_and_processor
         if model.config.dim_visual != WIDTH:

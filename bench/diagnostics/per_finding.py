@@ -75,6 +75,7 @@ def run_tables(run_dir: str | Path, systems: Sequence[str] | None = None,
         FileNotFoundError: the run has no ``eval/generations.jsonl`` (run its evaluation first).
         ValueError: a named system is not in the generations, or the run's data is not a phantom.
     """
+    from bench.diagnostics.runs import saved_settings
     from flamingo_lib.data.sources import open_source
 
     if labeler is None:
@@ -84,10 +85,10 @@ def run_tables(run_dir: str | Path, systems: Sequence[str] | None = None,
     if not path.exists():
         raise FileNotFoundError(f"{path}: no test generations; run the pipeline's evaluate() first")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    settings = json.loads((run_dir / "train" / "summary.json").read_text())["config"]["extra"]["pipeline"]
-    if not settings["data"].startswith("phantom"):
-        raise ValueError(f"the image truth exists for phantom data only; this run trained on {settings['data']!r}")
-    split = open_source(settings["data"], "test", settings["image_size"], None, seed=settings["seed"])
+    settings = saved_settings(run_dir)
+    if not settings.data.startswith("phantom"):
+        raise ValueError(f"the image truth exists for phantom data only; this run trained on {settings.data!r}")
+    split = open_source(settings.data, "test", settings.image_size, None, seed=settings.seed)
     frame = split.label_frame()
     truth = [frame.loc[row["id"]].to_dict() for row in rows]  # KeyError names a study the split lacks
     available = [k for k in rows[0] if k not in ("id", "reference")]
