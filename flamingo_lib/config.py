@@ -113,6 +113,11 @@ class FlamingoConfig(PretrainedConfig):
         findings_tokens: hand the head's probabilities to the LM as one extra media token per
             observation after every image's latents (:mod:`flamingo_lib.findings_tokens`); needs
             ``findings_head``. Default False: the media are the latents alone.
+        reading_head: give the findings head a second output per observation that predicts the
+            labeler's reading of the study's report (what the radiologist will *write*), beside
+            the first (what the training targets say, by default what the image *shows*); needs
+            ``findings_head``. Findings-guided decoding weighs a report against both
+            (:mod:`flamingo_lib.guided_decoding`). Default False.
         image_token: the added token that marks where an image sits in the text.
         eoc_token: the added end-of-chunk token that ends a report.
         image_token_id: id of ``image_token``; set when the model or processor is built.
@@ -145,6 +150,7 @@ class FlamingoConfig(PretrainedConfig):
         seed: int = 0,
         findings_head: list[str] | None = None,
         findings_tokens: bool = False,
+        reading_head: bool = False,
         image_token: str = "<image>",
         eoc_token: str = "<EOC>",
         image_token_id: int | None = None,
@@ -192,6 +198,10 @@ class FlamingoConfig(PretrainedConfig):
             raise ValueError("findings_tokens=True hands the findings head's probabilities to the LM, "
                              "but findings_head is None: name its observations too")
         self.findings_tokens = bool(findings_tokens)
+        if reading_head and findings_head is None:
+            raise ValueError("reading_head=True adds outputs to the findings head, but findings_head is None: "
+                             "name its observations too")
+        self.reading_head = bool(reading_head)
         self.image_token = image_token
         self.eoc_token = eoc_token
         self.image_token_id = image_token_id

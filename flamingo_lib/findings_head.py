@@ -11,6 +11,13 @@ of the report), gives the resampler a direct signal to make the findings readabl
 the cross-attention then reads them as it reads the oracle's.
 
 The head is also a classifier in its own right: :meth:`FlamingoModel.predict_findings`.
+
+With ``FlamingoConfig.reading_head`` it has a second output per observation, trained on the
+labeler's reading of each report (:meth:`FindingTargets.with_readings`): what the radiologist will
+write, which is not what the image shows (a hedged atelectasis, a parent observation left unnamed,
+"opacity" written for some airspace findings and not for others). The first output keeps the
+image's labels; findings-guided decoding weighs a report against both
+(:meth:`FlamingoModel.predict_readings`, :mod:`flamingo_lib.guided_decoding`).
 """
 
 from __future__ import annotations
@@ -127,3 +134,8 @@ class FindingTargets:
             own = self._positives(labels)
             rows.append(own if source == "labels" else (own + self._reading(sample.report)) / 2)
         return self._stack(rows)
+
+    def with_readings(self, samples: Sequence[Any], source: str = "labels") -> torch.Tensor:
+        """(B,) studies -> (B, 2K) targets of a head with readings (``FlamingoConfig.reading_head``):
+        those of ``source`` (:meth:`for_samples`), then the labeler's reading of each report."""
+        return torch.cat([self.for_samples(samples, source), self.for_samples(samples, "reports")], 1)

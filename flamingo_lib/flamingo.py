@@ -66,7 +66,8 @@ class Flamingo(nn.Module):
             generator = torch.Generator().manual_seed(config.seed + 2)
             add_token_rows(self.lm, [config.image_token_id, config.eoc_token_id], generator)
             self.findings_head = None if config.findings_head is None else FindingsHead(
-                config.resampler_num_latents, dim_visual, len(config.findings_head))
+                config.resampler_num_latents, dim_visual,
+                len(config.findings_head) * (2 if config.reading_head else 1))  # the readings after the findings
             self.findings_tokens = FindingsTokens(len(config.findings_head), dim_visual) \
                 if config.findings_tokens else None
         self.freeze_lm() if config.freeze_language_model else self.unfreeze_lm()

@@ -11,6 +11,14 @@ the labeler, and the one with the highest
 is kept: each stated finding earns what the head believes of it beyond the threshold, and costs
 where the head doubts it. Ties keep the greedy report. The threshold is picked on a validation
 split (:func:`tune_threshold`), never on the test split.
+
+A model with a reading head (``FlamingoConfig.reading_head``) also predicts, per observation, the
+probability that the study's report *states* it, and the belief in the score is then the mean of
+the two probabilities: a report is weighed equally against what the image shows and against what
+a radiologist writes (a hedged atelectasis, an enlarged cardiomediastinum left unnamed beside
+cardiomegaly), the two yardsticks of clinical efficacy (the image's labels, and the labeler's
+reading of the reference report). (Two thresholds, one per head, would add nothing: with equal
+weights the score depends on their sum only.)
 """
 
 from __future__ import annotations
@@ -34,8 +42,17 @@ class Candidates:
 
     reports: list[list[str]]
     stated: list[torch.Tensor]  # per study (1 + num_candidates, K): 1.0 where a report states it
-    probabilities: torch.Tensor  # (N, K)
+    probabilities: torch.Tensor  # (N, K): the findings head's
     observations: tuple[str, ...]
+    reading_probabilities: torch.Tensor | None = None  # (N, K): the reading head's, when the model has one
+
+    @property
+    def belief(self) -> torch.Tensor:
+        """(N, K) what the score weighs: the findings head's probabilities, or with a reading head
+        the mean of both heads' (image and report weighed equally)."""
+        if self.reading_probabilities is None:
+            return self.probabilities
+        return (self.probabilities + self.reading_probabilities) / 2
 
 
 @torch.no_grad()
@@ -44,7 +61,8 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
                       max_new_tokens: int = 60, seed: int = 0, progress: bool = True,
                       temperature: float = 1.0, top_p: float = 1.0) -> Candidates:
     """The greedy report, ``num_candidates`` sampled reports (``temperature``, nucleus ``top_p``)
-    and the findings head's probabilities of every study; the caller's RNG state is left alone.
+    and the findings head's probabilities (and the reading head's, when the model has one) of every
+    study; the caller's RNG state is left alone.
 
     Raises:
         ValueError: the model has no findings head, ``num_candidates`` < 1, ``temperature`` <= 0 or
@@ -61,7 +79,8 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
     model.eval()
     observations = tuple(model.config.findings_head)
     device = next(model.parameters()).device
-    reports, stated, probabilities = [], [], []
+    readings = model.config.reading_head
+    reports, stated, probabilities, reading_probabilities = [], [], [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="guided decoding"):
@@ -72,25 +91,30 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
                                               top_k=0, top_p=top_p, temperature=temperature,
                                               num_return_sequences=num_candidates)
             pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
-            head = model.predict_findings(pixel_values=pixels.to(device))
+            features = model.resolve_visual_features(pixel_values=pixels.to(device))
+            head = model.predict_findings(visual_features=features)
             probabilities.append(torch.stack([head[obs].cpu() for obs in observations], 1))
+            if readings:
+                written = model.predict_readings(visual_features=features)
+                reading_probabilities.append(torch.stack([written[obs].cpu() for obs in observations], 1))
             for i in range(len(chunk)):
                 options = [greedy[i], *sampled[i * num_candidates:(i + 1) * num_candidates]]
                 reports.append(options)
                 read = [labeler(text) for text in options]
                 stated.append(torch.tensor([[float(r.get(obs) == 1.0) for obs in observations] for r in read]))
-    return Candidates(reports, stated, torch.cat(probabilities), observations)
+    return Candidates(reports, stated, torch.cat(probabilities), observations,
+                      torch.cat(reading_probabilities) if readings else None)
 
 
-def _pick(stated: torch.Tensor, probability: torch.Tensor, threshold: float) -> int:
+def _pick(stated: torch.Tensor, belief: torch.Tensor, threshold: float) -> int:
     """Index of the best-scoring candidate; ``argmax`` returns the first maximum (greedy first)."""
-    return int((stated * (probability - threshold)).sum(1).argmax())
+    return int((stated * (belief - threshold)).sum(1).argmax())
 
 
 def choose(candidates: Candidates, threshold: float) -> list[str]:
     """One report per study: the candidate with the highest score (ties: the earliest, greedy first)."""
-    return [options[_pick(stated, probability, threshold)]
-            for options, stated, probability in zip(candidates.reports, candidates.stated, candidates.probabilities)]
+    return [options[_pick(stated, belief, threshold)]
+            for options, stated, belief in zip(candidates.reports, candidates.stated, candidates.belief)]
 
 
 def _micro_f1(stated: torch.Tensor, truth: torch.Tensor) -> float:
@@ -111,8 +135,8 @@ def tune_threshold(candidates: Candidates, truth: Sequence[Labels], observations
     target = torch.tensor([[float(t.get(candidates.observations[j]) == 1.0) for j in columns] for t in truth])
     scores = {}
     for threshold in grid:
-        picked = [stated[_pick(stated, probability, threshold)]
-                  for stated, probability in zip(candidates.stated, candidates.probabilities)]
+        picked = [stated[_pick(stated, belief, threshold)]
+                  for stated, belief in zip(candidates.stated, candidates.belief)]
         scores[threshold] = _micro_f1(torch.stack(picked)[:, columns], target)
     best = max(grid, key=lambda t: (scores[t], -t))
     return best, scores
@@ -137,9 +161,11 @@ def guided_reports(model: Any, processor: Any, val_samples: Sequence[Any], val_t
     val = sample_candidates(model, processor, val_samples, num_candidates, **sampling)
     threshold, scores = tune_threshold(val, val_truth, observations)
     test = sample_candidates(model, processor, test_samples, num_candidates, **sampling)
+    belief = ("the mean of the findings head's and the reading head's probabilities"
+              if val.reading_probabilities is not None else "findings-head probability")
     note = (f"'{SYSTEM_NAME}': per study, the greedy report and {num_candidates} sampled reports "
-            f"(temperature {temperature}, top-p {top_p}), "
-            "read by the labeler; kept: the one maximising the sum, over the findings it states, of (findings-head "
-            f"probability - threshold); threshold {threshold} picked on the val split ({len(val_samples)} studies; "
-            "findings micro-F1 per threshold: " + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")
+            f"(temperature {temperature}, top-p {top_p}), read by the labeler; kept: the one maximising the sum, "
+            f"over the findings it states, of ({belief} - threshold); threshold {threshold} picked on the val "
+            f"split ({len(val_samples)} studies; findings micro-F1 per threshold: "
+            + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")
     return choose(test, threshold), note

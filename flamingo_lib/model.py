@@ -199,8 +199,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
                 tail of a sequence (cached decoding); defaults to ``media_locations.cumsum(-1)``.
             all_media_seen: every position of ``input_ids`` comes after all of its sample's
                 images (a decoding step; ``generate`` sets it): no ``media_time``, no masks.
-            finding_labels: (B, K) targets of the findings head (``config.findings_head``):
-                its logits and loss are returned too.
+            finding_labels: (B, K) targets of the findings head (``config.findings_head``), (B, 2K)
+                with ``config.reading_head`` (the K readings after the K findings): its logits and
+                loss are returned too.
 
         Returns:
             :class:`FlamingoOutput` with loss, logits (B, L, V'), cache (and the findings head's
@@ -239,7 +240,8 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         if tokens is None or visual_features.shape[1] == 0:
             return visual_features
         # detached: the head learns from its labels only, never from what is easy to write
-        probabilities = self._findings_logits(visual_features).detach().float().sigmoid()
+        k = len(self.config.findings_head)  # the findings' logits; a reading head's follow them
+        probabilities = self._findings_logits(visual_features)[:, :k].detach().float().sigmoid()
         return append_findings_tokens(visual_features, tokens(probabilities))
 
     def _media_for(self, features: torch.Tensor) -> torch.Tensor:
@@ -263,8 +265,30 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         Returns:
             observation name (``config.findings_head``) -> (B,) probability.
         """
+        return self._head_probabilities(self.resolve_visual_features(pixel_values, image_embeddings, visual_features))
+
+    @torch.no_grad()
+    def predict_readings(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                         visual_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The reading head's probabilities (``config.reading_head``) that the labeler reads each
+        observation as positive in the study's report (exactly one input, as ``forward``).
+
+        Returns:
+            observation name (``config.findings_head``) -> (B,) probability.
+
+        Raises:
+            ValueError: the model has no reading head.
+        """
+        if not self.config.reading_head:
+            raise ValueError("this model has no reading head (config.reading_head is False): "
+                             "build it with FlamingoConfig(findings_head=[...], reading_head=True)")
         features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
-        probabilities = self._findings_logits(features).float().sigmoid()
+        return self._head_probabilities(features, readings=True)
+
+    def _head_probabilities(self, features: torch.Tensor, readings: bool = False) -> dict[str, torch.Tensor]:
+        logits = self._findings_logits(features)  # first: it says so when there is no head
+        k = len(self.config.findings_head)
+        probabilities = (logits[:, k:] if readings else logits[:, :k]).float().sigmoid()
         return {obs: probabilities[:, j] for j, obs in enumerate(self.config.findings_head)}
 
     # ---------------------------------------------------------------------------- save/load

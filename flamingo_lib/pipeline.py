@@ -52,6 +52,10 @@ class PipelineSettings:
     # (flamingo_lib.findings_tokens; needs the head). Off: on the phantom, over two training seeds,
     # no gain in findings F1 and a lower CIDEr (README, "Quality on the embedded default").
     findings_tokens: bool = False
+    # A second output of the head per observation, trained on the labeler's reading of each report
+    # (FlamingoConfig.reading_head): guided decoding then weighs a report against what the image
+    # shows and against what the radiologist writes (README, "Quality on the embedded default").
+    reading_head: bool = True
     eval_every: int = 50
     seed: int = 0
     num_beams: int = 1
@@ -88,6 +92,7 @@ class PipelineSettings:
 
             key["findings_targets"] = self.findings_targets
             key["findings_tokens"] = self.findings_tokens
+            key["reading_head"] = self.reading_head
             key["labeler"] = rules_version()
         return key
 
@@ -112,7 +117,8 @@ class Pipeline:
         s = self.settings
         head = self._findings_head()
         config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=head,
-                                            findings_tokens=s.findings_tokens and head is not None)
+                                            findings_tokens=s.findings_tokens and head is not None,
+                                            reading_head=s.reading_head and head is not None)
         return FlamingoModel(config), FlamingoProcessor(config)
 
     def _findings_head(self) -> list[str] | None:
@@ -177,15 +183,16 @@ class Pipeline:
         defaults = PipelineSettings().training_key()
         # keys written before they were recorded: format 1's features, no findings head, and a
         # findings head trained on the reports' readings (session 12 and before) of an unknown labeler,
-        # and no findings tokens (session 13 and before)
+        # no findings tokens (session 13 and before), no reading head (session 14 and before)
         before = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None, "findings_targets": "reports",
-                  "findings_tokens": False}
+                  "findings_tokens": False, "reading_head": False}
         saved = before | saved
         key = {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
         if not key["findings_loss_weight"]:
             key.pop("labeler")  # without the head, training never reads the labeler
             key.pop("findings_targets")  # nor reads any targets
             key.pop("findings_tokens")  # nor has any head to make them
+            key.pop("reading_head")
         return key
 
     def _result_key(self) -> dict[str, Any]:

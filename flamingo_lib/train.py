@@ -34,11 +34,13 @@ class ReportCollator:
     """CXRSamples -> a training batch (labels included), from pixels or from cached features;
     with ``finding_targets`` (:class:`~flamingo_lib.findings_head.FindingTargets`), also the
     findings head's ``finding_labels`` (B, K), from the source ``findings_targets`` names
-    (:meth:`~flamingo_lib.findings_head.FindingTargets.for_samples`)."""
+    (:meth:`~flamingo_lib.findings_head.FindingTargets.for_samples`), followed by the labeler's reading
+    of each report when ``reading_targets`` (a model with a reading head; the Trainer sets it)."""
 
     def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None) -> None:
         self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
         self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
+        self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         images = [list(s.images) for s in samples]
@@ -47,7 +49,8 @@ class ReportCollator:
             batch.pop("pixel_values")
             batch["image_embeddings"] = self.feature_cache.stack(images)
         if self.finding_targets is not None:
-            batch["finding_labels"] = self.finding_targets.for_samples(samples, self.findings_targets)
+            targets = self.finding_targets.with_readings if self.reading_targets else self.finding_targets.for_samples
+            batch["finding_labels"] = targets(samples, self.findings_targets)
         batch["ids"] = [s.id for s in samples]
         return batch
 
@@ -86,6 +89,7 @@ class Trainer:
             if collator.finding_targets is None:  # the labeler, for reports (and studies without labels)
                 collator.finding_targets = FindingTargets(model.config.findings_head)
             collator.findings_targets = config.findings_targets
+            collator.reading_targets = model.config.reading_head
         self.repeat_factors = (None if config.repeat_factor_threshold is None
                                else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--findings-tokens", action=argparse.BooleanOptionalAction, default=False,
                         help="hand the findings head's probabilities to the LM as one media token per "
                              "observation (needs --findings-loss-weight > 0; the pipeline turns it on)")
+    parser.add_argument("--reading-head", action=argparse.BooleanOptionalAction, default=False,
+                        help="a second output of the findings head per observation, trained on the labeler's "
+                             "reading of each report (needs --findings-loss-weight > 0; the pipeline turns it on)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -62,7 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     head = list(FINDINGS_OBSERVATIONS) if args.findings_loss_weight else None
     if args.findings_tokens and head is None:
         parser.error("--findings-tokens needs a findings head: --findings-loss-weight > 0")
-    config = FlamingoConfig.from_preset(args.preset, findings_head=head, findings_tokens=args.findings_tokens)
+    if args.reading_head and head is None:
+        parser.error("--reading-head needs a findings head: --findings-loss-weight > 0")
+    config = FlamingoConfig.from_preset(args.preset, findings_head=head, findings_tokens=args.findings_tokens,
+                                        reading_head=args.reading_head)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     train_set = open_source(args.data, "train", args.image_size, args.max_train_samples, seed=args.seed)
     val_set = open_source(args.data, "val", args.image_size, args.max_val_samples, seed=args.seed)

@@ -40,7 +40,8 @@ class TrainConfig:
     findings_loss_weight: float = 0.0
     # What the findings head learns: "labels", each study's own labels (the dataset's; the labeler's
     # reading of its report where it has none), "reports", always the labeler's reading, or "both",
-    # their mean (flamingo_lib.findings_head.FindingTargets.for_samples says why).
+    # their mean (flamingo_lib.findings_head.FindingTargets.for_samples says why). A model with a
+    # reading head (FlamingoConfig.reading_head) also learns the reading, on its second outputs.
     findings_targets: str = "labels"
     weight_decay: float = 0.1
     warmup_steps: int = 20

@@ -45,6 +45,23 @@ def test_the_threshold_is_the_one_that_scores_best_on_the_given_truth():
     assert best == 0.2 and scores[0.2] == scores[0.3] == pytest.approx(1.0)
 
 
+def test_with_a_reading_head_the_score_weighs_image_and_report_equally():
+    # study 1: the image shows edema (0.9) and effusion (0.25); a report would name the edema (0.8)
+    # but hardly ever the effusion (0.05); study 2: nothing either way
+    candidates = hand_made()
+    candidates.reading_probabilities = torch.tensor([[0.8, 0.05], [0.1, 0.05]])
+    assert torch.allclose(candidates.belief, torch.tensor([[0.85, 0.15], [0.125, 0.05]]))
+    # at 0.2 the image alone keeps the effusion (0.25); the mean with its reading (0.15) drops it
+    assert choose(hand_made(), 0.2) == ["edema+effusion", "normal"]
+    assert choose(candidates, 0.2) == ["edema", "normal"]
+    # ... and the reverse: a finding the image doubts but every report names is kept
+    candidates.reading_probabilities = torch.tensor([[0.8, 0.05], [0.9, 0.05]])
+    assert choose(hand_made(), 0.3) == ["edema", "normal"] and choose(candidates, 0.3) == ["edema", "edema"]
+    # the threshold is picked on the same belief
+    best, scores = tune_threshold(candidates, [{"Edema": 1.0}, {"Edema": 1.0}], grid=(0.1, 0.2, 0.3, 0.6))
+    assert best == 0.2 and scores[0.2] == pytest.approx(1.0) and scores[0.6] == pytest.approx(2 / 3)
+
+
 def test_candidates_are_the_greedy_report_then_samples_and_the_heads_probabilities(tiny):
     config = FlamingoConfig.from_preset("tiny-random", findings_head=list(OBS))
     model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)

@@ -26,7 +26,10 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
 
     table = pipeline.evaluate()  # the default run has a findings head: its guided decoding is a system
     assert SYSTEM_NAME in table.index and "findings-guided" in headline(pipeline)
-    assert "picked on the val split (4 studies" in (tmp_path / "run" / "eval" / "PROTOCOL.md").read_text()
+    protocol = (tmp_path / "run" / "eval" / "PROTOCOL.md").read_text()
+    assert "picked on the val split (4 studies" in protocol
+    # ... and a reading head: the guided score weighs what the report would say too
+    assert pipeline.model_and_processor[0].config.reading_head and "the reading head's probabilities" in protocol
     usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"
     usage = pipeline.finding_usage()
     from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
@@ -137,6 +140,12 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary_path.write_text(json.dumps(summary))
     assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
     assert not Pipeline(run_dir=str(run), **{**SMALL, "findings_tokens": True})._trained_for_these_settings()
+    assert summary["config"]["extra"]["pipeline"]["reading_head"] is True
+    del summary["config"]["extra"]["pipeline"]["reading_head"]  # before the knob: no reading head
+    summary_path.write_text(json.dumps(summary))
+    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **{**SMALL, "reading_head": False})._trained_for_these_settings()
+    summary["config"]["extra"]["pipeline"]["reading_head"] = True
     del summary["config"]["extra"]["pipeline"]["findings_targets"]  # before the knob: the reports' readings
     summary_path.write_text(json.dumps(summary))
     assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()

@@ -157,13 +157,13 @@ def test_epoch_order_is_a_fixed_permutation_per_epoch():
     assert epoch_order(10, 0, 0) == epoch_order(10, 0, 0) != epoch_order(10, 0, 1)
 
 
-def test_command_line_trains_with_the_findings_head_and_resumes_on_templated_phantom_data(tmp_path):
+def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_templated_phantom_data(tmp_path):
     from flamingo_lib.train import main
 
     common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
               "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
               "--save-every", "2", "--warmup-steps", "1", "--findings-loss-weight", "1", "--findings-targets", "both",
-              "--findings-tokens"]
+              "--findings-tokens", "--reading-head"]
     first = main([*common, "--max-steps", "2", "--cache-features", str(tmp_path / "features")])
     assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
     assert first["config"]["findings_targets"] == "both" and first["config"]["findings_loss_weight"] == 1.0
@@ -172,8 +172,11 @@ def test_command_line_trains_with_the_findings_head_and_resumes_on_templated_pha
     assert resumed["steps"] == 4
     reloaded = FlamingoModel.from_pretrained(tmp_path / "run" / "model")
     assert reloaded.config.findings_tokens and not torch.equal(reloaded.flamingo.findings_tokens.present, tokens_after_2)
+    assert reloaded.config.reading_head and reloaded.flamingo.findings_head.classifier.out_features == 2 * 13
     with pytest.raises(SystemExit):  # the tokens spell out the head's verdict: no head, no tokens
-        main([*common[:-5], "--findings-loss-weight", "0", "--findings-tokens", "--max-steps", "1"])
+        main([*common[:-6], "--findings-loss-weight", "0", "--findings-tokens", "--max-steps", "1"])
+    with pytest.raises(SystemExit):  # the readings are the head's second output: no head, no readings
+        main([*common[:-6], "--findings-loss-weight", "0", "--reading-head", "--max-steps", "1"])
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
 
 
