@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,83 +18,10 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.atomic_files import write_json_atomic
-from flamingo_lib.cache_dirs import cache_root
 from flamingo_lib.config import FlamingoConfig
+from flamingo_lib.pipeline_settings import PipelineSettings
 
-
-@dataclass
-class PipelineSettings:
-    """Everything a run depends on; the defaults are the CPU-sized embedded run."""
-
-    run_dir: str = "runs/demo"
-    preset: str = "tiny"
-    pretrain_scale: float | None = None  # embedded encoders' pretraining length (None: env, else 1)
-    data: str = "phantom:templated"
-    image_size: int = 224
-    max_train_samples: int | None = None
-    max_val_samples: int | None = 64
-    max_test_samples: int | None = None  # the whole test split (phantom: 250 studies)
-    max_steps: int = 1500  # ~7 min on 2 cores with the "tiny" preset (batch 16)
-    batch_size: int = 16
-    # 3e-3: findings micro-F1 0.322 against 0.234 at 1e-3 on the phantom (1e-2 collapsed to one
-    # normal report for every image); README, "Quality on the embedded default".
-    lr: float = 3e-3
-    gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
-    ff_gate_lr_mult: float | None = 0.0  # feed-forward gates held shut: see TrainConfig.ff_gate_lr_mult
-    ff_gate_open_step: int | None = None  # see TrainConfig.ff_gate_open_step
-    warmup_steps: int = 20
-    repeat_factor_threshold: float | None = None  # see TrainConfig.repeat_factor_threshold
-    # The auxiliary findings head on the resampler's latents (flamingo_lib.findings_head) and the
-    # weight of its loss; 0: no head. README, "Quality on the embedded default".
-    findings_loss_weight: float = 1.0
-    findings_targets: str = "labels"  # see TrainConfig.findings_targets
-    # The head's probabilities handed to the LM as one media token per observation
-    # (flamingo_lib.findings_tokens; needs the head). Off: on the phantom, over two training seeds,
-    # no gain in findings F1 and a lower CIDEr (README, "Quality on the embedded default").
-    findings_tokens: bool = False
-    # A second output of the head per observation, trained on the labeler's reading of each report
-    # (FlamingoConfig.reading_head): guided decoding then weighs a report against what the image
-    # shows and against what the radiologist writes (README, "Quality on the embedded default").
-    reading_head: bool = True
-    eval_every: int = 50
-    seed: int = 0
-    num_beams: int = 1
-    max_new_tokens: int = 60
-    # Reports sampled per test study to measure which findings the text follows (finding_usage).
-    usage_samples: int = 8
-    # Findings-guided decoding (flamingo_lib.guided_decoding), scored as a system of its own when
-    # the model has a findings head: candidates sampled per study (0: off), at this temperature
-    # (at 1.0 two thirds of the samples hold a sentence no training report has, often garbled, and
-    # the head's choice favours them; README, "Quality on the embedded default").
-    guided_candidates: int = 32
-    guided_temperature: float = 0.7
-    # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
-    # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
-    compile: bool = False
-    progress: bool = True
-
-    @property
-    def feature_root(self) -> Path:
-        """Shared across runs: features depend only on the encoder and the images."""
-        return cache_root("features")
-
-    def training_key(self) -> dict[str, Any]:
-        """The settings that determine the trained weights (a changed one retrains)."""
-        keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
-                "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
-                "repeat_factor_threshold", "findings_loss_weight", "seed")
-        from flamingo_lib.features import FEATURE_FORMAT_VERSION
-
-        # the feature format too: a model trained on features of another format reads other inputs
-        key = {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
-        if self.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings
-            from flamingo_lib.labeler import rules_version
-
-            key["findings_targets"] = self.findings_targets
-            key["findings_tokens"] = self.findings_tokens
-            key["reading_head"] = self.reading_head
-            key["labeler"] = rules_version()
-        return key
+__all__ = ["Pipeline", "PipelineSettings"]
 
 
 class Pipeline:
@@ -304,7 +231,9 @@ class Pipeline:
     def finding_usage(self, force: bool = False) -> pd.DataFrame:
         """Per observation, whether the model's sampled reports follow the image
         (:mod:`flamingo_lib.finding_usage`), on the test split; cached in ``eval/finding_usage.csv``.
-        With a findings head, its AUROC too (``classifier AUROC``: what the latents carry).
+        With a findings head, its AUROC too (``classifier AUROC``: what the latents carry), and with
+        a reading head that head's AUROC against the labeler's reading of the reference reports
+        (``reading head AUROC (vs reference)``: how well it foresees what a report states).
 
         The truth is the image truth on phantom data, else the labeler's reading of the reference.
         """
@@ -327,6 +256,12 @@ class Pipeline:
             embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
             probabilities = model.predict_findings(image_embeddings=embeddings.to(next(model.parameters()).device))
             table["classifier AUROC"] = classifier_auroc(probabilities, truth, observations)
+        if model.config.reading_head:
+            from flamingo_lib.labeler import label_report
+
+            readings = model.predict_readings(image_embeddings=embeddings.to(next(model.parameters()).device))
+            table["reading head AUROC (vs reference)"] = classifier_auroc(
+                readings, [label_report(sample.report) for sample in test], observations)
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path)
         self._stamp(path, usage_samples=s.usage_samples)

@@ -36,6 +36,7 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
 
     assert list(usage.index) == list(RENDERED_OBSERVATIONS)
     assert "classifier AUROC" in usage  # the default run has a findings head: what its latents carry
+    assert "reading head AUROC (vs reference)" in usage  # ... and a reading head: what a report would state
     assert usage["positives"].tolist() == [sum(s.labels.get(o) == 1.0 for s in pipeline.splits["test"])
                                            for o in RENDERED_OBSERVATIONS]  # scored against the image truth
     usage_mtime = usage_path.stat().st_mtime_ns

@@ -1,0 +1,88 @@
+"""`PipelineSettings`: everything a workbench run depends on, and which of it decides the weights.
+
+:meth:`PipelineSettings.training_key` names the settings a trained model depends on; the pipeline
+(:mod:`flamingo_lib.pipeline`) retrains when a run's saved key differs from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flamingo_lib.cache_dirs import cache_root
+
+
+@dataclass
+class PipelineSettings:
+    """Everything a run depends on; the defaults are the CPU-sized embedded run."""
+
+    run_dir: str = "runs/demo"
+    preset: str = "tiny"
+    pretrain_scale: float | None = None  # embedded encoders' pretraining length (None: env, else 1)
+    data: str = "phantom:templated"
+    image_size: int = 224
+    max_train_samples: int | None = None
+    max_val_samples: int | None = 64
+    max_test_samples: int | None = None  # the whole test split (phantom: 250 studies)
+    max_steps: int = 1500  # ~7 min on 2 cores with the "tiny" preset (batch 16)
+    batch_size: int = 16
+    # 3e-3: findings micro-F1 0.322 against 0.234 at 1e-3 on the phantom (1e-2 collapsed to one
+    # normal report for every image); README, "Quality on the embedded default".
+    lr: float = 3e-3
+    gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
+    ff_gate_lr_mult: float | None = 0.0  # feed-forward gates held shut: see TrainConfig.ff_gate_lr_mult
+    ff_gate_open_step: int | None = None  # see TrainConfig.ff_gate_open_step
+    warmup_steps: int = 20
+    repeat_factor_threshold: float | None = None  # see TrainConfig.repeat_factor_threshold
+    # The auxiliary findings head on the resampler's latents (flamingo_lib.findings_head) and the
+    # weight of its loss; 0: no head. README, "Quality on the embedded default".
+    findings_loss_weight: float = 1.0
+    findings_targets: str = "labels"  # see TrainConfig.findings_targets
+    # The head's probabilities handed to the LM as one media token per observation
+    # (flamingo_lib.findings_tokens; needs the head). Off: on the phantom, over two training seeds,
+    # no gain in findings F1 and a lower CIDEr (README, "Quality on the embedded default").
+    findings_tokens: bool = False
+    # A second output of the head per observation, trained on the labeler's reading of each report
+    # (FlamingoConfig.reading_head): guided decoding then weighs a report against what the image
+    # shows and against what the radiologist writes (README, "Quality on the embedded default").
+    reading_head: bool = True
+    eval_every: int = 50
+    seed: int = 0
+    num_beams: int = 1
+    max_new_tokens: int = 60
+    # Reports sampled per test study to measure which findings the text follows (finding_usage).
+    usage_samples: int = 8
+    # Findings-guided decoding (flamingo_lib.guided_decoding), scored as a system of its own when
+    # the model has a findings head: candidates sampled per study (0: off), at this temperature
+    # (at 1.0 two thirds of the samples hold a sentence no training report has, often garbled, and
+    # the head's choice favours them; README, "Quality on the embedded default").
+    guided_candidates: int = 32
+    guided_temperature: float = 0.7
+    # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
+    # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
+    compile: bool = False
+    progress: bool = True
+
+    @property
+    def feature_root(self) -> Path:
+        """Shared across runs: features depend only on the encoder and the images."""
+        return cache_root("features")
+
+    def training_key(self) -> dict[str, Any]:
+        """The settings that determine the trained weights (a changed one retrains)."""
+        keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
+                "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
+                "repeat_factor_threshold", "findings_loss_weight", "seed")
+        from flamingo_lib.features import FEATURE_FORMAT_VERSION
+
+        # the feature format too: a model trained on features of another format reads other inputs
+        key = {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
+        if self.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings
+            from flamingo_lib.labeler import rules_version
+
+            key["findings_targets"] = self.findings_targets
+            key["findings_tokens"] = self.findings_tokens
+            key["reading_head"] = self.reading_head
+            key["labeler"] = rules_version()
+        return key
