@@ -237,6 +237,18 @@ def test_templated_splits_are_fixed_sized_disjoint_and_deterministic() -> None:
     assert again.reports[:2] == [again[0].report, again[1].report] and len(again.reports) == len(again)
 
 
+def test_text_samples_carry_what_the_samples_do_but_the_films_and_render_nothing(monkeypatch) -> None:
+    ds = PhantomCXR("val", text="templated", image_size=64, cache=False, max_samples=5)
+    rendered = [ds[i] for i in range(len(ds))]
+    monkeypatch.setattr(phantom_module, "render_phantom", lambda *a, **k: pytest.fail("text_samples rendered a film"))
+    texts = ds.text_samples()
+    assert [t.id for t in texts] == ds.ids
+    for text, sample in zip(texts, rendered):
+        assert (text.report, text.findings, text.labels, text.sections) == (
+            sample.report, sample.findings, sample.labels, sample.sections)
+        assert text.images == [] and text.masks == {} and text.meta["split"] == "val"
+
+
 def _report(number: int, sections: dict[str, str], mesh: tuple[str, ...] = ()) -> IUReport:
     from flamingo_lib.data.iu_reports import mesh_to_findings
 

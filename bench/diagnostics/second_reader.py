@@ -14,8 +14,7 @@ drawn independently of the reference's, and each set is scored like a system
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.second_reader               # test split, 5 draws
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.second_reader --split val --draws 20
 
-Seconds on a machine that has rendered the split before (the pipeline's image cache); the films
-are not needed, only the findings, but the split is opened the way the pipeline opens it.
+Seconds: only the findings and reports are read (``PhantomCXR.text_samples``), no film is rendered.
 Measured on the test split (250 studies, session 13): the reference itself 0.830 against the
 image truth; second reports (5 draws) 0.815-0.839 against the image truth and 0.888-0.938
 against the reference's reading.
@@ -71,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"--data must be a phantom source (the second reader writes from its findings), "
                          f"got {args.data!r}")
     split = open_source(args.data, args.split, defaults.image_size, None, seed=defaults.seed)
-    samples = [split[i] for i in range(len(split))]
+    samples = split.text_samples()  # the findings and reports only: nothing to render
     if not any(s.findings for s in samples):
         raise SystemExit(f"{args.data!r} {args.split}: no study carries structured findings to write from")
     rows = agreement(samples, args.draws)

@@ -184,6 +184,14 @@ class PhantomCXR:
         """Report texts in index order, without rendering any film."""
         return [s.report for s in self._studies]
 
+    def text_samples(self) -> list[CXRSample]:
+        """Every study without its films, in index order: report, findings and labels as
+        ``self[i]`` carries them, ``images`` and ``masks`` empty; nothing is rendered."""
+        return [CXRSample(id=s.id, images=[], report=s.report, sections=dict(s.sections), findings=list(s.findings),
+                          labels=findings_to_labels(s.findings),
+                          meta=dict(s.meta, split=self.split, dataset_seed=self.seed, text=self.text))
+                for s in self._studies]
+
     def image_seed(self, index: int) -> int:
         """The render seed of study ``index``: ``sha256(report id, dataset seed)``."""
         return stable_seed("phantom-image", self._studies[index].id, self.seed)
