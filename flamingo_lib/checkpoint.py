@@ -80,6 +80,11 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimiser: torc
         raise ValueError(f"{path}: trainable weights differ from the model's (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}): was it written by another configuration?")
     params = dict(model.named_parameters())
+    for name, tensor in state["model"].items():
+        if tensor.shape != params[name].shape:
+            raise ValueError(f"{path}: trainable weight {name} is {tuple(tensor.shape)} in the checkpoint but "
+                             f"{tuple(params[name].shape)} in the model: was it written by another configuration "
+                             "(findings_head, reading_head, sizes)?")
     with torch.no_grad():
         for name, tensor in state["model"].items():
             params[name].copy_(tensor)

@@ -118,3 +118,14 @@ def test_candidates_carry_the_reading_heads_probabilities():
     plain = FlamingoModel(FlamingoConfig.from_preset("tiny-random", findings_head=OBS)).eval()
     assert sample_candidates(plain, processor, studies[:1], num_candidates=1, max_new_tokens=4,
                              progress=False).reading_probabilities is None
+
+
+def test_resuming_a_run_without_the_reading_head_with_one_names_the_mismatch(tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path), max_steps=1, batch_size=4, save_every=1, findings_loss_weight=1.0,
+                         progress=False)
+    plain = FlamingoModel(FlamingoConfig.from_preset("tiny-random", findings_head=OBS))
+    Trainer(plain, SAMPLES, None, ReportCollator(FlamingoProcessor(plain.config)), config).fit()
+    model, processor = with_readings()
+    trainer = Trainer(model, SAMPLES, None, ReportCollator(processor), config)
+    with pytest.raises(ValueError, match=r"findings_head.classifier.weight is \(2, \d+\) in the checkpoint but \(4, \d+\)"):
+        trainer.resume()
