@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from flamingo_lib.atomic_files import write_json_atomic
 from flamingo_lib.config import FlamingoConfig
@@ -254,14 +255,16 @@ class Pipeline:
         table = finding_usage(rates, truth)
         if model.config.findings_head is not None:  # what the latents carry, beside what the text follows
             embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
-            probabilities = model.predict_findings(image_embeddings=embeddings.to(next(model.parameters()).device))
+            with torch.no_grad():  # resampled once for both heads
+                features = model.resolve_visual_features(image_embeddings=embeddings.to(next(model.parameters()).device))
+            probabilities = model.predict_findings(visual_features=features)
             table["classifier AUROC"] = classifier_auroc(probabilities, truth, observations)
-        if model.config.reading_head:
-            from flamingo_lib.labeler import label_report
+            if model.config.reading_head:
+                from flamingo_lib.labeler import label_report
 
-            readings = model.predict_readings(image_embeddings=embeddings.to(next(model.parameters()).device))
-            table["reading head AUROC (vs reference)"] = classifier_auroc(
-                readings, [label_report(sample.report) for sample in test], observations)
+                readings = model.predict_readings(visual_features=features)
+                table["reading head AUROC (vs reference)"] = classifier_auroc(
+                    readings, [label_report(sample.report) for sample in test], observations)
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path)
         self._stamp(path, usage_samples=s.usage_samples)

@@ -187,10 +187,13 @@ class PhantomCXR:
     def text_samples(self) -> list[CXRSample]:
         """Every study without its films, in index order: report, findings and labels as
         ``self[i]`` carries them, ``images`` and ``masks`` empty; nothing is rendered."""
-        return [CXRSample(id=s.id, images=[], report=s.report, sections=dict(s.sections), findings=list(s.findings),
-                          labels=findings_to_labels(s.findings),
-                          meta=dict(s.meta, split=self.split, dataset_seed=self.seed, text=self.text))
-                for s in self._studies]
+        return [self._text_sample(study) for study in self._studies]
+
+    def _text_sample(self, study: _Study) -> CXRSample:
+        """What a study's sample carries before its films are rendered."""
+        return CXRSample(id=study.id, images=[], report=study.report, sections=dict(study.sections),
+                         findings=list(study.findings), labels=findings_to_labels(study.findings),
+                         meta=dict(study.meta, split=self.split, dataset_seed=self.seed, text=self.text))
 
     def image_seed(self, index: int) -> int:
         """The render seed of study ``index``: ``sha256(report id, dataset seed)``."""
@@ -209,22 +212,10 @@ class PhantomCXR:
         if not isinstance(index, (int, np.integer)) or not -n <= index < n:
             raise IndexError(f"index {index!r} out of range for {n} studies")
         index = int(index) % n
-        study = self._studies[index]
-        seed = self.image_seed(index)
+        sample = self._text_sample(self._studies[index])
         images, masks = self._images(index)
-        meta = dict(study.meta, split=self.split, seed=seed, dataset_seed=self.seed, text=self.text,
-                    renderer_version=RENDERER_VERSION)  # fmt: skip
-        return CXRSample(
-            id=study.id,
-            images=images,
-            report=study.report,
-            sections=dict(study.sections),
-            findings=list(study.findings),
-            labels=findings_to_labels(study.findings),
-            masks=masks,
-            views=list(self.views),
-            meta=meta,
-        )
+        meta = sample.meta | {"seed": self.image_seed(index), "renderer_version": RENDERER_VERSION}
+        return dataclasses.replace(sample, images=images, masks=masks, views=list(self.views), meta=meta)
 
     def _render(self, study: _Study, seed: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
         images, masks = [], {}
