@@ -191,7 +191,8 @@ class Pipeline:
 
     def _guided_key(self) -> dict[str, Any]:
         return {"guided_candidates": self.settings.guided_candidates,
-                "guided_temperature": self.settings.guided_temperature}
+                "guided_temperature": self.settings.guided_temperature,
+                "guided_val_samples": self.settings.guided_val_samples}
 
     def _samples(self, split: str) -> list[Any]:
         """Every study of a split, loaded once (datasets need not support slicing)."""
@@ -208,15 +209,32 @@ class Pipeline:
             return [sample.labels for sample in samples], RENDERED_OBSERVATIONS
         return [label_report(sample.report) for sample in samples], None
 
+    def guided_tuning_samples(self) -> list[Any]:
+        """The val studies the findings-guided threshold is picked on (``guided_val_samples``).
+
+        Raises:
+            ValueError: ``guided_val_samples`` is below 1 (None: the whole val split).
+        """
+        from flamingo_lib.data.sources import open_source
+
+        s = self.settings
+        if s.guided_val_samples is not None and s.guided_val_samples < 1:
+            raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {s.guided_val_samples}")
+        tuning = open_source(s.data, "val", s.image_size, s.guided_val_samples, seed=s.seed)
+        return [tuning[i] for i in range(len(tuning))]
+
     def _guided_reports(self, model: Any, processor: Any) -> tuple[dict[str, list[str]], str]:
         """The test split's findings-guided reports (:func:`~flamingo_lib.guided_decoding.guided_reports`;
-        nothing when the model has no findings head or ``guided_candidates`` is 0) and how they were made."""
+        nothing when the model has no findings head, ``guided_candidates`` is 0 or there is no val
+        split), the threshold picked on ``guided_val_samples`` val studies, and how they were made."""
         from flamingo_lib.guided_decoding import SYSTEM_NAME, guided_reports
 
         s = self.settings
-        if not s.guided_candidates or model.config.findings_head is None or not len(self.splits["val"]):
+        if not s.guided_candidates or model.config.findings_head is None:
             return {}, ""
-        val = self._samples("val")
+        val = self.guided_tuning_samples()
+        if not val:
+            return {}, ""
         val_truth, observations = self._truth(val)
         reports, note = guided_reports(
             model, processor, val, val_truth, self._samples("test"), observations,

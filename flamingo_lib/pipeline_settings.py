@@ -59,6 +59,10 @@ class PipelineSettings:
     # the head's choice favours them; README, "Quality on the embedded default").
     guided_candidates: int = 32
     guided_temperature: float = 0.7
+    # Val studies the guided threshold is picked on (None: the whole val split), apart from
+    # max_val_samples, which sizes the validation loss of every training eval: on the 64 studies
+    # of that, thresholds 0.3 and 0.4 tied; 250 is the phantom's whole val split.
+    guided_val_samples: int | None = 250
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False

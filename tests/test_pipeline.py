@@ -11,7 +11,11 @@ from flamingo_lib.run_report import build_run_report, headline
 
 SMALL = dict(preset="tiny-random", data="phantom:templated", image_size=160, max_train_samples=24,
              max_val_samples=4, max_test_samples=6, max_steps=4, batch_size=4, eval_every=2, max_new_tokens=6,
-             progress=False)
+             guided_val_samples=5, progress=False)
+
+
+def protocol_text(tmp_path) -> str:
+    return (tmp_path / "run" / "eval" / "PROTOCOL.md").read_text()
 
 
 def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
@@ -26,8 +30,8 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
 
     table = pipeline.evaluate()  # the default run has a findings head: its guided decoding is a system
     assert SYSTEM_NAME in table.index and "findings-guided" in headline(pipeline)
-    protocol = (tmp_path / "run" / "eval" / "PROTOCOL.md").read_text()
-    assert "picked on the val split (4 studies" in protocol
+    protocol = protocol_text(tmp_path)
+    assert "picked on the val split (5 studies" in protocol  # guided_val_samples, not max_val_samples
     # ... and a reading head: the guided score weighs what the report would say too
     assert pipeline.model_and_processor[0].config.reading_head and "the reading head's probabilities" in protocol
     usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"
@@ -61,6 +65,13 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert usage_path.stat().st_mtime_ns != usage_mtime and results.stat().st_mtime_ns == results_mtime
     assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     assert (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns == grounding_mtime
+    retuned = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 3})
+    assert SYSTEM_NAME in retuned.evaluate().index  # another tuning set rescores, without retraining
+    assert "picked on the val split (3 studies" in protocol_text(tmp_path) and results.stat().st_mtime_ns != results_mtime
+    assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):
+        Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0}).evaluate()
+    results_mtime = results.stat().st_mtime_ns
 
     changed = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 5})
     assert changed.train()["steps"] == 5  # a changed training setting retrains

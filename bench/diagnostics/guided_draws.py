@@ -1,7 +1,8 @@
 """How much of a findings-guided score is the luck of one sample draw? (issue 5, section 4)
 
 Findings-guided decoding (:mod:`flamingo_lib.guided_decoding`) keeps, per study, the best of the
-greedy report and 32 sampled ones, with a threshold picked on the val split; ``make demo`` reports
+greedy report and 32 sampled ones, with a threshold picked on val studies (the pipeline's
+``guided_val_samples``); ``make demo`` reports
 one draw (sampling seed = the run's seed). This diagnostic repeats the whole rule, val threshold
 included, for several sampling seeds on a trained run and scores each draw's test reports the way
 the demo does (findings micro-F1 over the rendered findings, against the image truth and against
@@ -9,7 +10,7 @@ the labeler's reading of the reference).
 
     HF_HUB_OFFLINE=1 python -m bench.diagnostics.guided_draws runs/demo --draws 3
 
-About 1.5 minutes per draw on 2 cores (val and test candidates); writes nothing into the run.
+About 3 minutes per draw on 2 cores (val and test candidates); writes nothing into the run.
 Measured (session 14, the default run, draws 0-2): 0.837 / 0.792, 0.799 / 0.759, 0.815 / 0.768.
 """
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"{args.run_dir}: no model trained with this checkout's recipe and encoder builds")
     model, processor = pipeline.model_and_processor
     s = pipeline.settings
-    val, test = pipeline._samples("val"), pipeline._samples("test")
+    val, test = pipeline.guided_tuning_samples(), pipeline._samples("test")
     reference = [label_report(sample.report) for sample in test]
     print(f"{args.run_dir}: {s.guided_candidates} samples at temperature {s.guided_temperature}, "
           f"{len(val)} val / {len(test)} test studies")
