@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Frozen encoders pretrained here (minutes on 2 CPU cores on first use, then cached): a
     # 4-layer, 256-wide BioGPT-architecture LM on IU + templated report text and a CLIP-trained
-    # CNN (160 px, 10 x 10 grid tokens of width 128) on PhantomCXR. New layers sized for CPUs.
+    # CNN (224 px, 14 x 14 grid tokens of width 128) on PhantomCXR. New layers sized for CPUs.
     "tiny": dict(
         lm=EMBEDDED_LM,
         clip_model_type=EMBEDDED_VISION,

@@ -4,7 +4,7 @@ Flamingo itself read the flattened final feature map of a convolutional encoder 
 is the same idea at toy size, and the embedded default since it replaced the conv-stem ViT of
 :mod:`flamingo_lib.encoders.vit`. The embedded default is ``_local`` (two convolutions per
 stage, no context convolution), trained on the reports' labels
-(:mod:`flamingo_lib.encoders.label_pretrain`) for 1600 steps. Why no context convolution: each
+(:mod:`flamingo_lib.encoders.label_pretrain`) for 1600 steps at 224 px. Why no context convolution: each
 token of ``_small`` sees 123 of the 160 px (nine 3x3 convolutions), so once trained long enough
 a token beside the heart carries the heart's size, and the Flamingo built on it reads the
 findings off the wrong cells (its attention maps fail the pointing game). ``_local``'s tokens see
@@ -110,8 +110,8 @@ def _build(name: str, pretrained: bool, depth: int, kwargs: dict[str, Any], cont
 
 @register_model
 def flamingo_cxr_cnn_local(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """The embedded encoder's trunk: two convolutions per stage and no context convolution (160 px
-    -> 100 tokens of width 128, each seeing 91 px); trained on the report labels for 800-1600 steps its
+    """The embedded encoder's trunk: two convolutions per stage and no context convolution (224 px
+    -> 196 tokens of width 128, each seeing 91 px; 160 px -> 100 tokens); trained on labels for 800-1600 steps its
     Flamingo names more findings than ``_small``'s and its attention maps still point at them
     (README, "Quality on the embedded default")."""
     return _build(LOCAL_MODEL_NAME, pretrained, 2, kwargs, context=False)

@@ -11,8 +11,9 @@
 each with a ``metrics.json`` (held-out perplexity vs a unigram model; zero-shot recall@k vs chance
 and linear-probe AUROCs vs a random-init encoder; wall time) and a ``manifest.json`` (what the
 fingerprint covers: data version, architecture, schedule, seed). A missing directory is built
-atomically, a present one reused. At scale 1 a cold build of both (phantom films rendered too)
-took 262 s on 2 otherwise idle CPU cores, and about 8 minutes beside two CPU-bound processes.
+atomically, a present one reused. At scale 1 the vision build (224 px films, 1,600 steps of label
+pretraining at ~1 s each) takes about half an hour on 2 otherwise idle CPU cores, the LM about a
+minute; the 160-px vision build of sessions 12-15 took ~8 minutes.
 
 ``scale`` (or ``$FLAMINGO_PRETRAIN_SCALE`` through ``FlamingoConfig.from_preset``) multiplies the
 training steps: 4 for a better run, 0.01 for a smoke build. Run
