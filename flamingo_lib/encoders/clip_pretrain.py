@@ -39,8 +39,9 @@ class ClipRecipe:
     # registered by flamingo_lib.encoders.cnn (or .vit); "_local" is "_small" without its context
     # convolution: tokens that see 91 px instead of 123 keep the Flamingo's evidence on the findings
     timm_model_name: str = "flamingo_cxr_cnn_local"
-    # 224, the phantom's own size (session 16): the Flamingo on it scored 0.812 / 0.821 findings-guided
-    # over three sample draws against 0.807 / 0.802 at 160 px (README), for a build ~4x as long
+    # 224, the phantom's own size (session 16): the Flamingo on it scores 0.809 / 0.822 findings-guided
+    # over six sample draws of two training seeds against 0.803 / 0.804 over five at 160 px (README),
+    # for a build ~4x as long
     image_size: int = 224
     render_size: int = 224  # the phantom's default size; the encoder's own preprocessing resizes
     embed_dim: int = 64
