@@ -210,16 +210,11 @@ class Pipeline:
         return [label_report(sample.report) for sample in samples], None
 
     def guided_tuning_samples(self) -> list[Any]:
-        """The val studies the findings-guided threshold is picked on (``guided_val_samples``).
-
-        Raises:
-            ValueError: ``guided_val_samples`` is below 1 (None: the whole val split).
-        """
+        """The val studies the findings-guided threshold is picked on (``guided_val_samples``;
+        None: the whole val split)."""
         from flamingo_lib.data.sources import open_source
 
         s = self.settings
-        if s.guided_val_samples is not None and s.guided_val_samples < 1:
-            raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {s.guided_val_samples}")
         tuning = open_source(s.data, "val", s.image_size, s.guided_val_samples, seed=s.seed)
         return [tuning[i] for i in range(len(tuning))]
 

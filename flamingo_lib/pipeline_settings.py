@@ -68,6 +68,10 @@ class PipelineSettings:
     compile: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:  # before minutes of training, not after them
+        if self.guided_val_samples is not None and self.guided_val_samples < 1:
+            raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {self.guided_val_samples}")
+
     @property
     def feature_root(self) -> Path:
         """Shared across runs: features depend only on the encoder and the images."""

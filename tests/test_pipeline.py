@@ -69,8 +69,8 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert SYSTEM_NAME in retuned.evaluate().index  # another tuning set rescores, without retraining
     assert "picked on the val split (3 studies" in protocol_text(tmp_path) and results.stat().st_mtime_ns != results_mtime
     assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):
-        Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0}).evaluate()
+    with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):  # refused before any training
+        Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0})
     results_mtime = results.stat().st_mtime_ns
 
     changed = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 5})
