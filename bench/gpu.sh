@@ -21,5 +21,7 @@ fi
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
 # Block steps are milliseconds: many repetitions for stable medians; decoding is seconds: fewer.
 # --compile adds our blocks under torch.compile and compiles the training step (first step ~40 s).
+# The last section repeats that step with the frozen LM and ViT in bfloat16 (FlamingoConfig.frozen_dtype);
+# results are written after every section, so the time limit below costs only what was unfinished.
 BENCH_COMMAND="bench/gpu.sh $*" exec timeout 295 "$PY" -m bench.run --device cuda --bf16 --compile \
     --block-reps 20 --reps 5 --out bench/gpu "$@"

@@ -53,15 +53,17 @@ class RssSampler:
 
 
 def measure(lm_dir: Path, vit_dir: Path, env: Env, batch: int, text: int, timed_steps: int,
-            smoke: bool = False, compiled: bool = False) -> dict[str, Any]:
+            smoke: bool = False, compiled: bool = False, frozen_dtype: str = "float32") -> dict[str, Any]:
     """Build the model, run one step measuring memory, then ``timed_steps`` steps for speed.
+
+    ``frozen_dtype``: ``FlamingoConfig.frozen_dtype``, the dtype the frozen LM and ViT are held in.
 
     With ``compiled`` every block is compiled (``flamingo_lib.compile.compile_blocks``): the
     first step then includes the compilation, and one more untimed step precedes the timed ones.
     """
     proc = psutil.Process()
     rss_start = proc.memory_info().rss
-    config = biomed_size_config(lm_dir, vit_dir, **(SMOKE_BLOCKS if smoke else {}))
+    config = biomed_size_config(lm_dir, vit_dir, frozen_dtype=frozen_dtype, **(SMOKE_BLOCKS if smoke else {}))
     model = FlamingoModel(config).to(env.device).train()
     compiled_blocks = compile_blocks(model) if compiled else []
     processor = FlamingoProcessor(config)
@@ -77,7 +79,8 @@ def measure(lm_dir: Path, vit_dir: Path, env: Env, batch: int, text: int, timed_
         "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         # AdamW keeps exp_avg and exp_avg_sq, each the size of its parameter, for trainable ones.
         "adamw_state_bytes_analytic": 2 * sum(p.numel() * p.element_size() for p in model.parameters_trainable()),
-        "rss_before_model_bytes": rss_start, "compiled_blocks": len(compiled_blocks),
+        "rss_before_model_bytes": rss_start, "compiled_blocks": len(compiled_blocks), "frozen_dtype": frozen_dtype,
+        "frozen_param_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad),
     }
     if env.device.type == "cuda":
         torch.cuda.synchronize()
@@ -136,6 +139,7 @@ def main() -> None:
     parser.add_argument("--timed-steps", type=int, default=0, help="steps timed after the measured one")
     parser.add_argument("--smoke", action="store_true", help="the tiny-random block sizes")
     parser.add_argument("--compile", action="store_true", help="compile every block (torch.compile)")
+    parser.add_argument("--frozen-dtype", default="float32", help="FlamingoConfig.frozen_dtype")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--thread-clock", action="store_true", help="time with the thread's CPU time (1 thread)")
     args = parser.parse_args()
@@ -143,7 +147,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     env = Env(torch.device(args.device), bf16=args.bf16, thread_clock=args.thread_clock)
     print(json.dumps(measure(args.lm_dir, args.vit_dir, env, args.batch, args.text, args.timed_steps, args.smoke,
-                              args.compile)))
+                              args.compile, args.frozen_dtype)))
 
 
 if __name__ == "__main__":

@@ -69,12 +69,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             g["frac_of_bound_best"], 0.9, "{:.0%}")
         add(f"generate {where}: vs recomputing media K/V every step", g["speedup_vs_recompute_kv"],
             g["speedup_vs_recompute_kv_best"], KV_CACHE_TARGET, "{:.2f}x")
-    m = results.get("memory", {})
-    peak = nominal_peak(m.get("machine", {}).get("gpu"))
-    if peak and "step_time" in m:
-        add(f"training step MFU at biomed sizes, batch {m['batch']}"
-            + (" (compiled)" if m.get("compiled_blocks") else ""), m["step_tflops_achieved"] / peak,
-            m["step_gflop"]["total"] / 1e3 / m["step_time"]["min"] / peak, 0.35, "{:.1%}")
+    for key, frozen in (("memory", ""), ("memory_frozen_bf16", ", frozen LM and ViT in bfloat16")):
+        m = results.get(key, {})
+        peak = nominal_peak(m.get("machine", {}).get("gpu"))
+        if peak and "step_time" in m:
+            add(f"training step MFU at biomed sizes, batch {m['batch']}"
+                + (" (compiled)" if m.get("compiled_blocks") else "") + frozen, m["step_tflops_achieved"] / peak,
+                m["step_gflop"]["total"] / 1e3 / m["step_time"]["min"] / peak, 0.35, "{:.1%}")
     return rows
 
 
@@ -222,6 +223,33 @@ def _memory(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _peak_gib(m: dict[str, Any]) -> float:
+    """Peak memory of the memory section's step: RSS on CPU, allocated on CUDA."""
+    return m.get("rss_peak_step_bytes", m.get("cuda_peak_step_bytes", 0)) / GIB
+
+
+def _step_seconds(m: dict[str, Any]) -> float:
+    """The steady-state step time when steps were timed, else the measured first step."""
+    return m["step_time"]["median"] if "step_time" in m else m["first_step_s"]
+
+
+def _frozen_half(full: dict[str, Any], half: dict[str, Any]) -> list[str]:
+    """The memory step with the frozen LM and ViT in float32 and in bfloat16, side by side."""
+    peak, seconds = _peak_gib, _step_seconds
+    rows = [("parameter memory, all / frozen (GiB)", *(f"{m['param_bytes'] / GIB:.2f} / {m['frozen_param_bytes'] / GIB:.2f}"
+                                                         for m in (full, half))),
+            ("peak memory in the step (GiB)", f"{peak(full):.2f}", f"{peak(half):.2f}"),
+            ("step time (s)", f"{seconds(full):.3g}", f"{seconds(half):.3g}"),
+            ("achieved GFLOP/s", *(f"{m.get('step_tflops_achieved', 0) * 1e3:.1f}" for m in (full, half)))]
+    return ["The same step with `FlamingoConfig(frozen_dtype='bfloat16')` (`python -m flamingo_lib.train "
+            "--frozen-dtype bfloat16`): the frozen LM and ViT held in bfloat16, every trained layer in float32 "
+            "(autocast as in the float32 step: none on CPU). Same FLOPs counted.", "",
+            "| frozen LM and ViT in | float32 | bfloat16 |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] \
+        + ["", f"bfloat16 frozen parts: the step runs **{seconds(full) / seconds(half):.2f}x** as fast; peak memory "
+               f"{peak(half):.2f} GiB instead of {peak(full):.2f}, parameters {half['param_bytes'] / GIB:.2f} GiB "
+               f"instead of {full['param_bytes'] / GIB:.2f}."]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole RESULTS.md."""
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -229,6 +257,10 @@ def markdown(results: dict[str, Any]) -> str:
              + (" **Smoke run: toy sizes, not results.**" if results["smoke"] else ""), "",
              "Targets are ratios measured within this one run, never timed tests.", "", "## Machine", ""]
     lines += _machine(results)
+    unfinished = [name for name in results.get("sections_requested", []) if name not in results]
+    if unfinished:
+        lines += ["", f"**Partial run**: stopped before section(s) {', '.join(unfinished)} finished "
+                      "(a time limit?); the sections below are complete."]
     lines += ["", "## Targets", "", "Verdict on the medians; `best` = the same ratio from each side's fastest "
               "repetition (on a shared machine noise only adds time).", "",
               "| target | median | best | need | met (median) | met (best) |", "|---|---|---|---|---|---|"]
@@ -240,6 +272,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", f"## {title}", ""] + render(results[key])
     if "memory" in results:
         lines += ["", "## 4. Memory (and the training step)", ""] + _memory(results["memory"])
+        if "memory_frozen_bf16" in results:
+            lines += ["", "### Frozen parts in bfloat16", ""] + _frozen_half(results["memory"],
+                                                                             results["memory_frozen_bf16"])
     return "\n".join(lines) + "\n"
 
 
@@ -254,6 +289,10 @@ def summary_table(results: dict[str, Any]) -> str:
         peak = m.get("rss_peak_step_bytes", m.get("cuda_peak_step_bytes", 0))
         rows.append(("training step peak memory", f"{peak / GIB:.2f} GiB", "-", "-"))
         rows.append(("AdamW state (trainable only)", f"{m['adamw_state_bytes_measured'] / GIB:.2f} GiB", "-", "-"))
+        half = results.get("memory_frozen_bf16")
+        if half:
+            rows.append(("training step, frozen parts bf16: speed / peak memory",
+                         f"{_step_seconds(m) / _step_seconds(half):.2f}x / {_peak_gib(half):.2f} GiB", "-", "-"))
         if "step_tflops_achieved" in m:
             rows.append(("training step throughput", f"{m['step_tflops_achieved']:.3f} TFLOP/s", "-", "-"))
             peak_tf = nominal_peak(m["machine"].get("gpu"))

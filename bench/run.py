@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(flamingo_lib.compile.compile_blocks)")
     parser.add_argument("--train-batch", type=int, default=None, help="batch of the memory step (default 2 CPU, 16 GPU)")
     parser.add_argument("--timed-steps", type=int, default=None, help="steps timed after the memory step (1 CPU, 5 GPU)")
+    parser.add_argument("--frozen-half", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the memory step with FlamingoConfig.frozen_dtype='bfloat16'")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default 1 with the thread clock, else torch's: the cores)")
     parser.add_argument("--clock", choices=("thread", "wall"), default=None,
@@ -91,14 +93,14 @@ def run_features(env: Env, args: argparse.Namespace, vit_dir: Path, reps: int) -
     return out
 
 
-def run_memory(args: argparse.Namespace, lm_dir: Path, vit_dir: Path) -> dict[str, Any]:
+def run_memory(args: argparse.Namespace, lm_dir: Path, vit_dir: Path, frozen_dtype: str = "float32") -> dict[str, Any]:
     """``bench.memory`` in a fresh process: its peak memory is then this step's alone."""
     cuda = args.device.startswith("cuda")
     batch = args.train_batch or (16 if cuda else 2)
     timed = args.timed_steps if args.timed_steps is not None else (5 if cuda else 1)
     cmd = [sys.executable, "-m", "bench.memory", "--lm-dir", str(lm_dir), "--vit-dir", str(vit_dir),
            "--device", args.device, "--batch", str(2 if args.smoke else batch), "--text", "32" if args.smoke else "128",
-           "--timed-steps", str(timed)]
+           "--timed-steps", str(timed), "--frozen-dtype", frozen_dtype]
     cmd += ["--bf16"] if args.bf16 else []
     cmd += ["--compile"] if args.compile else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -194,16 +196,26 @@ def main(argv: list[str] | None = None) -> None:
         steps = {"blocks": ("1. blocks", run_blocks), "generation": ("2. generation", run_generation),
                  "features": ("3. feature cache", lambda: run_features(env, args, vit_dir, reps)),
                  "memory": ("4. memory (fresh process)", lambda: run_memory(args, lm_dir, vit_dir))}
+        if args.frozen_half and "memory" in sections:  # the same step with the frozen parts in bfloat16
+            steps["memory_frozen_bf16"] = ("4b. memory, frozen LM and ViT in bfloat16 (fresh process)",
+                                           lambda: run_memory(args, lm_dir, vit_dir, "bfloat16"))
+            sections.add("memory_frozen_bf16")
+        def write() -> None:
+            """RESULTS.md and results.json of the sections run so far: a run stopped by a time
+            limit (bench/gpu.sh's on a lent machine) keeps what it measured."""
+            results["load_avg_end"] = os.getloadavg()
+            results["wall_s"] = time.perf_counter() - started
+            results["targets"] = report.targets(results)
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+            (out_dir / "RESULTS.md").write_text(report.markdown(results))
+
+        results["sections_requested"] = [name for name in steps if name in sections]
         for name, (title, fn) in steps.items():
             if name in sections:
                 log(title)
                 with Section(results["sections"], name):
                     results[name] = fn()
-    results["load_avg_end"] = os.getloadavg()
-    results["wall_s"] = time.perf_counter() - started
-    results["targets"] = report.targets(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out_dir / "RESULTS.md").write_text(report.markdown(results))
+                write()
     log(f"wrote {out_dir / 'RESULTS.md'} and results.json")
     print(report.summary_table(results))
 

@@ -7,6 +7,9 @@ from typing import Any
 from transformers import PretrainedConfig
 
 ACTIVATIONS = ("gelu", "sqrelu", "relu")
+# dtypes the frozen LM and vision encoder may be held in (FlamingoConfig.frozen_dtype); the new,
+# trainable parts always stay float32 (the optimiser's master weights)
+FROZEN_DTYPES = ("float32", "bfloat16", "float16")
 
 # Sentinels for the in-memory tiny models the tests and the demo build from a seed (no files).
 TINY_RANDOM_LM = "tiny-random-biogpt"
@@ -107,6 +110,12 @@ class FlamingoConfig(PretrainedConfig):
             (``True``) or to every image before it (``False``). Text before the first image
             receives nothing from the cross-attention blocks either way.
         seed: seed of the ``tiny-random`` models' weights and of the new layers' initialisation.
+        frozen_dtype: dtype the frozen LM and vision encoder are loaded and held in: ``"float32"``
+            (default, whatever dtype a checkpoint was saved in), ``"bfloat16"`` or ``"float16"``
+            (half their memory; a 7B Llama takes 14 GB instead of 28, and on CUDA autocast no
+            longer casts their weights at every use). The new layers (resampler, cross-attention,
+            token rows, heads) stay float32 and text crosses into them and back at each
+            cross-attention block. Needs both parts frozen: half-precision weights do not train well.
         findings_head: observation names of an auxiliary findings classifier on the resampled
             visual features (:mod:`flamingo_lib.findings_head`), trained when the batch carries
             ``finding_labels``; None (default): no head.
@@ -148,6 +157,7 @@ class FlamingoConfig(PretrainedConfig):
         freeze_vision_model: bool = True,
         only_attend_immediate_media: bool = True,
         seed: int = 0,
+        frozen_dtype: str = "float32",
         findings_head: list[str] | None = None,
         findings_tokens: bool = False,
         reading_head: bool = False,
@@ -190,6 +200,13 @@ class FlamingoConfig(PretrainedConfig):
         self.freeze_vision_model = freeze_vision_model
         self.only_attend_immediate_media = only_attend_immediate_media
         self.seed = seed
+        if frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"frozen_dtype={frozen_dtype!r} is not supported; allowed: {', '.join(FROZEN_DTYPES)}")
+        if frozen_dtype != "float32" and not (freeze_language_model and freeze_vision_model):
+            trains = "language model" if not freeze_language_model else "vision encoder"
+            raise ValueError(f"frozen_dtype={frozen_dtype!r} holds the frozen parts in half precision, but the "
+                             f"{trains} trains (freeze_*_model=False): train it in float32 (frozen_dtype='float32')")
+        self.frozen_dtype = frozen_dtype
         if findings_head is not None and (isinstance(findings_head, str) or not findings_head
                                           or not all(isinstance(o, str) for o in findings_head)):
             raise ValueError(f"findings_head must be None or a non-empty list of observation names, got {findings_head!r}")

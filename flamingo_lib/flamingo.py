@@ -27,6 +27,13 @@ def _check_dim(config: FlamingoConfig, name: str, actual: int, source: str) -> i
     return actual
 
 
+def _refuse_half_precision_training(part: nn.Module, name: str) -> None:
+    dtype = next((p.dtype for p in part.parameters() if p.dtype != torch.float32), torch.float32)
+    if dtype != torch.float32:
+        raise ValueError(f"the {name} is held in {str(dtype).removeprefix('torch.')} (config.frozen_dtype) and "
+                         "cannot be trained in it; build the model with frozen_dtype='float32' to train it")
+
+
 class Flamingo(nn.Module):
     """The model body. Submodules: ``vision_encoder``, ``perceiver``, ``lm`` (with
     :class:`FlamingoLayer` s and decoupled token rows inside).
@@ -37,8 +44,9 @@ class Flamingo(nn.Module):
 
     def __init__(self, config: FlamingoConfig) -> None:
         super().__init__()
-        self.lm = load_language_model(config.lm, config.seed)
-        self.vision_encoder = load_vision_encoder(config.clip_model_type, config.seed)
+        frozen_dtype = getattr(torch, config.frozen_dtype)
+        self.lm = load_language_model(config.lm, config.seed, frozen_dtype)
+        self.vision_encoder = load_vision_encoder(config.clip_model_type, config.seed, frozen_dtype)
         dim = _check_dim(config, "dim", self.lm.get_input_embeddings().embedding_dim, f"the LM {config.lm!r}")
         dim_visual = _check_dim(config, "dim_visual", self.vision_encoder.dim_visual, f"{config.clip_model_type!r}")
         if config.image_token_id is None or config.eoc_token_id is None:
@@ -88,7 +96,12 @@ class Flamingo(nn.Module):
             param.requires_grad_(True)
 
     def unfreeze_lm(self) -> None:
-        """Train the whole LM (its own weights too)."""
+        """Train the whole LM (its own weights too).
+
+        Raises:
+            ValueError: the LM is held in half precision (``config.frozen_dtype``).
+        """
+        _refuse_half_precision_training(self.lm, "language model")
         self.lm.requires_grad_(True)
 
     def freeze_vm(self) -> None:
@@ -97,7 +110,12 @@ class Flamingo(nn.Module):
         self.vision_encoder.eval()
 
     def unfreeze_vm(self) -> None:
-        """Train the vision encoder (it then runs with gradients: PRIOR_ART bug 5)."""
+        """Train the vision encoder (it then runs with gradients: PRIOR_ART bug 5).
+
+        Raises:
+            ValueError: the encoder is held in half precision (``config.frozen_dtype``).
+        """
+        _refuse_half_precision_training(self.vision_encoder, "vision encoder")
         self.vision_encoder.requires_grad_(True)
 
     @property
@@ -125,12 +143,13 @@ class Flamingo(nn.Module):
             )
         b, t = pixel_values.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.vision_frozen):
-            tokens = self.vision_encoder(pixel_values.flatten(0, 1).to(self.lm.dtype))
+            tokens = self.vision_encoder(pixel_values.flatten(0, 1).to(self.vision_encoder.dtype))
         return tokens.unflatten(0, (b, t))
 
     def resample(self, patch_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, P, dim_visual) patch tokens -> (B, T, num_latents, dim_visual) visual features."""
-        return self.perceiver(patch_tokens)
+        """(B, T, P, dim_visual) patch tokens (any float dtype: a half-precision encoder's, a
+        cache's) -> (B, T, num_latents, dim_visual) visual features in the resampler's dtype."""
+        return self.perceiver(patch_tokens.to(self.perceiver.latents.dtype))
 
     def encode_resample_visuals(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) pixels -> (B, T, num_latents, dim_visual) resampled visual features."""

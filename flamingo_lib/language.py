@@ -74,17 +74,21 @@ def load_tokenizer(lm: str) -> PreTrainedTokenizerBase:
         raise ValueError(f"cannot load the tokenizer of lm={lm!r} ({error}); allowed: {ALLOWED_LM}") from error
 
 
-def load_language_model(lm: str, seed: int = 0) -> PreTrainedModel:
-    """Load the frozen causal LM named by ``lm`` in eval mode.
+def load_language_model(lm: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load the frozen causal LM named by ``lm`` in eval mode, its weights in ``dtype``.
+
+    ``dtype`` is explicit because transformers 5 otherwise loads a checkpoint in the dtype it was
+    saved in (most Llama-family hub checkpoints: bfloat16), which the float32 layers added
+    around the LM would then meet unannounced.
 
     Raises:
         ValueError: ``lm`` cannot be loaded or is not of a supported family.
     """
     if lm == TINY_RANDOM_LM:
-        return build_tiny_lm(len(build_tiny_tokenizer()), seed)
+        return build_tiny_lm(len(build_tiny_tokenizer()), seed).to(dtype)
     source = resolve_lm(lm)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:
         hint = " (set HF_HUB_OFFLINE=0 or pre-download it)" if not Path(source).exists() else ""
         raise ValueError(f"cannot load lm={lm!r}{hint}: {error}; allowed: {ALLOWED_LM}") from error

@@ -78,7 +78,12 @@ class FlamingoLayer(nn.Module):
             kv = state.media_kv
             if kv is None and state.reuse_media_kv:
                 kv = state.media_kv = self.gated_cross_attn.attn.media_kv(state.media)
-            hidden_states = self.gated_cross_attn(hidden_states, state.media, state.media_time, kv, state.masks)
+            # The block computes in its own (float32) dtype and hands back the LM's: a no-op for
+            # a float32 LM, and exact for text a shut gate leaves alone (bf16 -> fp32 -> bf16).
+            block_dtype = self.gated_cross_attn.attn_gate.dtype
+            hidden_states = self.gated_cross_attn(
+                hidden_states.to(block_dtype), state.media, state.media_time, kv, state.masks
+            ).to(hidden_states.dtype)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -96,11 +96,12 @@ def add_token_rows(lm: nn.Module, new_token_ids: list[int], generator: torch.Gen
     weight = base_in.weight.detach().float()
     noise = torch.randn(len(new_token_ids), weight.shape[1], generator=generator)
     init = weight.mean(0) + weight.std(0) * 0.02 * noise
-    new_in = nn.Parameter(init.to(base_in.weight.dtype))
+    # float32 whatever the LM's dtype: these rows train (a half-precision LM casts them per use)
+    new_in = nn.Parameter(init)
     lm.set_input_embeddings(DecoupledEmbedding(base_in, new_in, new_token_ids))
     base_out = lm.get_output_embeddings()
     if base_out is not None:
         tied = base_out.weight is base_in.weight
-        new_out = new_in if tied else nn.Parameter(init.clone().to(base_out.weight.dtype))
+        new_out = new_in if tied else nn.Parameter(init.clone())
         lm.set_output_embeddings(DecoupledLMHead(base_out, new_out, new_token_ids))
     return new_in

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flamingo_lib.config import FROZEN_DTYPES
 from flamingo_lib.findings_head import FINDINGS_TARGET_SOURCES
 from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
 
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "reading of each report (needs --findings-loss-weight > 0; the pipeline turns it on)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")
+    parser.add_argument("--frozen-dtype", choices=FROZEN_DTYPES, default="float32",
+                        help="dtype of the frozen LM and vision encoder (bfloat16 halves their memory; "
+                             "the trained layers stay float32)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (worth it on a GPU; the first step compiles)")
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.reading_head and head is None:
         parser.error("--reading-head needs a findings head: --findings-loss-weight > 0")
     config = FlamingoConfig.from_preset(args.preset, findings_head=head, findings_tokens=args.findings_tokens,
-                                        reading_head=args.reading_head)
+                                        reading_head=args.reading_head, frozen_dtype=args.frozen_dtype)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     train_set = open_source(args.data, "train", args.image_size, args.max_train_samples, seed=args.seed)
     val_set = open_source(args.data, "val", args.image_size, args.max_val_samples, seed=args.seed)

@@ -156,6 +156,11 @@ class VisionEncoder(nn.Module):
             self.dim_visual = int(tower.config.hidden_size)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the tower's weights (what its input pixels are cast to)."""
+        return next(self.parameters()).dtype
+
+    @property
     def frozen(self) -> bool:
         """No parameter of the tower trains."""
         return not any(p.requires_grad for p in self.parameters())
@@ -195,8 +200,13 @@ def build_open_clip_tiny(seed: int) -> nn.Module:
         return CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
 
 
-def load_vision_encoder(clip_model_type: str, seed: int = 0) -> VisionEncoder:
-    """Load the frozen vision encoder named by ``clip_model_type`` (see :func:`encoder_kind`)."""
+def load_vision_encoder(clip_model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> VisionEncoder:
+    """Load the frozen vision encoder named by ``clip_model_type`` (see :func:`encoder_kind`),
+    its weights in ``dtype``."""
+    return _load_vision_encoder(clip_model_type, seed).to(dtype)
+
+
+def _load_vision_encoder(clip_model_type: str, seed: int) -> VisionEncoder:
     kind = encoder_kind(clip_model_type)
     clip_model_type = resolve_vision(clip_model_type)
     if kind == "hf_clip":

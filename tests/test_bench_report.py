@@ -37,3 +37,45 @@ def test_results_name_the_rows_the_ceiling_caps_and_only_those() -> None:
     note = next(line for line in text.splitlines() if line.startswith("Where the ceiling"))
     assert f"tiny batch 1: {kv_cache_ceiling(capped):.2f}x" in note and "big" not in note
     assert "\n".join(_generation([free])).count("Where the ceiling") == 0
+
+
+def _memory_step(frozen_dtype: str, seconds: float, peak_gib: float, param_gib: float) -> dict:
+    gib = 2**30
+    return {"frozen_dtype": frozen_dtype, "batch": 16, "step_time": {"median": seconds, "min": seconds, "max": seconds, "n": 5},
+            "step_gflop": {"total": 98_900.0}, "step_tflops_achieved": 98.9 / seconds, "first_step_s": 2 * seconds,
+            "cuda_peak_step_bytes": peak_gib * gib, "param_bytes": param_gib * gib, "frozen_param_bytes": param_gib / 2 * gib,
+            "machine": {"gpu": "NVIDIA H200"}}
+
+
+def test_the_frozen_bfloat16_step_is_reported_beside_the_float32_one_with_its_own_mfu_target() -> None:
+    from bench.report import _frozen_half, targets
+
+    full, half = _memory_step("float32", 0.4, 8.0, 2.6), _memory_step("bfloat16", 0.1, 6.0, 1.8)
+    rows = {t["target"]: t for t in targets({"machine": {"device": "cuda"}, "memory": full, "memory_frozen_bf16": half})}
+    plain = "training step MFU at biomed sizes, batch 16"
+    assert set(rows) == {plain, plain + ", frozen LM and ViT in bfloat16"}
+    # 98.9 TFLOP in 0.4 s and in 0.1 s on a 989 TFLOP/s card; only the second meets 35%
+    half_row = rows[plain + ", frozen LM and ViT in bfloat16"]
+    assert (rows[plain]["measured"], rows[plain]["met"]) == ("25.0%", False)
+    assert (half_row["measured"], half_row["met"]) == ("100.0%", True)
+    text = "\n".join(_frozen_half(full, half))
+    assert "step runs **4.00x** as fast" in text and "peak memory 6.00 GiB instead of 8.00" in text
+    assert "| step time (s) | 0.4 | 0.1 |" in text
+
+
+def test_a_run_writes_its_results_after_every_section_and_names_the_unfinished_ones(tmp_path, monkeypatch) -> None:
+    import json
+
+    from bench import report, run
+
+    def stop(*_args, **_kwargs):
+        raise TimeoutError("the lent machine's time limit")
+
+    monkeypatch.setattr(run, "run_memory", stop)  # the section after the feature cache never finishes
+    with pytest.raises(TimeoutError):
+        run.main(["--smoke", "--sections", "features,memory", "--no-frozen-half", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "features" in results and "memory" not in results
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## 3. Feature cache" in text and "stopped before section(s) memory finished" in text
+    assert "Partial run" not in report.markdown({**results, "sections_requested": ["features"]})
