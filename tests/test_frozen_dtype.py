@@ -124,6 +124,20 @@ def test_save_and_load_keep_the_frozen_dtype(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_model_trained_in_float32_loads_for_inference_with_bfloat16_frozen_parts(tmp_path):
+    full, _, processor = _pair()
+    full.save_pretrained(tmp_path, processor)
+    half = FlamingoModel.from_pretrained(tmp_path, frozen_dtype="bfloat16")
+    assert half.flamingo.vision_encoder.dtype == torch.bfloat16
+    for name, weight in full.state_dict_trainable().items():
+        assert torch.equal(half.state_dict_trainable()[name], weight), name
+    batch = processor([TEXTS[0]], [[xray_like(0)]])
+    with torch.no_grad():
+        a, b = full.eval()(**batch).logits.float(), half(**batch).logits.float()
+    assert not torch.equal(a, b)  # bfloat16 rounding, but no more than that:
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+
 def test_a_half_precision_encoder_has_its_own_feature_cache_key():
     full, half, processor = _pair()
     assert encoder_fingerprint(full, processor) != encoder_fingerprint(half, processor)
