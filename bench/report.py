@@ -223,6 +223,26 @@ def _memory(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _precision(p: dict[str, Any]) -> list[str]:
+    """Decode rates of the BioGPT-size model in float32, with frozen parts in bfloat16, and all bfloat16."""
+    names = {"float32": "float32", "frozen_bf16": "frozen LM + ViT bf16", "all_bf16": "all bf16 (inference)"}
+    lines = ["Greedy decode rate (tokens/s after the prefill, KV cache and media K/V cache on) of the "
+             "BioGPT-size model of section 2 in three precisions: `float32`; `FlamingoConfig(frozen_dtype="
+             "'bfloat16')`, trained layers float32; that model cast whole with `model.to(torch.bfloat16)`, "
+             "for inference. Same trained-layer weights, gates open; `same tokens` = greedy picked the float32 model's tokens "
+             "(random weights: near-ties that bfloat16 rounding may flip).", "",
+             "| batch | " + " | ".join(names.values()) + " | same tokens (frozen bf16, all bf16) |",
+             "|---|---|---|---|---|"]
+    for row in p["rows"]:
+        cells = [f"{_t(row['tokens_per_s'][k])}" + ("" if k == "float32" else f" (**{row['speedup'][k]:.2f}x**)")
+                 for k in names]
+        same = ", ".join("yes" if row["same_tokens"][k] else "no" for k in ("frozen_bf16", "all_bf16"))
+        lines.append(f"| {row['batch']} | " + " | ".join(cells) + f" | {same} |")
+    lines += ["", "Parameter memory: " + ", ".join(f"{names[k]} {v / 2**20:.0f} MiB" for k, v in p["param_bytes"].items())
+              + "."]
+    return lines
+
+
 def _peak_gib(m: dict[str, Any]) -> float:
     """Peak memory of the memory section's step: RSS on CPU, allocated on CUDA."""
     return m.get("rss_peak_step_bytes", m.get("cuda_peak_step_bytes", 0)) / GIB
@@ -267,6 +287,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {t['target']} | {t['measured']} | {t['best']} | {t['need']} | {'yes' if t['met'] else '**no**'} | "
               f"{'yes' if t['met_best'] else '**no**'} |" for t in results["targets"]]
     for title, key, render in (("1. Blocks", "blocks", _blocks), ("2. Generation", "generation", _generation),
+                               ("2b. Decoding precision", "precision", _precision),
                                ("3. Feature cache", "features", _features)):
         if key in results:
             lines += ["", f"## {title}", ""] + render(results[key])
@@ -284,6 +305,9 @@ def summary_table(results: dict[str, Any]) -> str:
             for t in results["targets"]]
     if "features" in results:
         rows.append(("feature cache speedup (steps/s)", f"{results['features']['speedup']:.2f}x", "-", "-"))
+    for row in results.get("precision", {}).get("rows", []):
+        rows.append((f"decode batch {row['batch']}: frozen bf16 / all bf16 vs float32",
+                     f"{row['speedup']['frozen_bf16']:.2f}x / {row['speedup']['all_bf16']:.2f}x", "-", "-"))
     m = results.get("memory")
     if m:
         peak = m.get("rss_peak_step_bytes", m.get("cuda_peak_step_bytes", 0))

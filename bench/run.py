@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from bench import blocks, generation, report, training
+from bench import blocks, generation, precision, report, training
 from bench.common import BENCH_DIR, Env, baseline_versions, machine_info
-from bench.models import biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir
+from bench.models import SMOKE_BLOCKS, biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir
 
 REPO = BENCH_DIR.parent
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5 blocks, 3 others; smoke 1)")
     parser.add_argument("--block-reps", type=int, default=None, help="repetitions of the blocks section (default --reps)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default bench/, smoke bench/.smoke/)")
-    parser.add_argument("--sections", default="blocks,generation,features,memory")
+    parser.add_argument("--sections", default="blocks,generation,features,memory,precision")
     parser.add_argument("--compile", action="store_true",
                         help="also time our blocks under torch.compile, and compile the memory/MFU training step "
                              "(flamingo_lib.compile.compile_blocks)")
@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
             steps["memory_frozen_bf16"] = ("4b. memory, frozen LM and ViT in bfloat16 (fresh process)",
                                            lambda: run_memory(args, lm_dir, vit_dir, "bfloat16"))
             sections.add("memory_frozen_bf16")
+        steps["precision"] = ("2b. decoding precision: float32, frozen bf16, all bf16",
+                              lambda: precision.run(env, lm_dir, vit_dir, (1, 2) if args.smoke else (1, 8),
+                                                    4 if args.smoke else 16, reps if args.smoke else max(reps, 5),
+                                                    **(SMOKE_BLOCKS if args.smoke else {})))
+
         def write() -> None:
             """RESULTS.md and results.json of the sections run so far: a run stopped by a time
             limit (bench/gpu.sh's on a lent machine) keeps what it measured."""

@@ -107,7 +107,9 @@ class MaskedCrossAttention(nn.Module):
         self.last_attention: torch.Tensor | None = None
 
     def media_kv(self, media: torch.Tensor) -> MediaKV:
-        """Keys and values of the media, (B, H, T*n, Dh) each; constant while media are."""
+        """Keys and values of the media, (B, H, T*n, Dh) each, in this layer's dtype (media given
+        in float32 to a model cast to bfloat16 are cast once here); constant while media are."""
+        media = media.to(self.to_kv.weight.dtype)
         k, v = self.to_kv(rearrange(media, "b t n d -> b (t n) d")).chunk(2, dim=-1)
         return tuple(rearrange(z, "b j (h d) -> b h j d", h=self.heads) for z in (k, v))  # type: ignore[return-value]
 

@@ -60,7 +60,8 @@ class FindingsHead(nn.Module):
         if visual_features.shape[1] == 0:
             raise ValueError("the findings head needs at least one image per study; got visual features "
                              f"of shape {tuple(visual_features.shape)}")
-        return self.classifier(visual_features.flatten(2).mean(1))
+        # in the head's dtype: features may come in float32 to a model cast to bfloat16 for inference
+        return self.classifier(visual_features.flatten(2).mean(1).to(self.classifier.weight.dtype))
 
 
 def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -79,3 +79,23 @@ def test_a_run_writes_its_results_after_every_section_and_names_the_unfinished_o
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## 3. Feature cache" in text and "stopped before section(s) memory finished" in text
     assert "Partial run" not in report.markdown({**results, "sections_requested": ["features"]})
+
+
+def test_the_three_decoding_precisions_hold_the_dtypes_they_name_and_the_same_trained_weights(tmp_path) -> None:
+    import torch
+
+    from bench import precision
+    from bench.models import SMOKE_BLOCKS, make_biogpt_size_lm_dir, make_vit_dir
+
+    built = precision.models(make_biogpt_size_lm_dir(tmp_path / "lm", smoke=True), make_vit_dir(tmp_path / "vit", smoke=True),
+                             **SMOKE_BLOCKS)
+    assert list(built) == list(precision.PRECISIONS)
+    dtypes = {name: ({p.dtype for p in m.parameters() if not p.requires_grad}, {p.dtype for p in m.parameters_trainable()})
+              for name, m in built.items()}
+    assert dtypes == {"float32": ({torch.float32}, {torch.float32}), "frozen_bf16": ({torch.bfloat16}, {torch.float32}),
+                      "all_bf16": ({torch.bfloat16}, {torch.bfloat16})}
+    reference = built["float32"].state_dict_trainable()
+    assert all(float(reference[n]) == 1.0 for n in reference if n.endswith("gate"))
+    for name in ("frozen_bf16", "all_bf16"):
+        for key, value in built[name].state_dict_trainable().items():
+            assert torch.equal(value, reference[key].to(value.dtype)), (name, key)

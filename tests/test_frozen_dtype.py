@@ -170,3 +170,28 @@ def test_the_command_line_trains_and_resumes_with_bfloat16_frozen_parts(tmp_path
     assert all(torch.isfinite(torch.tensor(loss)) for loss in (first["last_train_loss"], resumed["last_train_loss"]))
     model = FlamingoModel.from_pretrained(tmp_path / "run" / "model")
     assert model.config.frozen_dtype == "bfloat16" and model.flamingo.vision_encoder.dtype == torch.bfloat16
+
+
+def test_a_model_cast_whole_to_bfloat16_runs_inference_from_pixels_features_and_heads():
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=["Cardiomegaly", "Edema"])
+    full = FlamingoModel(config).eval()
+    open_gates(full)
+    half = FlamingoModel(config).eval()
+    half.load_state_dict(full.state_dict())
+    half.to(torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    processor = FlamingoProcessor(config)
+    batch = processor(["<image>Findings:", "Two views.<image>Findings:"], [[xray_like(0)], [xray_like(1)]],
+                      padding_side="left")
+    assert torch.equal(half.generate(**batch, max_new_tokens=6, use_cache=True),
+                       half.generate(**batch, max_new_tokens=6, use_cache=False))
+    features = full.resolve_visual_features(pixel_values=batch["pixel_values"]).detach()  # float32
+    rest = {k: v for k, v in batch.items() if k != "pixel_values"}
+    with torch.no_grad():
+        a = full(**rest, visual_features=features).logits
+        b = half(**rest, visual_features=features).logits.float()  # float32 media into bfloat16 layers
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    probabilities = half.predict_findings(visual_features=features)
+    reference = full.predict_findings(visual_features=features)
+    for name in config.findings_head:
+        torch.testing.assert_close(probabilities[name].float(), reference[name], atol=0.02, rtol=0)
