@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import PretrainedConfig
 
 ACTIVATIONS = ("gelu", "sqrelu", "relu")
@@ -73,6 +74,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         **CPU_RESAMPLER,
     ),
 }
+
+
+def floating_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``dtype`` as a floating-point ``torch.dtype`` (names like ``"bfloat16"`` accepted), or None."""
+    if dtype is None:
+        return None
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype={dtype!r} is not a floating-point torch dtype; allowed e.g. torch.bfloat16, "
+                         f"'bfloat16', {', '.join(repr(d) for d in FROZEN_DTYPES)}")
+    return resolved
 
 
 class FlamingoConfig(PretrainedConfig):

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from flamingo_lib.config import FlamingoConfig
+from flamingo_lib.config import FROZEN_DTYPES, FlamingoConfig, floating_dtype
 from flamingo_lib.findings_head import findings_loss
 from flamingo_lib.findings_tokens import append_findings_tokens
 from flamingo_lib.flamingo import Flamingo
@@ -315,14 +315,29 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
                 os.remove(tmp)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **overrides: Any) -> "FlamingoModel":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        dtype: torch.dtype | str | None = None, torch_dtype: torch.dtype | str | None = None,
+                        **overrides: Any) -> "FlamingoModel":
         """Rebuild the model from its config and load the trainable weights saved beside it.
 
+        Args:
+            dtype: as in transformers, the dtype of the whole model (``torch.bfloat16`` or
+                ``"bfloat16"``), trained layers included: a model for inference. (To train with
+                half-precision frozen parts, use ``frozen_dtype``: the trained layers stay float32.)
+                The frozen parts are then loaded in it directly. ``torch_dtype``: its older name.
+            overrides: config fields (e.g. ``frozen_dtype="bfloat16"``).
+
         Raises:
-            ValueError: the checkpoint lacks trainable weights or holds unexpected ones.
+            ValueError: the checkpoint lacks trainable weights or holds unexpected ones; ``dtype``
+                is not a floating-point dtype.
         """
         directory = Path(pretrained_model_name_or_path)
+        cast = floating_dtype(dtype if dtype is not None else torch_dtype)
         config = FlamingoConfig.from_pretrained(directory, **overrides)
+        name = None if cast is None else str(cast).removeprefix("torch.")
+        if name in FROZEN_DTYPES and "frozen_dtype" not in overrides and config.freeze_language_model \
+                and config.freeze_vision_model:
+            config.frozen_dtype = name  # load the frozen parts in it, not in float32 first
         model = cls(config)
         weights = load_file(directory / WEIGHTS_FILE)
         trainable = set(model.state_dict_trainable())
@@ -332,6 +347,6 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
                              f"unexpected {unexpected[:5]}")
         params = dict(model.named_parameters())
         with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
-        return model.eval()
+            for key, tensor in weights.items():
+                params[key].copy_(tensor)
+        return (model if cast is None else model.to(cast)).eval()

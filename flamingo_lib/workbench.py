@@ -20,7 +20,8 @@ def detect_device() -> tuple[str, str]:
 
 
 def parameter_table(model: Any) -> pd.DataFrame:
-    """Frozen and trainable parameter counts per part of a ``FlamingoModel``."""
+    """Per part of a ``FlamingoModel``: trainable and frozen parameter counts, their memory (MiB)
+    and dtypes (``config.frozen_dtype`` shows here: bfloat16 frozen parts, float32 trained ones)."""
     parts = {"vision encoder": [], "perceiver resampler": [], "gated cross-attention": [],
              "new token rows": [], "language model": []}
     seen: set[int] = set()
@@ -39,11 +40,15 @@ def parameter_table(model: Any) -> pd.DataFrame:
         else:
             part = "language model"
         parts[part].append(param)
-    rows = {part: {"trainable": sum(p.numel() for p in ps if p.requires_grad),
-                   "frozen": sum(p.numel() for p in ps if not p.requires_grad)} for part, ps in parts.items()}
-    table = pd.DataFrame(rows).T
-    table.loc["total"] = table.sum()
-    return table
+    def row(params: list[torch.nn.Parameter]) -> dict[str, Any]:
+        return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+                "frozen": sum(p.numel() for p in params if not p.requires_grad),
+                "MiB": round(sum(p.numel() * p.element_size() for p in params) / 2**20, 1),
+                "dtype": ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))}
+
+    rows = {part: row(params) for part, params in parts.items()}
+    rows["total"] = row([p for params in parts.values() for p in params])
+    return pd.DataFrame(rows).T.astype({"trainable": int, "frozen": int, "MiB": float})
 
 
 def patch_pca_figure(tokens: torch.Tensor, image: Any) -> Figure:

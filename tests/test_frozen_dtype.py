@@ -24,6 +24,29 @@ def bf16_llama_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("family", ["biogpt", "gpt2", "opt", "llama"])
+def test_every_lm_family_held_in_bfloat16_gives_its_bare_logits_at_init_and_trains(family, tmp_path):
+    from test_hub_layouts import FAMILIES
+
+    lm_dir = FAMILIES[family](tmp_path / family)
+    model = FlamingoModel(FlamingoConfig.from_preset("tiny-random", lm=str(lm_dir), xattn_every=2,
+                                                     frozen_dtype="bfloat16"))
+    processor = FlamingoProcessor(model.config)
+    bare = load_language_model(str(lm_dir), dtype=torch.bfloat16).eval()
+    batch = processor(["Chest radiograph.<image>Heart size is normal."], [[xray_like(0)]])
+    with torch.no_grad():
+        ours = model.eval()(**batch).logits
+        theirs = bare(inputs_embeds=model.get_input_embeddings()(batch["input_ids"])).logits
+    new_ids = [model.config.image_token_id, model.config.eoc_token_id]
+    base_columns = [i for i in range(theirs.shape[-1]) if i not in new_ids]  # OPT: new ids in its padding rows
+    assert torch.equal(ours[..., base_columns], theirs[..., base_columns])
+    open_gates(model)
+    loss = model.train()(**processor.training_batch(["Heart size is normal."], [[xray_like(1)]])).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters_trainable()]
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def _pair(**overrides) -> tuple[FlamingoModel, FlamingoModel, FlamingoProcessor]:
     """The same tiny-random model with frozen parts in float32 and in bfloat16, gates open."""
     full = FlamingoModel(FlamingoConfig.from_preset("tiny-random", **overrides))
@@ -195,3 +218,32 @@ def test_a_model_cast_whole_to_bfloat16_runs_inference_from_pixels_features_and_
     reference = full.predict_findings(visual_features=features)
     for name in config.findings_head:
         torch.testing.assert_close(probabilities[name].float(), reference[name], atol=0.02, rtol=0)
+
+
+def test_the_notebooks_parameter_table_shows_each_parts_dtype_and_memory():
+    from flamingo_lib.workbench import parameter_table
+
+    _, half, _ = _pair()
+    table = parameter_table(half)
+    assert table.loc["language model", "dtype"] == table.loc["vision encoder", "dtype"] == "bfloat16"
+    assert table.loc["gated cross-attention", "dtype"] == table.loc["perceiver resampler", "dtype"] == "float32"
+    assert table.loc["total", "dtype"] == "bfloat16, float32"
+    frozen_mib = sum(p.numel() * 2 for p in half.parameters() if not p.requires_grad) / 2**20
+    assert table.loc["language model", "MiB"] + table.loc["vision encoder", "MiB"] == pytest.approx(frozen_mib, abs=0.2)
+    assert table.loc["total", "trainable"] == sum(p.numel() for p in half.parameters_trainable())
+    assert table.loc["language model", "trainable"] == 0
+
+
+def test_from_pretrained_takes_the_transformers_dtype_argument_for_a_whole_bfloat16_model(tmp_path):
+    full, _, processor = _pair()
+    full.save_pretrained(tmp_path, processor)
+    for kwargs in ({"dtype": torch.bfloat16}, {"torch_dtype": "bfloat16"}):
+        half = FlamingoModel.from_pretrained(tmp_path, **kwargs)
+        assert {p.dtype for p in half.parameters()} == {torch.bfloat16}, kwargs
+        assert half.config.frozen_dtype == "bfloat16"  # the frozen parts were loaded in it directly
+        for name, weight in full.state_dict_trainable().items():
+            assert torch.equal(half.state_dict_trainable()[name], weight.to(torch.bfloat16)), name
+    batch = processor([TEXTS[1]], [[xray_like(0)]])
+    assert half.generate(**batch, max_new_tokens=4).shape == (1, batch["input_ids"].shape[1] + 4)
+    with pytest.raises(ValueError, match="dtype='int8' is not a floating-point torch dtype"):
+        FlamingoModel.from_pretrained(tmp_path, dtype="int8")
