@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from flamingo_lib.config import FROZEN_DTYPES
 from flamingo_lib.pipeline import Pipeline, PipelineSettings
 from flamingo_lib.run_report import build_run_report, headline
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> Path:
     defaults = PipelineSettings()
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.demo", description=__doc__)
     parser.add_argument("--preset", default=defaults.preset,
-                        help="'tiny' (default: encoders pretrained here on first use, ~6 min once), 'tiny-random' "
+                        help="'tiny' (default: encoders pretrained here on first use, ~35 min once), 'tiny-random' "
                              "(random frozen encoders: the mechanics only), 'smol' (real SmolLM2 LM), "
                              "'biomed' (needs the hub)")
     parser.add_argument("--pretrain-scale", type=float, default=None,
@@ -30,13 +31,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, default=defaults.max_steps)
     parser.add_argument("--max-train-samples", type=int, default=defaults.max_train_samples)
     parser.add_argument("--max-test-samples", type=int, default=defaults.max_test_samples)
+    parser.add_argument("--frozen-dtype", choices=FROZEN_DTYPES, default=defaults.frozen_dtype,
+                        help="dtype of the frozen LM and vision encoder (FlamingoConfig.frozen_dtype)")
     parser.add_argument("--run-dir", default="runs/demo")
     parser.add_argument("--report", default="reports/demo/report.html")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     settings = PipelineSettings(run_dir=args.run_dir, preset=args.preset, pretrain_scale=args.pretrain_scale,
-                                data=args.data, max_steps=args.steps,
+                                data=args.data, max_steps=args.steps, frozen_dtype=args.frozen_dtype,
                                 max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples)
     pipeline = Pipeline(settings)
     print(f"[1/5] preset {args.preset!r} on {args.data!r}: building the model (pretrained encoders on first use)")

@@ -46,7 +46,8 @@ class Pipeline:
         head = self._findings_head()
         config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=head,
                                             findings_tokens=s.findings_tokens and head is not None,
-                                            reading_head=s.reading_head and head is not None)
+                                            reading_head=s.reading_head and head is not None,
+                                            frozen_dtype=s.frozen_dtype)
         return FlamingoModel(config), FlamingoProcessor(config)
 
     def _findings_head(self) -> list[str] | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flamingo_lib.cache_dirs import cache_root
+from flamingo_lib.config import FROZEN_DTYPES
 
 
 @dataclass
@@ -63,6 +64,10 @@ class PipelineSettings:
     # max_val_samples, which sizes the validation loss of every training eval: on the 64 studies
     # of that, thresholds 0.3 and 0.4 tied; 250 is the phantom's whole val split.
     guided_val_samples: int | None = 250
+    # FlamingoConfig.frozen_dtype: "bfloat16" holds the frozen LM and vision encoder in half the
+    # memory (bench/RESULTS.md 4b: a biomed-size CPU step 1.56x as fast); the README's results
+    # were measured in float32.
+    frozen_dtype: str = "float32"
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False
@@ -71,6 +76,8 @@ class PipelineSettings:
     def __post_init__(self) -> None:  # before minutes of training, not after them
         if self.guided_val_samples is not None and self.guided_val_samples < 1:
             raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {self.guided_val_samples}")
+        if self.frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"frozen_dtype={self.frozen_dtype!r}; allowed: {', '.join(FROZEN_DTYPES)}")
 
     @property
     def feature_root(self) -> Path:
@@ -81,7 +88,7 @@ class PipelineSettings:
         """The settings that determine the trained weights (a changed one retrains)."""
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
                 "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
-                "repeat_factor_threshold", "findings_loss_weight", "seed")
+                "repeat_factor_threshold", "findings_loss_weight", "seed", "frozen_dtype")
         from flamingo_lib.features import FEATURE_FORMAT_VERSION
 
         # the feature format too: a model trained on features of another format reads other inputs

@@ -277,3 +277,26 @@ def test_metrics_figure_draws_one_labelled_bar_per_system_and_metric_and_none_fo
     labels = lambda ax: sorted(t.get_text() for t in ax.texts if t.get_text())  # noqa: E731
     assert labels(language) == ["0.30", "1.60"] and labels(clinical) == ["0.40", "0.80"]
     assert [p.get_height() for p in clinical.patches] == [0.4, 0.8]
+
+
+def test_a_run_with_bfloat16_frozen_parts_trains_them_so_and_is_not_served_a_float32_model(tmp_path):
+    import json
+
+    import torch
+
+    run = tmp_path / "run"
+    Pipeline(run_dir=str(run), **SMALL).train()
+    summary_path = run / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["config"]["extra"]["pipeline"]["frozen_dtype"] == "float32"
+    del summary["config"]["extra"]["pipeline"]["frozen_dtype"]  # a run trained before the knob: float32
+    summary_path.write_text(json.dumps(summary))
+    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    half = Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "bfloat16"})
+    assert not half._trained_for_these_settings()  # another model: retrained, not served
+    assert half.train()["steps"] == 4
+    model, _ = half.model_and_processor
+    assert model.config.frozen_dtype == "bfloat16" and model.flamingo.vision_encoder.dtype == torch.bfloat16
+    assert Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "bfloat16"})._trained_for_these_settings()
+    with pytest.raises(ValueError, match="frozen_dtype='half'; allowed: float32, bfloat16, float16"):
+        Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "half"})
