@@ -54,7 +54,7 @@ $(BASELINES_STAMP): bench/requirements-baselines.txt
 
 .PHONY: bench-smoke
 
-# Full CPU run (~6 min on a 2-core machine; one torch thread, timed by its CPU time: see
+# Full CPU run (~8 min on a 2-core machine; one torch thread, timed by its CPU time: see
 # bench/README.md): writes bench/RESULTS.md and bench/results.json.
 bench: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench" $(PY) -m bench.run
