@@ -247,3 +247,19 @@ def test_from_pretrained_takes_the_transformers_dtype_argument_for_a_whole_bfloa
     assert half.generate(**batch, max_new_tokens=4).shape == (1, batch["input_ids"].shape[1] + 4)
     with pytest.raises(ValueError, match="dtype='int8' is not a floating-point torch dtype"):
         FlamingoModel.from_pretrained(tmp_path, dtype="int8")
+
+
+def test_float16_frozen_parts_train_too():
+    full = FlamingoModel(FlamingoConfig.from_preset("tiny-random"))
+    half = FlamingoModel(FlamingoConfig.from_preset("tiny-random", frozen_dtype="float16"))
+    assert {p.dtype for p in half.parameters() if not p.requires_grad} == {torch.float16}
+    processor = FlamingoProcessor(full.config)
+    batch = processor.training_batch(["Heart size is normal."], [[xray_like(0)]])
+    losses = []
+    for model in (full, half):
+        open_gates(model)
+        loss = model(**batch).loss
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters_trainable() if p.grad is not None)
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 0.01 * abs(losses[0])
