@@ -231,3 +231,17 @@ def test_decoder_list_lookup_finds_the_same_layers_and_never_a_stale_one():
     replacement = copy.deepcopy(decoder_layers(lm)[0])  # as a DDP replica or a reload would
     decoder_layers(lm)[0] = replacement
     assert lm_flamingo_layers(lm)[0] is replacement
+
+
+def test_backward_computes_no_gradient_for_a_frozen_weight_and_the_frozen_encoder_builds_no_graph():
+    from flamingo_lib import FlamingoProcessor
+
+    model = FlamingoModel(FlamingoConfig.from_preset("tiny-random"))
+    processor = FlamingoProcessor(model.config)
+    open_gates(model)
+    batch = processor.training_batch(["Heart size is normal."], [[xray_like(0)]])
+    assert not model.flamingo.encode_visuals(batch["pixel_values"]).requires_grad
+    model(**batch).loss.backward()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(model.get_parameter(n).grad is None for n in frozen)
+    assert all(p.grad is not None for p in model.parameters_trainable())
