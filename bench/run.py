@@ -25,6 +25,7 @@ import torch
 from bench import blocks, generation, precision, report, training
 from bench.common import BENCH_DIR, Env, baseline_versions, machine_info
 from bench.models import SMOKE_BLOCKS, biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir
+from flamingo_lib.atomic_files import write_text_atomic
 
 REPO = BENCH_DIR.parent
 
@@ -211,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
             results["load_avg_end"] = os.getloadavg()
             results["wall_s"] = time.perf_counter() - started
             results["targets"] = report.targets(results)
-            (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-            (out_dir / "RESULTS.md").write_text(report.markdown(results))
+            # atomic: a time limit may stop the run mid-write, and a torn file would lose the sections before
+            write_text_atomic(out_dir / "results.json", json.dumps(results, indent=1, default=str) + "\n")
+            write_text_atomic(out_dir / "RESULTS.md", report.markdown(results))
 
         results["sections_requested"] = [name for name in steps if name in sections]
         for name, (title, fn) in steps.items():
