@@ -4,8 +4,8 @@
 - ``frozen_bf16``: ``FlamingoConfig(frozen_dtype="bfloat16")``: the frozen LM and ViT in
   bfloat16, the trained layers (resampler, cross-attention, token rows) float32;
 - ``all_bf16``: that model cast whole to bfloat16 (``model.to(torch.bfloat16)``), for inference
-  only: at biomed sizes with ``xattn_every=1`` the cross-attention blocks hold as many weights as
-  the LM, so they set half of a decoding step's memory traffic.
+  only: at biomed sizes with ``xattn_every=1`` the cross-attention blocks hold ~245M weights
+  beside the LM's 347M, so they set a good part of a decoding step's memory traffic.
 
 Same prompt, same random weights (the trained layers copied from the float32 model, gates open), same
 decode-rate clock as :mod:`bench.generation`. No target: the issue sets none; this says what a
