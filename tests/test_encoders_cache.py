@@ -151,7 +151,7 @@ def test_a_shipped_build_whose_manifest_says_another_spec_or_is_switched_off_is_
 
 
 def test_ship_build_replaces_the_build_of_the_same_name_shipped_before(tmp_path):
-    from flamingo_lib.encoders.embedded import ship_build
+    from flamingo_lib.encoders.cache import ship_build
 
     old = _ship(tmp_path / "shipped", {"seed": 0})
     other = tmp_path / "shipped" / "other-0123"

@@ -32,6 +32,8 @@ from flamingo_lib.cache_dirs import cache_root
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+# the builds a source checkout ships (data/README.md)
+SHIPPED_ENCODERS_DIR = Path(__file__).resolve().parents[2] / "data" / "encoders"
 
 
 def shipped_encoders_root() -> Path | None:
@@ -39,8 +41,7 @@ def shipped_encoders_root() -> Path | None:
     ``FLAMINGO_SHIPPED_ENCODERS=0``)."""
     if os.environ.get("FLAMINGO_SHIPPED_ENCODERS", "1") == "0":
         return None
-    root = Path(__file__).resolve().parents[2] / "data" / "encoders"
-    return root if root.is_dir() else None
+    return SHIPPED_ENCODERS_DIR if SHIPPED_ENCODERS_DIR.is_dir() else None
 
 
 def shipped_build(name: str, spec: dict[str, Any], required: Sequence[str],
@@ -147,6 +148,25 @@ def cached_build(
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def ship_build(directory: Path, shipped_root: Path | None = None) -> Path:
+    """Copy a built cache directory into the checkout's ``data/encoders`` (or ``shipped_root``),
+    replacing the builds of the same name shipped before (one per name: the repository keeps
+    the default's only). The copy is made under a temporary name and renamed into place."""
+    root = shipped_root or SHIPPED_ENCODERS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = directory.name.rsplit("-", 1)[0]
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{directory.name}-"))
+    try:
+        shutil.copytree(directory, tmp, dirs_exist_ok=True)
+        for old in root.glob(f"{name}-*"):
+            shutil.rmtree(old)
+        tmp.chmod(0o755)
+        tmp.rename(root / directory.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / directory.name
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

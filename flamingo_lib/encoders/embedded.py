@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from flamingo_lib.config import EMBEDDED_LM, EMBEDDED_SMOLLM2, EMBEDDED_VISION
-from flamingo_lib.encoders.cache import cached_build, write_json_atomic
+from flamingo_lib.encoders.cache import cached_build, ship_build, write_json_atomic
 from flamingo_lib.encoders.clip_pretrain import ClipRecipe
 from flamingo_lib.encoders.lm_pretrain import LMRecipe
 from flamingo_lib.encoders.sentinels import env_scale, parse_scale, parse_sentinel
@@ -154,28 +154,6 @@ def resolve_sentinel(value: str, root: str | Path | None = None) -> str | None:
     from flamingo_lib.encoders.smollm2 import ensure_smollm2
 
     return str(ensure_smollm2(root))
-
-
-def ship_build(directory: Path, shipped_root: Path | None = None) -> Path:
-    """Copy a built cache directory into ``data/encoders`` of the repository (or ``shipped_root``),
-    replacing the builds of the same name shipped before (one per name: the repository keeps
-    the default's only). Atomic: a copy under a temporary name, renamed into place."""
-    import shutil
-    import tempfile
-
-    root = shipped_root or Path(__file__).resolve().parents[2] / "data" / "encoders"
-    root.mkdir(parents=True, exist_ok=True)
-    name = directory.name.rsplit("-", 1)[0]
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{directory.name}-"))
-    try:
-        shutil.copytree(directory, tmp, dirs_exist_ok=True)
-        for old in root.glob(f"{name}-*"):
-            shutil.rmtree(old)
-        tmp.chmod(0o755)
-        tmp.rename(root / directory.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root / directory.name
 
 
 def main(argv: list[str] | None = None) -> None:
