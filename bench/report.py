@@ -310,8 +310,7 @@ def summary_table(results: dict[str, Any]) -> str:
                      f"{row['speedup']['frozen_bf16']:.2f}x / {row['speedup']['all_bf16']:.2f}x", "-", "-"))
     m = results.get("memory")
     if m:
-        peak = m.get("rss_peak_step_bytes", m.get("cuda_peak_step_bytes", 0))
-        rows.append(("training step peak memory", f"{peak / GIB:.2f} GiB", "-", "-"))
+        rows.append(("training step peak memory", f"{_peak_gib(m):.2f} GiB", "-", "-"))
         rows.append(("AdamW state (trainable only)", f"{m['adamw_state_bytes_measured'] / GIB:.2f} GiB", "-", "-"))
         half = results.get("memory_frozen_bf16")
         if half:

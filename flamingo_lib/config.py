@@ -76,6 +76,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the spelling of ``FROZEN_DTYPES`` and of messages."""
+    return str(dtype).removeprefix("torch.")
+
+
 def floating_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """``dtype`` as a floating-point ``torch.dtype`` (names like ``"bfloat16"`` accepted), or None."""
     if dtype is None:

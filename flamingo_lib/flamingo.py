@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flamingo_lib.config import FlamingoConfig
+from flamingo_lib.config import FlamingoConfig, dtype_name, floating_dtype
 from flamingo_lib.cross_attention import GatedCrossAttentionBlock, all_seen_masks, media_masks
 from flamingo_lib.findings_head import FindingsHead
 from flamingo_lib.findings_tokens import FindingsTokens
@@ -30,7 +30,7 @@ def _check_dim(config: FlamingoConfig, name: str, actual: int, source: str) -> i
 def _refuse_half_precision_training(part: nn.Module, name: str) -> None:
     dtype = next((p.dtype for p in part.parameters() if p.dtype != torch.float32), torch.float32)
     if dtype != torch.float32:
-        raise ValueError(f"the {name} is held in {str(dtype).removeprefix('torch.')} (config.frozen_dtype) and "
+        raise ValueError(f"the {name} is held in {dtype_name(dtype)} (config.frozen_dtype) and "
                          "cannot be trained in it; build the model with frozen_dtype='float32' to train it")
 
 
@@ -44,7 +44,7 @@ class Flamingo(nn.Module):
 
     def __init__(self, config: FlamingoConfig) -> None:
         super().__init__()
-        frozen_dtype = getattr(torch, config.frozen_dtype)
+        frozen_dtype = floating_dtype(config.frozen_dtype)
         self.lm = load_language_model(config.lm, config.seed, frozen_dtype)
         self.vision_encoder = load_vision_encoder(config.clip_model_type, config.seed, frozen_dtype)
         dim = _check_dim(config, "dim", self.lm.get_input_embeddings().embedding_dim, f"the LM {config.lm!r}")

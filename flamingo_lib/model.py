@@ -19,7 +19,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from flamingo_lib.config import FROZEN_DTYPES, FlamingoConfig, floating_dtype
+from flamingo_lib.config import FROZEN_DTYPES, FlamingoConfig, dtype_name, floating_dtype
 from flamingo_lib.findings_head import findings_loss
 from flamingo_lib.findings_tokens import append_findings_tokens
 from flamingo_lib.flamingo import Flamingo
@@ -334,7 +334,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         directory = Path(pretrained_model_name_or_path)
         cast = floating_dtype(dtype if dtype is not None else torch_dtype)
         config = FlamingoConfig.from_pretrained(directory, **overrides)
-        name = None if cast is None else str(cast).removeprefix("torch.")
+        name = None if cast is None else dtype_name(cast)
         if name in FROZEN_DTYPES and "frozen_dtype" not in overrides and config.freeze_language_model \
                 and config.freeze_vision_model:
             config.frozen_dtype = name  # load the frozen parts in it, not in float32 first

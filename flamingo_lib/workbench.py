@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from flamingo_lib.config import dtype_name
+
 
 def detect_device() -> tuple[str, str]:
     """("cuda" | "mps" | "cpu", a human description)."""
@@ -44,7 +46,7 @@ def parameter_table(model: Any) -> pd.DataFrame:
         return {"trainable": sum(p.numel() for p in params if p.requires_grad),
                 "frozen": sum(p.numel() for p in params if not p.requires_grad),
                 "MiB": round(sum(p.numel() * p.element_size() for p in params) / 2**20, 1),
-                "dtype": ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))}
+                "dtype": ", ".join(sorted({dtype_name(p.dtype) for p in params}))}
 
     rows = {part: row(params) for part, params in parts.items()}
     rows["total"] = row([p for params in parts.values() for p in params])
