@@ -130,7 +130,12 @@ class Flamingo(nn.Module):
         return None if size is None or getattr(trunk, "dynamic_img_size", False) else int(size[0])
 
     def encode_visuals(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) pixels -> (B, T, P, dim_visual) patch tokens of the vision encoder."""
+        """(B, T, 3, H, W) pixels -> (B, T, P, dim_visual) patch tokens of the vision encoder.
+
+        An all-zero image slot is the padding of a study with fewer views (what the processor
+        writes; no normalised film is all zeros): it is not encoded and its tokens are zeros, as
+        the feature cache pads them, so cached and live features agree and nothing is spent on it.
+        """
         if pixel_values.ndim != 5 or pixel_values.shape[2] != 3:
             raise ValueError(
                 f"pixel_values must be (batch, images, 3, height, width), got shape {tuple(pixel_values.shape)}"
@@ -142,8 +147,17 @@ class Flamingo(nn.Module):
                 f"({size}, {size}); use the FlamingoProcessor of this model"
             )
         b, t = pixel_values.shape[:2]
+        images = pixel_values.flatten(0, 1)
+        filled = images.flatten(1).ne(0).any(-1)  # (B*T,) False on padding slots
+        every_slot = bool(filled.all())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.vision_frozen):
-            tokens = self.vision_encoder(pixel_values.flatten(0, 1).to(self.vision_encoder.dtype))
+            # (with no image at all, one slot is encoded for the output's shape, then zeroed)
+            chosen = images if every_slot else images[filled] if bool(filled.any()) else images[:1]
+            encoded = self.vision_encoder(chosen.to(self.vision_encoder.dtype))
+        if every_slot:
+            return encoded.unflatten(0, (b, t))
+        tokens = encoded.new_zeros((b * t, *encoded.shape[1:]))
+        tokens[filled] = encoded[: int(filled.sum())]
         return tokens.unflatten(0, (b, t))
 
     def resample(self, patch_tokens: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.config import FROZEN_DTYPES, FlamingoConfig, dtype_name, floating_dtype
-from flamingo_lib.findings_head import findings_loss
+from flamingo_lib.findings_head import findings_loss, padded_image_counts
 from flamingo_lib.findings_tokens import append_findings_tokens
 from flamingo_lib.flamingo import Flamingo
 from flamingo_lib.generation import FlamingoGenerationMixin
@@ -185,6 +185,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         media_time: torch.Tensor | None = None,
         all_media_seen: bool = False,
         finding_labels: torch.Tensor | None = None,
+        num_images: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> FlamingoOutput:
         """
@@ -202,6 +203,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
             finding_labels: (B, K) targets of the findings head (``config.findings_head``), (B, 2K)
                 with ``config.reading_head`` (the K readings after the K findings): its logits and
                 loss are returned too.
+            num_images: (B,) images each study holds, for what pools over a study's images (the
+                findings head, findings tokens): the rest of the T slots is padding. Default: its
+                ``<image>`` tokens, when ``input_ids`` is the whole sequence (no ``media_time``).
 
         Returns:
             :class:`FlamingoOutput` with loss, logits (B, L, V'), cache (and the findings head's
@@ -217,8 +221,10 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
             raise ValueError(f"{features.shape[0]} samples of images for {input_ids.shape[0]} texts")
         if media_time is None and not all_media_seen:
             media_time = self._media_time(input_ids, media_locations, features.shape[1])
+            if num_images is None:  # the whole sequence: its <image> tokens count each study's images
+                num_images = media_time[:, -1] if media_time.shape[1] else None
         out = self.flamingo(
-            input_ids, self._media_for(features), media_time, reuse_media_kv=self._generating and self.cache_media_kv,
+            input_ids, self._media_for(features, num_images), media_time, reuse_media_kv=self._generating and self.cache_media_kv,
             all_media_seen=all_media_seen,
             attention_mask=attention_mask,
             cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
@@ -226,52 +232,72 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)
         findings_logits = aux_loss = None
         if finding_labels is not None:
-            findings_logits = self._findings_logits(features)
+            findings_logits = self._findings_logits(features, num_images)
             aux_loss = findings_loss(findings_logits, finding_labels)
         return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
                               findings_logits=findings_logits, findings_loss=aux_loss)
 
-    def conditioning_media(self, visual_features: torch.Tensor) -> torch.Tensor:
+    def conditioning_media(self, visual_features: torch.Tensor, num_images: torch.Tensor | None = None
+                           ) -> torch.Tensor:
         """(B, T, n, D) resampled latents -> what the cross-attention layers read: with
         ``config.findings_tokens``, every image's latents followed by the study's K findings tokens
         (B, T, n + K, D; :mod:`flamingo_lib.findings_tokens`), else the latents unchanged (so too for
-        studies without images, T = 0)."""
+        studies without images, T = 0). ``num_images`` (B,): the slots each study fills, the rest
+        being padding the head must not average (None: all T)."""
         tokens = self.flamingo.findings_tokens
         if tokens is None or visual_features.shape[1] == 0:
             return visual_features
         # detached: the head learns from its labels only, never from what is easy to write
         k = len(self.config.findings_head)  # the findings' logits; a reading head's follow them
-        probabilities = self._findings_logits(visual_features)[:, :k].detach().float().sigmoid()
+        if num_images is not None:  # a study with no image reads no media: any verdict will do
+            num_images = torch.as_tensor(num_images).clamp(min=1)
+        probabilities = self._findings_logits(visual_features, num_images)[:, :k].detach().float().sigmoid()
         return append_findings_tokens(visual_features, tokens(probabilities))
 
-    def _media_for(self, features: torch.Tensor) -> torch.Tensor:
+    def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None) -> torch.Tensor:
         if not self._generating:
-            return self.conditioning_media(features)
+            return self.conditioning_media(features, num_images)
         if self._media_memo is None or self._media_memo[0] is not features:
-            self._media_memo = (features, self.conditioning_media(features))
+            self._media_memo = (features, self.conditioning_media(features, num_images))
         return self._media_memo[1]
 
-    def _findings_logits(self, visual_features: torch.Tensor) -> torch.Tensor:
+    def _findings_logits(self, visual_features: torch.Tensor, num_images: Any = None) -> torch.Tensor:
         if self.flamingo.findings_head is None:
             raise ValueError("this model has no findings head (config.findings_head is None): "
                              "build it with findings_head=[observation names]")
-        return self.flamingo.findings_head(visual_features)
+        return self.flamingo.findings_head(visual_features, num_images)
+
+    def _head_input(self, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor | None,
+                    visual_features: torch.Tensor | None, num_images: Any) -> tuple[torch.Tensor, Any]:
+        """Resampled features and the images per study (counted from the padding of pixels or
+        embeddings when not given; all slots for visual features)."""
+        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
+        if num_images is None and visual_features is None:
+            num_images = padded_image_counts(pixel_values if pixel_values is not None else image_embeddings)
+        return features, num_images
 
     @torch.no_grad()
     def predict_findings(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
-                         visual_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                         visual_features: torch.Tensor | None = None, num_images: Any = None
+                         ) -> dict[str, torch.Tensor]:
         """The findings head's probabilities for each study (exactly one input, as ``forward``).
+
+        Args:
+            num_images: (B,) images per study; by default counted from the zero padding of
+                ``pixel_values`` / ``image_embeddings`` (a batch mixing one- and two-view studies),
+                all T slots for ``visual_features``.
 
         Returns:
             observation name (``config.findings_head``) -> (B,) probability.
         """
-        return self._head_probabilities(self.resolve_visual_features(pixel_values, image_embeddings, visual_features))
+        return self._head_probabilities(*self._head_input(pixel_values, image_embeddings, visual_features, num_images))
 
     @torch.no_grad()
     def predict_readings(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
-                         visual_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                         visual_features: torch.Tensor | None = None, num_images: Any = None
+                         ) -> dict[str, torch.Tensor]:
         """The reading head's probabilities (``config.reading_head``) that the labeler reads each
-        observation as positive in the study's report (exactly one input, as ``forward``).
+        observation as positive in the study's report (inputs as :meth:`predict_findings`).
 
         Returns:
             observation name (``config.findings_head``) -> (B,) probability.
@@ -282,11 +308,12 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin):
         if not self.config.reading_head:
             raise ValueError("this model has no reading head (config.reading_head is False): "
                              "build it with FlamingoConfig(findings_head=[...], reading_head=True)")
-        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
-        return self._head_probabilities(features, readings=True)
+        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
+        return self._head_probabilities(features, counts, readings=True)
 
-    def _head_probabilities(self, features: torch.Tensor, readings: bool = False) -> dict[str, torch.Tensor]:
-        logits = self._findings_logits(features)  # first: it says so when there is no head
+    def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, readings: bool = False
+                            ) -> dict[str, torch.Tensor]:
+        logits = self._findings_logits(features, num_images)  # first: it says so when there is no head
         k = len(self.config.findings_head)
         probabilities = (logits[:, k:] if readings else logits[:, :k]).float().sigmoid()
         return {obs: probabilities[:, j] for j, obs in enumerate(self.config.findings_head)}

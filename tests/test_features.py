@@ -44,6 +44,31 @@ def test_cached_features_give_the_logits_of_pixels(model_and_processor, tmp_path
     torch.testing.assert_close(from_cache, from_pixels, atol=2e-3, rtol=2e-3)
 
 
+def test_a_padded_view_slot_is_not_encoded_and_reads_as_the_caches_zero_padding(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    imgs = [[xray_like(0), xray_like(1)], [xray_like(2)]]
+    pixels = processor(["<image><image>", "<image>"], imgs)["pixel_values"]
+    encoded_batches = []
+    hook = model.flamingo.vision_encoder.register_forward_hook(
+        lambda module, args, out: encoded_batches.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            tokens = model.flamingo.encode_visuals(pixels)
+    finally:
+        hook.remove()
+    assert encoded_batches == [3]  # three films, not four slots
+    assert not tokens[1, 1].any() and tokens[1, 0].any()
+    cache = FeatureCache(tmp_path, model, processor)
+    cache.build([im for sample in imgs for im in sample], batch_size=2, progress=False)
+    stacked = cache.stack(imgs)
+    assert not stacked[1, 1].any()
+    torch.testing.assert_close(stacked, tokens, atol=2e-3, rtol=2e-3)  # the padding included
+    # the second study alone: the same tokens for its one film
+    with torch.no_grad():
+        alone = model.flamingo.encode_visuals(processor(["<image>"], [imgs[1]])["pixel_values"])
+    torch.testing.assert_close(alone[0, 0], tokens[1, 0])
+
+
 def test_an_epoch_from_the_cache_makes_zero_encoder_calls(model_and_processor, tmp_path):
     model, processor = model_and_processor
     cache = FeatureCache(tmp_path, model, processor)

@@ -57,6 +57,48 @@ def test_predictions_agree_from_pixels_and_embeddings_and_survive_save_and_load(
     assert all(torch.equal(probabilities[o], reloaded.predict_findings(pixel_values=pixels)[o]) for o in OBS)
 
 
+def test_a_study_reads_the_same_alone_as_beside_a_study_with_more_views(with_head):
+    """Studies with fewer views are zero-padded in a batch; the padding is no image and must not
+    enter the head's average (else a one-view study's probabilities depend on its batch)."""
+    model, processor = with_head
+    one_view, two_views = [xray_like(4)], [xray_like(5), xray_like(6)]
+    alone = processor(["<image>"], [one_view])
+    mixed = processor(["<image>", "<image><image>"], [one_view, two_views])
+    assert mixed["pixel_values"].shape[1] == 2 and not mixed["pixel_values"][0, 1].any()  # padded
+    expected = model.predict_findings(pixel_values=alone["pixel_values"])
+    from_pixels = model.predict_findings(pixel_values=mixed["pixel_values"])
+    embeddings = model.flamingo.encode_visuals(mixed["pixel_values"])
+    from_embeddings = model.predict_findings(image_embeddings=embeddings)
+    features = model.resolve_visual_features(pixel_values=mixed["pixel_values"])
+    told = model.predict_findings(visual_features=features, num_images=[1, 2])
+    for o in OBS:
+        for got in (from_pixels, from_embeddings, told):
+            assert torch.allclose(got[o][0], expected[o][0], atol=1e-6)
+    # the two-view study averages both views: not its first view alone
+    first_only = model.predict_findings(pixel_values=mixed["pixel_values"][1:, :1])
+    assert not all(torch.allclose(from_pixels[o][1], first_only[o][0]) for o in OBS)
+    # training: the loss head counts each study's <image> tokens
+    targets = torch.zeros(2, len(OBS))
+    batch = processor.training_batch(["Normal.", "Normal."], [one_view, two_views])
+    logits = model(**batch, finding_labels=targets).findings_logits
+    single = model(**processor.training_batch(["Normal."], [one_view]), finding_labels=targets[:1]).findings_logits
+    assert torch.allclose(logits[0], single[0], atol=1e-5)
+
+
+def test_the_head_refuses_a_study_without_images_or_counts_that_do_not_fit(with_head):
+    model, processor = with_head
+    pixels = processor(["<image>", "<image><image>"], [[xray_like(4)], [xray_like(5), xray_like(6)]])["pixel_values"]
+    features = model.resolve_visual_features(pixel_values=pixels)
+    with pytest.raises(ValueError, match="study 0 has 0"):
+        model.predict_findings(visual_features=features, num_images=[0, 2])
+    with pytest.raises(ValueError, match="study 1 has 3"):
+        model.predict_findings(visual_features=features, num_images=[1, 3])
+    with pytest.raises(ValueError, match="2 studies"):
+        model.predict_findings(visual_features=features, num_images=[1])
+    with pytest.raises(ValueError, match="study 0 has 0"):  # all-zero pixels are padding: no image
+        model.predict_findings(pixel_values=torch.zeros(1, 1, *pixels.shape[2:]))
+
+
 def test_a_model_without_head_says_so(tiny, tmp_path):
     model, processor = tiny
     pixels = processor(["<image>"], [[xray_like(0)]])["pixel_values"]

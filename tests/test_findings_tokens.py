@@ -93,6 +93,26 @@ def test_the_text_reads_the_heads_verdict_through_the_tokens(with_tokens):
     assert (every[:, image_at:] - none[:, image_at:]).abs().max() > 1e-3  # after it: the verdict matters
 
 
+def test_a_one_view_study_reads_the_same_beside_a_two_view_study(with_tokens):
+    """The batch pads the one-view study with a blank slot; its findings tokens (the head's
+    verdict on its images) must not average that slot in, in training or in generation."""
+    model, processor = with_tokens
+    one, two = [xray_like(7)], [xray_like(8), xray_like(9)]
+    text = "<image>Findings: heart size is normal."
+    alone = processor([text], [one])
+    mixed = processor([text, "<image>" + text], [one, two])
+    length = alone["input_ids"].shape[1]
+    with torch.no_grad():
+        expected = model(**alone).logits[0]
+        got = model(**mixed).logits[0, :length]
+        generated_alone = model.generate(**processor([text], [one], padding_side="left"), max_new_tokens=4)
+        left = processor([text, "<image>" + text], [one, two], padding_side="left")
+        generated_mixed = model.generate(**left, max_new_tokens=4)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    pad = left["input_ids"].shape[1] - length  # the one-view study is left-padded by one token
+    assert torch.equal(generated_mixed[0, pad:], generated_alone[0])
+
+
 def test_language_loss_trains_the_tokens_but_never_the_head(with_tokens):
     model, processor = with_tokens
     batch = processor.training_batch(["Small left pleural effusion."], [[xray_like(0)]])
@@ -112,7 +132,7 @@ def test_generation_builds_the_media_once_and_matches_uncached_decoding(with_tok
                       padding_side="left")
     calls = []
     original = model.conditioning_media
-    model.conditioning_media = lambda features: calls.append(1) or original(features)
+    model.conditioning_media = lambda features, counts=None: calls.append(1) or original(features, counts)
     kv = []
     hooks = [l.gated_cross_attn.attn.to_kv.register_forward_hook(lambda *a: kv.append(1))
              for l in flamingo_layers(model)]
