@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +34,8 @@ Labels = Mapping[str, Any]
 
 #: The name of the findings-guided system in evaluation tables (beside "flamingo": greedy).
 SYSTEM_NAME = "flamingo, findings-guided"
+#: Where a run records how its guided reports were made (``eval/``; threshold, candidates, temperature).
+GUIDED_SETUP_FILE = "guided_decoding.json"
 
 
 @dataclass
@@ -92,10 +94,11 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
                                               num_return_sequences=num_candidates)
             pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
             features = model.resolve_visual_features(pixel_values=pixels.to(device))
-            head = model.predict_findings(visual_features=features)
+            views = [len(v) for v in images]  # a study with fewer views is padded: not an image
+            head = model.predict_findings(visual_features=features, num_images=views)
             probabilities.append(torch.stack([head[obs].cpu() for obs in observations], 1))
             if readings:
-                written = model.predict_readings(visual_features=features)
+                written = model.predict_readings(visual_features=features, num_images=views)
                 reading_probabilities.append(torch.stack([written[obs].cpu() for obs in observations], 1))
             for i in range(len(chunk)):
                 options = [greedy[i], *sampled[i * num_candidates:(i + 1) * num_candidates]]
@@ -142,10 +145,20 @@ def tune_threshold(candidates: Candidates, truth: Sequence[Labels], observations
     return best, scores
 
 
+class GuidedReports(NamedTuple):
+    """What :func:`guided_reports` made: one report per test study, the protocol note, and the
+    threshold picked on the val split with the micro-F1 of every threshold tried there."""
+
+    reports: list[str]
+    note: str
+    threshold: float
+    val_micro_f1: dict[float, float]
+
+
 def guided_reports(model: Any, processor: Any, val_samples: Sequence[Any], val_truth: Sequence[Labels],
                    test_samples: Sequence[Any], observations: Sequence[str] | None = None,
                    num_candidates: int = 16, temperature: float = 1.0, top_p: float = 1.0,
-                   **sampling: Any) -> tuple[list[str], str]:
+                   **sampling: Any) -> GuidedReports:
     """Findings-guided reports for ``test_samples``, the threshold picked on ``val_samples``.
 
     Args:
@@ -155,7 +168,7 @@ def guided_reports(model: Any, processor: Any, val_samples: Sequence[Any], val_t
         sampling: passed to :func:`sample_candidates` (``max_new_tokens``, ``seed``, ``progress``...).
 
     Returns:
-        (one report per test study, a protocol note saying how they were made).
+        :class:`GuidedReports`: the reports, a protocol note saying how they were made, the threshold.
     """
     sampling |= {"temperature": temperature, "top_p": top_p}
     val = sample_candidates(model, processor, val_samples, num_candidates, **sampling)
@@ -168,4 +181,4 @@ def guided_reports(model: Any, processor: Any, val_samples: Sequence[Any], val_t
             f"over the findings it states, of ({belief} - threshold); threshold {threshold} picked on the val "
             f"split ({len(val_samples)} studies; findings micro-F1 per threshold: "
             + ", ".join(f"{t}: {f:.3f}" for t, f in scores.items()) + ").")
-    return choose(test, threshold), note
+    return GuidedReports(choose(test, threshold), note, threshold, scores)

@@ -223,7 +223,7 @@ class Pipeline:
         """The test split's findings-guided reports (:func:`~flamingo_lib.guided_decoding.guided_reports`;
         nothing when the model has no findings head, ``guided_candidates`` is 0 or there is no val
         split), the threshold picked on ``guided_val_samples`` val studies, and how they were made."""
-        from flamingo_lib.guided_decoding import SYSTEM_NAME, guided_reports
+        from flamingo_lib.guided_decoding import GUIDED_SETUP_FILE, SYSTEM_NAME, guided_reports
 
         s = self.settings
         if not s.guided_candidates or model.config.findings_head is None:
@@ -232,11 +232,17 @@ class Pipeline:
         if not val:
             return {}, ""
         val_truth, observations = self._truth(val)
-        reports, note = guided_reports(
+        guided = guided_reports(
             model, processor, val, val_truth, self._samples("test"), observations,
             num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress,
             temperature=s.guided_temperature)
-        return {SYSTEM_NAME: reports}, note
+        # what `python -m flamingo_lib.write_reports --guided` needs to decode new films the same way
+        (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "eval" / GUIDED_SETUP_FILE, {
+            "threshold": guided.threshold, "candidates": s.guided_candidates, "temperature": s.guided_temperature,
+            "top_p": 1.0, "val_studies": len(val), "val_micro_f1": {str(t): f for t, f in guided.val_micro_f1.items()}},
+            indent=1)
+        return {SYSTEM_NAME: guided.reports}, guided.note
 
     def generations(self) -> pd.DataFrame:
         """id, reference and every system's report for the test split."""
@@ -271,12 +277,13 @@ class Pipeline:
             embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
             with torch.no_grad():  # resampled once for both heads
                 features = model.resolve_visual_features(image_embeddings=embeddings.to(next(model.parameters()).device))
-            probabilities = model.predict_findings(visual_features=features)
+            views = [len(sample.images) for sample in test]  # the stack pads studies with fewer views
+            probabilities = model.predict_findings(visual_features=features, num_images=views)
             table["classifier AUROC"] = classifier_auroc(probabilities, truth, observations)
             if model.config.reading_head:
                 from flamingo_lib.labeler import label_report
 
-                readings = model.predict_readings(visual_features=features)
+                readings = model.predict_readings(visual_features=features, num_images=views)
                 table["reading head AUROC (vs reference)"] = classifier_auroc(
                     readings, [label_report(sample.report) for sample in test], observations)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         compile=args.compile,
-        extra={"preset": args.preset, "data": args.data},
+        extra={"preset": args.preset, "data": args.data, "image_size": args.image_size},
     )
     trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train_config)
     if args.resume:

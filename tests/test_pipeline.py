@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from data_fixtures import build_mimic
 from flamingo_lib.pipeline import Pipeline
 from flamingo_lib.report_html import write_html_report
 from flamingo_lib.run_report import build_run_report, headline
+from flamingo_lib.write_reports import main as write_reports_main
 
 SMALL = dict(preset="tiny-random", data="phantom:templated", image_size=160, max_train_samples=24,
              max_val_samples=4, max_test_samples=6, max_steps=4, batch_size=4, eval_every=2, max_new_tokens=6,
@@ -32,6 +35,19 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert SYSTEM_NAME in table.index and "findings-guided" in headline(pipeline)
     protocol = protocol_text(tmp_path)
     assert "picked on the val split (5 studies" in protocol  # guided_val_samples, not max_val_samples
+    setup = json.loads((tmp_path / "run" / "eval" / "guided_decoding.json").read_text())
+    assert f"threshold {setup['threshold']} picked" in protocol and setup["candidates"] == pipeline.settings.guided_candidates
+    # the run's model on its test films, as files on disk: the evaluation's greedy and guided reports
+    films = tmp_path / "films"
+    films.mkdir()
+    for i, sample in enumerate(pipeline.splits["test"]):
+        sample.images[0].save(films / f"{i:03d}.png")
+    generations = pipeline.generations()
+    common = [str(tmp_path / "run"), str(films), "--one-per-image", "--max-new-tokens", "6", "--no-progress"]
+    greedy = write_reports_main(common + ["--out", str(tmp_path / "greedy.csv"), "--batch-size", "8"])
+    assert greedy["report"].tolist() == generations["flamingo"].tolist()
+    guided = write_reports_main(common + ["--out", str(tmp_path / "guided.csv"), "--guided"])
+    assert guided["report"].tolist() == generations[SYSTEM_NAME].tolist()
     # ... and a reading head: the guided score weighs what the report would say too
     assert pipeline.model_and_processor[0].config.reading_head and "the reading head's probabilities" in protocol
     usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"

@@ -1,0 +1,146 @@
+"""Reports for new films: studies found on disk, the same reports and head verdicts as the library's
+calls, the command line's outputs and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import open_gates, xray_like
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.data.errors import DataError
+from flamingo_lib.data.study_files import find_studies, load_study
+from flamingo_lib.write_reports import main, model_directory, write_reports
+from test_dicom import write_dicom
+
+OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
+
+
+def save_png(path, seed: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    xray_like(seed).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny model with findings and reading heads, gates open, saved as a run's train/model."""
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=OBS, reading_head=True)
+    model = FlamingoModel(config).eval()
+    open_gates(model)
+    run = tmp_path_factory.mktemp("run")
+    model.save_pretrained(run / "train" / "model", processor=FlamingoProcessor(config))
+    return run, model, FlamingoProcessor(config)
+
+
+def test_a_folder_of_study_folders_is_a_study_per_folder_and_files_given_by_name_are_one_each(tmp_path):
+    root = tmp_path / "files" / "p10" / "p10000032"
+    save_png(root / "s1" / "b.png", 1), save_png(root / "s1" / "a.png", 2), save_png(root / "s2" / "c.jpg", 3)
+    loose = save_png(tmp_path / "loose.png", 4)
+    studies = find_studies([tmp_path / "files", loose])
+    assert [s.id for s in studies] == [str(root / "s1"), str(root / "s2"), str(tmp_path / "loose")]
+    assert [p.name for p in studies[0].paths] == ["a.png", "b.png"]  # name order without view headers
+    singles = find_studies([tmp_path / "files"], one_per_image=True)
+    assert [len(s.paths) for s in singles] == [1, 1, 1]
+    sample = load_study(studies[0], image_size=64)
+    assert len(sample.images) == 2 and max(sample.images[0].size) == 64 and sample.report == ""
+
+
+def test_frontal_views_come_first_when_the_dicom_header_names_them(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 4000, (40, 32))
+    (tmp_path / "study").mkdir()
+    write_dicom(tmp_path / "study" / "a.dcm", pixels, ViewPosition="LATERAL")
+    write_dicom(tmp_path / "study" / "b.dcm", pixels, ViewPosition="PA")
+    (study,) = find_studies([tmp_path / "study"])
+    assert [p.name for p in study.paths] == ["b.dcm", "a.dcm"] and study.views == ("PA", "LATERAL")
+    assert load_study(study).images[0].mode == "L"
+
+
+def test_bad_inputs_are_refused_by_name(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    image = save_png(tmp_path / "films" / "a.png", 0)
+    cases = [([tmp_path / "absent"], "missing_input"), ([tmp_path / "notes.txt"], "not_an_image"),
+             ([tmp_path / "empty"], "no_images"), ([tmp_path / "films", image], "duplicate_image")]
+    for inputs, reason in cases:
+        with pytest.raises(DataError) as error:
+            find_studies(inputs)
+        assert error.value.reason == reason and str(inputs[-1]) in str(error.value)
+
+
+def test_reports_and_head_verdicts_are_those_of_each_study_alone(saved_model, tmp_path):
+    _, model, processor = saved_model
+    save_png(tmp_path / "two" / "a.png", 5), save_png(tmp_path / "two" / "b.png", 6)
+    save_png(tmp_path / "one" / "a.png", 7)
+    studies = find_studies([tmp_path / "one", tmp_path / "two"])
+    table = write_reports(model, processor, studies, max_new_tokens=8, batch_size=2, progress=False)
+    assert list(table["study"]) == [s.id for s in studies]
+    for study, row in zip(studies, table.itertuples()):
+        images = load_study(study, 224).images
+        assert row.report == model.generate_captions(processor, [images], max_length=8)[0]
+        alone = model.predict_findings(pixel_values=processor([processor.study_prompt(len(images))], [images])["pixel_values"])
+        for obs in OBS:  # the one-view study sits beside a two-view one in its batch: same verdict
+            assert table.at[row.Index, f"p {obs}"] == pytest.approx(float(alone[obs][0]), abs=1e-4)
+    assert {f"p stated {obs}" for obs in OBS} <= set(table.columns)
+
+
+def test_the_command_writes_csv_or_jsonl_and_records_what_each_study_states(saved_model, tmp_path):
+    run, model, processor = saved_model
+    save_png(tmp_path / "films" / "x.png", 8), save_png(tmp_path / "films" / "y.png", 9)
+    csv = main([str(run), str(tmp_path / "films"), "--one-per-image", "--out", str(tmp_path / "r.csv"),
+                "--max-new-tokens", "6", "--no-progress", "--device", "cpu"])
+    on_disk = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
+    assert list(on_disk["study"]) == [str(tmp_path / "films" / "x"), str(tmp_path / "films" / "y")]
+    assert list(on_disk["report"]) == list(csv["report"])
+    from flamingo_lib.labeler import label_report
+
+    for row in on_disk.itertuples():
+        assert row.stated == "; ".join(o for o, v in label_report(row.report).items() if v == 1.0)
+    main([str(run / "train" / "model"), str(tmp_path / "films" / "x.png"), "--out", str(tmp_path / "r.jsonl"),
+          "--max-new-tokens", "6", "--no-progress", "--device", "cpu"])
+    (record,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert record["report"] == csv["report"][0] and 0 < record["p Cardiomegaly"] < 1
+
+
+def test_guided_decoding_takes_the_runs_recorded_threshold_and_matches_the_library(saved_model, tmp_path):
+    run, model, processor = saved_model
+    film = save_png(tmp_path / "films" / "x.png", 10)
+    args = [str(run), str(film), "--out", str(tmp_path / "g.csv"), "--max-new-tokens", "6", "--no-progress",
+            "--device", "cpu", "--candidates", "3"]
+    with pytest.raises(SystemExit):  # no run record and no --threshold: refused before any work
+        main(args + ["--guided"])
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "guided_decoding.json").write_text(json.dumps({"threshold": 0.3, "candidates": 3,
+                                                                   "temperature": 0.7, "top_p": 1.0}))
+    try:
+        table = main(args + ["--guided"])
+    finally:
+        (run / "eval" / "guided_decoding.json").unlink()
+    from flamingo_lib.data.study_files import find_studies as studies_of
+    from flamingo_lib.guided_decoding import choose, sample_candidates
+
+    samples = [load_study(s, 224) for s in studies_of([film])]
+    drawn = sample_candidates(model, processor, samples, 3, max_new_tokens=6, seed=0, progress=False, temperature=0.7)
+    assert table["report"].tolist() == choose(drawn, 0.3)
+
+
+def test_the_command_refuses_what_it_cannot_do_before_working(saved_model, tmp_path, capsys):
+    run, _, _ = saved_model
+    film = save_png(tmp_path / "x.png", 11)
+    plain = tmp_path / "plain"
+    config = FlamingoConfig.from_preset("tiny-random")
+    FlamingoModel(config).save_pretrained(plain, processor=FlamingoProcessor(config))
+    cases = [([str(run), str(film), "--out", str(tmp_path / "r.xlsx")], "write reports to a .csv or .jsonl"),
+             ([str(tmp_path), str(film), "--out", str(tmp_path / "r.csv")], "no saved model here"),
+             ([str(run), str(tmp_path / "nope.png"), "--out", str(tmp_path / "r.csv")], "no such file"),
+             ([str(plain), str(film), "--out", str(tmp_path / "r.csv"), "--threshold", "0.3"], "needs a model with a findings head")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+    with pytest.raises(FileNotFoundError, match="train/model"):
+        model_directory(tmp_path)
