@@ -9,28 +9,33 @@ files (a study each) and folders (every folder below holding images is a study:
 :func:`~flamingo_lib.data.study_files.find_studies`). Each study gets a report (greedy, or
 findings-guided with the threshold its run picked on validation studies), the observations the
 report states (read by the labeler), and with a findings head the head's probability of each
-observation. The table is written atomically as CSV or JSON lines; nothing is written beside the
-films.
+observation (:mod:`flamingo_lib.study_reports`). The table is written atomically as CSV or JSON
+lines; nothing is written beside the films.
+
+A long run loses nothing: every chunk of studies is appended to ``OUT.partial.jsonl`` as it is
+done, and the same command run again continues after the last complete chunk (a command with other
+settings, model or studies is refused and told what differs). ``--on-error skip`` reports the other
+studies when a film cannot be read, and says why in the study's ``error`` column.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from flamingo_lib.atomic_files import write_text_atomic
-from flamingo_lib.data.study_files import StudyFiles, find_studies, load_study
+from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.guided_decoding import GUIDED_SETUP_FILE
-
-logger = logging.getLogger(__name__)
+from flamingo_lib.study_reports import CHUNK_STUDIES, report_chunks
 
 #: Output formats by suffix.
 TABLE_SUFFIXES = (".csv", ".jsonl")
@@ -74,92 +79,57 @@ def recorded_image_size(model_dir: Path) -> int | None:
     return (extra.get("pipeline") or {}).get("image_size") or extra.get("image_size")
 
 
-class _LoadedStudies(Sequence):
-    """Studies loaded from disk when indexed: a folder of thousands holds one batch in memory."""
-
-    def __init__(self, studies: Sequence[StudyFiles], image_size: int | None) -> None:
-        self.studies, self.image_size = studies, image_size
-
-    def __len__(self) -> int:
-        return len(self.studies)
-
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        return load_study(self.studies[i], self.image_size)
+def partial_path(out: str | Path) -> Path:
+    """Where the command keeps the chunks it has done: ``OUT.partial.jsonl`` beside ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.jsonl")
 
 
-def _head_columns(model: Any, probabilities: torch.Tensor | None, readings: torch.Tensor | None) -> list[dict]:
-    """Per study, ``p <observation>`` (and ``p stated <observation>`` with a reading head)."""
-    if probabilities is None:
-        return []
-    observations = model.config.findings_head
-    rows = [{f"p {obs}": round(float(p), 4) for obs, p in zip(observations, row)} for row in probabilities]
-    if readings is not None:
-        for row, stated in zip(rows, readings):
-            row |= {f"p stated {obs}": round(float(p), 4) for obs, p in zip(observations, stated)}
-    return rows
+def run_identity(model_dir: Path, studies: Sequence[StudyFiles], options: dict[str, Any]) -> dict[str, Any]:
+    """What fixes a run's rows: the model (its weights file's size and time), the studies, the options."""
+    weights = (model_dir / "model.safetensors").stat()
+    listing = "\n".join(f"{s.id}\t{';'.join(map(str, s.paths))}" for s in studies)
+    return {"model": str(model_dir.resolve()), "weights": f"{weights.st_size}-{weights.st_mtime_ns}",
+            "studies": hashlib.sha256(listing.encode()).hexdigest()[:16], "count": len(studies),
+            "chunk_studies": CHUNK_STUDIES, **options}
 
 
-@torch.no_grad()
-def _greedy(model: Any, processor: Any, samples: Sequence[Any], max_new_tokens: int, batch_size: int,
-            progress: bool) -> tuple[list[str], torch.Tensor | None, torch.Tensor | None]:
-    reports, probabilities, readings = [], [], []
-    observations = model.config.findings_head
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="reports"):
-        images = [list(samples[i].images) for i in range(start, min(start + batch_size, len(samples)))]
-        reports += model.generate_captions(processor, images, max_length=max_new_tokens)
-        if observations is None:
-            continue
-        pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"].to(device)
-        views = [len(v) for v in images]  # the batch pads studies with fewer views
-        features = model.resolve_visual_features(pixel_values=pixels)
-        head = model.predict_findings(visual_features=features, num_images=views)
-        probabilities.append(torch.stack([head[obs].cpu() for obs in observations], 1))
-        if model.config.reading_head:
-            stated = model.predict_readings(visual_features=features, num_images=views)
-            readings.append(torch.stack([stated[obs].cpu() for obs in observations], 1))
-    return (reports, torch.cat(probabilities) if probabilities else None,
-            torch.cat(readings) if readings else None)
-
-
-def write_reports(model: Any, processor: Any, studies: Sequence[StudyFiles], *, guided_threshold: float | None = None,
-                  candidates: int = 32, temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 60,
-                  batch_size: int = 4, seed: int = 0, image_size: int | None = None,
-                  progress: bool = True) -> pd.DataFrame:
-    """One row per study: ``study``, ``images`` (its files, ``;``-separated), ``report``, ``stated``
-    (the observations the labeler reads as positive in it) and, with a findings head, ``p <obs>``
-    per observation (``p stated <obs>`` too with a reading head).
-
-    Args:
-        guided_threshold: None: greedy reports. Else findings-guided decoding
-            (:mod:`flamingo_lib.guided_decoding`: the greedy report and ``candidates`` samples at
-            ``temperature`` / ``top_p``, the one the heads agree with beyond the threshold kept).
-        image_size: the longer side films are downscaled to on loading (the run's ``image_size``).
+def resume_chunks(partial: Path, identity: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The complete chunks a partial file holds, in order (a torn last line or chunk is dropped).
 
     Raises:
-        ValueError: guided decoding asked of a model without a findings head.
+        ValueError: the file was written by a run with another identity, naming what differs.
     """
-    from flamingo_lib.labeler import label_report
+    if not partial.is_file():
+        return []
+    lines = partial.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0]).get("run", {}) if lines else {}
+    if header != identity:
+        differs = sorted(k for k in set(header) | set(identity) if header.get(k) != identity.get(k))
+        raise ValueError(f"{partial}: partial results of another run ({', '.join(differs)} differ); rerun the "
+                         "command that wrote them to finish it, or delete the file to start over")
+    chunks: dict[int, list[dict[str, Any]]] = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # killed while appending: the chunk is redone
+        chunks.setdefault(row.pop("chunk"), []).append(row)
+    complete = []
+    for index in range(len(chunks)):
+        expected = min(CHUNK_STUDIES, identity["count"] - index * CHUNK_STUDIES)
+        if len(chunks.get(index, [])) != expected:
+            break
+        complete.append(chunks[index])
+    return complete
 
-    model.eval()
-    samples = _LoadedStudies(studies, image_size)
-    if guided_threshold is None:
-        reports, probabilities, readings = _greedy(model, processor, samples, max_new_tokens, batch_size, progress)
-    else:
-        from flamingo_lib.guided_decoding import choose, sample_candidates
 
-        drawn = sample_candidates(model, processor, samples, candidates, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, seed=seed, progress=progress,
-                                  temperature=temperature, top_p=top_p)
-        reports, probabilities, readings = choose(drawn, guided_threshold), drawn.probabilities, \
-            drawn.reading_probabilities
-    heads = _head_columns(model, probabilities, readings) or [{} for _ in studies]
-    rows = []
-    for study, report, head in zip(studies, reports, heads):
-        stated = [obs for obs, value in label_report(report).items() if value == 1.0]
-        rows.append({"study": study.id, "images": ";".join(str(p) for p in study.paths), "report": report,
-                     "stated": "; ".join(stated)} | head)
-    return pd.DataFrame(rows)
+def _append_chunk(partial: Path, index: int, rows: list[dict[str, Any]]) -> None:
+    """One write and an fsync per chunk: a kill leaves whole chunks and at most one torn one."""
+    with partial.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps({"chunk": index} | row, ensure_ascii=False) + "\n" for row in rows))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def save_table(table: pd.DataFrame, path: str | Path) -> None:
@@ -195,6 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, help="downscale films on loading so the longer side is at most "
                         "this (default: the run's image_size, else 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the guided candidates")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="a film that cannot be read stops the run (raise; a rerun resumes) or leaves its "
+                        "study without a report, the reason in its error column (skip)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best there is)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="the whole model in this dtype (bfloat16: about half the memory, faster on a GPU)")
@@ -219,7 +192,7 @@ def _guided_settings(args: argparse.Namespace, model_dir: Path, parser: argparse
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """The command line; returns the table it wrote."""
-    from flamingo_lib import FlamingoModel, FlamingoProcessor
+    from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
     from flamingo_lib.data.errors import DataError
     from flamingo_lib.workbench import detect_device
 
@@ -233,24 +206,48 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     except (FileNotFoundError, DataError) as error:
         parser.error(str(error))
     guided = _guided_settings(args, model_dir, parser)
+    if guided["guided_threshold"] is not None and FlamingoConfig.from_pretrained(model_dir).findings_head is None:
+        parser.error(f"{model_dir}: findings-guided decoding needs a model with a findings head; this one has none")
     device = detect_device()[0] if args.device == "auto" else args.device
+    image_size = args.image_size or recorded_image_size(model_dir) or 224
+    options = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
+               "image_size": image_size, **guided}
+    partial = partial_path(args.out)
+    # (not on_error: it changes no row that was made, so a run stopped by a bad film resumes with skip)
+    identity = run_identity(model_dir, studies, options | {"dtype": args.dtype, "device": torch.device(device).type})
+    try:
+        done = resume_chunks(partial, identity)
+    except ValueError as error:
+        parser.error(str(error))
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
     model = FlamingoModel.from_pretrained(model_dir, dtype=dtype).to(device)
-    if guided["guided_threshold"] is not None and model.config.findings_head is None:
-        parser.error(f"{model_dir}: findings-guided decoding needs a model with a findings head; this one has none")
     processor = FlamingoProcessor.from_pretrained(model_dir)
-    image_size = args.image_size or recorded_image_size(model_dir) or 224
     how = "greedy" if guided["guided_threshold"] is None else (
         f"findings-guided (threshold {guided['guided_threshold']}, {guided['candidates']} candidates "
         f"at temperature {guided['temperature']})")
     print(f"{len(studies)} studies ({sum(len(s.paths) for s in studies)} images), {how} decoding on {device}, "
-          f"model {model_dir}")
-    table = write_reports(model, processor, studies, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                          seed=args.seed, image_size=image_size, progress=not args.no_progress, **guided)
+          f"model {model_dir}" + (f"; resuming after {sum(map(len, done))} studies in {partial}" if done else ""))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    # the partial file restarted from what was kept: a torn tail is not appended to
+    write_text_atomic(partial, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in
+                                       [{"run": identity}] + [{"chunk": i} | r for i, c in enumerate(done) for r in c]))
+    chunks = report_chunks(model, processor, studies, first_chunk=len(done), progress=not args.no_progress,
+                           on_error=args.on_error, **options)
+    try:
+        for index, rows in enumerate(chunks, len(done)):
+            _append_chunk(partial, index, rows)
+            done.append(rows)
+    except DataError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n{partial} keeps the {sum(map(len, done))} studies done: "
+                       "fix or remove the film and run the same command again, or add --on-error skip\n")
+    table = pd.DataFrame([row for rows in done for row in rows])
     save_table(table, args.out)
+    partial.unlink()
     for row in table.head(5).itertuples():
         print(f"{row.study}: {row.report}")
-    print(f"wrote {len(table)} reports to {args.out}")
+    failed = int((table["error"] != "").sum()) if len(table) else 0
+    print(f"wrote {len(table)} reports to {args.out}" + (f"; {failed} studies could not be read (error column)"
+                                                          if failed else ""))
     return table
 
 

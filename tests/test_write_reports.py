@@ -1,5 +1,5 @@
 """Reports for new films: studies found on disk, the same reports and head verdicts as the library's
-calls, the command line's outputs and its refusals."""
+calls, the command line's outputs, its refusals, unreadable films and resuming after a kill."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data.errors import DataError
 from flamingo_lib.data.study_files import find_studies, load_study
-from flamingo_lib.write_reports import main, model_directory, write_reports
+from flamingo_lib.study_reports import study_reports
+from flamingo_lib.write_reports import main, model_directory, partial_path
 from test_dicom import write_dicom
 
 OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
@@ -76,7 +77,7 @@ def test_reports_and_head_verdicts_are_those_of_each_study_alone(saved_model, tm
     save_png(tmp_path / "two" / "a.png", 5), save_png(tmp_path / "two" / "b.png", 6)
     save_png(tmp_path / "one" / "a.png", 7)
     studies = find_studies([tmp_path / "one", tmp_path / "two"])
-    table = write_reports(model, processor, studies, max_new_tokens=8, batch_size=2, progress=False)
+    table = study_reports(model, processor, studies, max_new_tokens=8, batch_size=2, image_size=224, progress=False)
     assert list(table["study"]) == [s.id for s in studies]
     for study, row in zip(studies, table.itertuples()):
         images = load_study(study, 224).images
@@ -144,3 +145,59 @@ def test_the_command_refuses_what_it_cannot_do_before_working(saved_model, tmp_p
     assert not (tmp_path / "r.csv").exists()
     with pytest.raises(FileNotFoundError, match="train/model"):
         model_directory(tmp_path)
+
+
+def test_an_unreadable_film_stops_the_run_or_is_skipped_with_its_reason(saved_model, tmp_path, capsys):
+    run, _, _ = saved_model
+    save_png(tmp_path / "films" / "a.png", 12)
+    (tmp_path / "films" / "b.png").write_bytes(b"not a png at all")
+    args = [str(run), str(tmp_path / "films"), "--one-per-image", "--out", str(tmp_path / "r.csv"),
+            "--max-new-tokens", "4", "--no-progress", "--device", "cpu"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and "b.png" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()
+    table = main(args + ["--on-error", "skip"])
+    assert table["report"].str.len().tolist()[0] > 0 and table["report"][1] == ""
+    assert "b.png" in table["error"][1] and "cannot decode" in table["error"][1] and table["error"][0] == ""
+    assert not partial_path(tmp_path / "r.csv").exists()  # finished: only the table is left
+
+
+def test_a_killed_run_resumes_after_its_last_whole_chunk_to_the_uninterrupted_table(saved_model, tmp_path,
+                                                                                  monkeypatch, capsys):
+    import flamingo_lib.write_reports as command
+    from flamingo_lib.study_reports import CHUNK_STUDIES, report_chunks
+
+    run, _, _ = saved_model
+    for i in range(CHUNK_STUDIES + 3):  # two chunks
+        save_png(tmp_path / "films" / f"{i:02d}.png", 100 + i)
+    args = [str(run), str(tmp_path / "films"), "--one-per-image", "--max-new-tokens", "4", "--no-progress",
+            "--device", "cpu", "--guided", "--threshold", "0.3", "--candidates", "2"]
+    whole = main(args + ["--out", str(tmp_path / "whole.csv")])
+    out = tmp_path / "killed.csv"
+    started = []
+
+    def killed_after_one_chunk(*a, first_chunk=0, **k):
+        started.append(first_chunk)
+        for rows in report_chunks(*a, first_chunk=first_chunk, **k):
+            yield rows
+            raise KeyboardInterrupt  # the kill, once the first chunk is saved
+
+    monkeypatch.setattr(command, "report_chunks", killed_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--out", str(out)])
+    partial = partial_path(out)
+    assert len(partial.read_text().splitlines()) == 1 + CHUNK_STUDIES and not out.exists()
+    with partial.open("a") as handle:
+        handle.write('{"chunk": 1, "study": "torn')  # killed while appending the second chunk
+    with pytest.raises(SystemExit):  # other settings: refused, naming them
+        main(args + ["--out", str(out), "--seed", "1"])
+    assert "seed differ" in capsys.readouterr().err
+    started_again = []
+    monkeypatch.setattr(command, "report_chunks", lambda *a, first_chunk=0, **k: started_again.append(first_chunk)
+                        or report_chunks(*a, first_chunk=first_chunk, **k))
+    resumed = main(args + ["--out", str(out)])
+    assert started == [0] and started_again == [1]  # the first chunk was not decoded again
+    pd.testing.assert_frame_equal(resumed, whole)
+    pd.testing.assert_frame_equal(pd.read_csv(out, keep_default_na=False), pd.read_csv(tmp_path / "whole.csv",
+                                                                                       keep_default_na=False))
+    assert not partial.exists()
