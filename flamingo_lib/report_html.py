@@ -107,7 +107,8 @@ def metrics_figure(table: pd.DataFrame, columns: list[str]) -> Figure:
 
 
 def write_html_report(path: str | Path, title: str, sections: list[tuple[str, str]], *, credentialed: bool,
-                      allow_credentialed: bool = False, iu_text: bool = False) -> Path:
+                      allow_credentialed: bool = False, iu_text: bool = False,
+                      private_warning: str = CREDENTIALED_WARNING) -> Path:
     """Write the report atomically.
 
     Args:
@@ -115,6 +116,7 @@ def write_html_report(path: str | Path, title: str, sections: list[tuple[str, st
         credentialed: the content comes from a credentialed source.
         allow_credentialed: the explicit opt-in needed to write such a report.
         iu_text: add the IU licence credit.
+        private_warning: what the page (and a warning) says of credentialed content.
 
     Raises:
         PermissionError: credentialed content without ``allow_credentialed``.
@@ -126,8 +128,8 @@ def write_html_report(path: str | Path, title: str, sections: list[tuple[str, st
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     if credentialed:
-        warnings.warn(CREDENTIALED_WARNING, stacklevel=2)
-        parts.append(f"<p class='warn'>{html.escape(CREDENTIALED_WARNING)}</p>")
+        warnings.warn(private_warning, stacklevel=2)
+        parts.append(f"<p class='warn'>{html.escape(private_warning)}</p>")
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     if iu_text:

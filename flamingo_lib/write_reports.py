@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best there is)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="the whole model in this dtype (bfloat16: about half the memory, faster on a GPU)")
+    parser.add_argument("--html", metavar="PAGE", help="also write a page (.html) showing each study's film with "
+                        "where its report looked, the report and the findings head's verdict")
+    parser.add_argument("--html-studies", type=int, default=50, help="studies on the page (default 50)")
+    parser.add_argument("--films-shareable", action="store_true", help="the films come from a public dataset: "
+                        "the page does not warn that it holds private films")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -200,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if Path(args.out).suffix.lower() not in TABLE_SUFFIXES:  # before the long work, not after it
         parser.error(f"--out {args.out}: write reports to a {' or '.join(TABLE_SUFFIXES)} file")
+    if args.html and Path(args.html).suffix.lower() != ".html":
+        parser.error(f"--html {args.html}: the page is an .html file")
     try:
         model_dir = model_directory(args.model)
         studies = find_studies(args.inputs, one_per_image=args.one_per_image)
@@ -243,6 +250,13 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     table = pd.DataFrame([row for rows in done for row in rows])
     save_table(table, args.out)
     partial.unlink()
+    if args.html:
+        from flamingo_lib.study_reports_html import write_study_page
+
+        write_study_page(args.html, model, processor, table, studies, image_size=image_size, limit=args.html_studies,
+                         films_shareable=args.films_shareable,
+                         description=f"{how.capitalize()} decoding by the model in {model_dir}.")
+        print(f"wrote the page {args.html} ({min(args.html_studies, len(table))} studies)")
     for row in table.head(5).itertuples():
         print(f"{row.study}: {row.report}")
     failed = int((table["error"] != "").sum()) if len(table) else 0

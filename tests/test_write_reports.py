@@ -201,3 +201,28 @@ def test_a_killed_run_resumes_after_its_last_whole_chunk_to_the_uninterrupted_ta
     pd.testing.assert_frame_equal(pd.read_csv(out, keep_default_na=False), pd.read_csv(tmp_path / "whole.csv",
                                                                                        keep_default_na=False))
     assert not partial.exists()
+
+
+def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private_films(saved_model, tmp_path):
+    run, _, _ = saved_model
+    save_png(tmp_path / "films" / "x.png", 13), save_png(tmp_path / "films" / "y.png", 14)
+    (tmp_path / "films" / "z.png").write_bytes(b"broken")
+    args = [str(run), str(tmp_path / "films"), "--one-per-image", "--out", str(tmp_path / "r.csv"),
+            "--max-new-tokens", "6", "--no-progress", "--device", "cpu", "--on-error", "skip",
+            "--html", str(tmp_path / "page.html"), "--html-studies", "2"]
+    with pytest.warns(UserWarning, match="private"):
+        table = main(args)
+    page = (tmp_path / "page.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "2 of 3 studies shown" in page
+    assert "do not share it" in page and "Greedy decoding" in page
+    import html as html_module
+
+    assert html_module.escape(table["report"][0]) in page and "Findings head" in page
+    table = main(args[:-1] + ["3", "--films-shareable"])  # the broken film's reason is shown; no warning
+    page = (tmp_path / "page.html").read_text()
+    assert "do not share it" not in page and "cannot decode" in page
+    from flamingo_lib.study_reports_html import report_heatmap
+
+    _, model, processor = saved_model
+    heatmap, title = report_heatmap(model, processor, [xray_like(13)], "Moderate cardiomegaly. No effusion.")
+    assert heatmap.shape == xray_like(13).size[::-1] and abs(heatmap.sum() - 1) < 1e-4 and "naming findings" in title
