@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> Path:
     print(headline(pipeline))
     print(f"report: {target.resolve()}  (run artefacts in {Path(args.run_dir).resolve()}); "
           f"{time.perf_counter() - start:.0f} s")
+    print(f"your own films: python -m flamingo_lib.write_reports {args.run_dir} FILMS... --out reports.csv "
+          "[--guided] [--html page.html]")
     return target
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from flamingo_lib.atomic_files import write_json_atomic, write_text_atomic
 from flamingo_lib.metrics import NLG_METRICS, clinical_efficacy, most_common_observations, nlg_metrics
 
 PROTOCOL = __doc__ + "\n" + (
@@ -208,12 +209,12 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "results.csv")
-        (out / "results.json").write_text(json.dumps({"metrics": table.to_dict(orient="index"), "top5": top5,
-                                                      "n_test": len(test_samples)}, indent=2, default=float))
-        with (out / "generations.jsonl").open("w") as handle:
-            for i, sample in enumerate(test_samples):
-                row = {"id": sample.id, "reference": sample.report, **{k: v[i] for k, v in systems.items()}}
-                handle.write(json.dumps(row) + "\n")
-        (out / "PROTOCOL.md").write_text(PROTOCOL + (f"\n{protocol_notes}\n" if protocol_notes else ""))
+        # each file whole or not at all: a reader never scores a half-written table
+        write_text_atomic(out / "results.csv", table.to_csv())
+        write_json_atomic(out / "results.json", {"metrics": table.to_dict(orient="index"), "top5": top5,
+                                                 "n_test": len(test_samples)}, indent=2, default=float)
+        write_text_atomic(out / "generations.jsonl", "".join(
+            json.dumps({"id": sample.id, "reference": sample.report, **{k: v[i] for k, v in systems.items()}}) + "\n"
+            for i, sample in enumerate(test_samples)))
+        write_text_atomic(out / "PROTOCOL.md", PROTOCOL + (f"\n{protocol_notes}\n" if protocol_notes else ""))
     return table
