@@ -63,7 +63,8 @@ def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_s
     Args:
         trained_on, tested_on: the source specs, written to the protocol.
         guided: the run's recorded findings-guided setup (threshold, candidates, temperature,
-            top_p): adds the findings-guided row, its threshold as the run picked it.
+            top_p; ``threshold_from`` when the threshold came from elsewhere): adds the
+            findings-guided row.
         seed: of the guided candidates (the pipeline's: the run's seed).
     """
     from flamingo_lib.evaluate import evaluate
@@ -78,8 +79,9 @@ def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_s
                                   top_p=guided.get("top_p", 1.0))
         extra[GUIDED] = choose(drawn, guided["threshold"])
         notes.append(f"'{GUIDED}': the greedy report and {guided['candidates']} sampled reports (temperature "
-                     f"{guided['temperature']}) per study; threshold {guided['threshold']} as the run picked it on its "
-                     "own val split, nothing tuned on this source.")
+                     f"{guided['temperature']}) per study; threshold {guided['threshold']} "
+                     f"{guided.get('threshold_from', 'as the run picked it on its own val split')}, nothing tuned on "
+                     "this source.")
     is_phantom = tested_on.startswith("phantom")
     return evaluate(model, processor, train_samples, test_samples, out_dir=out_dir, max_new_tokens=max_new_tokens,
                     feature_cache=feature_cache, labels_are_image_truth=is_phantom, progress=progress,
@@ -100,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--max-samples", type=int, help="studies of the split scored (default: all)")
     parser.add_argument("--guided", action="store_true", help="add the findings-guided row, with the run's threshold")
+    parser.add_argument("--threshold", type=float, help="the guided threshold of a run that recorded none (implies "
+                        "--guided; its eval/PROTOCOL.md names the one it picked)")
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--out", help="results directory (default RUN/eval-on/<kind>-<split>-<hash>)")
     parser.add_argument("--device", default="auto")
@@ -112,10 +116,13 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         source = training_source(model_dir)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    guided = recorded_guided_setup(model_dir) if args.guided else None
+    guided = recorded_guided_setup(model_dir) if args.guided or args.threshold is not None else None
+    if args.threshold is not None:  # the pipeline's defaults for what the run did not record
+        given = {"threshold": args.threshold, "threshold_from": "given on the command line"}
+        guided = {"candidates": 32, "temperature": 0.7, "top_p": 1.0} | (guided or {}) | given
     if args.guided and guided is None:
         parser.error(f"--guided: the run recorded no findings-guided threshold (eval/guided_decoding.json, written "
-                     "when the pipeline evaluates it)")
+                     "when the pipeline evaluates it); pass --threshold")
     try:
         test = open_source(args.data, args.split, source["image_size"], args.max_samples, seed=source["seed"])
     except (ValueError, OSError) as error:

@@ -10,6 +10,7 @@ import pytest
 
 from data_fixtures import build_mimic
 from flamingo_lib.evaluate_on import evaluation_dir, main, training_source
+from flamingo_lib.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.pipeline import Pipeline
 from test_pipeline import SMALL
 
@@ -69,5 +70,8 @@ def test_what_it_cannot_do_is_refused_by_name(evaluated_run, tmp_path, capsys):
             with pytest.raises(SystemExit) as stop:
                 main(argv + COMMON)
             assert stop.value.code == 2 and message in capsys.readouterr().err
+        given = main([str(run), "--data", SMALL["data"], "--max-samples", "2", "--threshold", "0.3",
+                      "--out", str(tmp_path / "given"), *COMMON])
+        assert GUIDED in given.index and "threshold 0.3 given on the command line" in (tmp_path / "given" / "PROTOCOL.md").read_text()
     finally:
         setup.write_text(kept)
