@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,27 +24,7 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.guided_decoding import SYSTEM_NAME as GUIDED
-from flamingo_lib.write_reports import model_directory, recorded_guided_setup
-
-
-def training_source(model_dir: Path) -> dict[str, Any]:
-    """How the model's run loaded its training data: ``data``, ``image_size``, ``max_train_samples``
-    and ``seed`` (the pipeline's training key, or what ``python -m flamingo_lib.train`` recorded).
-
-    Raises:
-        FileNotFoundError: the model belongs to no run with a training summary.
-    """
-    summary = model_dir.parent / "summary.json"
-    if model_dir.parent.name != "train" or not summary.is_file():
-        raise FileNotFoundError(f"{model_dir}: no training summary at {summary}; the baselines need the run's "
-                                "training data (a run directory of the pipeline or of python -m flamingo_lib.train)")
-    config = json.loads(summary.read_text()).get("config", {})
-    extra = config.get("extra") or {}
-    key = extra.get("pipeline") or extra
-    if "data" not in key:
-        raise ValueError(f"{summary}: the run did not record its training data (config.extra.data)")
-    return {"data": key["data"], "image_size": key.get("image_size", 224),
-            "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0))}
+from flamingo_lib.run_records import model_directory, recorded_guided_setup, training_record
 
 
 def evaluation_dir(run_dir: Path, data: str, split: str, max_samples: int | None) -> Path:
@@ -97,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     from flamingo_lib.workbench import detect_device
 
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.evaluate_on", description=__doc__.split("\n")[0])
-    parser.add_argument("run", help="a run directory (its train/model and train/summary.json)")
+    parser.add_argument("run", help="a run directory of the pipeline or of python -m flamingo_lib.train")
     parser.add_argument("--data", required=True, help="the source to test on (flamingo_lib.data.sources spec)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--max-samples", type=int, help="studies of the split scored (default: all)")
@@ -113,9 +92,12 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     try:
         model_dir = model_directory(args.run)
-        source = training_source(model_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except FileNotFoundError as error:
         parser.error(str(error))
+    source = training_record(model_dir)
+    if source is None:
+        parser.error(f"{model_dir}: no training summary beside it recording the run's data "
+                     f"({model_dir.parent / 'summary.json'}); the baselines need the run's training split")
     guided = recorded_guided_setup(model_dir) if args.guided or args.threshold is not None else None
     if args.threshold is not None:  # the pipeline's defaults for what the run did not record
         given = {"threshold": args.threshold, "threshold_from": "given on the command line"}

@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_every=args.save_every, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         compile=args.compile,
-        extra={"preset": args.preset, "data": args.data, "image_size": args.image_size},
+        # how the data were opened: evaluate_on draws its baselines from the same training split
+        extra={"preset": args.preset, "data": args.data, "image_size": args.image_size,
+               "max_train_samples": args.max_train_samples, "seed": args.seed},
     )
     trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train_config)
     if args.resume:

@@ -4,7 +4,8 @@
     python -m flamingo_lib.write_reports runs/demo films/ --out reports.csv --guided
     python -m flamingo_lib.write_reports runs/demo/train/model a.png b.dcm --out reports.jsonl
 
-The model is a run directory (its ``train/model``) or a saved model directory. The inputs are image
+The model is a run directory (the pipeline's or the training command's:
+:func:`~flamingo_lib.run_records.model_directory`) or a saved model directory. The inputs are image
 files (a study each) and folders (every folder below holding images is a study:
 :func:`~flamingo_lib.data.study_files.find_studies`). Each study gets a report (greedy, or
 findings-guided with the threshold its run picked on validation studies), the observations the
@@ -35,48 +36,11 @@ import torch
 from flamingo_lib.atomic_files import write_text_atomic
 from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.guided_decoding import GUIDED_SETUP_FILE
+from flamingo_lib.run_records import model_directory, recorded_guided_setup, training_record
 from flamingo_lib.study_reports import CHUNK_STUDIES, report_chunks
 
 #: Output formats by suffix.
 TABLE_SUFFIXES = (".csv", ".jsonl")
-
-
-def model_directory(path: str | Path) -> Path:
-    """The saved model a path names: itself when it holds ``config.json`` and ``model.safetensors``,
-    else a run directory's ``train/model``.
-
-    Raises:
-        FileNotFoundError: neither, naming both places looked at.
-    """
-    path = Path(path)
-    for candidate in (path, path / "train" / "model"):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
-            return candidate
-    raise FileNotFoundError(f"{path}: no saved model here or in {path / 'train' / 'model'} "
-                            "(expected config.json and model.safetensors: a run directory of the pipeline or "
-                            "`python -m flamingo_lib.train`, or a directory written by save_pretrained)")
-
-
-def _run_directory(model_dir: Path) -> Path | None:
-    return model_dir.parent.parent if model_dir.parent.name == "train" else None
-
-
-def recorded_guided_setup(model_dir: Path) -> dict[str, Any] | None:
-    """The findings-guided setup the model's run picked on its val split (``eval/guided_decoding.json``:
-    threshold, candidates, temperature, top_p), or None when the run recorded none."""
-    run = _run_directory(model_dir)
-    path = None if run is None else run / "eval" / GUIDED_SETUP_FILE
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
-
-
-def recorded_image_size(model_dir: Path) -> int | None:
-    """The ``image_size`` the model's run loaded its films at (its training summary), or None."""
-    run = _run_directory(model_dir)
-    summary = None if run is None else run / "train" / "summary.json"
-    if summary is None or not summary.is_file():
-        return None
-    extra = json.loads(summary.read_text()).get("config", {}).get("extra", {}) or {}
-    return (extra.get("pipeline") or {}).get("image_size") or extra.get("image_size")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -150,7 +114,8 @@ def save_table(table: pd.DataFrame, path: str | Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.write_reports",
                                      description="Write reports for new chest X-ray films with a trained model.")
-    parser.add_argument("model", help="a run directory (its train/model is used) or a saved model directory")
+    parser.add_argument("model", help="a run directory (of the pipeline or of python -m flamingo_lib.train) or a "
+                        "saved model directory")
     parser.add_argument("inputs", nargs="+", help="image files (.png .jpg .dcm ...; a study each) and folders "
                         "(every folder below holding images is one study)")
     parser.add_argument("--out", required=True, help="the table to write: .csv or .jsonl")
@@ -216,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     if guided["guided_threshold"] is not None and FlamingoConfig.from_pretrained(model_dir).findings_head is None:
         parser.error(f"{model_dir}: findings-guided decoding needs a model with a findings head; this one has none")
     device = detect_device()[0] if args.device == "auto" else args.device
-    image_size = args.image_size or recorded_image_size(model_dir) or 224
+    image_size = args.image_size or (training_record(model_dir) or {}).get("image_size") or 224
     options = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
                "image_size": image_size, **guided}
     partial = partial_path(args.out)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from data_fixtures import build_mimic
-from flamingo_lib.evaluate_on import evaluation_dir, main, training_source
+from flamingo_lib.evaluate_on import evaluation_dir, main
+from flamingo_lib.run_records import training_record
 from flamingo_lib.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.pipeline import Pipeline
 from test_pipeline import SMALL
@@ -27,7 +28,7 @@ def evaluated_run(tmp_path_factory):
 
 def test_on_its_own_test_split_it_scores_what_the_pipeline_scored(evaluated_run):
     run, pipeline = evaluated_run
-    assert training_source(run / "train" / "model") == {
+    assert training_record(run / "train" / "model") == {
         "data": SMALL["data"], "image_size": SMALL["image_size"], "max_train_samples": SMALL["max_train_samples"],
         "seed": 0}
     table = main([str(run), "--data", SMALL["data"], "--max-samples", str(SMALL["max_test_samples"]), "--guided",

@@ -178,6 +178,11 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
     with pytest.raises(SystemExit):  # the readings are the head's second output: no head, no readings
         main([*common[:-6], "--findings-loss-weight", "0", "--reading-head", "--max-steps", "1"])
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
+    from flamingo_lib.run_records import model_directory, training_record  # what evaluate_on reads back
+
+    assert model_directory(tmp_path / "run") == tmp_path / "run" / "model"
+    assert training_record(tmp_path / "run" / "model") == {"data": "phantom:templated", "image_size": 160,
+                                                           "max_train_samples": 12, "seed": 0}
 
 
 def test_tensorboard_events_are_written_when_tensorboard_is_installed(tmp_path):

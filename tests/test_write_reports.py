@@ -14,7 +14,8 @@ from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data.errors import DataError
 from flamingo_lib.data.study_files import find_studies, load_study
 from flamingo_lib.study_reports import study_reports
-from flamingo_lib.write_reports import main, model_directory, partial_path
+from flamingo_lib.run_records import model_directory
+from flamingo_lib.write_reports import main, partial_path
 from test_dicom import write_dicom
 
 OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
@@ -135,7 +136,7 @@ def test_the_command_refuses_what_it_cannot_do_before_working(saved_model, tmp_p
     config = FlamingoConfig.from_preset("tiny-random")
     FlamingoModel(config).save_pretrained(plain, processor=FlamingoProcessor(config))
     cases = [([str(run), str(film), "--out", str(tmp_path / "r.xlsx")], "write reports to a .csv or .jsonl"),
-             ([str(tmp_path), str(film), "--out", str(tmp_path / "r.csv")], "no saved model here"),
+             ([str(tmp_path), str(film), "--out", str(tmp_path / "r.csv")], "no saved model in"),
              ([str(run), str(tmp_path / "nope.png"), "--out", str(tmp_path / "r.csv")], "no such file"),
              ([str(plain), str(film), "--out", str(tmp_path / "r.csv"), "--threshold", "0.3"], "needs a model with a findings head")]
     for argv, message in cases:
