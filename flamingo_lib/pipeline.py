@@ -47,7 +47,8 @@ class Pipeline:
         config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=head,
                                             findings_tokens=s.findings_tokens and head is not None,
                                             reading_head=s.reading_head and head is not None,
-                                            frozen_dtype=s.frozen_dtype)
+                                            frozen_dtype=s.frozen_dtype,
+                                            only_attend_immediate_media=s.only_attend_immediate_media)
         return FlamingoModel(config), FlamingoProcessor(config)
 
     def _findings_head(self) -> list[str] | None:
@@ -136,8 +137,12 @@ class Pipeline:
         """``result`` exists and was computed from this run's current model and settings (and
         the result-specific ``extra`` settings)."""
         stamp = result.with_name(result.name + ".key.json")
-        return (result.exists() and stamp.exists() and self._trained_for_these_settings()
-                and json.loads(stamp.read_text()) == self._result_key() | extra)
+        if not (result.exists() and stamp.exists() and self._trained_for_these_settings()):
+            return False
+        saved = json.loads(stamp.read_text())
+        if isinstance(saved.get("training"), dict):  # read as training reads it: a later knob at its default
+            saved["training"] = self._saved_training_key(saved["training"])
+        return saved == self._result_key() | extra
 
     def _stamp(self, result: Path, **extra: Any) -> None:
         """Record which model and settings produced ``result`` (written after it: a crash in

@@ -68,6 +68,13 @@ class PipelineSettings:
     # memory (bench/RESULTS.md 4b: a biomed-size CPU step 1.56x as fast); the README's results
     # were measured in float32.
     frozen_dtype: str = "float32"
+    # FlamingoConfig.only_attend_immediate_media. A study's prompt holds one <image> per view, side
+    # by side, so with the immediate rule its report attends to the last view directly and to the
+    # others only through their <image> tokens' hidden states. False: the report attends to every
+    # view of its study (one study per sequence, so no other study's images are there to see).
+    # The phantom renders one view: nothing changes there; multi-view sources (IU X-Ray, MIMIC-CXR
+    # with all views per study) would rather have False.
+    only_attend_immediate_media: bool = True
     # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
     # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
     compile: bool = False
@@ -88,7 +95,7 @@ class PipelineSettings:
         """The settings that determine the trained weights (a changed one retrains)."""
         keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
                 "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
-                "repeat_factor_threshold", "findings_loss_weight", "seed", "frozen_dtype")
+                "repeat_factor_threshold", "findings_loss_weight", "seed", "frozen_dtype", "only_attend_immediate_media")
         from flamingo_lib.features import FEATURE_FORMAT_VERSION
 
         # the feature format too: a model trained on features of another format reads other inputs

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--frozen-dtype", choices=FROZEN_DTYPES, default="float32",
                         help="dtype of the frozen LM and vision encoder (bfloat16 halves their memory; "
                              "the trained layers stay float32)")
+    parser.add_argument("--all-earlier-media", action="store_true",
+                        help="text attends to every earlier image, not only the latest: a multi-view study's "
+                             "report then reads all its views directly (IU X-Ray, MIMIC-CXR all views)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (worth it on a GPU; the first step compiles)")
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.reading_head and head is None:
         parser.error("--reading-head needs a findings head: --findings-loss-weight > 0")
     config = FlamingoConfig.from_preset(args.preset, findings_head=head, findings_tokens=args.findings_tokens,
-                                        reading_head=args.reading_head, frozen_dtype=args.frozen_dtype)
+                                        reading_head=args.reading_head, frozen_dtype=args.frozen_dtype,
+                                        only_attend_immediate_media=not args.all_earlier_media)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     train_set = open_source(args.data, "train", args.image_size, args.max_train_samples, seed=args.seed)
     val_set = open_source(args.data, "val", args.image_size, args.max_val_samples, seed=args.seed)

@@ -316,3 +316,32 @@ def test_a_run_with_bfloat16_frozen_parts_trains_them_so_and_is_not_served_a_flo
     assert Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "bfloat16"})._trained_for_these_settings()
     with pytest.raises(ValueError, match="frozen_dtype='half'; allowed: float32, bfloat16, float16"):
         Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "half"})
+
+
+def test_attending_every_view_is_a_training_setting_that_reaches_the_model(tmp_path):
+    """A run trained before the knob attended the latest image only (the default); asking for
+    every earlier image (multi-view studies) is another model: retrained, and its config says so."""
+    import json
+
+    run = tmp_path / "run"
+    pipeline = Pipeline(run_dir=str(run), **SMALL)
+    pipeline.evaluate()
+    summary_path, stamp_path = run / "train" / "summary.json", run / "eval" / "results.csv.key.json"
+    summary, stamp = json.loads(summary_path.read_text()), json.loads(stamp_path.read_text())
+    assert summary["config"]["extra"]["pipeline"]["only_attend_immediate_media"] is True
+    del summary["config"]["extra"]["pipeline"]["only_attend_immediate_media"]  # as written before the knob
+    del stamp["training"]["only_attend_immediate_media"]
+    summary_path.write_text(json.dumps(summary))
+    stamp_path.write_text(json.dumps(stamp))
+    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    # ... and its results are served too, not recomputed: read as training reads the key
+    assert Pipeline(run_dir=str(run), **SMALL)._up_to_date(run / "eval" / "results.csv", **pipeline._guided_key())
+    every_view = Pipeline(run_dir=str(run), **{**SMALL, "only_attend_immediate_media": False})
+    assert not every_view._trained_for_these_settings()
+    assert every_view.train()["steps"] == SMALL["max_steps"]
+    model, _ = every_view.model_and_processor
+    assert not model.config.only_attend_immediate_media
+    from flamingo_lib.lm_injection import flamingo_layers
+
+    rules = [layer.gated_cross_attn.attn.only_attend_immediate_media for layer in flamingo_layers(model)]
+    assert rules and not any(rules)

@@ -183,6 +183,10 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
     assert model_directory(tmp_path / "run") == tmp_path / "run" / "model"
     assert training_record(tmp_path / "run" / "model") == {"data": "phantom:templated", "image_size": 160,
                                                            "max_train_samples": 12, "seed": 0}
+    assert reloaded.config.only_attend_immediate_media  # the default: the latest image only
+    every_view = [*common[:2], "--out", str(tmp_path / "every"), *common[4:], "--max-steps", "1", "--all-earlier-media"]
+    main(every_view)
+    assert not FlamingoModel.from_pretrained(tmp_path / "every" / "model").config.only_attend_immediate_media
 
 
 def test_tensorboard_events_are_written_when_tensorboard_is_installed(tmp_path):

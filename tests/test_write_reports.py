@@ -59,6 +59,8 @@ def test_frontal_views_come_first_when_the_dicom_header_names_them(tmp_path):
     (study,) = find_studies([tmp_path / "study"])
     assert [p.name for p in study.paths] == ["b.dcm", "a.dcm"] and study.views == ("PA", "LATERAL")
     assert load_study(study).images[0].mode == "L"
+    singles = find_studies([tmp_path / "study"], one_per_image=True)  # one film each: no header read
+    assert [s.views for s in singles] == [("",), ("",)]
 
 
 def test_bad_inputs_are_refused_by_name(tmp_path):

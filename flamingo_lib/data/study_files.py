@@ -32,7 +32,8 @@ class StudyFiles:
     Attributes:
         id: the file's path without its suffix, or the study folder's path, as found.
         paths: the image files, frontal views first where known, else in name order.
-        views: the DICOM ``ViewPosition`` of each file, ``""`` where unknown.
+        views: the DICOM ``ViewPosition`` of each file, ``""`` where unknown (and for a study of one
+            file, whose header is not read: there is nothing to order).
     """
 
     id: str
@@ -61,6 +62,8 @@ def view_position(path: Path) -> str:
 
 def _study(study_id: str, paths: Sequence[Path]) -> StudyFiles:
     named = sorted(paths, key=lambda p: p.name)
+    if len(named) == 1:  # nothing to order: no header read (a tree of single-film studies starts at once)
+        return StudyFiles(study_id, tuple(named), ("",))
     views = {path: view_position(path) for path in named}
     rank = {view: i for i, view in enumerate(_VIEW_ORDER)}
     ordered = sorted(named, key=lambda p: rank.get(views[p], len(rank)))  # stable: name order within a rank
