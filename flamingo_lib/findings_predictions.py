@@ -94,6 +94,16 @@ class FindingsPredictionMixin:
         features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
         return self._head_probabilities(features, counts, readings=True)
 
+    @torch.no_grad()
+    def predict_heads(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                      visual_features: torch.Tensor | None = None, num_images: Any = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """:meth:`predict_findings` and, with a reading head, :meth:`predict_readings` (else None),
+        from one resampling of the images (inputs as :meth:`predict_findings`)."""
+        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
+        findings = self._head_probabilities(features, counts)
+        return findings, self._head_probabilities(features, counts, readings=True) if self.config.reading_head else None
+
     def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, readings: bool = False
                             ) -> dict[str, torch.Tensor]:
         logits = self._findings_logits(features, num_images)  # first: it says so when there is no head

@@ -93,12 +93,10 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
                                               top_k=0, top_p=top_p, temperature=temperature,
                                               num_return_sequences=num_candidates)
             pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
-            features = model.resolve_visual_features(pixel_values=pixels.to(device))
             views = [len(v) for v in images]  # a study with fewer views is padded: not an image
-            head = model.predict_findings(visual_features=features, num_images=views)
+            head, written = model.predict_heads(pixel_values=pixels.to(device), num_images=views)
             probabilities.append(torch.stack([head[obs].cpu() for obs in observations], 1))
             if readings:
-                written = model.predict_readings(visual_features=features, num_images=views)
                 reading_probabilities.append(torch.stack([written[obs].cpu() for obs in observations], 1))
             for i in range(len(chunk)):
                 options = [greedy[i], *sampled[i * num_candidates:(i + 1) * num_candidates]]

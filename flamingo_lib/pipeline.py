@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from flamingo_lib.atomic_files import write_json_atomic
 from flamingo_lib.config import FlamingoConfig
@@ -280,15 +279,13 @@ class Pipeline:
         table = finding_usage(rates, truth)
         if model.config.findings_head is not None:  # what the latents carry, beside what the text follows
             embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
-            with torch.no_grad():  # resampled once for both heads
-                features = model.resolve_visual_features(image_embeddings=embeddings.to(next(model.parameters()).device))
             views = [len(sample.images) for sample in test]  # the stack pads studies with fewer views
-            probabilities = model.predict_findings(visual_features=features, num_images=views)
+            probabilities, readings = model.predict_heads(
+                image_embeddings=embeddings.to(next(model.parameters()).device), num_images=views)
             table["classifier AUROC"] = classifier_auroc(probabilities, truth, observations)
-            if model.config.reading_head:
+            if readings is not None:
                 from flamingo_lib.labeler import label_report
 
-                readings = model.predict_readings(visual_features=features, num_images=views)
                 table["reading head AUROC (vs reference)"] = classifier_auroc(
                     readings, [label_report(sample.report) for sample in test], observations)
         path.parent.mkdir(parents=True, exist_ok=True)

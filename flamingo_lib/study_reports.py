@@ -50,11 +50,9 @@ def _greedy(model: Any, processor: Any, samples: Sequence[Any], max_new_tokens: 
             continue
         pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"].to(device)
         views = [len(v) for v in images]  # the batch pads studies with fewer views
-        features = model.resolve_visual_features(pixel_values=pixels)
-        head = model.predict_findings(visual_features=features, num_images=views)
+        head, stated = model.predict_heads(pixel_values=pixels, num_images=views)
         probabilities.append(torch.stack([head[obs].cpu() for obs in observations], 1))
-        if model.config.reading_head:
-            stated = model.predict_readings(visual_features=features, num_images=views)
+        if stated is not None:
             readings.append(torch.stack([stated[obs].cpu() for obs in observations], 1))
     return (reports, torch.cat(probabilities) if probabilities else None,
             torch.cat(readings) if readings else None)

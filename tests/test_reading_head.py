@@ -48,6 +48,10 @@ def test_findings_then_readings_one_logit_each_and_both_survive_save_and_load(tm
     reloaded = FlamingoModel.from_pretrained(tmp_path / "m").eval()
     assert reloaded.config.reading_head
     assert all(torch.equal(readings[o], reloaded.predict_readings(pixel_values=pixels)[o]) for o in OBS)
+    both = model.predict_heads(pixel_values=pixels)  # one resampling for the two outputs
+    assert all(torch.equal(both[0][o], findings[o]) and torch.equal(both[1][o], readings[o]) for o in OBS)
+    plain = FlamingoModel(FlamingoConfig.from_preset("tiny-random", findings_head=OBS)).eval()
+    assert plain.predict_heads(pixel_values=pixels)[1] is None
 
 
 def test_findings_tokens_carry_the_findings_not_the_readings():
