@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from flamingo_lib.atomic_files import write_text_atomic
 
 IU_CREDIT = ("Report text: Indiana University Chest X-ray Collection (Demner-Fushman et al., 2016), via the "
              "Open-i service of the U.S. National Library of Medicine, CC BY-NC-ND 4.0; read from the "
@@ -137,8 +137,5 @@ def write_html_report(path: str | Path, title: str, sections: list[tuple[str, st
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("".join(parts))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(parts))
     return path
