@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.guided_decoding import SYSTEM_NAME as GUIDED
-from flamingo_lib.run_records import model_directory, recorded_guided_setup, training_record
+from flamingo_lib.run_records import guided_setup, model_directory, training_record
 
 
 def evaluation_dir(run_dir: Path, data: str, split: str, max_samples: int | None) -> Path:
@@ -98,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     if source is None:
         parser.error(f"{model_dir}: no training summary beside it recording the run's data "
                      f"({model_dir.parent / 'summary.json'}); the baselines need the run's training split")
-    guided = recorded_guided_setup(model_dir) if args.guided or args.threshold is not None else None
-    if args.threshold is not None:  # the pipeline's defaults for what the run did not record
-        given = {"threshold": args.threshold, "threshold_from": "given on the command line"}
-        guided = {"candidates": 32, "temperature": 0.7, "top_p": 1.0} | (guided or {}) | given
+    guided = guided_setup(model_dir, args.threshold) if args.guided or args.threshold is not None else None
     if args.guided and guided is None:
         parser.error(f"--guided: the run recorded no findings-guided threshold (eval/guided_decoding.json, written "
                      "when the pipeline evaluates it); pass --threshold")

@@ -51,3 +51,20 @@ def recorded_guided_setup(model_dir: Path) -> dict[str, Any] | None:
     of a pipeline run: threshold, candidates, temperature, top_p), or None when it recorded none."""
     path = model_dir.parent.parent / "eval" / GUIDED_SETUP_FILE
     return json.loads(path.read_text()) if model_dir.parent.name == "train" and path.is_file() else None
+
+
+def guided_setup(model_dir: Path, threshold: float | None = None, candidates: int | None = None,
+                 temperature: float | None = None) -> dict[str, Any] | None:
+    """The findings-guided setup to decode new studies with: what the model's run recorded, each
+    value given here in its place, the pipeline's defaults for what neither says (threshold,
+    candidates, temperature, top_p; ``threshold_from`` when the threshold was given); None when
+    there is no threshold, recorded or given."""
+    from flamingo_lib.pipeline_settings import PipelineSettings
+
+    setup = {"candidates": PipelineSettings.guided_candidates, "temperature": PipelineSettings.guided_temperature,
+             "top_p": 1.0} | (recorded_guided_setup(model_dir) or {})
+    setup |= {k: v for k, v in (("threshold", threshold), ("candidates", candidates), ("temperature", temperature))
+              if v is not None}
+    if setup.get("threshold") is None:
+        return None
+    return setup | ({"threshold_from": "given on the command line"} if threshold is not None else {})

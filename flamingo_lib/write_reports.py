@@ -36,7 +36,7 @@ import torch
 from flamingo_lib.atomic_files import write_text_atomic
 from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.guided_decoding import GUIDED_SETUP_FILE
-from flamingo_lib.run_records import model_directory, recorded_guided_setup, training_record
+from flamingo_lib.run_records import guided_setup, model_directory, training_record
 from flamingo_lib.study_reports import CHUNK_STUDIES, report_chunks
 
 #: Output formats by suffix.
@@ -146,18 +146,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _guided_settings(args: argparse.Namespace, model_dir: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """threshold (None: greedy), candidates, temperature, top_p: the flags, else what the run recorded."""
-    recorded = recorded_guided_setup(model_dir) or {}
-    guided = args.guided or args.threshold is not None
-    threshold = args.threshold if args.threshold is not None else recorded.get("threshold") if guided else None
-    if guided and threshold is None:
+    """guided_threshold (None: greedy), candidates, temperature, top_p (:func:`run_records.guided_setup`)."""
+    if not (args.guided or args.threshold is not None):
+        return {"guided_threshold": None}
+    setup = guided_setup(model_dir, args.threshold, args.candidates, args.temperature)
+    if setup is None:
         parser.error(f"findings-guided decoding needs a threshold: {model_dir} belongs to no run that recorded one "
                      f"(eval/{GUIDED_SETUP_FILE}, written when the pipeline evaluates a run); pass --threshold "
                      "(the run's eval/PROTOCOL.md names the one it picked)")
-    return {"guided_threshold": threshold,
-            "candidates": args.candidates if args.candidates is not None else recorded.get("candidates", 32),
-            "temperature": args.temperature if args.temperature is not None else recorded.get("temperature", 0.7),
-            "top_p": recorded.get("top_p", 1.0)}
+    return {"guided_threshold": setup["threshold"]} | {k: setup[k] for k in ("candidates", "temperature", "top_p")}
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:

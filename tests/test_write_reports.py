@@ -229,3 +229,23 @@ def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private
     _, model, processor = saved_model
     heatmap, title = report_heatmap(model, processor, [xray_like(13)], "Moderate cardiomegaly. No effusion.")
     assert heatmap.shape == xray_like(13).size[::-1] and abs(heatmap.sum() - 1) < 1e-4 and "naming findings" in title
+
+
+def test_the_guided_setup_is_the_runs_record_with_given_values_in_their_place(saved_model):
+    from flamingo_lib.pipeline_settings import PipelineSettings
+    from flamingo_lib.run_records import guided_setup
+
+    run, _, _ = saved_model
+    model_dir = run / "train" / "model"
+    assert guided_setup(model_dir) is None  # nothing recorded, nothing given
+    assert guided_setup(model_dir, threshold=0.4) == {
+        "threshold": 0.4, "candidates": PipelineSettings.guided_candidates,
+        "temperature": PipelineSettings.guided_temperature, "top_p": 1.0, "threshold_from": "given on the command line"}
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "guided_decoding.json").write_text(json.dumps({"threshold": 0.3, "candidates": 8,
+                                                                   "temperature": 0.9, "top_p": 0.95}))
+    try:
+        assert guided_setup(model_dir) == {"threshold": 0.3, "candidates": 8, "temperature": 0.9, "top_p": 0.95}
+        assert guided_setup(model_dir, candidates=2)["candidates"] == 2
+    finally:
+        (run / "eval" / "guided_decoding.json").unlink()
