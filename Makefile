@@ -36,7 +36,7 @@ test-notebooks: $(STAMP)
 
 # `make demo ARGS="--preset smol"` uses the real SmolLM2 LM (pip extra `smol`).
 demo: $(STAMP)
-	$(PY) -m flamingo_lib.demo $(ARGS)
+	$(PY) -m flamingo_lib.cli.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache

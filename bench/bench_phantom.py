@@ -17,8 +17,8 @@ import random
 import statistics
 import time
 
-from flamingo_lib.data.phantom_render import render_phantom
-from flamingo_lib.data.phantom_text import sample_findings
+from flamingo_lib.data.phantom.render import render_phantom
+from flamingo_lib.data.phantom.text import sample_findings
 
 
 def main() -> None:

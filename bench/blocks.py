@@ -16,8 +16,8 @@ from torch import nn
 
 from bench import flops
 from bench.common import Env, Stats, interleaved, load_baselines, matmul_fn
-from flamingo_lib.cross_attention import GatedCrossAttentionBlock
-from flamingo_lib.resampler import PerceiverResampler
+from flamingo_lib.modeling.cross_attention import GatedCrossAttentionBlock
+from flamingo_lib.modeling.resampler import PerceiverResampler
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _seeded_ours_resampler(s: BlockSizes) -> PerceiverResampler:
 
 def _compiled_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` compiled in place (``nn.Module.compile``, as
-    ``flamingo_lib.compile.compile_blocks`` does it): same parameter names, so the equality
+    ``flamingo_lib.modeling.compile.compile_blocks`` does it): same parameter names, so the equality
     check compares its gradients name by name."""
     compiled = copy.deepcopy(module)
     compiled.compile()

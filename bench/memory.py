@@ -25,7 +25,7 @@ from bench.common import Env, Stats, interleaved, machine_info, matmul_fn
 from bench.models import SMOKE_BLOCKS, biomed_size_config
 from bench.training import make_step, optimizer_for, step_flops, train_batch, vit_shape
 from flamingo_lib import FlamingoModel, FlamingoProcessor
-from flamingo_lib.compile import compile_blocks
+from flamingo_lib.modeling.compile import compile_blocks
 
 
 class RssSampler:
@@ -58,7 +58,7 @@ def measure(lm_dir: Path, vit_dir: Path, env: Env, batch: int, text: int, timed_
 
     ``frozen_dtype``: ``FlamingoConfig.frozen_dtype``, the dtype the frozen LM and ViT are held in.
 
-    With ``compiled`` every block is compiled (``flamingo_lib.compile.compile_blocks``): the
+    With ``compiled`` every block is compiled (``flamingo_lib.modeling.compile.compile_blocks``): the
     first step then includes the compilation, and one more untimed step precedes the timed ones.
     """
     proc = psutil.Process()

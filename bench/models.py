@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from flamingo_lib import FlamingoConfig
-from flamingo_lib.config import PRESETS
+from flamingo_lib.modeling.config import PRESETS
 
 # The tiny-random preset's block sizes, for smoke runs at toy cost.
 SMOKE_BLOCKS = {k: v for k, v in PRESETS["tiny-random"].items() if k not in ("lm", "clip_model_type")}
-from flamingo_lib.language import build_tiny_tokenizer
+from flamingo_lib.modeling.backbones.language import build_tiny_tokenizer
 
 def make_biogpt_size_lm_dir(path: Path, *, smoke: bool = False, seed: int = 0) -> Path:
     """Save a random BioGPT-architecture LM (default sizes, or toy ones for ``smoke``) + tokenizer."""

@@ -8,7 +8,7 @@
   beside the LM's 347M, so they set a good part of a decoding step's memory traffic.
 
 Same prompt, same random weights (the trained layers copied from the float32 model, gates open), same
-decode-rate clock as :mod:`bench.generation`. No target: the issue sets none; this says what a
+decode-rate clock as :mod:`bench.generation`. No target: the project sets none; this says what a
 user gains by each. ``same_tokens``: whether greedy decoding picked the float32 model's tokens
 (random weights give near-ties, so bfloat16 rounding may flip some).
 """

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 GIB = 2**30
-KV_CACHE_TARGET = 1.3  # issue 7: caching media K/V once per generate, >= 1.3x over recomputing them
+KV_CACHE_TARGET = 1.3  # decoding: caching media K/V once per generate, >= 1.3x over recomputing them
 OURS = ("ours", "ours+compile")  # our block eager / under torch.compile (bench.run --compile)
 # Dense bf16 tensor-core peaks (vendor data sheets, TFLOP/s), for model FLOP utilisation on GPUs.
 NOMINAL_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -87,7 +87,7 @@ def _machine(results: dict[str, Any]) -> list[str]:
         lines += [f"| GPU | {m['gpu']} |"]
     lines += [f"| device, dtype | {m['device']}, {m['dtype']} |", f"| clock | {m['clock']} |",
               f"| python, torch, transformers | {m['python']}, {m['torch']}, {m['transformers']} |",
-              f"| baselines | " + ", ".join(f"{k} {v}" for k, v in results["baselines"].items()) + " |",
+              "| baselines | " + ", ".join(f"{k} {v}" for k, v in results["baselines"].items()) + " |",
               "| load average (1, 5, 15 min) | start " + ", ".join(f"{x:.1f}" for x in results["load_avg_start"])
               + "; end " + ", ".join(f"{x:.1f}" for x in results["load_avg_end"]) + " |",
               f"| repetitions | blocks {results['reps']['blocks']}, others {results['reps']['others']}"
@@ -211,7 +211,7 @@ def _memory(m: dict[str, Any]) -> list[str]:
     lines += [f"| first step time (allocates AdamW state{', compiles' if m.get('compiled_blocks') else ''}) | "
               f"{m['first_step_s']:.2f} s |"]
     if m.get("compiled_blocks"):
-        lines += [f"| blocks under torch.compile | {m['compiled_blocks']} (`flamingo_lib.compile.compile_blocks`) |"]
+        lines += [f"| blocks under torch.compile | {m['compiled_blocks']} (`flamingo_lib.modeling.compile.compile_blocks`) |"]
     if "step_tflops_achieved" in m:
         achieved = m["step_tflops_achieved"]
         lines += [f"| achieved | {achieved * 1e3:.1f} GFLOP/s |"]
@@ -261,7 +261,7 @@ def _frozen_half(full: dict[str, Any], half: dict[str, Any]) -> list[str]:
             ("peak memory in the step (GiB)", f"{peak(full):.2f}", f"{peak(half):.2f}"),
             ("step time (s)", f"{seconds(full):.3g}", f"{seconds(half):.3g}"),
             ("achieved GFLOP/s", *(f"{m.get('step_tflops_achieved', 0) * 1e3:.1f}" for m in (full, half)))]
-    return ["The same step with `FlamingoConfig(frozen_dtype='bfloat16')` (`python -m flamingo_lib.train "
+    return ["The same step with `FlamingoConfig(frozen_dtype='bfloat16')` (`python -m flamingo_lib.cli.train "
             "--frozen-dtype bfloat16`): the frozen LM and ViT held in bfloat16, every trained layer in float32 "
             "(autocast as in the float32 step: none on CPU). Same FLOPs counted.", "",
             "| frozen LM and ViT in | float32 | bfloat16 |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] \

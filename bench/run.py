@@ -25,7 +25,7 @@ import torch
 from bench import blocks, generation, precision, report, training
 from bench.common import BENCH_DIR, Env, baseline_versions, machine_info
 from bench.models import SMOKE_BLOCKS, biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir
-from flamingo_lib.atomic_files import write_text_atomic
+from flamingo_lib.io import write_text_atomic
 
 REPO = BENCH_DIR.parent
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", default="blocks,generation,features,memory,precision")
     parser.add_argument("--compile", action="store_true",
                         help="also time our blocks under torch.compile, and compile the memory/MFU training step "
-                             "(flamingo_lib.compile.compile_blocks)")
+                             "(flamingo_lib.modeling.compile.compile_blocks)")
     parser.add_argument("--train-batch", type=int, default=None, help="batch of the memory step (default 2 CPU, 16 GPU)")
     parser.add_argument("--timed-steps", type=int, default=None, help="steps timed after the memory step (1 CPU, 5 GPU)")
     parser.add_argument("--frozen-half", action=argparse.BooleanOptionalAction, default=True,
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def generation_cases(args: argparse.Namespace, lm_dir: Path, vit_dir: Path) -> list[generation.Case]:
     """tiny-random always; the BioGPT-size LM (biomed preset sizes) in full runs."""
     from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-    from flamingo_lib.language import load_language_model
+    from flamingo_lib.modeling.backbones.language import load_language_model
 
     tiny = FlamingoConfig.from_preset("tiny-random")
     cases = [generation.Case("tiny-random", FlamingoModel(tiny), FlamingoProcessor(tiny),
@@ -79,7 +79,7 @@ def generation_cases(args: argparse.Namespace, lm_dir: Path, vit_dir: Path) -> l
 def run_features(env: Env, args: argparse.Namespace, vit_dir: Path, reps: int) -> dict[str, Any]:
     """Tiny LM + a ViT-B/16 tower (full) or the tiny-random preset (smoke)."""
     from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-    from flamingo_lib.config import TINY_RANDOM_LM
+    from flamingo_lib.modeling.config import TINY_RANDOM_LM
 
     if args.smoke:
         config = FlamingoConfig.from_preset("tiny-random")

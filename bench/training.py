@@ -39,7 +39,7 @@ def make_step(model: FlamingoModel, optimizer: torch.optim.Optimizer, inputs: di
 
 def optimizer_for(model: FlamingoModel) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only, fused (one kernel for all of them), as
-    ``flamingo_lib.train.Trainer`` builds it."""
+    ``flamingo_lib.training.trainer.Trainer`` builds it."""
     return torch.optim.AdamW(list(model.parameters_trainable()), lr=1e-5, fused=True)
 
 

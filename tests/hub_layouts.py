@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from flamingo_lib.language import build_tiny_tokenizer
+from flamingo_lib.modeling.backbones.language import build_tiny_tokenizer
 
 
 def _seeded(seed: int):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import open_gates, xray_like
-from flamingo_lib.attention_maps import capture_attention, keep_attention, patch_grid, relevance_to_heatmap
-from flamingo_lib.grounding import _hit, pointing_game, pointing_summary, word_token_positions
+from flamingo_lib.modeling.attention_maps import capture_attention, keep_attention, patch_grid, relevance_to_heatmap
+from flamingo_lib.evaluation.grounding import _hit, pointing_game, pointing_summary, word_token_positions
 
 
 def test_token_relevance_is_zero_before_the_image_and_a_distribution_after(tiny_open):
@@ -64,7 +64,7 @@ def test_finding_words_map_to_their_report_tokens(tiny):
 
 
 def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_control(tiny_open):
-    from flamingo_lib.data.phantom import PhantomCXR
+    from flamingo_lib.data.phantom.dataset import PhantomCXR
 
     model, processor = tiny_open
     samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=12) if s.masks]
@@ -80,7 +80,7 @@ def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_contr
 def test_pointing_tests_are_exact_against_chance_and_paired_against_the_shuffled_control():
     import pandas as pd
 
-    from flamingo_lib.grounding import pointing_tests
+    from flamingo_lib.evaluation.grounding import pointing_tests
 
     # 3 findings, chance 0.5 each, all hit: P(3 hits by chance) = 1/8
     rows = pd.DataFrame({"hit": [True] * 3, "chance": [0.5] * 3, "shuffled_hit": [True, False, False]})

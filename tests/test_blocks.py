@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flamingo_lib.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention, media_masks
-from flamingo_lib.resampler import PerceiverResampler
+from flamingo_lib.modeling.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention, media_masks
+from flamingo_lib.modeling.resampler import PerceiverResampler
 
 B, L, D, DV, T, N = 2, 9, 32, 24, 2, 4
 # positions:          0  1  2  3  4  5  6  7  8
@@ -139,9 +139,9 @@ def test_shared_masks_give_the_block_its_own_result_and_a_wrong_rule_is_not_used
 
 
 def test_one_forward_builds_the_masks_once_for_all_layers(monkeypatch, tiny_open, images):
-    import flamingo_lib.cross_attention as cross_attention
-    import flamingo_lib.flamingo as flamingo_module
-    from flamingo_lib.lm_injection import flamingo_layers
+    import flamingo_lib.modeling.cross_attention as cross_attention
+    import flamingo_lib.modeling.flamingo as flamingo_module
+    from flamingo_lib.modeling.lm_injection import flamingo_layers
 
     model, processor = tiny_open
     assert len(list(flamingo_layers(model))) >= 2

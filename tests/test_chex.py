@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from data_fixtures import build_mimic, write_image
-from flamingo_lib.data.chex import ChexDataset, CredentialedExportError, write_chex
+from flamingo_lib.data.datasets.chex import ChexDataset, CredentialedExportError, write_chex
 from flamingo_lib.data.errors import DataError
-from flamingo_lib.data.mimic import MimicCXR
+from flamingo_lib.data.datasets.mimic import MimicCXR
 from flamingo_lib.data.sample import CXRSample, Finding
 
 # Keys the reader adds (where the files now are); everything else must round-trip.

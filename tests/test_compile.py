@@ -15,9 +15,9 @@ from torch._dynamo.utils import counters
 
 from conftest import open_gates
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib import compile as compile_module
-from flamingo_lib.compile import COMPILABLE_PARTS, compilable_blocks, compile_blocks
-from flamingo_lib.lm_injection import decoder_layers
+from flamingo_lib.modeling import compile as compile_module
+from flamingo_lib.modeling.compile import COMPILABLE_PARTS, compilable_blocks, compile_blocks
+from flamingo_lib.modeling.lm_injection import decoder_layers
 
 BACKEND = "aot_eager"
 

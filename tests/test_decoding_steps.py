@@ -8,7 +8,7 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib import flamingo as flamingo_module
+from flamingo_lib.modeling import flamingo as flamingo_module
 
 PROMPT = "<image>Frontal<image>Lateral Findings:"
 
@@ -91,7 +91,7 @@ def test_image_token_is_never_generated_even_when_it_scores_highest(monkeypatch,
 @pytest.mark.parametrize("only_immediate", [True, False])
 @pytest.mark.parametrize("keep_weights", [False, True])
 def test_the_window_equals_the_masks_of_text_after_every_image(only_immediate, keep_weights):
-    from flamingo_lib.cross_attention import MaskedCrossAttention, all_seen_masks, media_masks
+    from flamingo_lib.modeling.cross_attention import MaskedCrossAttention, all_seen_masks, media_masks
 
     torch.manual_seed(0)
     images, latents = 3, 4

@@ -5,7 +5,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from flamingo_lib.data.dicom import DicomFolder, read_dicom
+from flamingo_lib.data.datasets.dicom import DicomFolder, read_dicom
 from flamingo_lib.data.errors import DataError
 
 

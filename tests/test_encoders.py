@@ -15,14 +15,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BioGptForCausalLM
 
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.encoders import corpus
+from flamingo_lib.encoders.pretraining import corpus
 from flamingo_lib.encoders.embedded import (
     _spec,
     ensure_embedded_encoders,
     ensure_embedded_lm,
     recipes,
 )
-from flamingo_lib.processor import flamingo_tokenizer
+from flamingo_lib.modeling.backbones.language import flamingo_tokenizer
 
 SMOKE = 0.01
 TINY_LM, TINY_VIT = f"embedded-tiny-biogpt@scale={SMOKE:g}", f"embedded-tiny-vit@scale={SMOKE:g}"
@@ -124,7 +124,7 @@ def test_flamingo_training_keeps_the_embedded_encoders_bitwise_frozen(built, mon
 
 def test_the_feature_cache_serves_the_embedded_encoder_and_notices_its_batchnorm_buffers(built, monkeypatch, tmp_path):
     """The convolutions' BatchNorm brings 0-dim buffers (num_batches_tracked) into the fingerprint."""
-    from flamingo_lib.features import FeatureCache, encoder_fingerprint
+    from flamingo_lib.data.feature_cache import FeatureCache, encoder_fingerprint
 
     root, _, _ = built
     monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))
@@ -143,7 +143,7 @@ def test_the_feature_cache_serves_the_embedded_encoder_and_notices_its_batchnorm
 
 
 def test_the_processor_feeds_flamingo_exactly_the_pixels_the_encoder_pretrained_on(built, monkeypatch):
-    from flamingo_lib.encoders.clip_pretrain import normalise, render_images
+    from flamingo_lib.encoders.pretraining.clip import normalise, render_images
 
     root, _, clip_dir = built
     monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))
@@ -192,7 +192,7 @@ def test_builds_are_deterministic_for_a_seed(built, tmp_path):
 
 
 def test_the_lm_corpus_holds_train_split_text_only():
-    from flamingo_lib.data.iu_reports import IUReport, iu_split
+    from flamingo_lib.data.datasets.iu_reports import IUReport, iu_split
 
     ids = {split: [f"CXR{n}" for n in range(1, 400) if iu_split(f"CXR{n}") == split][:3]
            for split in ("train", "val", "test")}
@@ -216,7 +216,7 @@ def test_the_corpus_reads_report_text_exactly_as_phantom_serves_it():
 def test_a_reload_on_another_encoder_build_warns_and_the_same_build_does_not(built, monkeypatch, tmp_path):
     import warnings
 
-    from flamingo_lib.encoders.provenance import EncoderBuildMismatchWarning
+    from flamingo_lib.modeling.backbones.provenance import EncoderBuildMismatchWarning
 
     root, lm_dir, clip_dir = built
     monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))
@@ -236,7 +236,7 @@ def test_a_reload_on_another_encoder_build_warns_and_the_same_build_does_not(bui
 
 def test_a_fresh_model_computes_frozen_features_in_eval_mode_whatever_the_batch(built, monkeypatch, tmp_path):
     from conftest import xray_like
-    from flamingo_lib.features import FeatureCache
+    from flamingo_lib.data.feature_cache import FeatureCache
 
     root, _, _ = built
     monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(root))

@@ -9,7 +9,7 @@ import pytest
 
 from flamingo_lib import FlamingoConfig
 from flamingo_lib.encoders.cache import cached_build, fingerprint
-from flamingo_lib.encoders.sentinels import Sentinel, parse_sentinel
+from flamingo_lib.modeling.backbones.sentinels import Sentinel, parse_sentinel
 
 
 class Builder:
@@ -103,8 +103,8 @@ def test_from_preset_writes_the_pretrain_scale_into_the_sentinels(monkeypatch):
 
 
 def test_a_sentinel_in_the_wrong_slot_is_rejected_before_anything_builds():
-    from flamingo_lib.language import load_language_model
-    from flamingo_lib.vision import encoder_kind
+    from flamingo_lib.modeling.backbones.language import load_language_model
+    from flamingo_lib.modeling.backbones.vision import encoder_kind
 
     assert encoder_kind("embedded-tiny-vit@scale=2") == "open_clip"  # known without building
     with pytest.raises(ValueError, match="not a vision encoder"):
@@ -185,7 +185,8 @@ def test_every_build_the_repository_ships_is_the_current_recipes_own():
 
 
 def test_the_default_vision_encoder_comes_from_the_shipped_build_on_a_fresh_cache(tmp_path, monkeypatch):
-    from flamingo_lib.encoders import cache, clip_build
+    from flamingo_lib.encoders import cache
+    from flamingo_lib.encoders.pretraining import vision_build
     from flamingo_lib.encoders.embedded import ensure_embedded_vit
 
     root = cache.shipped_encoders_root()
@@ -195,7 +196,7 @@ def test_the_default_vision_encoder_comes_from_the_shipped_build_on_a_fresh_cach
     def no_build(*_args, **_kwargs):
         raise AssertionError("built instead of copying the shipped build")
 
-    monkeypatch.setattr(clip_build, "build_clip_dir", no_build)
+    monkeypatch.setattr(vision_build, "build_clip_dir", no_build)
     directory = ensure_embedded_vit(root=tmp_path)
     shipped = root / directory.name
     for name in ("open_clip_model.safetensors", "open_clip_config.json", "manifest.json"):

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from flamingo_lib.encoders.clip_pretrain import ClipRecipe, build_clip, open_clip_config, pretrain_clip
-from flamingo_lib.encoders.label_pretrain import pretrain_trunk_on_labels
-from flamingo_lib.findings_head import FindingTargets
-from flamingo_lib.vision import OPENAI_MEAN, OPENAI_STD
+from flamingo_lib.encoders.pretraining.clip import ClipRecipe, build_clip, open_clip_config, pretrain_clip
+from flamingo_lib.encoders.pretraining.labels import pretrain_trunk_on_labels
+from flamingo_lib.labeling.targets import FindingTargets
+from flamingo_lib.modeling.backbones.vision import OPENAI_MEAN, OPENAI_STD
 
 SIZE = 32
 PREPROCESS = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "size": SIZE}
@@ -53,7 +53,7 @@ def test_label_pretraining_teaches_the_trunk_a_local_finding_its_random_init_doe
     assert not trunk.training
     # A linear read-out of the pooled features (fitted here on the training films) separates
     # held-out films with the square from those without.
-    from flamingo_lib.encoders.clip_pretrain import normalise
+    from flamingo_lib.encoders.pretraining.clip import normalise
 
     with torch.no_grad():
         train_x = trunk.forward_head(trunk.forward_features(normalise(images, PREPROCESS)), pre_logits=True)
@@ -116,9 +116,9 @@ def test_the_build_pretrains_the_trunk_on_the_targets_its_recipe_names(source, t
     """``trunk_targets`` picks each film's own labels (the phantom's image truth) or the labeler's
     reading of its report, as ``FindingTargets.for_samples`` does for the findings head."""
     from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
-    from flamingo_lib.encoders import clip_build
-    from flamingo_lib.encoders.corpus import studies
-    from flamingo_lib.labeler import label_report
+    from flamingo_lib.encoders.pretraining import vision_build as clip_build
+    from flamingo_lib.encoders.pretraining.corpus import studies
+    from flamingo_lib.labeling.labeler import label_report
 
     seen = {}
 

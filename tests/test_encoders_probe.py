@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from flamingo_lib.encoders.probe import auroc, probe_aurocs, retrieval_recall
+from flamingo_lib.encoders.pretraining.probe import auroc, probe_aurocs, retrieval_recall
 
 
 def _pairwise_auroc(scores: list[float], labels: list[int]) -> float:

@@ -18,7 +18,7 @@ def test_smollm2_converts_from_gguf_and_serves_the_smol_preset(tmp_path, monkeyp
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-    from flamingo_lib.encoders.corpus import phantom
+    from flamingo_lib.encoders.pretraining.corpus import phantom
     from flamingo_lib.encoders.smollm2 import ensure_smollm2, smollm2_gguf
 
     monkeypatch.setenv("FLAMINGO_CACHE_DIR", str(tmp_path))

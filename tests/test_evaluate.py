@@ -14,8 +14,8 @@ import torch
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data import CXRSample
 from toy_data import TOY_STUDIES, toy_radiograph
-from flamingo_lib.evaluate import evaluate, generate_reports, most_frequent_report, nearest_neighbour_reports
-from flamingo_lib.metrics import NLG_METRICS, clinical_efficacy, most_common_observations, nlg_metrics, normalise_report
+from flamingo_lib.evaluation.evaluate import evaluate, generate_reports, most_frequent_report, nearest_neighbour_reports
+from flamingo_lib.evaluation.metrics import NLG_METRICS, clinical_efficacy, most_common_observations, nlg_metrics, normalise_report
 
 
 def test_identical_reports_score_perfectly_and_unrelated_ones_do_not():
@@ -32,7 +32,7 @@ def test_identical_reports_score_perfectly_and_unrelated_ones_do_not():
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
 def test_meteor_leaves_no_unclosed_pipes_at_exit():
-    script = ("from flamingo_lib.metrics import meteor\n"
+    script = ("from flamingo_lib.evaluation.metrics import meteor\n"
               "assert meteor({0: ['the heart is normal']}, {0: ['the heart is normal']}) > 0.9\n")
     run = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -112,9 +112,9 @@ def test_no_image_baseline_ignores_the_image():
 def test_rendered_findings_score_gives_an_always_normal_system_nothing():
     """Over the 14 observations "No Finding" rewards a normal-only system; over the findings the
     phantom draws it earns zero, while a system that names the finding scores."""
-    from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
-    from flamingo_lib.evaluate import score
-    from flamingo_lib.labeler import label_report
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluation.evaluate import score
+    from flamingo_lib.labeling.labeler import label_report
 
     assert "No Finding" not in RENDERED_OBSERVATIONS and "Pneumothorax" in RENDERED_OBSERVATIONS
     normal = "Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."
@@ -153,9 +153,9 @@ def test_reference_ceiling_scores_the_reference_text_against_the_image_truth():
     """A hedged reference ("likely atelectasis") is read as uncertain, so even the reference text
     misses a finding the image shows: the ceiling row says so; its report-vs-report columns are
     empty rather than a trivial 1.0."""
-    from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
-    from flamingo_lib.evaluate import reference_ceiling
-    from flamingo_lib.labeler import label_report
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluation.evaluate import reference_ceiling
+    from flamingo_lib.labeling.labeler import label_report
 
     references = ["Heart size is normal. Small right pleural effusion.",
                   "Streaky left base opacity, likely atelectasis."]
@@ -164,7 +164,7 @@ def test_reference_ceiling_scores_the_reference_text_against_the_image_truth():
     # effusion: tp; atelectasis read as uncertain: fn; "opacity" read as Lung Opacity: fp
     assert row["CE micro-F1 (rendered findings, vs image truth)"] == pytest.approx(0.5)
     assert math.isnan(row["BLEU_4"]) and math.isnan(row["CE micro-F1 (14, vs reference)"])
-    from flamingo_lib.evaluate import score
+    from flamingo_lib.evaluation.evaluate import score
 
     system_row = score(references, references, label_report, truth, ["Pleural Effusion"], RENDERED_OBSERVATIONS)
     assert list(row) == list(system_row)  # the same columns as every system's row, in the same order

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from data_fixtures import build_mimic
-from flamingo_lib.evaluate_on import evaluation_dir, main
-from flamingo_lib.run_records import training_record
-from flamingo_lib.guided_decoding import SYSTEM_NAME as GUIDED
-from flamingo_lib.pipeline import Pipeline
+from flamingo_lib.cli.evaluate_on import evaluation_dir, main
+from flamingo_lib.pipeline.run_records import training_record
+from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
+from flamingo_lib.pipeline.steps import Pipeline
 from test_pipeline import SMALL
 
 COMMON = ["--max-new-tokens", str(SMALL["max_new_tokens"]), "--no-progress", "--device", "cpu"]

@@ -15,7 +15,7 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.features import FeatureCache, image_hash
+from flamingo_lib.data.feature_cache import FeatureCache, image_hash
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ KILLED_BUILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from conftest import xray_like
     from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-    from flamingo_lib.features import FeatureCache
+    from flamingo_lib.data.feature_cache import FeatureCache
     config = FlamingoConfig.from_preset("tiny-random")
     model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
     def slow_images():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import xray_like
-from flamingo_lib.finding_usage import classifier_auroc, finding_usage, finding_usage_figure, sampled_mention_rates
-from flamingo_lib.labeler import label_report
+from flamingo_lib.evaluation.finding_usage import classifier_auroc, finding_usage, finding_usage_figure, sampled_mention_rates
+from flamingo_lib.labeling.labeler import label_report
 
 OBS = ["Edema", "Pleural Effusion"]
 

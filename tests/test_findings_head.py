@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS, FindingTargets
-from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
+from flamingo_lib.labeling.targets import FindingTargets
+from flamingo_lib.observations import FINDINGS_OBSERVATIONS
+from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
 from test_train import SAMPLES
 
 OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
@@ -199,7 +200,7 @@ def test_training_with_the_head_teaches_it_the_findings_of_the_studies(tmp_path)
 def test_loss_curves_show_the_findings_loss_only_when_the_head_trained():
     import pandas as pd
 
-    from flamingo_lib.report_html import loss_curve_figure
+    from flamingo_lib.reporting.html import loss_curve_figure
 
     curves = pd.DataFrame({"step": [1, 2], "train_loss": [2.0, 1.5], "val_loss": [None, 1.6]})
     assert len(loss_curve_figure(curves).axes) == 1

@@ -7,9 +7,9 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.attention_maps import capture_attention
-from flamingo_lib.findings_tokens import FindingsTokens, append_findings_tokens
-from flamingo_lib.lm_injection import flamingo_layers
+from flamingo_lib.modeling.attention_maps import capture_attention
+from flamingo_lib.modeling.heads.findings_tokens import FindingsTokens, append_findings_tokens
+from flamingo_lib.modeling.lm_injection import flamingo_layers
 
 OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
 

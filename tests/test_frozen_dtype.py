@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 import hub_layouts
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.features import encoder_fingerprint
-from flamingo_lib.language import load_language_model
+from flamingo_lib.data.feature_cache import encoder_fingerprint
+from flamingo_lib.modeling.backbones.language import load_language_model
 
 TEXTS = ["Chest radiograph.<image>Heart size is normal.", "<image>Small left effusion."]
 
@@ -181,7 +181,7 @@ def test_bad_frozen_dtypes_and_training_half_precision_parts_are_refused():
 
 
 def test_the_command_line_trains_and_resumes_with_bfloat16_frozen_parts(tmp_path):
-    from flamingo_lib.train import main
+    from flamingo_lib.cli.train import main
 
     common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
               "--max-train-samples", "8", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
@@ -221,7 +221,7 @@ def test_a_model_cast_whole_to_bfloat16_runs_inference_from_pixels_features_and_
 
 
 def test_the_notebooks_parameter_table_shows_each_parts_dtype_and_memory():
-    from flamingo_lib.workbench import parameter_table
+    from flamingo_lib.pipeline.workbench import parameter_table
 
     _, half, _ = _pair()
     table = parameter_table(half)

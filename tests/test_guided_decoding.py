@@ -9,7 +9,7 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.guided_decoding import Candidates, choose, sample_candidates, tune_threshold
+from flamingo_lib.inference.guided_decoding import Candidates, choose, sample_candidates, tune_threshold
 
 OBS = ("Edema", "Pleural Effusion")
 

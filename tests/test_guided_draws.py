@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.diagnostics.guided_draws import score_draw
-from flamingo_lib.guided_decoding import Candidates
+from experiments.guided_draws import score_draw
+from flamingo_lib.inference.guided_decoding import Candidates
 
 OBS = ("Edema", "Pleural Effusion")
 

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM
 import hub_layouts
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.config import TINY_RANDOM_LM, TINY_RANDOM_VISION
-from flamingo_lib.lm_injection import decoder_layers, flamingo_layers
-from flamingo_lib.vision import encoder_kind, load_vision_encoder
+from flamingo_lib.modeling.config import TINY_RANDOM_LM, TINY_RANDOM_VISION
+from flamingo_lib.modeling.lm_injection import decoder_layers, flamingo_layers
+from flamingo_lib.modeling.backbones.vision import encoder_kind, load_vision_encoder
 
 FAMILIES = {
     "biogpt": hub_layouts.make_biogpt_dir,

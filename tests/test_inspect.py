@@ -13,7 +13,7 @@ from flamingo_lib.data.inspect import (
     plot_report_lengths,
     report_lengths,
 )
-from flamingo_lib.data.mimic import MimicCXR
+from flamingo_lib.data.datasets.mimic import MimicCXR
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, CXRSample
 
 

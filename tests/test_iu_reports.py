@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import flamingo_lib.data.iu_reports as iu
-from flamingo_lib.data.iu_reports import (
+import flamingo_lib.data.datasets.iu_reports as iu
+from flamingo_lib.data.datasets.iu_reports import (
     MESH_COVERED_OBSERVATIONS,
     MESH_FINDING_NAMES,
     IUReport,

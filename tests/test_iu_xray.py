@@ -6,7 +6,7 @@ import pytest
 
 from data_fixtures import build_iu, build_r2gen, openi_xml
 from flamingo_lib.data.errors import DataError
-from flamingo_lib.data.iu_xray import IUXray, R2GenAnnotation, hash_split, parse_mesh_major
+from flamingo_lib.data.datasets.iu_xray import IUXray, R2GenAnnotation, hash_split, parse_mesh_major
 from flamingo_lib.data.sample import Finding
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from data_fixtures import Study, build_mimic, mimic_report, write_csv
 from flamingo_lib.data.errors import DataError
-from flamingo_lib.data.mimic import MimicCXR
+from flamingo_lib.data.datasets.mimic import MimicCXR
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
 
 STUDY_DIR = Path("files/p10/p10000032")

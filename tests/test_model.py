@@ -10,8 +10,8 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel
-from flamingo_lib.language import build_tiny_lm
-from flamingo_lib.lm_injection import flamingo_layers
+from flamingo_lib.modeling.backbones.language import build_tiny_lm
+from flamingo_lib.modeling.lm_injection import flamingo_layers
 
 TEXT = "Lungs are clear.<image>Heart size is normal.<EOC>"
 
@@ -223,7 +223,7 @@ def test_switching_off_media_kv_caching_recomputes_per_step_with_identical_token
 
 
 def test_decoder_list_lookup_finds_the_same_layers_and_never_a_stale_one():
-    from flamingo_lib.lm_injection import decoder_layers, lm_flamingo_layers
+    from flamingo_lib.modeling.lm_injection import decoder_layers, lm_flamingo_layers
 
     model = FlamingoModel(FlamingoConfig.from_preset("tiny-random"))
     lm = model.flamingo.lm

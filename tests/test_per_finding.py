@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from bench.diagnostics.per_finding import counts_markdown, micro_f1, per_finding_counts, run_tables
-from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+from experiments.per_finding import counts_markdown, micro_f1, per_finding_counts, run_tables
+from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
 from flamingo_lib.data.sources import open_source
-from flamingo_lib.labeler import label_report
-from flamingo_lib.metrics import clinical_efficacy
+from flamingo_lib.labeling.labeler import label_report
+from flamingo_lib.evaluation.metrics import clinical_efficacy
 
 
 def test_counts_per_finding_add_up_to_the_micro_f1_of_clinical_efficacy():
@@ -60,7 +60,7 @@ def test_a_run_without_generations_says_what_to_run(tmp_path):
 
 
 def test_a_runs_saved_settings_drop_retired_keys_and_take_overrides(tmp_path):
-    from bench.diagnostics.runs import saved_settings
+    from experiments.runs import saved_settings
 
     (tmp_path / "train").mkdir()
     saved = {"data": "phantom:templated", "seed": 3, "retired_knob": 1, "run_dir": "/elsewhere"}

@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pytest
 
-import flamingo_lib.data.phantom as phantom_module
-from flamingo_lib.data.iu_reports import IUReport, iu_split
-from flamingo_lib.data.phantom import TEMPLATED_SPLIT_SIZES, PhantomCXR
-from flamingo_lib.data.phantom_render import RENDERABLE_FINDINGS, render_phantom, stable_seed
-from flamingo_lib.data.phantom_text import findings_to_labels, sample_findings, templated_report
+import flamingo_lib.data.phantom.dataset as phantom_module
+from flamingo_lib.data.datasets.iu_reports import IUReport, iu_split
+from flamingo_lib.data.phantom.dataset import TEMPLATED_SPLIT_SIZES, PhantomCXR
+from flamingo_lib.data.phantom.render import RENDERABLE_FINDINGS, render_phantom, stable_seed
+from flamingo_lib.data.phantom.text import findings_to_labels, sample_findings, templated_report
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, Finding
 
 SIZE = 128
@@ -250,7 +250,7 @@ def test_text_samples_carry_what_the_samples_do_but_the_films_and_render_nothing
 
 
 def _report(number: int, sections: dict[str, str], mesh: tuple[str, ...] = ()) -> IUReport:
-    from flamingo_lib.data.iu_reports import mesh_to_findings
+    from flamingo_lib.data.datasets.iu_reports import mesh_to_findings
 
     return IUReport(f"CXR{number}", sections, mesh, mesh_to_findings(mesh), ())
 
@@ -275,7 +275,7 @@ def test_iu_mode_uses_findings_then_impression_and_skips_empty_reports() -> None
 
 @pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is None, reason="IU reports ship with torchxrayvision")
 def test_real_iu_splits_partition_the_reports_with_text() -> None:
-    from flamingo_lib.data.iu_reports import load_iu_reports
+    from flamingo_lib.data.datasets.iu_reports import load_iu_reports
 
     reports = load_iu_reports()
     ids = {s: set(PhantomCXR(s, text="iu", cache=False, reports=reports).ids) for s in ("train", "val", "test")}

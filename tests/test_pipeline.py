@@ -7,10 +7,10 @@ import json
 import pytest
 
 from data_fixtures import build_mimic
-from flamingo_lib.pipeline import Pipeline
-from flamingo_lib.report_html import write_html_report
-from flamingo_lib.run_report import build_run_report, headline
-from flamingo_lib.write_reports import main as write_reports_main
+from flamingo_lib.pipeline.steps import Pipeline
+from flamingo_lib.reporting.html import write_html_report
+from flamingo_lib.reporting.run_page import build_run_report, headline
+from flamingo_lib.cli.write_reports import main as write_reports_main
 
 SMALL = dict(preset="tiny-random", data="phantom:templated", image_size=160, max_train_samples=24,
              max_val_samples=4, max_test_samples=6, max_steps=4, batch_size=4, eval_every=2, max_new_tokens=6,
@@ -29,7 +29,7 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert "data:image/png;base64," in text and "nearest neighbour" in text
     assert "pointing game" in headline(pipeline) and "findings the text follows" in headline(pipeline)
     assert "Which findings does the text follow?" in text and "Findings-guided:" in text  # in the cases too
-    from flamingo_lib.guided_decoding import SYSTEM_NAME
+    from flamingo_lib.inference.guided_decoding import SYSTEM_NAME
 
     table = pipeline.evaluate()  # the default run has a findings head: its guided decoding is a system
     assert SYSTEM_NAME in table.index and "findings-guided" in headline(pipeline)
@@ -52,7 +52,7 @@ def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
     assert pipeline.model_and_processor[0].config.reading_head and "the reading head's probabilities" in protocol
     usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"
     usage = pipeline.finding_usage()
-    from flamingo_lib.data.phantom_text import RENDERED_OBSERVATIONS
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
 
     assert list(usage.index) == list(RENDERED_OBSERVATIONS)
     assert "classifier AUROC" in usage  # the default run has a findings head: what its latents carry
@@ -116,7 +116,7 @@ def test_iu_derived_reports_carry_the_licence_credit(tmp_path):
 
 
 def test_compile_setting_reaches_the_trainer_without_changing_the_training_key(tmp_path, monkeypatch):
-    import flamingo_lib.train as train_module
+    import flamingo_lib.training.trainer as train_module
 
     seen = []
 
@@ -161,32 +161,32 @@ def test_a_run_trained_before_a_setting_existed_is_reused_at_that_settings_defau
     summary = json.loads(summary_path.read_text())
     del summary["config"]["extra"]["pipeline"]["repeat_factor_threshold"]  # as written before the knob existed
     summary_path.write_text(json.dumps(summary))
-    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
-    assert not Pipeline(run_dir=str(run), **{**SMALL, "repeat_factor_threshold": 0.3})._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **SMALL).is_trained()
+    assert not Pipeline(run_dir=str(run), **{**SMALL, "repeat_factor_threshold": 0.3}).is_trained()
     assert summary["config"]["extra"]["pipeline"]["findings_tokens"] is False
     del summary["config"]["extra"]["pipeline"]["findings_tokens"]  # before the knob: no findings tokens
     summary_path.write_text(json.dumps(summary))
-    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
-    assert not Pipeline(run_dir=str(run), **{**SMALL, "findings_tokens": True})._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **SMALL).is_trained()
+    assert not Pipeline(run_dir=str(run), **{**SMALL, "findings_tokens": True}).is_trained()
     assert summary["config"]["extra"]["pipeline"]["reading_head"] is True
     del summary["config"]["extra"]["pipeline"]["reading_head"]  # before the knob: no reading head
     summary_path.write_text(json.dumps(summary))
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
-    assert Pipeline(run_dir=str(run), **{**SMALL, "reading_head": False})._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
+    assert Pipeline(run_dir=str(run), **{**SMALL, "reading_head": False}).is_trained()
     summary["config"]["extra"]["pipeline"]["reading_head"] = True
     del summary["config"]["extra"]["pipeline"]["findings_targets"]  # before the knob: the reports' readings
     summary_path.write_text(json.dumps(summary))
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
-    assert Pipeline(run_dir=str(run), **{**SMALL, "findings_targets": "reports"})._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
+    assert Pipeline(run_dir=str(run), **{**SMALL, "findings_targets": "reports"}).is_trained()
     del summary["config"]["extra"]["pipeline"]["findings_loss_weight"]  # before the findings head: none
     summary_path.write_text(json.dumps(summary))
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
     assert Pipeline(run_dir=str(run), **{**SMALL, "findings_loss_weight": 0.0})._saved_training_key(
         summary["config"]["extra"]["pipeline"]) == Pipeline(run_dir=str(run), **{**SMALL, "findings_loss_weight": 0.0}
                                                                ).settings.training_key()
     summary["config"]["extra"]["pipeline"]["retired_knob"] = 1
     summary_path.write_text(json.dumps(summary))
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
 
 
 def test_a_run_with_findings_tokens_trains_them_and_maps_attention_past_them(tmp_path):
@@ -194,7 +194,7 @@ def test_a_run_with_findings_tokens_trains_them_and_maps_attention_past_them(tmp
     pipeline.train()
     model, _ = pipeline.model_and_processor
     assert model.config.findings_tokens and model.flamingo.findings_tokens is not None
-    from flamingo_lib.guided_decoding import SYSTEM_NAME
+    from flamingo_lib.inference.guided_decoding import SYSTEM_NAME
 
     assert SYSTEM_NAME in pipeline.evaluate().index  # greedy, guided and the baselines all decode with them
     assert len(pipeline.grounding()) > 0  # the maps slice each image's latents out of latents + tokens
@@ -203,17 +203,17 @@ def test_a_run_with_findings_tokens_trains_them_and_maps_attention_past_them(tmp
 def test_a_run_trained_on_features_of_an_older_format_is_retrained(tmp_path):
     import json
 
-    from flamingo_lib.features import FEATURE_FORMAT_VERSION
+    from flamingo_lib.data.feature_cache import FEATURE_FORMAT_VERSION
 
     run = tmp_path / "run"
     Pipeline(run_dir=str(run), **SMALL).train()
     summary_path = run / "train" / "summary.json"
     summary = json.loads(summary_path.read_text())
     assert summary["config"]["extra"]["pipeline"]["feature_format"] == FEATURE_FORMAT_VERSION
-    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **SMALL).is_trained()
     del summary["config"]["extra"]["pipeline"]["feature_format"]  # written before the format was recorded: 1
     summary_path.write_text(json.dumps(summary))
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
 
 
 def test_a_labeler_change_retrains_the_findings_head_and_rescores_every_result(tmp_path, monkeypatch):
@@ -223,7 +223,7 @@ def test_a_labeler_change_retrains_the_findings_head_and_rescores_every_result(t
     unknown labeler."""
     import json
 
-    import flamingo_lib.labeler as labeler
+    import flamingo_lib.labeling.version as labeler_version
 
     run = tmp_path / "run"
     pipeline = Pipeline(run_dir=str(run), **SMALL)
@@ -235,36 +235,36 @@ def test_a_labeler_change_retrains_the_findings_head_and_rescores_every_result(t
     assert pipeline._up_to_date(result)
     without_head = Pipeline(run_dir=str(tmp_path / "plain"), **{**SMALL, "findings_loss_weight": 0.0})
     without_head.train()
-    monkeypatch.setattr(labeler, "rules_version", lambda: "other-rules")
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    monkeypatch.setattr(labeler_version, "rules_version", lambda: "other-rules")
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
     assert not Pipeline(run_dir=str(run), **SMALL)._up_to_date(result)
     assert Pipeline(run_dir=str(tmp_path / "plain"), **{**SMALL, "findings_loss_weight": 0.0}
-                    )._trained_for_these_settings()
+                    ).is_trained()
     monkeypatch.undo()
     summary_path = run / "train" / "summary.json"
     summary = json.loads(summary_path.read_text())
     del summary["config"]["extra"]["pipeline"]["labeler"]  # written before the labeler was recorded
     summary_path.write_text(json.dumps(summary))
-    assert not Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert not Pipeline(run_dir=str(run), **SMALL).is_trained()
 
 
 def test_the_embedded_encoder_fingerprint_follows_the_labeler_when_its_trunk_learns_labels(monkeypatch):
     import dataclasses
 
-    import flamingo_lib.labeler as labeler
+    import flamingo_lib.labeling.version as labeler_version
     from flamingo_lib.encoders.embedded import _spec, recipes
 
     _, clip = recipes()
     before, contrastive = _spec("vit", clip, 0), _spec("vit", dataclasses.replace(clip, trunk_objective="clip"), 0)
-    monkeypatch.setattr(labeler, "rules_version", lambda: "other-rules")
+    monkeypatch.setattr(labeler_version, "rules_version", lambda: "other-rules")
     assert _spec("vit", clip, 0) != before
     assert _spec("vit", dataclasses.replace(clip, trunk_objective="clip"), 0) == contrastive
 
 
 def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     import numpy as np
-    from flamingo_lib.grounding import FINDING_WORDS
-    from flamingo_lib.run_report import case_heatmap
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS
+    from flamingo_lib.reporting.run_page import case_heatmap
 
     pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_test_samples": 40})
     pipeline.train()
@@ -283,7 +283,7 @@ def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
 
 def test_metrics_figure_draws_one_labelled_bar_per_system_and_metric_and_none_for_missing_values():
     import pandas as pd
-    from flamingo_lib.report_html import metrics_figure
+    from flamingo_lib.reporting.html import metrics_figure
 
     table = pd.DataFrame({"BLEU_4": [0.3, float("nan")], "CIDEr": [1.6, float("nan")], "CE micro-F1 (14)": [0.4, 0.8]},
                          index=["flamingo", "reference report (ceiling)"])
@@ -307,13 +307,13 @@ def test_a_run_with_bfloat16_frozen_parts_trains_them_so_and_is_not_served_a_flo
     assert summary["config"]["extra"]["pipeline"]["frozen_dtype"] == "float32"
     del summary["config"]["extra"]["pipeline"]["frozen_dtype"]  # a run trained before the knob: float32
     summary_path.write_text(json.dumps(summary))
-    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **SMALL).is_trained()
     half = Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "bfloat16"})
-    assert not half._trained_for_these_settings()  # another model: retrained, not served
+    assert not half.is_trained()  # another model: retrained, not served
     assert half.train()["steps"] == 4
     model, _ = half.model_and_processor
     assert model.config.frozen_dtype == "bfloat16" and model.flamingo.vision_encoder.dtype == torch.bfloat16
-    assert Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "bfloat16"})._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "bfloat16"}).is_trained()
     with pytest.raises(ValueError, match="frozen_dtype='half'; allowed: float32, bfloat16, float16"):
         Pipeline(run_dir=str(run), **{**SMALL, "frozen_dtype": "half"})
 
@@ -333,15 +333,15 @@ def test_attending_every_view_is_a_training_setting_that_reaches_the_model(tmp_p
     del stamp["training"]["only_attend_immediate_media"]
     summary_path.write_text(json.dumps(summary))
     stamp_path.write_text(json.dumps(stamp))
-    assert Pipeline(run_dir=str(run), **SMALL)._trained_for_these_settings()
+    assert Pipeline(run_dir=str(run), **SMALL).is_trained()
     # ... and its results are served too, not recomputed: read as training reads the key
     assert Pipeline(run_dir=str(run), **SMALL)._up_to_date(run / "eval" / "results.csv", **pipeline._guided_key())
     every_view = Pipeline(run_dir=str(run), **{**SMALL, "only_attend_immediate_media": False})
-    assert not every_view._trained_for_these_settings()
+    assert not every_view.is_trained()
     assert every_view.train()["steps"] == SMALL["max_steps"]
     model, _ = every_view.model_and_processor
     assert not model.config.only_attend_immediate_media
-    from flamingo_lib.lm_injection import flamingo_layers
+    from flamingo_lib.modeling.lm_injection import flamingo_layers
 
     rules = [layer.gated_cross_attn.attn.only_attend_immediate_media for layer in flamingo_layers(model)]
     assert rules and not any(rules)

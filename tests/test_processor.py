@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel
-from flamingo_lib.processor import IGNORE_INDEX, to_rgb
+from flamingo_lib.processing.processor import IGNORE_INDEX, to_rgb
 
 
 def test_literal_less_than_sign_is_text_not_an_image(tiny):
@@ -171,7 +171,7 @@ def test_multi_view_studies_get_one_image_token_per_view_in_training_and_generat
 
 
 def test_few_shot_prompt_interleaves_examples_before_the_query(tiny):
-    from flamingo_lib.prompts import Example, few_shot_images, few_shot_prompt
+    from flamingo_lib.processing.prompts import Example, few_shot_images, few_shot_prompt
 
     _, processor = tiny
     examples = [Example([xray_like(0)], "Normal."), Example([xray_like(1), xray_like(2)], "Left effusion.")]

@@ -10,9 +10,9 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.findings_head import FindingTargets
-from flamingo_lib.guided_decoding import sample_candidates
-from flamingo_lib.train import ReportCollator, TrainConfig, Trainer
+from flamingo_lib.labeling.targets import FindingTargets
+from flamingo_lib.inference.guided_decoding import sample_candidates
+from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
 from test_train import SAMPLES
 
 OBS = ["Pleural Effusion", "Cardiomegaly"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.diagnostics.resampler_attention import (analyse, gradient_relevance, image_specificity, layer_statistics,
+from experiments.resampler_attention import (analyse, gradient_relevance, image_specificity, layer_statistics,
                                                    pointing_markdown)
 
 
@@ -43,8 +43,8 @@ def test_gradient_relevance_credits_only_the_cell_that_moves_the_named_word():
 
 
 def test_attention_pointing_reproduces_the_demo_pointing_game(tiny_open):
-    from flamingo_lib.data.phantom import PhantomCXR
-    from flamingo_lib.grounding import pointing_game
+    from flamingo_lib.data.phantom.dataset import PhantomCXR
+    from flamingo_lib.evaluation.grounding import pointing_game
 
     model, processor = tiny_open
     samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=12) if s.masks]

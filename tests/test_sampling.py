@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from flamingo_lib.sampling import epoch_order, repeat_factors, study_labels
+from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
 
 NORMAL, EDEMA = {"No Finding": 1.0, "Edema": 0.0}, {"Edema": 1.0, "Pleural Effusion": -1.0}
 
@@ -44,7 +44,7 @@ def test_epoch_order_repeats_each_study_by_its_factor():
 
 
 def test_study_labels_read_the_label_frame_without_rendering_images():
-    from flamingo_lib.data.phantom import PhantomCXR
+    from flamingo_lib.data.phantom.dataset import PhantomCXR
 
     data = PhantomCXR(split="train", image_size=64, text="templated", max_samples=30)
     rendered = []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.diagnostics.second_reader import agreement, second_reports
-from flamingo_lib.data.phantom_text import findings_to_labels
+from experiments.second_reader import agreement, second_reports
+from flamingo_lib.data.phantom.text import findings_to_labels
 from flamingo_lib.data.sample import CXRSample, Finding
 
 

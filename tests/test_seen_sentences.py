@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.diagnostics.seen_sentences import known_sentences, seen_rates, sentences
+from experiments.seen_sentences import known_sentences, seen_rates, sentences
 
 
 def test_sentences_split_after_full_stops_and_ignore_case():

@@ -10,8 +10,8 @@ import torch
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data import CXRSample
 from toy_data import TOY_STUDIES, toy_radiograph
-from flamingo_lib.features import FeatureCache
-from flamingo_lib.train import ReportCollator, TrainConfig, Trainer, epoch_order
+from flamingo_lib.data.feature_cache import FeatureCache
+from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer, epoch_order
 
 TOY_LABELS = {"normal": {"No Finding": 1.0}, "left_effusion": {"Pleural Effusion": 1.0},
               "right_nodule": {"Lung Lesion": 1.0}, "cardiomegaly": {"Cardiomegaly": 1.0}}
@@ -21,7 +21,7 @@ SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], r
 
 
 def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
-    from flamingo_lib.findings_head import FINDINGS_OBSERVATIONS
+    from flamingo_lib.observations import FINDINGS_OBSERVATIONS
 
     head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
     config = FlamingoConfig.from_preset("tiny-random", findings_head=head)
@@ -158,7 +158,7 @@ def test_epoch_order_is_a_fixed_permutation_per_epoch():
 
 
 def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_templated_phantom_data(tmp_path):
-    from flamingo_lib.train import main
+    from flamingo_lib.cli.train import main
 
     common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
               "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
@@ -178,7 +178,7 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
     with pytest.raises(SystemExit):  # the readings are the head's second output: no head, no readings
         main([*common[:-6], "--findings-loss-weight", "0", "--reading-head", "--max-steps", "1"])
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
-    from flamingo_lib.run_records import model_directory, training_record  # what evaluate_on reads back
+    from flamingo_lib.pipeline.run_records import model_directory, training_record  # what evaluate_on reads back
 
     assert model_directory(tmp_path / "run") == tmp_path / "run" / "model"
     assert training_record(tmp_path / "run" / "model") == {"data": "phantom:templated", "image_size": 160,

@@ -1,15 +1,15 @@
-"""bench/diagnostics/trunk_locality: the exact per-cell split of the trunk's label logits, and its pointing game."""
+"""experiments/trunk_locality: the exact per-cell split of the trunk's label logits, and its pointing game."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.diagnostics.trunk_locality import max_pool_attribution, pointing_hits
-from flamingo_lib.encoders.clip_pretrain import ClipRecipe
+from experiments.trunk_locality import max_pool_attribution, pointing_hits
+from flamingo_lib.encoders.pretraining.clip import ClipRecipe
 from flamingo_lib.encoders.cnn import GridConvNet
-from flamingo_lib.encoders.label_pretrain import label_head, pretrain_trunk_on_labels
-from flamingo_lib.vision import OPENAI_MEAN, OPENAI_STD
+from flamingo_lib.encoders.pretraining.labels import label_head, pretrain_trunk_on_labels
+from flamingo_lib.modeling.backbones.vision import OPENAI_MEAN, OPENAI_STD
 
 SIZE = 64  # a 4 x 4 token grid
 PREPROCESS = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "size": SIZE}

@@ -13,9 +13,9 @@ from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data.errors import DataError
 from flamingo_lib.data.study_files import find_studies, load_study
-from flamingo_lib.study_reports import study_reports
-from flamingo_lib.run_records import model_directory
-from flamingo_lib.write_reports import main, partial_path
+from flamingo_lib.inference.study_reports import study_reports
+from flamingo_lib.pipeline.run_records import model_directory
+from flamingo_lib.cli.write_reports import main, partial_path
 from test_dicom import write_dicom
 
 OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
@@ -99,7 +99,7 @@ def test_the_command_writes_csv_or_jsonl_and_records_what_each_study_states(save
     on_disk = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
     assert list(on_disk["study"]) == [str(tmp_path / "films" / "x"), str(tmp_path / "films" / "y")]
     assert list(on_disk["report"]) == list(csv["report"])
-    from flamingo_lib.labeler import label_report
+    from flamingo_lib.labeling.labeler import label_report
 
     for row in on_disk.itertuples():
         assert row.stated == "; ".join(o for o, v in label_report(row.report).items() if v == 1.0)
@@ -124,7 +124,7 @@ def test_guided_decoding_takes_the_runs_recorded_threshold_and_matches_the_libra
     finally:
         (run / "eval" / "guided_decoding.json").unlink()
     from flamingo_lib.data.study_files import find_studies as studies_of
-    from flamingo_lib.guided_decoding import choose, sample_candidates
+    from flamingo_lib.inference.guided_decoding import choose, sample_candidates
 
     samples = [load_study(s, 224) for s in studies_of([film])]
     drawn = sample_candidates(model, processor, samples, 3, max_new_tokens=6, seed=0, progress=False, temperature=0.7)
@@ -167,8 +167,8 @@ def test_an_unreadable_film_stops_the_run_or_is_skipped_with_its_reason(saved_mo
 
 def test_a_killed_run_resumes_after_its_last_whole_chunk_to_the_uninterrupted_table(saved_model, tmp_path,
                                                                                   monkeypatch, capsys):
-    import flamingo_lib.write_reports as command
-    from flamingo_lib.study_reports import CHUNK_STUDIES, report_chunks
+    import flamingo_lib.cli.write_reports as command
+    from flamingo_lib.inference.study_reports import CHUNK_STUDIES, report_chunks
 
     run, _, _ = saved_model
     for i in range(CHUNK_STUDIES + 3):  # two chunks
@@ -224,7 +224,7 @@ def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private
     table = main(args[:-1] + ["3", "--films-shareable"])  # the broken film's reason is shown; no warning
     page = (tmp_path / "page.html").read_text()
     assert "do not share it" not in page and "cannot decode" in page
-    from flamingo_lib.study_reports_html import report_heatmap
+    from flamingo_lib.reporting.study_page import report_heatmap
 
     _, model, processor = saved_model
     heatmap, title = report_heatmap(model, processor, [xray_like(13)], "Moderate cardiomegaly. No effusion.")
@@ -232,8 +232,8 @@ def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private
 
 
 def test_the_guided_setup_is_the_runs_record_with_given_values_in_their_place(saved_model):
-    from flamingo_lib.pipeline_settings import PipelineSettings
-    from flamingo_lib.run_records import guided_setup
+    from flamingo_lib.pipeline.settings import PipelineSettings
+    from flamingo_lib.pipeline.run_records import guided_setup
 
     run, _, _ = saved_model
     model_dir = run / "train" / "model"

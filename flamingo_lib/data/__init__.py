@@ -14,14 +14,14 @@ from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, CXRSample, Finding
 _LAZY = {
     "split_sections": "report_sections", "target_text": "report_sections",
     "DataError": "errors", "SkipLog": "errors",
-    "MimicCXR": "mimic",
-    "IUXray": "iu_xray", "R2GenAnnotation": "iu_xray",
-    "ChexDataset": "chex", "write_chex": "chex", "CredentialedExportError": "chex",
-    "read_dicom": "dicom", "DicomFolder": "dicom",
+    "MimicCXR": "datasets.mimic",
+    "IUXray": "datasets.iu_xray", "R2GenAnnotation": "datasets.iu_xray",
+    "ChexDataset": "datasets.chex", "write_chex": "datasets.chex", "CredentialedExportError": "datasets.chex",
+    "read_dicom": "datasets.dicom", "DicomFolder": "datasets.dicom",
     "label_prevalence": "inspect", "report_lengths": "inspect", "plot_report_lengths": "inspect",
     "plot_image_grid": "inspect",
-    "PhantomCXR": "phantom",
-    "IUReport": "iu_reports", "load_iu_reports": "iu_reports", "iu_split": "iu_reports",
+    "PhantomCXR": "phantom.dataset",
+    "IUReport": "datasets.iu_reports", "load_iu_reports": "datasets.iu_reports", "iu_split": "datasets.iu_reports",
 }
 
 __all__ = ["CHEXPERT_OBSERVATIONS", "CXRSample", "Finding", *_LAZY]

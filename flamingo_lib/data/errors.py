@@ -214,7 +214,7 @@ def load_image(path: Path, image_size: int | None = None) -> Image.Image:
     if not path.is_file():
         raise DataError("missing_image", path, "image file not found")
     if path.suffix.lower() == ".dcm":
-        from flamingo_lib.data.dicom import read_dicom  # avoid importing pydicom eagerly
+        from flamingo_lib.data.datasets.dicom import read_dicom  # avoid importing pydicom eagerly
 
         image = read_dicom(path)
     else:

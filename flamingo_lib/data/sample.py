@@ -8,23 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-# The 14 CheXpert observations, spelled and ordered as the CheXpert labeler writes them.
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+from flamingo_lib.observations import CHEXPERT_OBSERVATIONS  # noqa: F401  (re-exported: the label vocabulary)
 
 # A CheXpert label value: 1.0 positive, 0.0 negative, -1.0 uncertain, None not mentioned.
 Label = float | None

@@ -33,7 +33,7 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
     if kind not in KINDS:
         raise ValueError(f"unknown data source {spec!r}; kinds: {', '.join(KINDS)} (see flamingo_lib.data.sources)")
     if kind == "phantom":
-        from flamingo_lib.data.phantom import PhantomCXR
+        from flamingo_lib.data.phantom.dataset import PhantomCXR
 
         text = rest or "iu"
         return PhantomCXR(split=split, image_size=image_size or 224, text=text, seed=seed, max_samples=max_samples)
@@ -43,19 +43,19 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
                          f"got {len(paths)}")
     common = {"on_error": on_error, "image_size": image_size}
     if kind == "mimic":
-        from flamingo_lib.data.mimic import MimicCXR
+        from flamingo_lib.data.datasets.mimic import MimicCXR
 
         dataset = MimicCXR(paths[0], split=split, reports_root=paths[1] if len(paths) > 1 else None, **common)
     elif kind == "iu":
-        from flamingo_lib.data.iu_xray import IUXray
+        from flamingo_lib.data.datasets.iu_xray import IUXray
 
         dataset = IUXray(paths[0], paths[1], split=split, **common)
     elif kind == "r2gen":
-        from flamingo_lib.data.iu_xray import R2GenAnnotation
+        from flamingo_lib.data.datasets.iu_xray import R2GenAnnotation
 
         dataset = R2GenAnnotation(paths[0], paths[1], split=split, **common)
     else:
-        from flamingo_lib.data.chex import ChexDataset
+        from flamingo_lib.data.datasets.chex import ChexDataset
 
         dataset = ChexDataset(paths[0].replace("{split}", split), paths[1] if len(paths) > 1 else None, **common)
     return dataset if max_samples is None else Head(dataset, max_samples)

@@ -1,4 +1,4 @@
-"""Studies from image files on disk: what a reader hands :mod:`flamingo_lib.write_reports` to have
+"""Studies from image files on disk: what a reader hands :mod:`flamingo_lib.cli.write_reports` to have
 new films reported.
 
 A file given by name is a study of one image. A folder is searched below itself, and every folder
@@ -17,7 +17,7 @@ from pathlib import Path
 from flamingo_lib.data.errors import DataError, load_image
 from flamingo_lib.data.sample import CXRSample
 
-#: The file types read as images (``.dcm`` through :func:`~flamingo_lib.data.dicom.read_dicom`).
+#: The file types read as images (``.dcm`` through :func:`~flamingo_lib.data.datasets.dicom.read_dicom`).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff", ".bmp")
 
 # Frontal first (PA before AP, the cleaner projection), then laterals, then the rest; a file whose

@@ -9,7 +9,7 @@ concurrent build waits on a lock file instead of repeating minutes of pretrainin
 A build the repository ships (``data/encoders/<name>-<fingerprint>/``, written by ``python -m
 flamingo_lib.encoders.embedded --ship``) is copied into the cache instead of being built, when
 its manifest holds the very spec asked for: the half-hour vision build then costs a copy on a
-fresh machine, and every machine reads the weights the README's results were measured with.
+fresh machine, and every machine reads the weights the results in docs/results.md were measured with.
 ``FLAMINGO_SHIPPED_ENCODERS=0`` ignores shipped builds (to rebuild from scratch).
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from flamingo_lib import atomic_files
+from flamingo_lib import io as atomic_files
 from flamingo_lib.cache_dirs import cache_root
 
 logger = logging.getLogger(__name__)

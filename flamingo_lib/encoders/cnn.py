@@ -4,18 +4,17 @@ Flamingo itself read the flattened final feature map of a convolutional encoder 
 is the same idea at toy size, and the embedded default since it replaced the conv-stem ViT of
 :mod:`flamingo_lib.encoders.vit`. The embedded default is ``_local`` (two convolutions per
 stage, no context convolution), trained on the reports' labels
-(:mod:`flamingo_lib.encoders.label_pretrain`) for 1600 steps at 224 px. Why no context convolution: each
+(:mod:`flamingo_lib.encoders.pretraining.labels`) for 1600 steps at 224 px. Why no context convolution: each
 token of ``_small`` sees 123 of the 160 px (nine 3x3 convolutions), so once trained long enough
 a token beside the heart carries the heart's size, and the Flamingo built on it reads the
 findings off the wrong cells (its attention maps fail the pointing game). ``_local``'s tokens see
-91 px: at 800 and 1600 steps the maps stay on the findings, which the tokens carry more of (README, "Quality
-on the embedded default"). ``_small`` (with the context convolution) was the default before;
+91 px: at 800 and 1600 steps the maps stay on the findings, which the tokens carry more of (docs/results.md). ``_small`` (with the context convolution) was the default before;
 ``_tiny`` (one per stage), CLIP-trained by the same recipe (400 steps
 of 64 on 5k phantom films, ~2 minutes on 2 cores either way), an attention probe on its frozen
 tokens reaches micro-F1 0.61 over the rendered findings against the ViT's 0.45 (val AUROC
 cardiomegaly 0.99, effusion 0.96, pneumothorax 0.98, atelectasis 0.89, edema 1.00; lung lesion
 0.55, devices 0.70, fracture 0.62: ``TRUNK=flamingo_cxr_cnn_tiny python -m
-bench.diagnostics.encoder_probe clip``). A local detector that fires anywhere survives max
+experiments.encoder_probe clip``). A local detector that fires anywhere survives max
 pooling, where a 64-wide attention stack diluted small findings. (A Flamingo on these tokens uses
 them only with its feed-forward gates held shut at first: ``TrainConfig.ff_gate_lr_mult``.)
 
@@ -113,16 +112,16 @@ def flamingo_cxr_cnn_local(pretrained: bool = False, **kwargs: Any) -> nn.Module
     """The embedded encoder's trunk: two convolutions per stage and no context convolution (224 px
     -> 196 tokens of width 128, each seeing 91 px; 160 px -> 100 tokens); trained on labels for 800-1600 steps its
     Flamingo names more findings than ``_small``'s and its attention maps still point at them
-    (README, "Quality on the embedded default")."""
+    (docs/results.md)."""
     return _build(LOCAL_MODEL_NAME, pretrained, 2, kwargs, context=False)
 
 
 @register_model
 def flamingo_cxr_cnn_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """The previous default trunk: the tiny layout with two convolutions per stage (160 px ->
+    """The trunk the embedded encoder used before ``_local``: the tiny layout with two convolutions per stage (160 px ->
     100 tokens of width 128, each seeing 123 px); trained on the report labels for 400 steps its
-    tokens carry lung lesions at probe AUROC 0.62-0.66 against one per stage's 0.55-0.61 (README,
-    "Quality on the embedded default")."""
+    tokens carry lung lesions at probe AUROC 0.62-0.66 against one per stage's 0.55-0.61
+    (docs/results.md)."""
     return _build(SMALL_MODEL_NAME, pretrained, 2, kwargs)
 
 

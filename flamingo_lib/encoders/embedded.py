@@ -13,7 +13,7 @@ and linear-probe AUROCs vs a random-init encoder; wall time) and a ``manifest.js
 fingerprint covers: data version, architecture, schedule, seed). A missing directory is built
 atomically, a present one reused. At scale 1 the vision build (224 px films, 1,600 steps of label
 pretraining at ~1 s each) takes about half an hour on 2 otherwise idle CPU cores, the LM about a
-minute; the 160-px vision build of sessions 12-15 took ~8 minutes. The repository ships the
+minute (a 160-px vision build took ~8 minutes). The repository ships the
 default vision build (``data/encoders``, ``--ship``; :mod:`flamingo_lib.encoders.cache`), so a
 fresh checkout copies it instead of building it.
 
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from flamingo_lib.config import EMBEDDED_LM, EMBEDDED_SMOLLM2, EMBEDDED_VISION
+from flamingo_lib.modeling.config import EMBEDDED_LM, EMBEDDED_SMOLLM2, EMBEDDED_VISION
 from flamingo_lib.encoders.cache import cached_build, ship_build, write_json_atomic
-from flamingo_lib.encoders.clip_pretrain import ClipRecipe
-from flamingo_lib.encoders.lm_pretrain import LMRecipe
-from flamingo_lib.encoders.sentinels import env_scale, parse_scale, parse_sentinel
+from flamingo_lib.encoders.pretraining.clip import ClipRecipe
+from flamingo_lib.encoders.pretraining.language_model import LMRecipe
+from flamingo_lib.modeling.backbones.sentinels import env_scale, parse_scale, parse_sentinel
 
 FORMAT_VERSION = 2  # bump when the build code changes what it writes: every cache rebuilds (2: map pooling)
 DATA_SEED = 0  # the PhantomCXR anatomy seed of the pretraining data (the default dataset's)
@@ -66,12 +66,12 @@ def recipes(scale: float = 1.0) -> tuple[LMRecipe, ClipRecipe]:
 
 
 def _spec(kind: str, recipe: object, seed: int) -> dict:
-    from flamingo_lib.encoders.corpus import data_version
+    from flamingo_lib.encoders.pretraining.corpus import data_version
 
     spec = {"kind": kind, "format_version": FORMAT_VERSION, "data_version": data_version(DATA_SEED),
             "data_seed": DATA_SEED, "recipe": asdict(recipe), "seed": seed}
     if getattr(recipe, "trunk_objective", None) == "labels":
-        from flamingo_lib.labeler import rules_version
+        from flamingo_lib.labeling.version import rules_version
 
         # the trunk learns the labeler's readings (trunk_targets "reports" / "both"; with "labels",
         # of any study that has no labels of its own)
@@ -80,9 +80,9 @@ def _spec(kind: str, recipe: object, seed: int) -> dict:
 
 
 def _build_lm(directory: Path, recipe: LMRecipe, seed: int, progress: bool) -> None:
-    from flamingo_lib.encoders.corpus import lm_documents, studies
-    from flamingo_lib.encoders.lm_pretrain import perplexity, pretrain_lm, unigram_perplexity
-    from flamingo_lib.encoders.tokenizer import train_bpe_tokenizer
+    from flamingo_lib.encoders.pretraining.corpus import lm_documents, studies
+    from flamingo_lib.encoders.pretraining.language_model import perplexity, pretrain_lm, unigram_perplexity
+    from flamingo_lib.encoders.pretraining.tokenizer import train_bpe_tokenizer
 
     start = time.perf_counter()
     documents = lm_documents("train", DATA_SEED)
@@ -119,7 +119,7 @@ def ensure_embedded_lm(seed: int = 0, scale: float = 1.0, root: str | Path | Non
 def ensure_embedded_vit(seed: int = 0, scale: float = 1.0, root: str | Path | None = None,
                         progress: bool = True) -> Path:
     """The cached embedded open_clip directory (built first if missing); see the module docstring."""
-    from flamingo_lib.encoders.clip_build import build_clip_dir
+    from flamingo_lib.encoders.pretraining.vision_build import build_clip_dir
 
     recipe = recipes(scale)[1]
     return cached_build("tiny-vit", _spec("vit", recipe, seed),
@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         if (directory / METRICS_FILE).is_file():
             print(json.dumps(json.loads((directory / METRICS_FILE).read_text()), indent=2))
     print(f"done in {time.perf_counter() - start:.1f} s (each build's own time is its metrics' wall_seconds)")
+
+
+def cli() -> None:
+    """The ``flamingo-encoders`` console command: :func:`main` on ``sys.argv``, its return value dropped
+    (a console script exits with what its function returns)."""
+    main()
 
 
 if __name__ == "__main__":

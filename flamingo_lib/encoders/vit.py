@@ -17,7 +17,7 @@ pooling: timm's ``map`` head, one learned query as in SigLIP) registered under :
 when this module is imported. Why attention rather than average pooling: most findings are small
 and a mean over 100 tokens dilutes them, so CLIP training pushed the tokens less to encode them.
 Measured with the default recipe: attention-probe micro-F1 over the rendered findings on the val
-films 0.45 against 0.40 (``python -m bench.diagnostics.encoder_probe clip``), and the trained
+films 0.45 against 0.40 (``python -m experiments.encoder_probe clip``), and the trained
 Flamingo's CE micro-F1 over rendered findings 0.152 against 0.094 (``make demo``). flamingo_lib
 imports this module before loading any open_clip model; plain open_clip users ``import flamingo_lib.encoders.vit``
 first, then ``open_clip.create_model("local-dir:<dir>")``.

@@ -1,0 +1,223 @@
+"""Frozen-encoder feature cache: run the vision encoder once per image, keep its patch tokens.
+
+Layout on disk::
+
+    <root>/<encoder fingerprint>/
+        encoder.json                  what the fingerprint covers (for humans)
+        shard-00000.safetensors       fp16 patch tokens (P, dim_visual), one tensor per image hash
+        shard-00001.safetensors       ...
+
+Each shard is written to a temporary file and renamed into place, so a shard on disk is always
+complete: interrupted caching resumes from the shards already there. A shard that cannot be read
+(damaged afterwards) is deleted and its images are recomputed. Features are keyed by the
+encoder's fingerprint (weights, config, preprocessing) and each image's content hash, so a
+different encoder or a changed image can never be served stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from flamingo_lib.io import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+# 2: features computed with the frozen encoder always in eval mode (version 1 caches built by a
+# freshly constructed model ran its BatchNorm layers in train mode: batch-dependent features)
+FEATURE_FORMAT_VERSION = 2
+
+
+def image_hash(image: Image.Image) -> str:
+    """Content hash of a PIL image (mode, size and pixels), independent of its file name."""
+    digest = hashlib.sha256(f"{image.mode}|{image.size}|".encode())
+    digest.update(np.ascontiguousarray(np.asarray(image)).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def encoder_fingerprint(model: torch.nn.Module, processor: object) -> str:
+    """Hash of what determines the features: encoder weights, its config and the preprocessing."""
+    digest = hashlib.sha256(f"v{FEATURE_FORMAT_VERSION}|{model.config.clip_model_type}|".encode())
+    digest.update(json.dumps(processor.image_config.__dict__, sort_keys=True).encode())
+    for name, tensor in sorted(model.flamingo.vision_encoder.state_dict().items()):
+        digest.update(name.encode())
+        # reshape(-1): 0-dim buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class CacheStats:
+    """What one :meth:`FeatureCache.build` call did."""
+
+    computed: int
+    reused: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+class FeatureCache:
+    """Patch tokens of a frozen vision encoder, computed once and stored as fp16 safetensors shards.
+
+    Args:
+        root: cache root; features live in ``root/<fingerprint>/``.
+        model: a ``FlamingoModel`` whose vision encoder is frozen.
+        processor: its ``FlamingoProcessor`` (the preprocessing is part of the key).
+
+    Raises:
+        ValueError: the vision encoder trains (``freeze_vision_model=False``): cached features
+            would go stale after the first optimiser step.
+    """
+
+    def __init__(self, root: str | Path, model: torch.nn.Module, processor: object) -> None:
+        if not model.flamingo.vision_frozen:
+            raise ValueError(
+                "the vision encoder is trainable (freeze_vision_model=False): cached features would go stale "
+                "after the first optimiser step; freeze it (model.freeze_vm()) or train from pixels"
+            )
+        self.model, self.processor = model, processor
+        self.fingerprint = encoder_fingerprint(model, processor)
+        self.directory = Path(root) / self.fingerprint
+        self.directory.mkdir(parents=True, exist_ok=True)
+        info = {"clip_model_type": model.config.clip_model_type, "dim_visual": model.config.dim_visual,
+                "image_config": processor.image_config.__dict__, "format_version": FEATURE_FORMAT_VERSION}
+        write_json_atomic(self.directory / "encoder.json", info, indent=2, default=list)
+        self.encoder_calls = 0  # images sent through the vision encoder by this object
+        self._index: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}  # open (memory-mapped) shards, for fast reads
+        self._scan()
+
+    # ------------------------------------------------------------------------------ index
+    def _scan(self) -> None:
+        """Index every readable shard; delete unreadable ones (their images get recomputed)."""
+        self._index.clear()
+        self._handles.clear()
+        for shard in sorted(self.directory.glob("shard-*.safetensors")):
+            try:
+                with safe_open(shard, framework="pt") as handle:
+                    keys = list(handle.keys())
+            except Exception as error:  # noqa: BLE001 - any unreadable shard is recomputed
+                logger.warning("feature shard %s is unreadable (%s): deleting it, its images will be recomputed",
+                               shard, error)
+                shard.unlink()
+                continue
+            for key in keys:
+                self._index[key] = shard
+        for stray in self.directory.glob("*.tmp"):
+            stray.unlink()  # left by an interrupted write; never part of the cache
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, image: Image.Image) -> bool:
+        return image_hash(image) in self._index
+
+    # ------------------------------------------------------------------------------ build
+    def _write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
+        number = len(list(self.directory.glob("shard-*.safetensors")))
+        target = self.directory / f"shard-{number:05d}.safetensors"
+        while target.exists():
+            number += 1
+            target = self.directory / f"shard-{number:05d}.safetensors"
+        with atomic_path(target) as tmp:
+            save_file(tensors, tmp, metadata={"fingerprint": self.fingerprint})
+        for key in tensors:
+            self._index[key] = target
+
+    @torch.no_grad()
+    def build(self, images: Iterable[Image.Image], batch_size: int = 16, shard_size: int = 256,
+              progress: bool = True, total: int | None = None) -> CacheStats:
+        """Compute the features of every image not cached yet.
+
+        Args:
+            images: PIL images (any mode); duplicates are computed once.
+            batch_size: images per encoder call.
+            shard_size: images per shard file (the unit of resumption).
+            total: number of images, for the progress bar when ``images`` has no ``len``.
+        """
+        start, computed, reused = time.perf_counter(), 0, 0
+        pending: dict[str, Image.Image] = {}
+        shard: dict[str, torch.Tensor] = {}
+        device = next(self.model.parameters()).device
+        bar = tqdm(total=total if total is not None else getattr(images, "__len__", lambda: None)(),
+                   disable=not progress, desc="caching features", unit="img")
+
+        def flush_pending() -> None:
+            nonlocal computed
+            keys = list(pending)
+            pixels = self.processor.preprocess_images([pending[k] for k in keys]).to(device)
+            tokens = self.model.flamingo.encode_visuals(pixels[:, None])[:, 0]  # (N, P, Dv)
+            self.encoder_calls += len(keys)
+            for key, value in zip(keys, tokens.to(torch.float16).cpu()):
+                shard[key] = value.contiguous()
+            computed += len(keys)
+            pending.clear()
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(img_per_s=f"{computed / elapsed:.1f}")
+
+        for image in images:
+            key = image_hash(image)
+            if key in self._index or key in shard or key in pending:
+                reused += 1
+            else:
+                pending[key] = image
+                if len(pending) >= batch_size or len(pending) + len(shard) >= shard_size:
+                    flush_pending()
+                if len(shard) >= shard_size:
+                    self._write_shard(shard)
+                    shard = {}
+            bar.update(1)
+        if pending:
+            flush_pending()
+        if shard:
+            self._write_shard(shard)
+        bar.close()
+        return CacheStats(computed, reused, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------------------- read
+    def get(self, image: Image.Image) -> torch.Tensor:
+        """The cached patch tokens (P, dim_visual) of ``image``, as float32.
+
+        Raises:
+            KeyError: the image is not cached (call :meth:`build` first).
+        """
+        return self.get_by_key(image_hash(image))
+
+    def get_by_key(self, key: str) -> torch.Tensor:
+        shard = self._index.get(key)
+        if shard is None:
+            raise KeyError(f"image {key} is not in the feature cache {self.directory}; run build() on it first")
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = self._handles[shard] = safe_open(shard, framework="pt")
+        return handle.get_tensor(key).float()
+
+    def stack(self, images: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
+        """Per-sample lists of images -> ``image_embeddings`` (B, T_max, P, dim_visual), zero-padded."""
+        most = max((len(s) for s in images), default=0)
+        first = next((s[0] for s in images if s), None)
+        if first is None:
+            raise ValueError("no images to stack")
+        example = self.get(first)
+        out = torch.zeros(len(images), most, *example.shape)
+        for i, sample in enumerate(images):
+            for j, image in enumerate(sample):
+                out[i, j] = self.get(image)
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of all shards."""
+        return sum(p.stat().st_size for p in self.directory.glob("shard-*.safetensors"))

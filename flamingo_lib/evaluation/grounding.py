@@ -1,0 +1,135 @@
+"""Do the attention maps point at the findings? The pointing game on data with ground-truth masks.
+
+For each study and each rendered finding named in its reference report, the report is fed
+teacher-forced; the heatmap of the tokens that name the finding (``FINDING_WORDS``) is averaged
+over those tokens; a hit is a heatmap peak inside the finding's mask. Two references: chance
+(the mask's share of the image, the hit rate of a random point) and a shuffled-image control
+(the same tokens' map computed with another study's image, scored against this study's mask).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flamingo_lib.modeling.attention_maps import AttentionMaps, capture_attention, relevance_to_heatmap
+
+# Words in a report that name a rendered finding (mask names as PhantomCXR writes them).
+FINDING_WORDS: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": ("cardiomegaly", "heart", "cardiac"),
+    "pleural effusion": ("effusion", "effusions"),
+    "opacity": ("opacity", "opacities", "airspace"),
+    "consolidation": ("consolidation",),
+    "pneumonia": ("pneumonia",),
+    "nodule": ("nodule", "nodules"),
+    "mass": ("mass",),
+    "atelectasis": ("atelectasis", "atelectatic"),
+    "pneumothorax": ("pneumothorax",),
+    "edema": ("edema",),
+    "granuloma": ("granuloma", "granulomas", "granulomatous"),
+}
+
+
+def word_token_positions(processor: Any, report: str, words: Sequence[str], offset: int) -> list[int]:
+    """Positions (in the training batch) of the report tokens that overlap any of ``words``.
+
+    ``offset`` is the number of prompt tokens before the report (as ``training_batch`` lays out).
+    """
+    text = " " + report.strip()
+    encoding = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [m.span() for w in words for m in re.finditer(rf"\b{re.escape(w)}\b", text, flags=re.IGNORECASE)]
+    return [offset + i for i, (start, end) in enumerate(encoding["offset_mapping"])
+            if any(start < s_end and end > s_start for s_start, s_end in spans)]
+
+
+def tokens_heatmap(maps: AttentionMaps, positions: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+    """The (H, W) heatmap of ``size`` of the tokens at ``positions`` of sample 0: their patch
+    relevance averaged, upsampled, summing to 1 (:func:`~flamingo_lib.modeling.attention_maps.relevance_to_heatmap`)."""
+    relevance = torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
+    return relevance_to_heatmap(relevance, size)
+
+
+def _hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
+    peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return bool(mask[peak])
+
+
+@torch.no_grad()
+def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int = 0) -> pd.DataFrame:
+    """One row per (study, finding named in its report with a mask): hit, chance, shuffled hit.
+
+    Args:
+        samples: studies with ``masks`` (finding -> bool (H, W) of the first image), e.g. PhantomCXR.
+        seed: picks the other study used for the shuffled-image control.
+
+    Returns:
+        DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit.
+    """
+    rows = []
+    rng = np.random.default_rng(seed)
+    prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
+    for index, sample in enumerate(samples):
+        named = [(f, FINDING_WORDS[f]) for f in sample.masks if f in FINDING_WORDS]
+        positions = {f: word_token_positions(processor, sample.report, words, prompt_len) for f, words in named}
+        positions = {f: p for f, p in positions.items() if p and sample.masks[f].any()}
+        if not positions:
+            continue
+        other = samples[(index + 1 + int(rng.integers(len(samples) - 1))) % len(samples)] if len(samples) > 1 else sample
+        batch = processor.training_batch([sample.report], [[sample.images[0]]])
+        _, maps = capture_attention(model, batch)
+        shuffled_batch = processor.training_batch([sample.report], [[other.images[0]]])
+        _, shuffled_maps = capture_attention(model, shuffled_batch)
+        for finding, token_positions in positions.items():
+            mask = sample.masks[finding]
+            rows.append({
+                "id": sample.id, "finding": finding,
+                "hit": _hit(tokens_heatmap(maps, token_positions, mask.shape), mask),
+                "chance": float(mask.mean()),
+                "shuffled_hit": _hit(tokens_heatmap(shuffled_maps, token_positions, mask.shape), mask),
+            })
+    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit"])
+
+
+def pointing_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, chance and shuffled-image accuracy per finding and overall."""
+    if results.empty:
+        return pd.DataFrame(columns=["n", "accuracy", "chance", "shuffled"])
+    grouped = results.groupby("finding").agg(n=("hit", "size"), accuracy=("hit", "mean"), chance=("chance", "mean"),
+                                             shuffled=("shuffled_hit", "mean"))
+    overall = pd.DataFrame({"n": [len(results)], "accuracy": [results["hit"].mean()],
+                            "chance": [results["chance"].mean()], "shuffled": [results["shuffled_hit"].mean()]},
+                           index=["all"])
+    return pd.concat([grouped, overall])
+
+
+def pointing_tests(results: pd.DataFrame) -> dict[str, float]:
+    """Is the pointing game better than chance and than the shuffled-image control, beyond luck?
+
+    * vs chance: exact one-sided p-value of at least this many hits if each finding's peak fell
+      at a random point (a hit with probability = its mask's area fraction: a Poisson-binomial
+      distribution, computed exactly);
+    * vs shuffled: exact one-sided McNemar test on the paired outcomes (own image hit and
+      shuffled missed, against the reverse): the same tokens, only the image differs.
+
+    Returns:
+        ``{"n", "hits", "p_vs_chance", "p_vs_shuffled"}`` (p = 1.0 when nothing was scored).
+    """
+    from scipy.stats import binomtest
+
+    if results.empty:
+        return {"n": 0, "hits": 0, "p_vs_chance": 1.0, "p_vs_shuffled": 1.0}
+    hits = results["hit"].astype(bool).to_numpy()
+    shuffled = results["shuffled_hit"].astype(bool).to_numpy()
+    distribution = np.array([1.0])  # P(k hits) by chance, one finding at a time
+    for p in results["chance"].to_numpy(dtype=float):
+        distribution = np.convolve(distribution, [1.0 - p, p])
+    own_only, shuffled_only = int((hits & ~shuffled).sum()), int((~hits & shuffled).sum())
+    p_shuffled = (binomtest(own_only, own_only + shuffled_only, 0.5, alternative="greater").pvalue
+                  if own_only + shuffled_only else 1.0)
+    return {"n": len(results), "hits": int(hits.sum()), "p_vs_chance": float(min(1.0, distribution[hits.sum():].sum())),
+            "p_vs_shuffled": float(p_shuffled)}

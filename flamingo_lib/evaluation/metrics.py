@@ -1,0 +1,133 @@
+"""The field's report-generation metrics: NLG (pycocoevalcap) and clinical efficacy (CheXpert labels).
+
+Protocol (R2Gen convention, so numbers line up with the literature):
+- NLG: reports are lower-cased, punctuation split off and whitespace collapsed, then scored with
+  pycocoevalcap's BLEU-1..4, METEOR 1.5, ROUGE-L and CIDEr-D, one reference per study.
+  METEOR needs Java (Debian ``default-jre-headless``); without it METEOR is reported as missing
+  with a warning, never estimated.
+- Clinical efficacy: CheXpert observations labelled on reference and generated report; an
+  observation counts as positive only when labelled 1.0; uncertain (-1.0), negative (0.0) and
+  unmentioned (None) all count as not positive. Precision/recall/F1 are micro (pooled over
+  observations) and macro (mean over observations) averages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+
+from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+from flamingo_lib.labeling.scores import precision_recall_f1
+
+logger = logging.getLogger(__name__)
+Labels = Mapping[str, float | None]
+
+
+def normalise_report(text: str) -> str:
+    """Lower-case, punctuation as separate tokens, single spaces (R2Gen-style cleaning)."""
+    text = text.lower().replace("<eoc>", " ")
+    text = re.sub(r"([.,;:!?()])", r" \1 ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+#: The columns :func:`nlg_metrics` returns, in its order.
+NLG_METRICS: tuple[str, ...] = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def nlg_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
+    """BLEU-1..4, METEOR, ROUGE-L, CIDEr over the corpus.
+
+    Raises:
+        ValueError: the two lists differ in length or are empty.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"need as many hypotheses as references (got {len(hypotheses)} and {len(references)}, "
+                         "at least one)")
+    # An empty hypothesis would crash the scorers: score a token that matches nothing instead.
+    gts = {i: [normalise_report(r) or "<empty>"] for i, r in enumerate(references)}
+    res = {i: [normalise_report(h) or "<empty>"] for i, h in enumerate(hypotheses)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores: dict[str, float | None] = {f"BLEU_{n + 1}": float(b) for n, b in enumerate(bleu)}
+    scores["METEOR"] = meteor(gts, res)
+    scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return scores
+
+
+def meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None:
+    """METEOR 1.5 through pycocoevalcap's Java jar; ``None`` (with a warning) without Java."""
+    if shutil.which("java") is None:
+        logger.warning("METEOR skipped: no Java runtime (install Debian's default-jre-headless)")
+        return None
+    global _METEOR
+    if _METEOR is None:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        _METEOR = Meteor()  # one Java process per Python process: starting it takes seconds
+        atexit.register(close_meteor)
+    return float(_METEOR.compute_score(gts, res)[0])
+
+
+_METEOR = None
+
+
+def close_meteor() -> None:
+    """Stop the METEOR Java process, closing all three of its pipes (pycocoevalcap's own
+    ``__del__`` closes stdin only, which left two unclosed-file ResourceWarnings at exit).
+    Runs at interpreter exit; the next :func:`meteor` call starts a new process."""
+    global _METEOR
+    if _METEOR is None:
+        return
+    process, _METEOR = _METEOR.meteor_p, None
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        pipe.close()
+    process.kill()
+    process.wait()
+
+
+def _positive(labels: Labels, observation: str) -> bool:
+    return labels.get(observation) == 1.0
+
+
+def clinical_efficacy(
+    references: Sequence[Labels], hypotheses: Sequence[Labels], observations: Sequence[str] = CHEXPERT_OBSERVATIONS
+) -> dict[str, float]:
+    """Micro and macro precision, recall and F1 over ``observations`` (positive = 1.0).
+
+    Returns:
+        ``{"micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall",
+        "macro_f1"}`` plus ``"f1/<observation>"`` per observation.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} reference label sets but {len(hypotheses)} hypothesis label sets")
+    totals = {"tp": 0, "fp": 0, "fn": 0}
+    per_observation: dict[str, tuple[float, float, float]] = {}
+    for obs in observations:
+        tp = sum(_positive(r, obs) and _positive(h, obs) for r, h in zip(references, hypotheses))
+        fp = sum(not _positive(r, obs) and _positive(h, obs) for r, h in zip(references, hypotheses))
+        fn = sum(_positive(r, obs) and not _positive(h, obs) for r, h in zip(references, hypotheses))
+        totals["tp"] += tp
+        totals["fp"] += fp
+        totals["fn"] += fn
+        per_observation[obs] = precision_recall_f1(tp, fp, fn)
+    micro = precision_recall_f1(totals["tp"], totals["fp"], totals["fn"])
+    n = max(len(per_observation), 1)
+    macro = tuple(sum(v[i] for v in per_observation.values()) / n for i in range(3))
+    out = {"micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
+           "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2]}
+    out.update({f"f1/{obs}": prf[2] for obs, prf in per_observation.items()})
+    return out
+
+
+def most_common_observations(labels: Sequence[Labels], k: int = 5, exclude: Sequence[str] = ("No Finding",)) -> list[str]:
+    """The ``k`` observations most often positive in ``labels`` (ties broken by CheXpert order)."""
+    counts = {obs: sum(_positive(l, obs) for l in labels) for obs in CHEXPERT_OBSERVATIONS if obs not in exclude}
+    ranked = sorted(counts, key=lambda obs: (-counts[obs], CHEXPERT_OBSERVATIONS.index(obs)))
+    return [obs for obs in ranked if counts[obs] > 0][:k]

@@ -1,0 +1,147 @@
+"""Where in the X-ray does a text token look? Cross-attention over latents combined with the
+resampler's attention over patches, as a heatmap over the image.
+
+For text position i, image t, cross-attention layer l and head h, the weight on latent j is
+``xattn[l][h, i, t*m + j]``, m the media tokens per image: the n latents, then (models with
+``findings_tokens``) the study's K findings tokens, which are not image regions: the maps over the
+image leave their weight out, :meth:`AttentionMaps.findings_weights` reports it. Each latent's
+dependence on the patches is the resampler's attention rolled out through its layers (the residual
+keeps what earlier layers gathered):
+``R_k = R_{k-1} + A_k[:, patches] + A_k[:, latents] @ R_{k-1}``, rows normalised at the end.
+The token's map over patches is ``xattn_weights @ R``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flamingo_lib.modeling.cross_attention import MaskedCrossAttention
+from flamingo_lib.modeling.lm_injection import flamingo_layers
+from flamingo_lib.modeling.resampler import PerceiverAttention
+
+
+@contextmanager
+def keep_attention(model: Any) -> Iterator[None]:
+    """Switch every cross-attention and resampler attention to the path that keeps its weights."""
+    modules = [m for m in model.modules() if isinstance(m, (MaskedCrossAttention, PerceiverAttention))]
+    for module in modules:
+        module.keep_attention = True
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.keep_attention = False
+            module.last_attention = None
+
+
+@dataclass
+class AttentionMaps:
+    """Attention weights of one teacher-forced forward pass.
+
+    Attributes:
+        xattn: per cross-attention layer, (B, H, L, T*m).
+        resampler: per resampler layer, (B, T, H_r, n, P + n).
+        num_latents: n.
+        num_findings_tokens: K, the findings tokens after each image's latents (m = n + K).
+    """
+
+    xattn: list[torch.Tensor]
+    resampler: list[torch.Tensor]
+    num_latents: int
+    num_findings_tokens: int = 0
+
+    @property
+    def media_per_image(self) -> int:
+        return self.num_latents + self.num_findings_tokens
+
+    def _xattn_weights(self, sample: int, position: int, image: int, start: int, stop: int,
+                       layer: int | None, head: int | None) -> torch.Tensor:
+        """Weights on media tokens [start, stop) of ``image``, averaged over layers and heads
+        (or the chosen ones)."""
+        layers = self.xattn if layer is None else [self.xattn[layer]]
+        offset = image * self.media_per_image
+        weights = torch.stack([l[sample, :, position, offset + start:offset + stop].float().cpu() for l in layers])
+        weights = weights.mean(0)  # (H, stop - start)
+        return weights.mean(0) if head is None else weights[head]
+
+    @property
+    def num_patches(self) -> int:
+        return self.resampler[0].shape[-1] - self.num_latents
+
+    def latent_to_patch(self, sample: int, image: int) -> torch.Tensor:
+        """(n, P): how much each final latent draws from each patch (rows sum to 1)."""
+        n, p = self.num_latents, self.num_patches
+        rollout = torch.zeros(n, p)
+        for layer in self.resampler:
+            weights = layer[sample, image].float().mean(0).cpu()  # (n, P + n), heads averaged
+            rollout = rollout + weights[:, :p] + weights[:, p:] @ rollout
+        return rollout / rollout.sum(-1, keepdim=True).clamp(min=1e-12)
+
+    def token_relevance(self, sample: int, position: int, image: int = 0, layer: int | None = None,
+                        head: int | None = None) -> torch.Tensor:
+        """(P,) relevance of each patch to text ``position`` (sums to the attention mass on that
+        image's latents: 0 for text that cannot see it). ``layer`` / ``head`` None average over them."""
+        weights = self._xattn_weights(sample, position, image, 0, self.num_latents, layer, head)
+        return weights @ self.latent_to_patch(sample, image)
+
+    def findings_weights(self, sample: int, position: int, image: int = 0, layer: int | None = None,
+                         head: int | None = None) -> torch.Tensor:
+        """(K,) attention of text ``position`` on the findings tokens that follow ``image``
+        (in ``config.findings_head`` order; empty without findings tokens)."""
+        return self._xattn_weights(sample, position, image, self.num_latents, self.media_per_image, layer, head)
+
+
+@torch.no_grad()
+def capture_attention(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, AttentionMaps]:
+    """One forward pass keeping every attention map. Returns (logits (B, L, V), maps)."""
+    model.eval()
+    with keep_attention(model):
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        xattn = [layer.gated_cross_attn.attn.last_attention for layer in flamingo_layers(model)]
+        resampler = [attn.last_attention for attn, _ in model.flamingo.perceiver.layers]
+    findings = len(model.config.findings_head) if model.config.findings_tokens else 0
+    return logits, AttentionMaps(xattn, resampler, model.config.resampler_num_latents, findings)
+
+
+def patch_grid(num_patches: int) -> tuple[int, int]:
+    """(offset, side): a leading CLS token is skipped when P = 1 + side^2."""
+    side = int(math.isqrt(num_patches))
+    if side * side == num_patches:
+        return 0, side
+    side = int(math.isqrt(num_patches - 1))
+    if side * side == num_patches - 1:
+        return 1, side
+    raise ValueError(f"{num_patches} patch tokens do not form a square grid (with or without a CLS token)")
+
+
+def relevance_to_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -> np.ndarray:
+    """(P,) patch relevance -> (H, W) map upsampled bilinearly to the image, summing to 1."""
+    offset, side = patch_grid(relevance.numel())
+    grid = relevance[offset:].reshape(1, 1, side, side).float()
+    size = (size, size) if isinstance(size, int) else size
+    heat = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[0, 0].clamp(min=0)
+    total = heat.sum()
+    return (heat / total if total > 0 else heat).numpy()
+
+
+def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = None, mask: np.ndarray | None = None) -> Any:
+    """The X-ray with the heatmap over it (and a ground-truth mask outline); returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(np.asarray(image.convert("L").resize(heatmap.shape[::-1])), cmap="gray")
+    ax.imshow(heatmap, cmap="jet", alpha=0.4)
+    if mask is not None:
+        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.2)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return ax

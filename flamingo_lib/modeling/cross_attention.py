@@ -1,0 +1,203 @@
+"""Masked cross-attention from text to media latents, and the tanh-gated block around it.
+
+Follows lucidrains/flamingo-pytorch (``MaskedCrossAttention``, ``GatedCrossAttentionBlock``) with
+one deliberate difference: text that has no image before it receives *exactly* nothing from the
+block (neither attention nor feed-forward), so a text-only prefix is processed exactly as the
+frozen LM would (docs/prior-art.md, 9 and 11).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from flamingo_lib.modeling.resampler import FeedForward, attend
+
+MediaKV = tuple[torch.Tensor, torch.Tensor]
+
+
+def text_to_media_mask(
+    media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool
+) -> torch.Tensor:
+    """Which media latents each text token may attend to.
+
+    Args:
+        media_time: (B, L) long: how many images occur at or before each text position
+            (``media_locations.cumsum(-1)``); 0 means no image yet.
+        num_media: T, images per sample.
+        num_latents: n, latents per image.
+        only_immediate: attend only to the latest image (``==``) or to all earlier ones (``>=``).
+
+    Returns:
+        bool (B, 1, L, T * n), True where attention is allowed.
+    """
+    image_index = torch.arange(1, num_media + 1, device=media_time.device)  # (T,)
+    text_time = media_time[:, :, None]  # (B, L, 1)
+    allowed = text_time == image_index if only_immediate else text_time >= image_index  # (B, L, T)
+    return allowed.repeat_interleave(num_latents, dim=-1)[:, None]
+
+
+class MediaMasks(NamedTuple):
+    """The masks every cross-attention layer of one forward pass shares, built once per pass
+    (:func:`media_masks`) rather than once per layer: they depend on ``media_time`` alone, and
+    small ops like these set a decoding step's cost where the model is host-bound (measured on
+    an H200 and on CPU: bench/gpu/README.md, bench/RESULTS.md).
+
+    Fields:
+        attend: bool (B, 1, L, T * n), True where a text token may attend to a latent; rows of
+            text with no image before them are all True (a fully masked row would give NaN),
+            and their output is zeroed through ``blind``. None when ``window`` says it all.
+        blind: bool (B, L, 1), True for text with no image at or before it; None when no text
+            of the pass is blind.
+        only_immediate: the masking rule the masks were built with.
+        window: (start, stop): every text token of the pass attends to exactly the latents
+            ``start:stop`` and none is blind (:func:`all_seen_masks`); then no mask is applied
+            at all: keys and values are sliced. None for the general, masked case.
+    """
+
+    attend: torch.Tensor | None
+    blind: torch.Tensor | None
+    only_immediate: bool
+    window: tuple[int, int] | None = None
+
+
+def media_masks(media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
+    """:class:`MediaMasks` for ``media_time`` (B, L) long (see :func:`text_to_media_mask`)."""
+    blind = (media_time == 0)[..., None]  # no image yet; media_time never exceeds num_media
+    allowed = text_to_media_mask(media_time, num_media, num_latents, only_immediate)
+    return MediaMasks(allowed | blind[:, None], blind, only_immediate)
+
+
+def all_seen_masks(num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
+    """:class:`MediaMasks` for a pass in which every text token comes after all ``num_media``
+    images of its sample (a decoding step after a prompt holding every image): each attends to
+    the last image's latents (``only_immediate``) or to all of them, with no mask and no blind
+    rows, the same result as :func:`media_masks` gives for ``media_time == num_media`` without
+    its per-layer masking ops (they set a decoding step's cost where it is host-bound)."""
+    start = (num_media - 1) * num_latents if only_immediate else 0
+    return MediaMasks(None, None, only_immediate, (start, num_media * num_latents))
+
+
+class MaskedCrossAttention(nn.Module):
+    """Text tokens (queries) attend to resampled media latents (keys/values).
+
+    Args:
+        dim: text width (the LM hidden size).
+        dim_visual: media latent width.
+        dim_head, heads: attention head width and count.
+        only_attend_immediate_media: see :class:`~flamingo_lib.FlamingoConfig`.
+    """
+
+    def __init__(
+        self, *, dim: int, dim_visual: int, dim_head: int = 64, heads: int = 8, only_attend_immediate_media: bool = True
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        inner = dim_head * heads
+        self.only_attend_immediate_media = only_attend_immediate_media
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_visual, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.keep_attention = False  # set True to keep `last_attention` for visualisation
+        self.last_attention: torch.Tensor | None = None
+
+    def media_kv(self, media: torch.Tensor) -> MediaKV:
+        """Keys and values of the media, (B, H, T*n, Dh) each, in this layer's dtype (media given
+        in float32 to a model cast to bfloat16 are cast once here); constant while media are."""
+        media = media.to(self.to_kv.weight.dtype)
+        k, v = self.to_kv(rearrange(media, "b t n d -> b (t n) d")).chunk(2, dim=-1)
+        return tuple(rearrange(z, "b j (h d) -> b h j d", h=self.heads) for z in (k, v))  # type: ignore[return-value]
+
+    def masks(self, media: torch.Tensor, media_time: torch.Tensor, masks: MediaMasks | None = None) -> MediaMasks:
+        """``masks`` when they were built for this layer's rule, else built here."""
+        if masks is not None and masks.only_immediate == self.only_attend_immediate_media:
+            return masks
+        return media_masks(media_time, media.shape[1], media.shape[2], self.only_attend_immediate_media)
+
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None,
+        masks: MediaMasks | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: text hidden states (B, L, D).
+            media: resampled latents (B, T, n, Dv).
+            media_time: (B, L) long, images at or before each position (0 = none yet).
+            kv: precomputed ``media_kv(media)``, reused across decoding steps.
+            masks: :func:`media_masks` of ``media_time``, shared by the layers of one pass.
+
+        Returns:
+            (B, L, D); rows of text with no image before them are exactly zero. When
+            ``keep_attention``, ``last_attention`` holds the weights (B, H, L, T*n).
+        """
+        masks = self.masks(media, media_time, masks)
+        b, length, _ = x.shape
+        # view/transpose rather than einops: this runs per layer at every decoding step
+        q = self.to_q(self.norm(x)).view(b, length, self.heads, -1).transpose(1, 2)
+        k, v = kv if kv is not None else self.media_kv(media)
+        if masks.window is not None:  # every token sees the same latents and none is blind
+            start, stop = masks.window
+            out, weights = attend(q, k[:, :, start:stop], v[:, :, start:stop], None, self.keep_attention)
+            if weights is not None:  # report the weights over all T * n latents, as the masked path does
+                weights = F.pad(weights, (start, k.shape[2] - stop))
+        else:
+            out, weights = attend(q, k, v, masks.attend, self.keep_attention)
+            blind = masks.blind[:, None]  # (B, 1, L, 1)
+            out = out.masked_fill(blind, 0.0)  # text with no image before it gets nothing
+            weights = None if weights is None else weights.masked_fill(blind, 0.0)
+        self.last_attention = weights
+        return self.to_out(out.transpose(1, 2).reshape(b, length, -1))
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """x + tanh(attn_gate) * xattn(x) then + tanh(ff_gate) * ff(x); both gates start at 0.
+
+    Args:
+        dim, dim_visual, dim_head, heads, only_attend_immediate_media: see
+            :class:`MaskedCrossAttention`.
+        ff_mult, act: feed-forward width multiple and activation.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dim_visual: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: int = 4,
+        act: str = "gelu",
+        only_attend_immediate_media: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attn = MaskedCrossAttention(
+            dim=dim, dim_visual=dim_visual, dim_head=dim_head, heads=heads,
+            only_attend_immediate_media=only_attend_immediate_media,
+        )
+        self.attn_gate = nn.Parameter(torch.tensor([0.0]))
+        self.ff = FeedForward(dim, ff_mult, act)
+        self.ff_gate = nn.Parameter(torch.tensor([0.0]))
+
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, media_time: torch.Tensor, kv: MediaKV | None = None,
+        masks: MediaMasks | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: (B, L, D); media: (B, T, n, Dv); media_time: (B, L) long; kv: cached media K/V;
+            masks: :func:`media_masks` shared by the layers of one pass (built here if None).
+
+        Returns:
+            (B, L, D): ``x`` itself, bit for bit, at positions that see no image.
+        """
+        masks = self.attn.masks(media, media_time, masks)
+        x = x + self.attn(x, media, media_time, kv, masks) * self.attn_gate.tanh()
+        ff_out = self.ff(x) * self.ff_gate.tanh()
+        if masks.blind is not None:
+            ff_out = ff_out.masked_fill(masks.blind, 0.0)
+        return x + ff_out

@@ -1,0 +1,112 @@
+"""The findings head's side of ``FlamingoModel``: its predictions, and the media the findings
+tokens extend (:mod:`flamingo_lib.modeling.heads.findings`, :mod:`flamingo_lib.modeling.heads.findings_tokens`).
+
+Both pool over a study's images, and a batch pads studies with fewer views with empty slots that
+are no image: every method here takes ``num_images`` (B,), or counts them from the zero padding of
+pixels or cached patch tokens (:func:`~flamingo_lib.modeling.heads.findings.padded_image_counts`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from flamingo_lib.modeling.heads.findings import padded_image_counts
+from flamingo_lib.modeling.heads.findings_tokens import append_findings_tokens
+
+
+class FindingsPredictionMixin:
+    """Methods of ``FlamingoModel`` (which provides ``config``, ``flamingo``,
+    ``resolve_visual_features`` and the ``_generating`` / ``_media_memo`` state of a ``generate`` call)."""
+
+    def conditioning_media(self, visual_features: torch.Tensor, num_images: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """(B, T, n, D) resampled latents -> what the cross-attention layers read: with
+        ``config.findings_tokens``, every image's latents followed by the study's K findings tokens
+        (B, T, n + K, D; :mod:`flamingo_lib.modeling.heads.findings_tokens`), else the latents unchanged (so too for
+        studies without images, T = 0). ``num_images`` (B,): the slots each study fills, the rest
+        being padding the head must not average (None: all T)."""
+        tokens = self.flamingo.findings_tokens
+        if tokens is None or visual_features.shape[1] == 0:
+            return visual_features
+        # detached: the head learns from its labels only, never from what is easy to write
+        k = len(self.config.findings_head)  # the findings' logits; a reading head's follow them
+        if num_images is not None:  # a study with no image reads no media: any verdict will do
+            num_images = torch.as_tensor(num_images).clamp(min=1)
+        probabilities = self._findings_logits(visual_features, num_images)[:, :k].detach().float().sigmoid()
+        return append_findings_tokens(visual_features, tokens(probabilities))
+
+    def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None) -> torch.Tensor:
+        if not self._generating:
+            return self.conditioning_media(features, num_images)
+        if self._media_memo is None or self._media_memo[0] is not features:
+            self._media_memo = (features, self.conditioning_media(features, num_images))
+        return self._media_memo[1]
+
+    def _findings_logits(self, visual_features: torch.Tensor, num_images: Any = None) -> torch.Tensor:
+        if self.flamingo.findings_head is None:
+            raise ValueError("this model has no findings head (config.findings_head is None): "
+                             "build it with findings_head=[observation names]")
+        return self.flamingo.findings_head(visual_features, num_images)
+
+    def _head_input(self, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor | None,
+                    visual_features: torch.Tensor | None, num_images: Any) -> tuple[torch.Tensor, Any]:
+        """Resampled features and the images per study (counted from the padding of pixels or
+        embeddings when not given; all slots for visual features)."""
+        features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
+        if num_images is None and visual_features is None:
+            num_images = padded_image_counts(pixel_values if pixel_values is not None else image_embeddings)
+        return features, num_images
+
+    @torch.no_grad()
+    def predict_findings(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                         visual_features: torch.Tensor | None = None, num_images: Any = None
+                         ) -> dict[str, torch.Tensor]:
+        """The findings head's probabilities for each study (exactly one input, as ``forward``).
+
+        Args:
+            num_images: (B,) images per study; by default counted from the zero padding of
+                ``pixel_values`` / ``image_embeddings`` (a batch mixing one- and two-view studies),
+                all T slots for ``visual_features``.
+
+        Returns:
+            observation name (``config.findings_head``) -> (B,) probability.
+        """
+        return self._head_probabilities(*self._head_input(pixel_values, image_embeddings, visual_features, num_images))
+
+    @torch.no_grad()
+    def predict_readings(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                         visual_features: torch.Tensor | None = None, num_images: Any = None
+                         ) -> dict[str, torch.Tensor]:
+        """The reading head's probabilities (``config.reading_head``) that the labeler reads each
+        observation as positive in the study's report (inputs as :meth:`predict_findings`).
+
+        Returns:
+            observation name (``config.findings_head``) -> (B,) probability.
+
+        Raises:
+            ValueError: the model has no reading head.
+        """
+        if not self.config.reading_head:
+            raise ValueError("this model has no reading head (config.reading_head is False): "
+                             "build it with FlamingoConfig(findings_head=[...], reading_head=True)")
+        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
+        return self._head_probabilities(features, counts, readings=True)
+
+    @torch.no_grad()
+    def predict_heads(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                      visual_features: torch.Tensor | None = None, num_images: Any = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """:meth:`predict_findings` and, with a reading head, :meth:`predict_readings` (else None),
+        from one resampling of the images (inputs as :meth:`predict_findings`)."""
+        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
+        findings = self._head_probabilities(features, counts)
+        return findings, self._head_probabilities(features, counts, readings=True) if self.config.reading_head else None
+
+    def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, readings: bool = False
+                            ) -> dict[str, torch.Tensor]:
+        logits = self._findings_logits(features, num_images)  # first: it says so when there is no head
+        k = len(self.config.findings_head)
+        probabilities = (logits[:, k:] if readings else logits[:, :k]).float().sigmoid()
+        return {obs: probabilities[:, j] for j, obs in enumerate(self.config.findings_head)}

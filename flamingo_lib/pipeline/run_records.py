@@ -1,0 +1,70 @@
+"""What a trained run left behind, read back: its saved model, how it loaded its training data,
+and the findings-guided setup its evaluation picked. Two layouts are runs: the pipeline's
+(``RUN/train/model``, ``RUN/train/summary.json``, ``RUN/eval/``) and ``python -m flamingo_lib.cli.train``'s
+(``OUT/model``, ``OUT/summary.json``); a bare ``save_pretrained`` directory is a model without a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
+
+
+def model_directory(path: str | Path) -> Path:
+    """The saved model a path names: itself when it holds ``config.json`` and ``model.safetensors``,
+    else a run directory's ``train/model`` (the pipeline's) or ``model`` (the training command's).
+
+    Raises:
+        FileNotFoundError: none of them, naming the places looked at.
+    """
+    path = Path(path)
+    candidates = (path, path / "train" / "model", path / "model")
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no saved model in {', '.join(str(c) for c in candidates)} "
+                            "(expected config.json and model.safetensors: a run directory of the pipeline or "
+                            "of `python -m flamingo_lib.cli.train`, or a directory written by save_pretrained)")
+
+
+def training_record(model_dir: Path) -> dict[str, Any] | None:
+    """How the model's run opened its training data: ``data``, ``image_size``, ``max_train_samples``,
+    ``seed`` (from the training summary beside the model), or None for a model without a run or a
+    run that did not record its data."""
+    summary = model_dir.parent / "summary.json"
+    if not summary.is_file():
+        return None
+    config = json.loads(summary.read_text()).get("config", {})
+    extra = config.get("extra") or {}
+    key = extra.get("pipeline") or extra  # the pipeline's training key, or what the command recorded
+    if "data" not in key:
+        return None
+    return {"data": key["data"], "image_size": key.get("image_size", 224),
+            "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0))}
+
+
+def recorded_guided_setup(model_dir: Path) -> dict[str, Any] | None:
+    """The findings-guided setup the model's run picked on its val split (``eval/guided_decoding.json``
+    of a pipeline run: threshold, candidates, temperature, top_p), or None when it recorded none."""
+    path = model_dir.parent.parent / "eval" / GUIDED_SETUP_FILE
+    return json.loads(path.read_text()) if model_dir.parent.name == "train" and path.is_file() else None
+
+
+def guided_setup(model_dir: Path, threshold: float | None = None, candidates: int | None = None,
+                 temperature: float | None = None) -> dict[str, Any] | None:
+    """The findings-guided setup to decode new studies with: what the model's run recorded, each
+    value given here in its place, the pipeline's defaults for what neither says (threshold,
+    candidates, temperature, top_p; ``threshold_from`` when the threshold was given); None when
+    there is no threshold, recorded or given."""
+    from flamingo_lib.pipeline.settings import PipelineSettings
+
+    setup = {"candidates": PipelineSettings.guided_candidates, "temperature": PipelineSettings.guided_temperature,
+             "top_p": 1.0} | (recorded_guided_setup(model_dir) or {})
+    setup |= {k: v for k, v in (("threshold", threshold), ("candidates", candidates), ("temperature", temperature))
+              if v is not None}
+    if setup.get("threshold") is None:
+        return None
+    return setup | ({"threshold_from": "given on the command line"} if threshold is not None else {})

@@ -1,0 +1,313 @@
+"""The workbench pipeline, one idempotent step at a time: build -> data -> feature cache -> train
+-> evaluate -> attention maps -> report. ``make demo``, the notebooks and scripts all call it, so
+a notebook run on its own rebuilds whatever upstream artefact is missing and reuses the rest.
+
+Artefacts live in ``run_dir``: ``train/`` (checkpoint, metrics, ``model/``), ``eval/`` (results,
+generations, protocol), ``grounding.csv`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flamingo_lib.io import write_json_atomic
+from flamingo_lib.modeling.config import FlamingoConfig
+from flamingo_lib.pipeline.settings import PipelineSettings
+
+__all__ = ["Pipeline", "PipelineSettings"]
+
+
+class Pipeline:
+    """Steps of one run. Each returns its result and writes it under ``settings.run_dir``."""
+
+    def __init__(self, settings: PipelineSettings | None = None, **overrides: Any) -> None:
+        self.settings = settings or PipelineSettings(**overrides)
+        self.run_dir = Path(self.settings.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # -------------------------------------------------------------------------------- build
+    @cached_property
+    def model_and_processor(self) -> tuple[Any, Any]:
+        """The trained model when this run has one, else a freshly built one."""
+        from flamingo_lib.modeling.model import FlamingoModel
+        from flamingo_lib.processing.processor import FlamingoProcessor
+
+        model_dir = self.run_dir / "train" / "model"
+        if self.is_trained():
+            return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
+        s = self.settings
+        head = self._findings_head()
+        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=head,
+                                            findings_tokens=s.findings_tokens and head is not None,
+                                            reading_head=s.reading_head and head is not None,
+                                            frozen_dtype=s.frozen_dtype,
+                                            only_attend_immediate_media=s.only_attend_immediate_media)
+        return FlamingoModel(config), FlamingoProcessor(config)
+
+    def _findings_head(self) -> list[str] | None:
+        from flamingo_lib.observations import FINDINGS_OBSERVATIONS
+
+        return list(FINDINGS_OBSERVATIONS) if self.settings.findings_loss_weight else None
+
+    @cached_property
+    def splits(self) -> dict[str, Any]:
+        """train / val / test datasets of ``settings.data``."""
+        from flamingo_lib.data.sources import open_source
+
+        s = self.settings
+        sizes = {"train": s.max_train_samples, "val": s.max_val_samples, "test": s.max_test_samples}
+        return {split: open_source(s.data, split, s.image_size, n, seed=s.seed) for split, n in sizes.items()}
+
+    @property
+    def credentialed(self) -> bool:
+        """True when the data come from a credentialed source (MIMIC-CXR): never share them."""
+        return self.settings.data.startswith("mimic") or any(
+            self.splits["test"][i].meta.get("credentialed") for i in range(min(1, len(self.splits["test"]))))
+
+    # ----------------------------------------------------------------------------- features
+    @cached_property
+    def feature_cache(self) -> Any:
+        """The frozen encoder's patch tokens of every image of every split (built if missing)."""
+        from flamingo_lib.data.feature_cache import FeatureCache
+
+        model, processor = self.model_and_processor
+        cache = FeatureCache(self.settings.feature_root, model, processor)
+        images = [im for split in self.splits.values() for sample in split for im in sample.images]
+        self.cache_stats = cache.build(images, progress=self.settings.progress, total=len(images))
+        return cache
+
+    # -------------------------------------------------------------------------------- train
+    @cached_property
+    def _current_encoder_builds(self) -> dict[str, str]:
+        """The embedded encoder builds this run's preset resolves to now (cache directory names)."""
+        from flamingo_lib.modeling.backbones.provenance import embedded_builds
+
+        s = self.settings
+        return embedded_builds(FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed))
+
+    def is_trained(self) -> bool:
+        """The saved model was trained with these settings *and* on the encoder builds the preset
+        resolves to now: after a change of the build code or the phantom data, the same settings
+        would otherwise serve a model whose cross-attention sits on other frozen features."""
+        model_dir = self.run_dir / "train" / "model"
+        summary = self.run_dir / "train" / "summary.json"
+        if not (summary.exists() and (model_dir / "model.safetensors").exists()):
+            return False
+        saved_key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
+        if saved_key is None or self._saved_training_key(saved_key) != self.settings.training_key():
+            return False
+        trained_on = json.loads((model_dir / "config.json").read_text()).get("embedded_builds") or {}
+        return trained_on == self._current_encoder_builds
+
+    @staticmethod
+    def _saved_training_key(saved: dict[str, Any]) -> dict[str, Any]:
+        """A run's saved training key, completed with the defaults of settings added since it
+        was trained: a new knob's default is the behaviour the run had, so it is not retrained."""
+        defaults = PipelineSettings().training_key()
+        # what a key written before these knobs were recorded meant: features of format 1, no
+        # findings head, and where there was one: trained on the reports' readings by a labeler of
+        # unknown version, no findings tokens, no reading head
+        before = {"feature_format": 1, "findings_loss_weight": 0.0, "labeler": None, "findings_targets": "reports",
+                  "findings_tokens": False, "reading_head": False}
+        saved = before | saved
+        key = {k: saved.get(k, defaults[k]) for k in defaults} | {k: v for k, v in saved.items() if k not in defaults}
+        if not key["findings_loss_weight"]:
+            key.pop("labeler")  # without the head, training never reads the labeler
+            key.pop("findings_targets")  # nor reads any targets
+            key.pop("findings_tokens")  # nor has any head to make them
+            key.pop("reading_head")
+        return key
+
+    def _result_key(self) -> dict[str, Any]:
+        """What a result computed from the trained model depends on (a change recomputes it)."""
+        s = self.settings
+        from flamingo_lib.labeling.version import rules_version
+
+        return {"training": s.training_key(), "max_test_samples": s.max_test_samples, "num_beams": s.num_beams,
+                "max_new_tokens": s.max_new_tokens, "labeler": rules_version()}  # it scores every result
+
+    def _up_to_date(self, result: Path, **extra: Any) -> bool:
+        """``result`` exists and was computed from this run's current model and settings (and
+        the result-specific ``extra`` settings)."""
+        stamp = result.with_name(result.name + ".key.json")
+        if not (result.exists() and stamp.exists() and self.is_trained()):
+            return False
+        saved = json.loads(stamp.read_text())
+        if isinstance(saved.get("training"), dict):  # read as training reads it: a later knob at its default
+            saved["training"] = self._saved_training_key(saved["training"])
+        return saved == self._result_key() | extra
+
+    def _stamp(self, result: Path, **extra: Any) -> None:
+        """Record which model and settings produced ``result`` (written after it: a crash in
+        between leaves the result unstamped, so it is recomputed)."""
+        write_json_atomic(result.with_name(result.name + ".key.json"), self._result_key() | extra, indent=1)
+
+    def train(self, force: bool = False) -> dict[str, Any]:
+        """Train on cached features (skipped when this run already trained with these settings)."""
+        from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
+
+        summary_path = self.run_dir / "train" / "summary.json"
+        if not force and self.is_trained():
+            return json.loads(summary_path.read_text())
+        s = self.settings
+        self.__dict__.pop("model_and_processor", None)
+        model, processor = self.model_and_processor
+        config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
+                             lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
+                             ff_gate_open_step=s.ff_gate_open_step, repeat_factor_threshold=s.repeat_factor_threshold,
+                             warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
+                             findings_targets=s.findings_targets, eval_every=s.eval_every, save_every=s.max_steps,
+                             seed=s.seed, progress=s.progress,
+                             compile=s.compile, extra={"pipeline": s.training_key()})
+        trainer = Trainer(model, self.splits["train"], self.splits["val"],
+                          ReportCollator(processor, self.feature_cache), config)
+        summary = trainer.fit()
+        self.__dict__.pop("model_and_processor", None)  # reload the saved, trained model next time
+        return summary
+
+    def training_curves(self) -> pd.DataFrame:
+        """metrics.csv of the training run (step, train_loss, val_loss, lr, samples_per_s)."""
+        return pd.read_csv(self.run_dir / "train" / "metrics.csv")
+
+    # ----------------------------------------------------------------------------- evaluate
+    def evaluate(self, force: bool = False) -> pd.DataFrame:
+        """Metrics of the trained model and the baselines on the test split (cached in eval/)."""
+        from flamingo_lib.evaluation.evaluate import evaluate
+
+        s = self.settings
+        out = self.run_dir / "eval"
+        if not force and self._up_to_date(out / "results.csv", **self._guided_key()):
+            return pd.read_csv(out / "results.csv", index_col="system")
+        self.train()
+        model, processor = self.model_and_processor
+        extra, notes = self._guided_reports(model, processor)
+        table = evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
+                         num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, feature_cache=self.feature_cache,
+                         labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress,
+                         extra_systems=extra, protocol_notes=notes)
+        self._stamp(out / "results.csv", **self._guided_key())
+        return table
+
+    def _guided_key(self) -> dict[str, Any]:
+        return {"guided_candidates": self.settings.guided_candidates,
+                "guided_temperature": self.settings.guided_temperature,
+                "guided_val_samples": self.settings.guided_val_samples}
+
+    def samples(self, split: str) -> list[Any]:
+        """Every study of a split, loaded once (datasets need not support slicing)."""
+        return [self.splits[split][i] for i in range(len(self.splits[split]))]
+
+    def _truth(self, samples: Sequence[Any]) -> tuple[list[Any], Sequence[str] | None]:
+        """The studies' truth labels (phantom: the image truth, over the rendered observations; else
+        the labeler's reading of the reference reports) and the observations to score."""
+        from flamingo_lib.labeling.labeler import label_report
+
+        if self.settings.data.startswith("phantom"):
+            from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+
+            return [sample.labels for sample in samples], RENDERED_OBSERVATIONS
+        return [label_report(sample.report) for sample in samples], None
+
+    def guided_tuning_samples(self) -> list[Any]:
+        """The val studies the findings-guided threshold is picked on (``guided_val_samples``;
+        None: the whole val split)."""
+        from flamingo_lib.data.sources import open_source
+
+        s = self.settings
+        tuning = open_source(s.data, "val", s.image_size, s.guided_val_samples, seed=s.seed)
+        return [tuning[i] for i in range(len(tuning))]
+
+    def _guided_reports(self, model: Any, processor: Any) -> tuple[dict[str, list[str]], str]:
+        """The test split's findings-guided reports (:func:`~flamingo_lib.inference.guided_decoding.guided_reports`;
+        nothing when the model has no findings head, ``guided_candidates`` is 0 or there is no val
+        split), the threshold picked on ``guided_val_samples`` val studies, and how they were made."""
+        from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE, SYSTEM_NAME, guided_reports
+
+        s = self.settings
+        if not s.guided_candidates or model.config.findings_head is None:
+            return {}, ""
+        val = self.guided_tuning_samples()
+        if not val:
+            return {}, ""
+        val_truth, observations = self._truth(val)
+        guided = guided_reports(
+            model, processor, val, val_truth, self.samples("test"), observations,
+            num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress,
+            temperature=s.guided_temperature)
+        # what `python -m flamingo_lib.cli.write_reports --guided` needs to decode new films the same way
+        (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "eval" / GUIDED_SETUP_FILE, {
+            "threshold": guided.threshold, "candidates": s.guided_candidates, "temperature": s.guided_temperature,
+            "top_p": 1.0, "val_studies": len(val), "val_micro_f1": {str(t): f for t, f in guided.val_micro_f1.items()}},
+            indent=1)
+        return {SYSTEM_NAME: guided.reports}, guided.note
+
+    def generations(self) -> pd.DataFrame:
+        """id, reference and every system's report for the test split."""
+        self.evaluate()
+        return pd.read_json(self.run_dir / "eval" / "generations.jsonl", lines=True)
+
+    def finding_usage(self, force: bool = False) -> pd.DataFrame:
+        """Per observation, whether the model's sampled reports follow the image
+        (:mod:`flamingo_lib.evaluation.finding_usage`), on the test split; cached in ``eval/finding_usage.csv``.
+        With a findings head, its AUROC too (``classifier AUROC``: what the latents carry), and with
+        a reading head that head's AUROC against the labeler's reading of the reference reports
+        (``reading head AUROC (vs reference)``: how well it foresees what a report states).
+
+        The truth is the image truth on phantom data, else the labeler's reading of the reference.
+        """
+        from flamingo_lib.observations import FINDINGS_OBSERVATIONS
+        from flamingo_lib.evaluation.finding_usage import classifier_auroc, finding_usage, sampled_mention_rates
+
+        s = self.settings
+        path = self.run_dir / "eval" / "finding_usage.csv"
+        if not force and self._up_to_date(path, usage_samples=s.usage_samples):
+            return pd.read_csv(path, index_col="observation")
+        self.train()
+        model, processor = self.model_and_processor
+        test = self.samples("test")
+        truth, observations = self._truth(test)
+        observations = observations or FINDINGS_OBSERVATIONS
+        rates = sampled_mention_rates(model, processor, test, observations, num_samples=s.usage_samples,
+                                      max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
+        table = finding_usage(rates, truth)
+        if model.config.findings_head is not None:  # what the latents carry, beside what the text follows
+            embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
+            views = [len(sample.images) for sample in test]  # the stack pads studies with fewer views
+            probabilities, readings = model.predict_heads(
+                image_embeddings=embeddings.to(next(model.parameters()).device), num_images=views)
+            table["classifier AUROC"] = classifier_auroc(probabilities, truth, observations)
+            if readings is not None:
+                from flamingo_lib.labeling.labeler import label_report
+
+                table["reading head AUROC (vs reference)"] = classifier_auroc(
+                    readings, [label_report(sample.report) for sample in test], observations)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path)
+        self._stamp(path, usage_samples=s.usage_samples)
+        return table
+
+    # ---------------------------------------------------------------------------- grounding
+    def grounding(self, force: bool = False) -> pd.DataFrame:
+        """Pointing-game rows for the test split (cached in grounding.csv)."""
+        from flamingo_lib.evaluation.grounding import pointing_game
+
+        path = self.run_dir / "grounding.csv"
+        if not force and self._up_to_date(path):
+            return pd.read_csv(path)
+        self.train()
+        model, processor = self.model_and_processor
+        results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.seed)
+        results.to_csv(path, index=False)
+        self._stamp(path)
+        return results
+
+    def settings_dict(self) -> dict[str, Any]:
+        return asdict(self.settings)

@@ -1,0 +1,141 @@
+"""A self-contained HTML report of a run (figures embedded), safe to share.
+
+Sharing rules: a report built from a credentialed source (MIMIC-CXR) contains its images and
+report text, which its data use agreement forbids sharing; writing one needs
+``allow_credentialed=True`` and prints a warning. Reports built on IU-derived text carry the
+IU licence credit.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from flamingo_lib.io import write_text_atomic
+
+IU_CREDIT = ("Report text: Indiana University Chest X-ray Collection (Demner-Fushman et al., 2016), via the "
+             "Open-i service of the U.S. National Library of Medicine, CC BY-NC-ND 4.0; read from the "
+             "torchxrayvision package. Images: procedurally rendered phantoms (flamingo_lib).")
+CREDENTIALED_WARNING = ("This report contains images and report text from a credentialed dataset (MIMIC-CXR). "
+                        "Its data use agreement forbids sharing them: keep this file private.")
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.case{display:flex;gap:1em;margin:1em 0;
+border-top:1px solid #ddd;padding-top:1em}.case p{margin:.3em 0}.ref{color:#555}.credit{color:#666;font-size:12px}
+.warn{background:#fee;border:1px solid #c00;padding:.6em}"""
+
+
+def figure_to_img(figure: Figure, width: int = 480) -> str:
+    """An ``<img>`` tag holding the figure as an embedded PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img width="{width}" src="data:image/png;base64,{data}"/>'
+
+
+def loss_curve_figure(curves: pd.DataFrame) -> Figure:
+    """Train and validation loss against step; the findings head's loss beside them, when it trained."""
+    with_head = "findings_loss" in curves and curves["findings_loss"].notna().any()
+    figure = Figure(figsize=(9 if with_head else 5, 3))
+    axes = figure.subplots(1, 2 if with_head else 1, squeeze=False)[0]
+    ax = axes[0]
+    ax.plot(curves["step"], curves["train_loss"], label="train", lw=1)
+    val = curves.dropna(subset=["val_loss"])
+    ax.plot(val["step"], val["val_loss"], "o-", label="validation")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("token cross-entropy")
+    ax.legend()
+    if with_head:
+        axes[1].plot(curves["step"], curves["findings_loss"], lw=1, color="#a50")
+        axes[1].set_xlabel("optimiser step")
+        axes[1].set_ylabel("findings head: binary cross-entropy")
+    figure.tight_layout()
+    return figure
+
+
+def case_figure(image: Any, heatmap: Any, mask: Any, title: str) -> Figure:
+    """The X-ray alone and with the attention heatmap (and mask outline) over it."""
+    from flamingo_lib.modeling.attention_maps import plot_heatmap
+
+    figure = Figure(figsize=(6, 3))
+    left, right = figure.subplots(1, 2)
+    left.imshow(image.convert("L"), cmap="gray")
+    left.axis("off")
+    if heatmap is not None:
+        plot_heatmap(image, heatmap, title=title, ax=right, mask=mask)
+    else:
+        right.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def metrics_figure(table: pd.DataFrame, columns: list[str]) -> Figure:
+    """Grouped bars, each labelled with its value: one group per metric in ``columns``, one bar per
+    system (row of ``table``); language metrics and clinical-efficacy ("CE ...") metrics in two
+    panels, as their scales differ (CIDEr exceeds 1). A missing value (NaN, e.g. the reference
+    ceiling's NLG scores) gets no bar and no label."""
+    import textwrap
+
+    import numpy as np
+
+    values = table[columns].astype(float)
+    panels = [p for p in ([c for c in columns if not c.startswith("CE")], [c for c in columns if c.startswith("CE")]) if p]
+    figure = Figure(figsize=(12, 4.2))
+    axes = figure.subplots(1, len(panels), width_ratios=[len(p) for p in panels], squeeze=False)[0]
+    width = 0.8 / len(values)
+    for ax, panel in zip(axes, panels):
+        positions = np.arange(len(panel))
+        for offset, (system, row) in enumerate(values[panel].iterrows()):
+            bars = ax.bar(positions + offset * width, row.fillna(0).to_numpy(), width, label=str(system))
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.2f}" for v in row], fontsize=6, rotation=90,
+                         padding=2)
+        ax.set_xticks(positions + 0.4 - width / 2, [textwrap.fill(c, 16) for c in panel], fontsize=7)
+        ax.set_ylim(0, max(1.0, float(np.nanmax(values[panel].to_numpy(), initial=0))) * 1.15)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel("score")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    return figure
+
+
+def write_html_report(path: str | Path, title: str, sections: list[tuple[str, str]], *, credentialed: bool,
+                      allow_credentialed: bool = False, iu_text: bool = False,
+                      private_warning: str = CREDENTIALED_WARNING) -> Path:
+    """Write the report atomically.
+
+    Args:
+        sections: (heading, HTML body) pairs, in order.
+        credentialed: the content comes from a credentialed source.
+        allow_credentialed: the explicit opt-in needed to write such a report.
+        iu_text: add the IU licence credit.
+        private_warning: what the page (and a warning) says of credentialed content.
+
+    Raises:
+        PermissionError: credentialed content without ``allow_credentialed``.
+    """
+    if credentialed and not allow_credentialed:
+        raise PermissionError("refusing to write a report with credentialed (MIMIC-CXR) images and text: "
+                              "its data use agreement forbids sharing them; pass allow_credentialed=True "
+                              "to write a private copy")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if credentialed:
+        warnings.warn(private_warning, stacklevel=2)
+        parts.append(f"<p class='warn'>{html.escape(private_warning)}</p>")
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    if iu_text:
+        parts.append(f"<p class='credit'>{html.escape(IU_CREDIT)}</p>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(parts))
+    return path

@@ -1,0 +1,155 @@
+"""Assemble a run's HTML report: metrics with baselines, curves, cases with attention maps, grounding."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flamingo_lib.evaluation.evaluate import REFERENCE_CEILING
+from flamingo_lib.evaluation.finding_usage import FOLLOWED_AUROC, finding_usage_figure
+from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
+from flamingo_lib.reporting.html import case_figure, figure_to_img, loss_curve_figure, metrics_figure, write_html_report
+
+HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
+            "CE micro-F1 (rendered findings, vs reference)", "CE micro-F1 (14, vs image truth)",
+            "CE micro-F1 (14, vs reference)", "CE macro-F1 (14, vs reference)"]
+
+
+def case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
+    """Attention heatmap over the sample's first image, teacher-forced on its reference report.
+
+    The relevance of the tokens that name the sample's first finding with a ground-truth mask
+    (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), averaged; without such tokens, of the whole
+    report.
+
+    Returns:
+        heatmap: float array (H, W) of the image's size, non-negative, summing to 1;
+        mask: the finding's bool mask (H, W), or None for the whole-report map;
+        title: which tokens the map shows.
+    """
+    from flamingo_lib.modeling.attention_maps import capture_attention
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, tokens_heatmap, word_token_positions
+
+    model, processor = pipeline.model_and_processor
+    batch = processor.training_batch([sample.report], [[sample.images[0]]])
+    _, maps = capture_attention(model, batch)
+    prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
+    size = sample.images[0].size[::-1]
+    for finding, mask in sample.masks.items():
+        positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
+        if positions:
+            return tokens_heatmap(maps, positions, size), mask, f"attention of '{finding}' tokens"
+    report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
+    return tokens_heatmap(maps, report_positions, size), None, "attention of the report's tokens"
+
+
+def cases_html(pipeline: Any, n_cases: int = 6) -> str:
+    """The first ``n_cases`` test studies as HTML: the film and its attention map (:func:`case_heatmap`)
+    beside the generated report (greedy, and findings-guided when evaluated), the reference report
+    and the nearest-neighbour baseline's report.
+
+    Images are inlined (base64 PNG), so the fragment stands alone (``IPython.display.HTML``).
+    """
+    generations = pipeline.generations().set_index("id")
+    test = pipeline.splits["test"]
+    cases = []
+    for index in range(min(n_cases, len(test))):
+        sample = test[index]
+        heatmap, mask, title = case_heatmap(pipeline, sample)
+        row = generations.loc[sample.id]
+        cases.append(
+            "<div class='case' style='display:flex;gap:1em'>"
+            + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)
+            + f"<div><p><b>Generated:</b> {html.escape(str(row['flamingo']))}</p>"
+            + (f"<p><b>Findings-guided:</b> {html.escape(str(row[GUIDED]))}</p>" if GUIDED in row.index else "")
+            + f"<p class='ref'><b>Reference:</b> {html.escape(sample.report)}</p>"
+            + f"<p class='ref'><b>Nearest-neighbour baseline:</b> {html.escape(str(row['nearest neighbour']))}</p>"
+            + "</div></div>")
+    return "".join(cases)
+
+
+def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int = 6,
+                     allow_credentialed: bool = False) -> Path:
+    """Run (or reuse) every step of ``pipeline`` and write ``path`` (default ``run_dir/report.html``).
+
+    Raises:
+        PermissionError: the data are credentialed and ``allow_credentialed`` is False.
+    """
+    if pipeline.credentialed and not allow_credentialed:  # refuse before any work is done
+        raise PermissionError("the run uses credentialed data (MIMIC-CXR), whose data use agreement forbids "
+                              "sharing: pass allow_credentialed=True "
+                              "to write a private report; never share it")
+    settings = pipeline.settings
+    table = pipeline.evaluate()
+    curves = pipeline.training_curves()
+    grounding = pipeline.grounding()
+    generations = pipeline.generations().set_index("id")
+    columns = [c for c in HEADLINE if c in table.columns]
+    sections = [
+        ("Run", "<p>" + html.escape(f"preset {settings.preset!r}, data {settings.data!r}, "
+                                    f"{settings.max_steps} steps, test studies: {len(generations)}") + "</p>"),
+        ("Metrics (test split) against baselines",
+         table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")
+         + figure_to_img(metrics_figure(table, columns), 1000)),
+        ("Training", figure_to_img(loss_curve_figure(curves))),
+    ]
+    if not grounding.empty:
+        from flamingo_lib.evaluation.grounding import pointing_summary, pointing_tests
+
+        summary = pointing_summary(grounding).round(3)
+        tests = pointing_tests(grounding)
+        sections.append(("Grounding: pointing game (peak of the finding's attention inside its mask)",
+                         summary.to_html() + "<p>chance = mask area fraction; shuffled = the map computed "
+                                             "with another study's image. One-sided exact p-values over all "
+                                             f"findings: above chance p = {tests['p_vs_chance']:.2g}, above the "
+                                             f"shuffled control (paired) p = {tests['p_vs_shuffled']:.2g}.</p>"))
+    usage = pipeline.finding_usage()
+    if usage["AUROC"].notna().any():
+        sections.append(("Which findings does the text follow? (sampled reports)",
+                         figure_to_img(finding_usage_figure(usage), 520)
+                         + usage.round(3).to_html(na_rep="-")
+                         + f"<p>{settings.usage_samples} reports sampled per test study (temperature 1), read "
+                           "by the labeler. AUROC of each finding's mention rate against the truth: 0.5 = the "
+                           "text states the finding as often without it as with it. Black ticks: the findings "
+                           "head's AUROC, what the visual features carry.</p>"))
+    sections.append(("Cases", cases_html(pipeline, n_cases)))
+    protocol = (pipeline.run_dir / "eval" / "PROTOCOL.md").read_text()
+    sections.append(("Protocol", f"<pre>{html.escape(protocol)}</pre>"))
+    return write_html_report(path or pipeline.run_dir / "report.html", "Flamingo chest X-ray report generation",
+                             sections, credentialed=pipeline.credentialed, allow_credentialed=allow_credentialed,
+                             iu_text=settings.data in ("phantom", "phantom:iu") or settings.data.startswith("iu"))
+
+
+def headline(pipeline: Any) -> str:
+    """A few lines for the terminal: the model vs the best baseline on the key metrics."""
+    table = pipeline.evaluate()
+    lines = []
+    for column in [c for c in HEADLINE if c in table.columns]:
+        values = table[column].astype(float)
+        ours = [name for name in values.index if name.startswith("flamingo")]  # greedy and other decodings
+        baselines = values.drop([*ours, REFERENCE_CEILING], errors="ignore")
+        line = f"{column:>34}: flamingo {values['flamingo']:.3f}"
+        if GUIDED in values.index:
+            line += f" (findings-guided {values[GUIDED]:.3f})"
+        line += f" | best baseline {baselines.max():.3f} ({baselines.idxmax()})"
+        if pd.notna(values.get(REFERENCE_CEILING, float("nan"))):
+            line += f" | reference report {values[REFERENCE_CEILING]:.3f}"
+        lines.append(line)
+    grounding = pipeline.grounding()
+    if not grounding.empty:
+        from flamingo_lib.evaluation.grounding import pointing_tests
+
+        tests = pointing_tests(grounding)
+        lines.append(f"{'pointing game':>34}: {grounding['hit'].mean():.3f} vs chance {grounding['chance'].mean():.3f}"
+                     f" (p={tests['p_vs_chance']:.2g}) and shuffled image {grounding['shuffled_hit'].mean():.3f}"
+                     f" (paired p={tests['p_vs_shuffled']:.2g}; n={len(grounding)})")
+    usage = pipeline.finding_usage().dropna(subset=["AUROC"])
+    if not usage.empty:
+        followed = usage.index[usage["AUROC"] >= FOLLOWED_AUROC].tolist()
+        lines.append(f"{'findings the text follows':>34}: {len(followed)} of {len(usage)} (sampled mention-rate "
+                     f"AUROC >= {FOLLOWED_AUROC}): {', '.join(followed) or 'none'}")
+    return "\n".join(lines) if lines else "no metrics"
+

@@ -1,0 +1,93 @@
+"""A page of reported studies (:mod:`flamingo_lib.inference.study_reports`): each study's film with where
+its report looked, the report, the observations it states and what the findings head believes.
+
+The page holds the films it shows. Films a reader brings are private unless they say otherwise
+(``films_shareable``): a clinic's studies or a credentialed dataset's may not be shared, and the
+page says so at its top.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flamingo_lib.data.study_files import StudyFiles, load_study
+
+PRIVATE_FILMS_WARNING = ("This page shows the films it reports. Unless they come from a public dataset, they are "
+                         "private (a clinic's studies, a credentialed dataset such as MIMIC-CXR): do not share it.")
+#: Head probabilities at or above this are listed beside a report.
+SHOWN_PROBABILITY = 0.5
+
+
+@torch.no_grad()
+def report_heatmap(model: Any, processor: Any, images: Sequence[Any], report: str) -> tuple[np.ndarray, str]:
+    """Where a report looked on the study's first film: the report teacher-forced on the study's
+    images, the attention of its tokens that name findings (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`)
+    averaged, or of all its tokens when it names none.
+
+    Returns:
+        heatmap (H, W) of the first film's size, non-negative, summing to 1; which tokens it shows.
+    """
+    from flamingo_lib.modeling.attention_maps import capture_attention
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, tokens_heatmap, word_token_positions
+
+    batch = processor.training_batch([report], [list(images)])
+    _, maps = capture_attention(model, batch)
+    prompt_length = len(processor.tokenizer(processor.study_prompt(len(images)))["input_ids"])
+    words = sorted({word for group in FINDING_WORDS.values() for word in group})
+    positions = word_token_positions(processor, report, words, prompt_length)
+    size = images[0].size[::-1]
+    if positions:
+        return tokens_heatmap(maps, positions, size), "attention of the words naming findings"
+    return tokens_heatmap(maps, range(prompt_length, int(batch["attention_mask"].sum())), size), \
+        "attention of the report's words"
+
+
+def _believed(row: pd.Series) -> str:
+    columns = [c for c in row.index if c.startswith("p ") and not c.startswith("p stated ")]
+    shown = sorted(((float(row[c]), c[2:]) for c in columns if float(row[c]) >= SHOWN_PROBABILITY), reverse=True)
+    return ", ".join(f"{name} {p:.2f}" for p, name in shown) or "none"
+
+
+def study_cases_html(model: Any, processor: Any, table: pd.DataFrame, studies: Sequence[StudyFiles],
+                     image_size: int | None = None, limit: int = 50) -> str:
+    """The first ``limit`` studies of ``table`` (rows in the order of ``studies``) as HTML, images inlined."""
+    from flamingo_lib.reporting.html import case_figure, figure_to_img
+
+    cases = []
+    for study, (_, row) in zip(list(studies)[:limit], table.head(limit).iterrows()):
+        name = f"<p><b>{html.escape(study.id)}</b> ({len(study.paths)} film{'s' * (len(study.paths) > 1)})</p>"
+        if row.get("error"):
+            cases.append(f"<div class='case'>{name}<p class='warn'>{html.escape(str(row['error']))}</p></div>")
+            continue
+        images = load_study(study, image_size).images
+        heatmap, title = report_heatmap(model, processor, images, str(row["report"]))
+        head = f"<p class='ref'><b>Findings head (p &ge; {SHOWN_PROBABILITY}):</b> {html.escape(_believed(row))}</p>" \
+            if any(c.startswith("p ") for c in row.index) else ""
+        cases.append("<div class='case'>" + figure_to_img(case_figure(images[0], heatmap, None, title), 420)
+                     + f"<div>{name}<p><b>Report:</b> {html.escape(str(row['report']))}</p>"
+                     + f"<p class='ref'><b>States:</b> {html.escape(str(row['stated']) or 'nothing')}</p>{head}</div></div>")
+    return "".join(cases)
+
+
+def write_study_page(path: str | Path, model: Any, processor: Any, table: pd.DataFrame, studies: Sequence[StudyFiles],
+                     *, description: str, image_size: int | None = None, limit: int = 50,
+                     films_shareable: bool = False) -> Path:
+    """Write the page (atomically): ``description`` (how the reports were made), then the cases.
+
+    Args:
+        films_shareable: the films may be shared (a public dataset); else the page warns at its top.
+    """
+    from flamingo_lib.reporting.html import write_html_report
+
+    shown = min(limit, len(table))
+    intro = f"<p>{html.escape(description)}</p><p>{shown} of {len(table)} studies shown.</p>"
+    body = intro + study_cases_html(model, processor, table, studies, image_size, limit)
+    return write_html_report(path, "Reports for new films", [("Studies", body)], credentialed=not films_shareable,
+                             allow_credentialed=True, private_warning=PRIVATE_FILMS_WARNING)

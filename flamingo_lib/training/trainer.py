@@ -1,0 +1,291 @@
+"""Training: AdamW on the trainable parts, warmup + cosine, clipping, accumulation, bf16 on CUDA,
+periodic validation, metrics files, atomic checkpoints and bit-identical resume.
+
+One CPU, one GPU or many: the same code runs under Hugging Face Accelerate, so
+``accelerate launch -m flamingo_lib.cli.train ...`` trains data-parallel (the frozen parts hold no
+gradients, so DDP never synchronises them).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from flamingo_lib.training.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
+from flamingo_lib.labeling.targets import FINDINGS_TARGET_SOURCES, FindingTargets
+from flamingo_lib.training.optimisation import lr_schedule, parameter_groups
+from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
+from flamingo_lib.training.config import TrainConfig
+from flamingo_lib.io import write_json_atomic
+
+__all__ = ["ReportCollator", "TrainConfig", "Trainer"]
+
+
+class ReportCollator:
+    """CXRSamples -> a training batch (labels included), from pixels or from cached features;
+    with ``finding_targets`` (:class:`~flamingo_lib.labeling.targets.FindingTargets`), also the
+    findings head's ``finding_labels`` (B, K), from the source ``findings_targets`` names
+    (:meth:`~flamingo_lib.labeling.targets.FindingTargets.for_samples`), followed by the labeler's reading
+    of each report when ``reading_targets`` (a model with a reading head; the Trainer sets it)."""
+
+    def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None) -> None:
+        self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
+        self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
+        self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        images = [list(s.images) for s in samples]
+        batch = self.processor.training_batch([s.report for s in samples], images)
+        if self.feature_cache is not None:
+            batch.pop("pixel_values")
+            batch["image_embeddings"] = self.feature_cache.stack(images)
+        if self.finding_targets is not None:
+            targets = self.finding_targets.with_readings if self.reading_targets else self.finding_targets.for_samples
+            batch["finding_labels"] = targets(samples, self.findings_targets)
+        batch["ids"] = [s.id for s in samples]
+        return batch
+
+
+class Trainer:
+    """Trains a ``FlamingoModel`` on a train set, validating on a val set.
+
+    Args:
+        model: the model; only its trainable parameters are optimised.
+        train_set, val_set: sequences of ``CXRSample`` (anything with ``.images``, ``.report``, ``.id``).
+        collator: builds batches (see :class:`ReportCollator`).
+        config: :class:`TrainConfig`.
+    """
+
+    def __init__(self, model: Any, train_set: Sequence[Any], val_set: Sequence[Any] | None,
+                 collator: ReportCollator, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        use_bf16 = torch.cuda.is_available() if config.bf16 is None else config.bf16
+        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+        if config.gradient_checkpointing:
+            model.flamingo.lm.gradient_checkpointing_enable()
+        if config.compile:
+            from flamingo_lib.modeling.compile import compile_blocks
+
+            compile_blocks(model)
+        self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        if config.findings_loss_weight:
+            if model.config.findings_head is None:
+                raise ValueError(f"findings_loss_weight={config.findings_loss_weight} but the model has no findings "
+                                 "head: build it with FlamingoConfig(findings_head=[observation names])")
+            if config.findings_targets not in FINDINGS_TARGET_SOURCES:
+                raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, "
+                                 f"got {config.findings_targets!r}")
+            if collator.finding_targets is None:  # the labeler, for reports (and studies without labels)
+                collator.finding_targets = FindingTargets(model.config.findings_head)
+            collator.findings_targets = config.findings_targets
+            collator.reading_targets = model.config.reading_head
+        self.repeat_factors = (None if config.repeat_factor_threshold is None
+                               else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
+        torch.manual_seed(config.seed)
+        if not list(model.parameters_trainable()):
+            raise ValueError("the model has no trainable parameters")
+        self.optimiser = torch.optim.AdamW(
+            parameter_groups(model, config.lr, config.weight_decay, config.gate_lr_mult, config.ff_gate_lr_mult),
+            lr=config.lr, fused=True,  # one kernel for all parameters (CPU and CUDA): ~4x faster steps
+        )
+        if config.ff_gate_open_step is not None and config.ff_gate_lr_mult == 0:
+            raise ValueError("ff_gate_open_step is set but ff_gate_lr_mult is 0: the feed-forward gates would never "
+                             "open; give them a learning-rate multiple")
+        self.scheduler = lr_schedule(self.optimiser, config)
+        self.model, self.optimiser = self.accelerator.prepare(model, self.optimiser)
+        self.out_dir = Path(config.out_dir)
+        self.progress: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "history": [], "nonfinite": []}
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    # -------------------------------------------------------------------------- batches
+    def _next_indices(self) -> list[int]:
+        """The next batch's sample indices for this process; advances the data position."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per_step = self.config.batch_size * world
+        order = epoch_order(len(self.train_set), self.config.seed, self.progress["epoch"], self.repeat_factors)
+        if self.progress["position"] + per_step > len(order):
+            self.progress["epoch"] += 1
+            self.progress["position"] = 0
+            order = epoch_order(len(self.train_set), self.config.seed, self.progress["epoch"], self.repeat_factors)
+        start = self.progress["position"]
+        self.progress["position"] += per_step
+        return order[start:start + per_step][rank::world]
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean token loss over the validation set (or its first ``eval_batches`` batches)."""
+        if not self.val_set:
+            return float("nan")
+        self.model.eval()
+        total, tokens = 0.0, 0
+        size = self.config.batch_size
+        starts = list(range(0, len(self.val_set), size))[: self.config.eval_batches]
+        for start in starts:
+            batch = self._to_device(self.collator([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))]))
+            batch.pop("ids")
+            batch.pop("finding_labels", None)  # the LM loss only: the head's loss would be computed for nothing
+            with self.accelerator.autocast():
+                loss = self.model(**batch, loss_reduction="sum").loss
+            total += float(loss)
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
+        self.model.train()
+        return total / max(tokens, 1)
+
+    # ------------------------------------------------------------------------------ loop
+    def resume(self) -> None:
+        """Continue from ``out_dir/checkpoint.pt``: weights, optimiser, schedule, RNG, data position."""
+        self.progress = load_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler)
+
+    @property
+    def tensorboard(self) -> Any:
+        """A TensorBoard writer in ``out_dir/tensorboard`` when tensorboard is installed, else None."""
+        if not hasattr(self, "_tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional: metrics.csv always has everything
+                self._tensorboard = None
+        return self._tensorboard
+
+    def _write_metrics(self, row: dict[str, Any]) -> None:
+        self.progress["history"].append(row)
+        if not self.accelerator.is_main_process:
+            return
+        if self.tensorboard is not None:
+            for key in ("train_loss", "val_loss", "findings_loss", "lr", "samples_per_s"):
+                if row.get(key) is not None:
+                    self.tensorboard.add_scalar(key, row[key], row["step"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "metrics.csv"
+        fields = ["step", "epoch", "train_loss", "val_loss", "lr", "samples_per_s"]
+        if self.config.findings_loss_weight:  # only then: a run resumed from before it keeps its columns
+            fields.insert(4, "findings_loss")
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k) for k in fields})
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget ``metrics.csv`` rows past ``step``: a fresh run (step 0) into a used ``out_dir``
+        starts a new file, and a resumed one drops what was logged after its checkpoint (it is
+        about to log those steps again)."""
+        path = self.out_dir / "metrics.csv"
+        if not self.accelerator.is_main_process or not path.exists():
+            return
+        with path.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+        if not rows:
+            path.unlink()
+            return
+        temporary = path.with_suffix(".csv.tmp")
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(path)
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps``; returns the summary also written to ``out_dir/summary.json``.
+
+        Raises:
+            FloatingPointError: the loss was NaN/inf on more than ``max_nonfinite`` batches; the
+                message names the step and the sample ids of the offending batches.
+        """
+        cfg = self.config
+        self._drop_metrics_after(self.progress["step"])
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.progress["step"], disable=not cfg.progress, desc="training")
+        window_start, window_samples = time.perf_counter(), 0
+        while self.progress["step"] < cfg.max_steps:
+            step_loss, step_findings_loss, ids_seen, finite = 0.0, 0.0, [], True
+            for micro in range(cfg.grad_accum):
+                batch = self._to_device(self.collator([self.train_set[i] for i in self._next_indices()]))
+                ids_seen += batch.pop("ids")
+                sync = micro == cfg.grad_accum - 1
+                context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
+                with context, self.accelerator.autocast():
+                    out = self.model(**batch)
+                    loss = out.loss / cfg.grad_accum
+                    if cfg.findings_loss_weight:
+                        findings = out.findings_loss / cfg.grad_accum
+                        loss = loss + cfg.findings_loss_weight * findings
+                        step_findings_loss += float(findings.detach())
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                self.accelerator.backward(loss)
+                step_loss += float(out.loss.detach()) / cfg.grad_accum  # the LM loss, comparable to val_loss
+                window_samples += len(batch["labels"]) * self.accelerator.num_processes
+            if not finite:
+                self.optimiser.zero_grad(set_to_none=True)
+                self.progress["nonfinite"].append({"step": self.progress["step"], "ids": ids_seen})
+                if len(self.progress["nonfinite"]) > cfg.max_nonfinite:
+                    raise FloatingPointError(
+                        f"non-finite loss at step {self.progress['step']} on samples {ids_seen} "
+                        f"({len(self.progress['nonfinite'])} such batches; max_nonfinite={cfg.max_nonfinite}). "
+                        "Check those samples' reports and images, lower the learning rate, or use fp32."
+                    )
+                continue
+            self.accelerator.clip_grad_norm_(self.unwrapped.parameters_trainable(), cfg.max_grad_norm)
+            self.optimiser.step()
+            self.scheduler.step()
+            self.optimiser.zero_grad(set_to_none=True)
+            self.progress["step"] += 1
+            step = self.progress["step"]
+            elapsed = time.perf_counter() - window_start
+            row = {"step": step, "epoch": self.progress["epoch"], "train_loss": step_loss,
+                   "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+            if cfg.findings_loss_weight:
+                row["findings_loss"] = step_findings_loss
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                row["val_loss"] = self.validation_loss()
+            self._write_metrics(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", samples_per_s=f"{row['samples_per_s']:.1f}")
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                self.save()
+            window_start, window_samples = time.perf_counter(), 0
+        bar.close()
+        return self._summary()
+
+    def save(self) -> None:
+        """Atomic training checkpoint (for resume) plus the model in ``save_pretrained`` form."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler, self.progress)
+            self.unwrapped.save_pretrained(self.out_dir / "model", processor=self.collator.processor)
+
+    def _summary(self) -> dict[str, Any]:
+        history = self.progress["history"]
+        val = [h["val_loss"] for h in history if not math.isnan(h.get("val_loss", math.nan))]
+        summary = {
+            "steps": self.progress["step"], "epochs": self.progress["epoch"],
+            "first_train_loss": history[0]["train_loss"] if history else None,
+            "last_train_loss": history[-1]["train_loss"] if history else None,
+            "val_losses": val, "nonfinite_batches": self.progress["nonfinite"],
+            "config": asdict(self.config), "checkpoint": str(self.out_dir / CHECKPOINT_FILE),
+        }
+        if self.accelerator.is_main_process:
+            write_json_atomic(self.out_dir / "summary.json", summary, indent=2, default=str)
+        return summary
