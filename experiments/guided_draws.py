@@ -57,12 +57,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=3, help="sampling seeds 0 .. draws-1")
     args = parser.parse_args(argv)
     pipeline = Pipeline(saved_settings(args.run_dir))
-    if not pipeline.settings.data.startswith("phantom"):
-        raise SystemExit(f"the image truth exists for phantom data only; this run trained on {pipeline.settings.data!r}")
+    if not pipeline.settings.data.source.startswith("phantom"):
+        raise SystemExit("the image truth exists for phantom data only; this run trained on "
+                         f"{pipeline.settings.data.source!r}")
     if not pipeline.is_trained():
         raise SystemExit(f"{args.run_dir}: no model trained with this checkout's recipe and encoder builds")
     model, processor = pipeline.model_and_processor
-    s = pipeline.settings
+    s = pipeline.settings.eval
     val, test = pipeline.guided_tuning_samples(), pipeline.samples("test")
     reference = [label_report(sample.report) for sample in test]
     print(f"{args.run_dir}: {s.guided_candidates} samples at temperature {s.guided_temperature}, "

@@ -17,6 +17,7 @@ About 7 minutes on 2 cores (a full training); writes nothing into the run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,7 @@ from experiments.runs import saved_settings
 from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
 from flamingo_lib.labeling.labeler import label_report
 from flamingo_lib.pipeline.steps import Pipeline
-from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
+from flamingo_lib.training.trainer import ReportCollator, Trainer
 
 TOKENS, WIDTH = 100, 128  # the embedded CNN's grid: 10 x 10 tokens of width 128
 
@@ -88,18 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--signal", type=float, default=1.0, help="oracle signal scale (anatomy is N(0, 1))")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as out:  # a fresh model, not the run's trained one
-        s = saved_settings(args.run_dir, run_dir=out, progress=False)
+        s = saved_settings(args.run_dir, run_dir=out, progress=False)  # a quiet pipeline; the oracle's run shows its bar
         pipeline = Pipeline(s)
         model, processor = pipeline.model_and_processor
         if model.config.dim_visual != WIDTH:
             raise SystemExit(f"the oracle spells {WIDTH}-wide tokens; this preset's encoder gives {model.config.dim_visual}")
-        oracle = OracleTokens(seed=s.seed, signal=args.signal)
-        config = TrainConfig(out_dir=out, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
-                             gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
-                             warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
-                             findings_targets=s.findings_targets,
-                             eval_every=s.max_steps, save_every=10 ** 9, seed=s.seed,
-                             progress=True)
+        oracle = OracleTokens(seed=s.train.seed, signal=args.signal)
+        config = dataclasses.replace(s.train, out_dir=out, eval_every=s.train.max_steps, save_every=10 ** 9,
+                                     progress=True)
         Trainer(model, pipeline.splits["train"], pipeline.splits["val"], OracleCollator(processor, oracle),
                 config).fit()
     test = [pipeline.splits["test"][i] for i in range(min(100, len(pipeline.splits["test"])))]

@@ -86,9 +86,9 @@ def run_tables(run_dir: str | Path, systems: Sequence[str] | None = None,
         raise FileNotFoundError(f"{path}: no test generations; run the pipeline's evaluate() first")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     settings = saved_settings(run_dir)
-    if not settings.data.startswith("phantom"):
-        raise ValueError(f"the image truth exists for phantom data only; this run trained on {settings.data!r}")
-    split = open_source(settings.data, "test", settings.image_size, None, seed=settings.seed)
+    if not settings.data.source.startswith("phantom"):
+        raise ValueError(f"the image truth exists for phantom data only; this run trained on {settings.data.source!r}")
+    split = open_source(settings.data.source, "test", settings.data.image_size, None, seed=settings.train.seed)
     frame = split.label_frame()
     truth = [frame.loc[row["id"]].to_dict() for row in rows]  # KeyError names a study the split lacks
     available = [k for k in rows[0] if k not in ("id", "reference")]

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from flamingo_lib.pipeline.steps import PipelineSettings
+from flamingo_lib.pipeline import PipelineSettings
 
 
 def saved_settings(run: str | Path, /, **overrides: Any) -> PipelineSettings:
     """The settings the run in directory ``run`` was trained with (its ``train/summary.json``), with
-    ``run_dir=run``; keys this checkout no longer knows are dropped, ``overrides`` (``run_dir`` too) win.
+    ``run_dir=run``; keys this checkout no longer knows are dropped, ``overrides`` (flat setting
+    names, ``run_dir`` too) win.
 
     Raises:
         FileNotFoundError: the run has not been trained.
     """
     path = Path(run) / "train" / "summary.json"
     saved = json.loads(path.read_text())["config"]["extra"]["pipeline"]
-    known = {field.name for field in dataclasses.fields(PipelineSettings)}
-    return PipelineSettings(**({k: v for k, v in saved.items() if k in known} | {"run_dir": str(run)} | overrides))
+    return PipelineSettings.from_training_key(saved, run, **overrides)

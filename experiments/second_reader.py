@@ -57,19 +57,19 @@ def agreement(samples: Sequence[Any], draws: int, labeler: Any = None) -> list[d
 
 def main(argv: Sequence[str] | None = None) -> None:
     from flamingo_lib.data.sources import open_source
-    from flamingo_lib.pipeline.steps import PipelineSettings
+    from flamingo_lib.pipeline import PipelineSettings
 
     defaults = PipelineSettings()
     parser = argparse.ArgumentParser(prog="python -m experiments.second_reader", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--data", default=defaults.data, help="a templated phantom source (default: the pipeline's)")
+    parser.add_argument("--data", default=defaults.data.source, help="a templated phantom source (default: the pipeline's)")
     args = parser.parse_args(argv)
     if not args.data.startswith("phantom"):
         raise SystemExit(f"--data must be a phantom source (the second reader writes from its findings), "
                          f"got {args.data!r}")
-    split = open_source(args.data, args.split, defaults.image_size, None, seed=defaults.seed)
+    split = open_source(args.data, args.split, defaults.data.image_size, None, seed=defaults.train.seed)
     samples = split.text_samples()  # the findings and reports only: nothing to render
     if not any(s.findings for s in samples):
         raise SystemExit(f"{args.data!r} {args.split}: no study carries structured findings to write from")

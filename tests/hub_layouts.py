@@ -127,3 +127,12 @@ def make_hf_clip_dir(path: Path) -> Path:
                                      num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+#: One directory builder per LM family the injection supports.
+FAMILIES = {
+    "biogpt": make_biogpt_dir,
+    "gpt2": make_gpt2_dir,
+    "opt": make_opt_dir,
+    "llama": make_llama_dir,
+}

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from flamingo_lib.cli import console_command
 from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.pipeline.run_records import guided_setup, model_directory, training_record
 
@@ -126,10 +127,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     return table
 
 
-def cli() -> None:
-    """The ``flamingo-evaluate`` console command: :func:`main` on ``sys.argv``, its return value dropped
-    (a console script exits with what its function returns)."""
-    main()
+cli = console_command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

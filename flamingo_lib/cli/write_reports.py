@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from flamingo_lib.cli import console_command
 from flamingo_lib.io import write_text_atomic
 from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
@@ -229,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     return table
 
 
-def cli() -> None:
-    """The ``flamingo-write-reports`` console command: :func:`main` on ``sys.argv``, its return value dropped
-    (a console script exits with what its function returns)."""
-    main()
+cli = console_command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

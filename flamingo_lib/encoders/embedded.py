@@ -181,11 +181,5 @@ def main(argv: list[str] | None = None) -> None:
     print(f"done in {time.perf_counter() - start:.1f} s (each build's own time is its metrics' wall_seconds)")
 
 
-def cli() -> None:
-    """The ``flamingo-encoders`` console command: :func:`main` on ``sys.argv``, its return value dropped
-    (a console script exits with what its function returns)."""
-    main()
-
-
 if __name__ == "__main__":
     main()

@@ -59,9 +59,9 @@ def guided_setup(model_dir: Path, threshold: float | None = None, candidates: in
     value given here in its place, the pipeline's defaults for what neither says (threshold,
     candidates, temperature, top_p; ``threshold_from`` when the threshold was given); None when
     there is no threshold, recorded or given."""
-    from flamingo_lib.pipeline.settings import PipelineSettings
+    from flamingo_lib.pipeline.settings import EvalSettings
 
-    setup = {"candidates": PipelineSettings.guided_candidates, "temperature": PipelineSettings.guided_temperature,
+    setup = {"candidates": EvalSettings.guided_candidates, "temperature": EvalSettings.guided_temperature,
              "top_p": 1.0} | (recorded_guided_setup(model_dir) or {})
     setup |= {k: v for k, v in (("threshold", threshold), ("candidates", candidates), ("temperature", temperature))
               if v is not None}

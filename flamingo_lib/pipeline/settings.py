@@ -1,110 +1,219 @@
-"""`PipelineSettings`: everything a workbench run depends on, and which of it decides the weights.
+"""`PipelineSettings`: everything a workbench run depends on, composed of one settings object per
+layer, each field declared once with its default.
+
+- :class:`ModelSettings`: the preset and what the workbench sets on its ``FlamingoConfig``;
+- :class:`DataSettings`: the data source and how much of each split is read;
+- :class:`~flamingo_lib.training.config.TrainConfig`: the training recipe;
+- :class:`EvalSettings`: decoding, findings-guided decoding and the finding-usage measurement.
 
 :meth:`PipelineSettings.training_key` names the settings a trained model depends on; the pipeline
-(:mod:`flamingo_lib.pipeline.steps`) retrains when a run's saved key differs from it.
+(:mod:`flamingo_lib.pipeline.steps`) retrains when a run's saved key differs from it. The
+command-line flags of ``flamingo-demo`` and ``flamingo-train`` are generated from these classes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flamingo_lib.cache_dirs import cache_root
-from flamingo_lib.modeling.config import FROZEN_DTYPES
+from flamingo_lib.modeling.config import FROZEN_DTYPES, PRESETS, FlamingoConfig
+from flamingo_lib.training.config import TrainConfig
 
 
 @dataclass
-class PipelineSettings:
-    """Everything a run depends on; the defaults are the CPU-sized embedded run."""
+class ModelSettings:
+    """The preset and what the workbench sets on it (``FlamingoConfig.from_preset`` overrides).
 
-    run_dir: str = "runs/demo"
-    preset: str = "tiny"
-    pretrain_scale: float | None = None  # embedded encoders' pretraining length (None: env, else 1)
-    data: str = "phantom:templated"
-    image_size: int = 224
-    max_train_samples: int | None = None
+    Whether the model has a findings head is the training recipe's call:
+    ``TrainConfig.findings_loss_weight > 0`` (see :meth:`flamingo_config`).
+    """
+
+    preset: str = field(default="tiny", metadata={"help": (
+        "FlamingoConfig preset: 'tiny' (the embedded encoders: an LM pretrained here on first use, ~1 min, and "
+        "the vision encoder shipped in data/encoders), 'tiny-random' (random frozen encoders: the mechanics only), "
+        "'smol' (the real SmolLM2 LM), 'biomed' (BiomedCLIP + BioGPT: needs the hub or its cache)"),
+        "choices": list(PRESETS)})
+    pretrain_scale: float | None = field(default=None, metadata={"help": (
+        "the embedded encoders' pretraining length multiplier (None: $FLAMINGO_PRETRAIN_SCALE, else 1)")})
+    # Findings tokens: on the phantom, over two training seeds, no gain in findings F1 and a lower
+    # CIDEr (docs/results.md).
+    findings_tokens: bool = field(default=False, metadata={"help": (
+        "hand the findings head's probabilities to the LM as one media token per observation (needs the head)")})
+    # Guided decoding then weighs a report against what the image shows and against what the
+    # radiologist writes (docs/results.md).
+    reading_head: bool | None = field(default=None, metadata={"help": (
+        "a second output of the findings head per observation, trained on the labeler's reading of each "
+        "report (None: whenever the model has the head; true needs the head)")})
+    # bench/RESULTS.md 4b: a biomed-size CPU step 1.56x as fast in bfloat16; the results in
+    # docs/results.md were measured in float32.
+    frozen_dtype: str = field(default="float32", metadata={"help": (
+        "dtype of the frozen LM and vision encoder (the trained layers stay float32)"), "choices": list(FROZEN_DTYPES)})
+    # A study's prompt holds one <image> per view, side by side, so with the immediate rule its
+    # report attends to the last view directly and to the others only through their <image>
+    # tokens' hidden states. False: the report attends to every view of its study (one study per
+    # sequence). The phantom renders one view; IU X-Ray and MIMIC-CXR with all views per study
+    # would rather have False.
+    only_attend_immediate_media: bool = field(default=True, metadata={"help": (
+        "text attends to the latest image only (Flamingo's rule); false: to every earlier image, so a "
+        "multi-view study's report reads all its views directly")})
+
+    def has_reading_head(self, train: TrainConfig) -> bool:
+        """Whether the model has a reading head under the ``train`` recipe."""
+        return bool(train.findings_loss_weight) and self.reading_head is not False
+
+    def __post_init__(self) -> None:  # before minutes of training, not after them
+        if self.frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"frozen_dtype={self.frozen_dtype!r}; allowed: {', '.join(FROZEN_DTYPES)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; allowed presets: {', '.join(PRESETS)}")
+
+    def flamingo_config(self, train: TrainConfig) -> FlamingoConfig:
+        """The model's config for the ``train`` recipe: where the findings-head rules are checked.
+
+        The model has a findings head (over the findings observations) exactly when the recipe
+        trains one (``findings_loss_weight > 0``); findings tokens and the reading head (its second
+        output) need it: asked for without it they are refused, and the reading head's default
+        (None) follows it.
+
+        Raises:
+            ValueError: ``findings_tokens`` or ``reading_head=True`` without a findings head.
+        """
+        from flamingo_lib.observations import FINDINGS_OBSERVATIONS
+
+        head = list(FINDINGS_OBSERVATIONS) if train.findings_loss_weight else None
+        for name in ("findings_tokens", "reading_head"):
+            if getattr(self, name) and head is None:
+                raise ValueError(f"{name} needs the findings head: set findings_loss_weight > 0")
+        return FlamingoConfig.from_preset(self.preset, self.pretrain_scale, seed=train.seed, findings_head=head,
+                                          findings_tokens=self.findings_tokens,
+                                          reading_head=self.has_reading_head(train),
+                                          frozen_dtype=self.frozen_dtype,
+                                          only_attend_immediate_media=self.only_attend_immediate_media)
+
+
+@dataclass
+class DataSettings:
+    """Which data, at which image size, and how much of each split."""
+
+    source: str = field(default="phantom:templated", metadata={"help": (
+        "data source spec (flamingo_lib.data.sources: phantom[:templated|:iu], iu:DIR, r2gen:DIR, mimic:DIR, chex:DIR)"),
+        "aliases": ["--data"]})
+    image_size: int = field(default=224, metadata={"help": "size of rendered phantom images"})
+    max_train_samples: int | None = None  # None: the whole split
+    # the validation loss of every training eval (64 studies keep it quick)
     max_val_samples: int | None = 64
-    max_test_samples: int | None = None  # the whole test split (phantom: 250 studies)
-    max_steps: int = 1500  # ~7 min on 2 cores with the "tiny" preset (batch 16)
-    batch_size: int = 16
-    # 3e-3: findings micro-F1 0.322 against 0.234 at 1e-3 on the phantom (1e-2 collapsed to one
-    # normal report for every image); docs/results.md.
-    lr: float = 3e-3
-    gate_lr_mult: float = 30.0  # see TrainConfig.gate_lr_mult
-    ff_gate_lr_mult: float | None = 0.0  # feed-forward gates held shut: see TrainConfig.ff_gate_lr_mult
-    ff_gate_open_step: int | None = None  # see TrainConfig.ff_gate_open_step
-    warmup_steps: int = 20
-    repeat_factor_threshold: float | None = None  # see TrainConfig.repeat_factor_threshold
-    # The auxiliary findings head on the resampler's latents (flamingo_lib.modeling.heads.findings) and the
-    # weight of its loss; 0: no head. docs/results.md.
-    findings_loss_weight: float = 1.0
-    findings_targets: str = "labels"  # see TrainConfig.findings_targets
-    # The head's probabilities handed to the LM as one media token per observation
-    # (flamingo_lib.modeling.heads.findings_tokens; needs the head). Off: on the phantom, over two training seeds,
-    # no gain in findings F1 and a lower CIDEr (docs/results.md).
-    findings_tokens: bool = False
-    # A second output of the head per observation, trained on the labeler's reading of each report
-    # (FlamingoConfig.reading_head): guided decoding then weighs a report against what the image
-    # shows and against what the radiologist writes (docs/results.md).
-    reading_head: bool = True
-    eval_every: int = 50
-    seed: int = 0
+    max_test_samples: int | None = None  # None: the whole test split (phantom: 250 studies)
+
+
+@dataclass
+class EvalSettings:
+    """How the trained model is decoded and measured on the test split."""
+
     num_beams: int = 1
     max_new_tokens: int = 60
     # Reports sampled per test study to measure which findings the text follows (finding_usage).
     usage_samples: int = 8
-    # Findings-guided decoding (flamingo_lib.inference.guided_decoding), scored as a system of its own when
-    # the model has a findings head: candidates sampled per study (0: off), at this temperature
-    # (at 1.0 two thirds of the samples hold a sentence no training report has, often garbled, and
-    # the head's choice favours them; docs/results.md).
-    guided_candidates: int = 32
+    # Findings-guided decoding (flamingo_lib.inference.guided_decoding), scored as a system of its
+    # own when the model has a findings head. At temperature 1.0 two thirds of the samples hold a
+    # sentence no training report has, often garbled, and the head's choice favours them
+    # (docs/results.md).
+    guided_candidates: int = field(default=32, metadata={"help": "candidates sampled per study (0: no guided decoding)"})
     guided_temperature: float = 0.7
     # Val studies the guided threshold is picked on (None: the whole val split), apart from
-    # max_val_samples, which sizes the validation loss of every training eval: on the 64 studies
-    # of that, thresholds 0.3 and 0.4 tied; 250 is the phantom's whole val split.
+    # max_val_samples: on 64 studies, thresholds 0.3 and 0.4 tied; 250 is the phantom's whole val split.
     guided_val_samples: int | None = 250
-    # FlamingoConfig.frozen_dtype: "bfloat16" holds the frozen LM and vision encoder in half the
-    # memory (bench/RESULTS.md 4b: a biomed-size CPU step 1.56x as fast); the results in docs/results.md
-    # were measured in float32.
-    frozen_dtype: str = "float32"
-    # FlamingoConfig.only_attend_immediate_media. A study's prompt holds one <image> per view, side
-    # by side, so with the immediate rule its report attends to the last view directly and to the
-    # others only through their <image> tokens' hidden states. False: the report attends to every
-    # view of its study (one study per sequence, so no other study's images are there to see).
-    # The phantom renders one view: nothing changes there; multi-view sources (IU X-Ray, MIMIC-CXR
-    # with all views per study) would rather have False.
-    only_attend_immediate_media: bool = True
-    # torch.compile every block (GPU runs: bench/gpu/README.md). Not in the training key: it
-    # changes the arithmetic's order, not the recipe, so toggling it does not retrain.
-    compile: bool = False
-    progress: bool = True
 
-    def __post_init__(self) -> None:  # before minutes of training, not after them
+    def __post_init__(self) -> None:
         if self.guided_val_samples is not None and self.guided_val_samples < 1:
             raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {self.guided_val_samples}")
-        if self.frozen_dtype not in FROZEN_DTYPES:
-            raise ValueError(f"frozen_dtype={self.frozen_dtype!r}; allowed: {', '.join(FROZEN_DTYPES)}")
+
+
+#: The members of :class:`PipelineSettings` and the class of each.
+MEMBERS = {"model": ModelSettings, "data": DataSettings, "train": TrainConfig, "eval": EvalSettings}
+
+
+@dataclass
+class PipelineSettings:
+    """Everything a run depends on; the defaults are the CPU-sized embedded run.
+
+    ``PipelineSettings.from_flat(max_steps=300, preset="tiny-random")`` sets fields by name
+    without naming their member (each name belongs to exactly one).
+    """
+
+    run_dir: str = "runs/demo"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> "PipelineSettings":
+        """Settings with each keyword set on the member that declares it (``run_dir`` on the run).
+
+        Raises:
+            TypeError: a keyword no member declares, naming the ones that exist.
+        """
+        owner = flat_names()
+        unknown = sorted(set(values) - set(owner) - {"run_dir"})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; the settings are: run_dir, "
+                            + ", ".join(sorted(owner)))
+        members = {name: kind(**{k: v for k, v in values.items() if owner.get(k) == name})
+                   for name, kind in MEMBERS.items()}
+        return cls(**({"run_dir": values["run_dir"]} if "run_dir" in values else {}), **members)
+
+    def __post_init__(self) -> None:
+        # the pipeline trains into the run's own train/ folder
+        self.train = dataclasses.replace(self.train, out_dir=str(Path(self.run_dir) / "train"))
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its own name (``run_dir`` and each member's fields)."""
+        return {"run_dir": self.run_dir} | {k: v for name in MEMBERS for k, v in dataclasses.asdict(getattr(self, name)).items()}
 
     @property
     def feature_root(self) -> Path:
         """Shared across runs: features depend only on the encoder and the images."""
         return cache_root("features")
 
+    def flamingo_config(self) -> FlamingoConfig:
+        """The model's config (:meth:`ModelSettings.flamingo_config` for this run's recipe)."""
+        return self.model.flamingo_config(self.train)
+
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
-        keys = ("preset", "pretrain_scale", "data", "image_size", "max_train_samples", "max_steps", "batch_size",
-                "lr", "gate_lr_mult", "ff_gate_lr_mult", "ff_gate_open_step", "warmup_steps",
-                "repeat_factor_threshold", "findings_loss_weight", "seed", "frozen_dtype", "only_attend_immediate_media")
         from flamingo_lib.data.feature_cache import FEATURE_FORMAT_VERSION
 
-        # the feature format too: a model trained on features of another format reads other inputs
-        key = {k: getattr(self, k) for k in keys} | {"feature_format": FEATURE_FORMAT_VERSION}
-        if self.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings
+        m, d, t = self.model, self.data, self.train
+        key = {"preset": m.preset, "pretrain_scale": m.pretrain_scale, "data": d.source, "image_size": d.image_size,
+               "max_train_samples": d.max_train_samples, **{k: getattr(t, k) for k in TrainConfig.WEIGHT_KNOBS},
+               "frozen_dtype": m.frozen_dtype, "only_attend_immediate_media": m.only_attend_immediate_media,
+               # a model trained on features of another format reads other inputs
+               "feature_format": FEATURE_FORMAT_VERSION}
+        if t.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings
             from flamingo_lib.labeling.version import rules_version
 
-            key["findings_targets"] = self.findings_targets
-            key["findings_tokens"] = self.findings_tokens
-            key["reading_head"] = self.reading_head
-            key["labeler"] = rules_version()
+            key |= {"findings_targets": t.findings_targets, "findings_tokens": m.findings_tokens,
+                    "reading_head": m.has_reading_head(t), "labeler": rules_version()}
         return key
+
+    @classmethod
+    def from_training_key(cls, key: dict[str, Any], run_dir: str | Path, /, **overrides: Any) -> "PipelineSettings":
+        """The settings a run was trained with, from the training key it saved, in ``run_dir``:
+        keys no setting holds any more are dropped, ``overrides`` (flat names, ``run_dir`` too) win."""
+        renamed = {"source" if k == "data" else k: v for k, v in key.items()}
+        owner = flat_names()
+        return cls.from_flat(**({k: v for k, v in renamed.items() if k in owner} | {"run_dir": str(run_dir)} | overrides))
+
+
+def flat_names() -> dict[str, str]:
+    """``{setting name: the member that declares it}`` over every member's fields."""
+    owner: dict[str, str] = {}
+    for name, kind in MEMBERS.items():
+        for f in dataclasses.fields(kind):
+            if f.name in owner:  # one declaration per setting: a second one would make from_flat ambiguous
+                raise TypeError(f"setting {f.name!r} is declared by both {owner[f.name]} and {name}")
+            owner[f.name] = name
+    return owner

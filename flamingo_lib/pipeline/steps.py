@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from flamingo_lib.io import write_json_atomic
+from flamingo_lib.io import atomic_path, write_json_atomic
 from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.pipeline.settings import PipelineSettings
 
-__all__ = ["Pipeline", "PipelineSettings"]
+__all__ = ["Pipeline"]
 
 
 class Pipeline:
     """Steps of one run. Each returns its result and writes it under ``settings.run_dir``."""
 
     def __init__(self, settings: PipelineSettings | None = None, **overrides: Any) -> None:
-        self.settings = settings or PipelineSettings(**overrides)
+        """``settings``, or :meth:`PipelineSettings.from_flat` of ``overrides`` (flat setting names)."""
+        if settings is not None and overrides:
+            raise TypeError("give settings or flat overrides, not both")
+        self.settings = settings or PipelineSettings.from_flat(**overrides)
         self.run_dir = Path(self.settings.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -42,33 +44,22 @@ class Pipeline:
         model_dir = self.run_dir / "train" / "model"
         if self.is_trained():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
-        s = self.settings
-        head = self._findings_head()
-        config = FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed, findings_head=head,
-                                            findings_tokens=s.findings_tokens and head is not None,
-                                            reading_head=s.reading_head and head is not None,
-                                            frozen_dtype=s.frozen_dtype,
-                                            only_attend_immediate_media=s.only_attend_immediate_media)
+        config = self.settings.flamingo_config()
         return FlamingoModel(config), FlamingoProcessor(config)
-
-    def _findings_head(self) -> list[str] | None:
-        from flamingo_lib.observations import FINDINGS_OBSERVATIONS
-
-        return list(FINDINGS_OBSERVATIONS) if self.settings.findings_loss_weight else None
 
     @cached_property
     def splits(self) -> dict[str, Any]:
         """train / val / test datasets of ``settings.data``."""
         from flamingo_lib.data.sources import open_source
 
-        s = self.settings
-        sizes = {"train": s.max_train_samples, "val": s.max_val_samples, "test": s.max_test_samples}
-        return {split: open_source(s.data, split, s.image_size, n, seed=s.seed) for split, n in sizes.items()}
+        d, seed = self.settings.data, self.settings.train.seed
+        sizes = {"train": d.max_train_samples, "val": d.max_val_samples, "test": d.max_test_samples}
+        return {split: open_source(d.source, split, d.image_size, n, seed=seed) for split, n in sizes.items()}
 
     @property
     def credentialed(self) -> bool:
         """True when the data come from a credentialed source (MIMIC-CXR): never share them."""
-        return self.settings.data.startswith("mimic") or any(
+        return self.settings.data.source.startswith("mimic") or any(
             self.splits["test"][i].meta.get("credentialed") for i in range(min(1, len(self.splits["test"]))))
 
     # ----------------------------------------------------------------------------- features
@@ -80,7 +71,7 @@ class Pipeline:
         model, processor = self.model_and_processor
         cache = FeatureCache(self.settings.feature_root, model, processor)
         images = [im for split in self.splits.values() for sample in split for im in sample.images]
-        self.cache_stats = cache.build(images, progress=self.settings.progress, total=len(images))
+        self.cache_stats = cache.build(images, progress=self.settings.train.progress, total=len(images))
         return cache
 
     # -------------------------------------------------------------------------------- train
@@ -89,8 +80,8 @@ class Pipeline:
         """The embedded encoder builds this run's preset resolves to now (cache directory names)."""
         from flamingo_lib.modeling.backbones.provenance import embedded_builds
 
-        s = self.settings
-        return embedded_builds(FlamingoConfig.from_preset(s.preset, s.pretrain_scale, seed=s.seed))
+        m = self.settings.model
+        return embedded_builds(FlamingoConfig.from_preset(m.preset, m.pretrain_scale, seed=self.settings.train.seed))
 
     def is_trained(self) -> bool:
         """The saved model was trained with these settings *and* on the encoder builds the preset
@@ -130,8 +121,9 @@ class Pipeline:
         s = self.settings
         from flamingo_lib.labeling.version import rules_version
 
-        return {"training": s.training_key(), "max_test_samples": s.max_test_samples, "num_beams": s.num_beams,
-                "max_new_tokens": s.max_new_tokens, "labeler": rules_version()}  # it scores every result
+        return {"training": s.training_key(), "max_test_samples": s.data.max_test_samples,
+                "num_beams": s.eval.num_beams, "max_new_tokens": s.eval.max_new_tokens,
+                "labeler": rules_version()}  # it scores every result
 
     def _up_to_date(self, result: Path, **extra: Any) -> bool:
         """``result`` exists and was computed from this run's current model and settings (and
@@ -151,7 +143,7 @@ class Pipeline:
 
     def train(self, force: bool = False) -> dict[str, Any]:
         """Train on cached features (skipped when this run already trained with these settings)."""
-        from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
+        from flamingo_lib.training.trainer import ReportCollator, Trainer
 
         summary_path = self.run_dir / "train" / "summary.json"
         if not force and self.is_trained():
@@ -159,15 +151,8 @@ class Pipeline:
         s = self.settings
         self.__dict__.pop("model_and_processor", None)
         model, processor = self.model_and_processor
-        config = TrainConfig(out_dir=str(self.run_dir / "train"), max_steps=s.max_steps, batch_size=s.batch_size,
-                             lr=s.lr, gate_lr_mult=s.gate_lr_mult, ff_gate_lr_mult=s.ff_gate_lr_mult,
-                             ff_gate_open_step=s.ff_gate_open_step, repeat_factor_threshold=s.repeat_factor_threshold,
-                             warmup_steps=s.warmup_steps, findings_loss_weight=s.findings_loss_weight,
-                             findings_targets=s.findings_targets, eval_every=s.eval_every, save_every=s.max_steps,
-                             seed=s.seed, progress=s.progress,
-                             compile=s.compile, extra={"pipeline": s.training_key()})
-        trainer = Trainer(model, self.splits["train"], self.splits["val"],
-                          ReportCollator(processor, self.feature_cache), config)
+        trainer = Trainer(model, self.splits["train"], self.splits["val"],  # s.train.out_dir: RUN_DIR/train
+                          ReportCollator(processor, self.feature_cache), s.train, record={"pipeline": s.training_key()})
         summary = trainer.fit()
         self.__dict__.pop("model_and_processor", None)  # reload the saved, trained model next time
         return summary
@@ -189,16 +174,17 @@ class Pipeline:
         model, processor = self.model_and_processor
         extra, notes = self._guided_reports(model, processor)
         table = evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
-                         num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, feature_cache=self.feature_cache,
-                         labels_are_image_truth=s.data.startswith("phantom"), progress=s.progress,
+                         num_beams=s.eval.num_beams, max_new_tokens=s.eval.max_new_tokens,
+                         feature_cache=self.feature_cache, labels_are_image_truth=s.data.source.startswith("phantom"),
+                         progress=s.train.progress,
                          extra_systems=extra, protocol_notes=notes)
         self._stamp(out / "results.csv", **self._guided_key())
         return table
 
     def _guided_key(self) -> dict[str, Any]:
-        return {"guided_candidates": self.settings.guided_candidates,
-                "guided_temperature": self.settings.guided_temperature,
-                "guided_val_samples": self.settings.guided_val_samples}
+        e = self.settings.eval
+        return {"guided_candidates": e.guided_candidates, "guided_temperature": e.guided_temperature,
+                "guided_val_samples": e.guided_val_samples}
 
     def samples(self, split: str) -> list[Any]:
         """Every study of a split, loaded once (datasets need not support slicing)."""
@@ -209,7 +195,7 @@ class Pipeline:
         the labeler's reading of the reference reports) and the observations to score."""
         from flamingo_lib.labeling.labeler import label_report
 
-        if self.settings.data.startswith("phantom"):
+        if self.settings.data.source.startswith("phantom"):
             from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
 
             return [sample.labels for sample in samples], RENDERED_OBSERVATIONS
@@ -221,7 +207,7 @@ class Pipeline:
         from flamingo_lib.data.sources import open_source
 
         s = self.settings
-        tuning = open_source(s.data, "val", s.image_size, s.guided_val_samples, seed=s.seed)
+        tuning = open_source(s.data.source, "val", s.data.image_size, s.eval.guided_val_samples, seed=s.train.seed)
         return [tuning[i] for i in range(len(tuning))]
 
     def _guided_reports(self, model: Any, processor: Any) -> tuple[dict[str, list[str]], str]:
@@ -230,8 +216,8 @@ class Pipeline:
         split), the threshold picked on ``guided_val_samples`` val studies, and how they were made."""
         from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE, SYSTEM_NAME, guided_reports
 
-        s = self.settings
-        if not s.guided_candidates or model.config.findings_head is None:
+        s, e = self.settings, self.settings.eval
+        if not e.guided_candidates or model.config.findings_head is None:
             return {}, ""
         val = self.guided_tuning_samples()
         if not val:
@@ -239,12 +225,12 @@ class Pipeline:
         val_truth, observations = self._truth(val)
         guided = guided_reports(
             model, processor, val, val_truth, self.samples("test"), observations,
-            num_candidates=s.guided_candidates, max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress,
-            temperature=s.guided_temperature)
+            num_candidates=e.guided_candidates, max_new_tokens=e.max_new_tokens, seed=s.train.seed,
+            progress=s.train.progress, temperature=e.guided_temperature)
         # what `python -m flamingo_lib.cli.write_reports --guided` needs to decode new films the same way
         (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "eval" / GUIDED_SETUP_FILE, {
-            "threshold": guided.threshold, "candidates": s.guided_candidates, "temperature": s.guided_temperature,
+            "threshold": guided.threshold, "candidates": e.guided_candidates, "temperature": e.guided_temperature,
             "top_p": 1.0, "val_studies": len(val), "val_micro_f1": {str(t): f for t, f in guided.val_micro_f1.items()}},
             indent=1)
         return {SYSTEM_NAME: guided.reports}, guided.note
@@ -266,17 +252,17 @@ class Pipeline:
         from flamingo_lib.observations import FINDINGS_OBSERVATIONS
         from flamingo_lib.evaluation.finding_usage import classifier_auroc, finding_usage, sampled_mention_rates
 
-        s = self.settings
+        s, e = self.settings, self.settings.eval
         path = self.run_dir / "eval" / "finding_usage.csv"
-        if not force and self._up_to_date(path, usage_samples=s.usage_samples):
+        if not force and self._up_to_date(path, usage_samples=e.usage_samples):
             return pd.read_csv(path, index_col="observation")
         self.train()
         model, processor = self.model_and_processor
         test = self.samples("test")
         truth, observations = self._truth(test)
         observations = observations or FINDINGS_OBSERVATIONS
-        rates = sampled_mention_rates(model, processor, test, observations, num_samples=s.usage_samples,
-                                      max_new_tokens=s.max_new_tokens, seed=s.seed, progress=s.progress)
+        rates = sampled_mention_rates(model, processor, test, observations, num_samples=e.usage_samples,
+                                      max_new_tokens=e.max_new_tokens, seed=s.train.seed, progress=s.train.progress)
         table = finding_usage(rates, truth)
         if model.config.findings_head is not None:  # what the latents carry, beside what the text follows
             embeddings = self.feature_cache.stack([list(sample.images) for sample in test])
@@ -290,8 +276,9 @@ class Pipeline:
                 table["reading head AUROC (vs reference)"] = classifier_auroc(
                     readings, [label_report(sample.report) for sample in test], observations)
         path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path)
-        self._stamp(path, usage_samples=s.usage_samples)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp)
+        self._stamp(path, usage_samples=e.usage_samples)
         return table
 
     # ---------------------------------------------------------------------------- grounding
@@ -304,10 +291,12 @@ class Pipeline:
             return pd.read_csv(path)
         self.train()
         model, processor = self.model_and_processor
-        results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.seed)
-        results.to_csv(path, index=False)
+        results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.train.seed)
+        with atomic_path(path) as tmp:
+            results.to_csv(tmp, index=False)
         self._stamp(path)
         return results
 
     def settings_dict(self) -> dict[str, Any]:
-        return asdict(self.settings)
+        """Every setting by its own name (:meth:`PipelineSettings.flat`)."""
+        return self.settings.flat()

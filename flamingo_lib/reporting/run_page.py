@@ -89,8 +89,8 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
     generations = pipeline.generations().set_index("id")
     columns = [c for c in HEADLINE if c in table.columns]
     sections = [
-        ("Run", "<p>" + html.escape(f"preset {settings.preset!r}, data {settings.data!r}, "
-                                    f"{settings.max_steps} steps, test studies: {len(generations)}") + "</p>"),
+        ("Run", "<p>" + html.escape(f"preset {settings.model.preset!r}, data {settings.data.source!r}, "
+                                    f"{settings.train.max_steps} steps, test studies: {len(generations)}") + "</p>"),
         ("Metrics (test split) against baselines",
          table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")
          + figure_to_img(metrics_figure(table, columns), 1000)),
@@ -111,7 +111,7 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
         sections.append(("Which findings does the text follow? (sampled reports)",
                          figure_to_img(finding_usage_figure(usage), 520)
                          + usage.round(3).to_html(na_rep="-")
-                         + f"<p>{settings.usage_samples} reports sampled per test study (temperature 1), read "
+                         + f"<p>{settings.eval.usage_samples} reports sampled per test study (temperature 1), read "
                            "by the labeler. AUROC of each finding's mention rate against the truth: 0.5 = the "
                            "text states the finding as often without it as with it. Black ticks: the findings "
                            "head's AUROC, what the visual features carry.</p>"))
@@ -120,7 +120,7 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
     sections.append(("Protocol", f"<pre>{html.escape(protocol)}</pre>"))
     return write_html_report(path or pipeline.run_dir / "report.html", "Flamingo chest X-ray report generation",
                              sections, credentialed=pipeline.credentialed, allow_credentialed=allow_credentialed,
-                             iu_text=settings.data in ("phantom", "phantom:iu") or settings.data.startswith("iu"))
+                             iu_text=settings.data.source in ("phantom", "phantom:iu") or settings.data.source.startswith("iu"))
 
 
 def headline(pipeline: Any) -> str:

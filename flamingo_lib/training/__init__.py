@@ -1,0 +1,3 @@
+"""Training: :class:`~flamingo_lib.training.config.TrainConfig` (the recipe), the trainer, optimiser
+groups, the learning-rate schedule, sampling and checkpoints.
+"""

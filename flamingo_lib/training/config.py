@@ -1,60 +1,88 @@
-"""The knobs of one training run (:class:`TrainConfig`), read by :class:`flamingo_lib.training.trainer.Trainer`
-and set from the command line by :mod:`flamingo_lib.cli.train`."""
+"""The knobs of one training run (:class:`TrainConfig`), read by :class:`flamingo_lib.training.trainer.Trainer`.
+
+Its defaults are the recipe: what the workbench pipeline, ``make demo`` and ``flamingo-train``
+train with, declared here once. The command-line flags of ``flamingo-train`` and ``flamingo-demo``
+are generated from these fields (``transformers.HfArgumentParser``), their help from ``metadata``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from flamingo_lib.labeling.targets import FINDINGS_TARGET_SOURCES
+
+
+def _help(text: str, **more: object) -> dict[str, object]:
+    return {"help": text, **more}
 
 
 @dataclass
 class TrainConfig:
-    """Knobs of one training run. Defaults are the CPU-sized recipe."""
+    """Knobs of one training run. Defaults: the CPU-sized recipe of the embedded default."""
 
-    out_dir: str = "runs/train"
-    max_steps: int = 200
-    batch_size: int = 8
+    out_dir: str = field(default="runs/train", metadata=_help(
+        "run directory (checkpoint, metrics, model)", aliases=["--out"]))
+    max_steps: int = field(default=1500, metadata=_help(
+        "optimiser steps (~7 min on 2 cores with the 'tiny' preset, batch 16)", aliases=["--steps"]))
+    batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 1e-3
+    # 3e-3: findings micro-F1 0.322 against 0.234 at 1e-3 on the phantom (1e-2 collapsed to one
+    # normal report for every image; docs/results.md).
+    lr: float = 3e-3
     # The tanh gates start at 0, so the cross-attention weights behind them get no gradient until
     # the gates open, and a gate opens only as fast as its own lr. Measured on the phantom with the
     # "tiny" preset: at 1x the attention gates stayed within 0.03 of 0 for 200 steps and the
     # model's loss with its own image equalled that with another study's image; at 30x the
     # image already lowered the loss by step 200 (docs/results.md).
-    gate_lr_mult: float = 30.0
-    # The feed-forward gates' multiple (None: gate_lr_mult). The feed-forward half of each gated
-    # block sees the text only, so it can lower the loss without the image: measured with the
-    # convolutional embedded encoder, at 30x it opened (tanh up to 0.99) while the attention gates
-    # stayed near 0 and the model wrote one report for every image; held shut (0) the attention
-    # gates opened (|tanh| 0.37-0.97) and findings F1 rose from 0.000 to 0.220 (docs/results.md).
-    ff_gate_lr_mult: float | None = None
-    # Open the feed-forward gates only from this step on (None: from the start): once the
-    # attention gates are open the feed-forward half sees image-conditioned text, not text alone.
-    ff_gate_open_step: int | None = None
-    # Repeat-factor sampling of studies with rare findings (flamingo_lib.training.sampling): observations in
-    # fewer than this fraction of training studies are repeated by sqrt(t / f). None: each study
-    # once per epoch.
-    repeat_factor_threshold: float | None = None
-    # Weight of the findings head's binary cross-entropy (flamingo_lib.modeling.heads.findings) added to the
-    # LM loss; 0: the head, if any, does not train. Needs a model built with findings_head=[...].
-    findings_loss_weight: float = 0.0
-    # What the findings head learns: "labels", each study's own labels (the dataset's; the labeler's
-    # reading of its report where it has none), "reports", always the labeler's reading, or "both",
-    # their mean (flamingo_lib.labeling.targets.FindingTargets.for_samples says why). A model with a
-    # reading head (FlamingoConfig.reading_head) also learns the reading, on its second outputs.
-    findings_targets: str = "labels"
+    gate_lr_mult: float = field(default=30.0, metadata=_help("the attention gates' lr as a multiple of lr"))
+    # The feed-forward half of each gated block sees the text only, so it can lower the loss
+    # without the image: measured with the convolutional embedded encoder, at 30x it opened (tanh up
+    # to 0.99) while the attention gates stayed near 0 and the model wrote one report for every
+    # image; held shut (0) the attention gates opened (|tanh| 0.37-0.97) and findings F1 rose from
+    # 0.000 to 0.220 (docs/results.md).
+    ff_gate_lr_mult: float | None = field(default=0.0, metadata=_help(
+        "the feed-forward gates' lr multiple (None: gate_lr_mult; 0 holds them shut)"))
+    # Once the attention gates are open the feed-forward half sees image-conditioned text.
+    ff_gate_open_step: int | None = field(default=None, metadata=_help(
+        "keep the feed-forward gates shut until this step (needs ff_gate_lr_mult > 0)"))
+    repeat_factor_threshold: float | None = field(default=None, metadata=_help(
+        "repeat studies with findings in fewer than this fraction of training studies by sqrt(t / f) "
+        "(LVIS repeat-factor sampling, flamingo_lib.training.sampling); None: each study once per epoch"))
+    # The auxiliary findings head on the resampler's latents (flamingo_lib.modeling.heads.findings):
+    # findings-guided decoding reads it (docs/results.md).
+    findings_loss_weight: float = field(default=1.0, metadata=_help(
+        "weight of the findings head's binary cross-entropy added to the LM loss; 0: the model has no findings "
+        "head (and so no findings tokens and no reading head)"))
+    findings_targets: str = field(default="labels", metadata=_help(
+        "what the findings head learns: 'labels', each study's own labels (the labeler's reading of its report "
+        "where it has none); 'reports', the labeler's reading of every report; 'both', their mean "
+        "(flamingo_lib.labeling.targets.FindingTargets.for_samples)", choices=list(FINDINGS_TARGET_SOURCES)))
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
-    eval_every: int = 50
-    save_every: int = 50
-    eval_batches: int | None = None  # None: the whole validation set
-    seed: int = 0
-    bf16: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
+    eval_every: int = field(default=50, metadata=_help("steps between validation losses"))
+    save_every: int = field(default=50, metadata=_help("steps between checkpoints (a killed run resumes from the last)"))
+    eval_batches: int | None = field(default=None, metadata=_help("validation batches per evaluation (None: all)"))
+    seed: int = field(default=0, metadata=_help("seed of the new layers, the data order, the splits and the sampling"))
+    bf16: bool | None = field(default=None, metadata=_help("bf16 autocast (None: on for CUDA, off for CPU)"))
     gradient_checkpointing: bool = False
-    # torch.compile every block (flamingo_lib.modeling.compile.compile_blocks): on a GPU the eager model is
-    # host-bound at these sizes (bench/gpu/README.md); the first step pays the compilation.
-    compile: bool = False
-    max_nonfinite: int = 0  # batches with NaN/inf loss tolerated (skipped, reported) before failing
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    # On a GPU the eager model is host-bound at these sizes (bench/gpu/README.md); the first step
+    # pays the compilation. It changes the arithmetic's order, not the recipe.
+    compile: bool = field(default=False, metadata=_help(
+        "torch.compile every block (flamingo_lib.modeling.compile; worth it on a GPU)"))
+    max_nonfinite: int = field(default=0, metadata=_help(
+        "batches with a NaN/inf loss tolerated (skipped and reported) before the run fails"))
+    progress: bool = field(default=True, metadata=_help("progress bars"))
+
+    def __post_init__(self) -> None:
+        if self.findings_targets not in FINDINGS_TARGET_SOURCES:
+            raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, got {self.findings_targets!r}")
+        if self.ff_gate_open_step is not None and self.ff_gate_lr_mult == 0:
+            raise ValueError("ff_gate_open_step is set but ff_gate_lr_mult is 0: the feed-forward gates would never "
+                             "open; give them a learning-rate multiple")
+
+    #: The knobs that change the trained weights (a change retrains a pipeline run); the others
+    #: say where and how visibly the same weights are made.
+    WEIGHT_KNOBS = ("max_steps", "batch_size", "grad_accum", "lr", "gate_lr_mult", "ff_gate_lr_mult",
+                    "ff_gate_open_step", "warmup_steps", "repeat_factor_threshold", "findings_loss_weight",
+                    "weight_decay", "max_grad_norm", "seed", "bf16")

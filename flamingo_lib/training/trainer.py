@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from flamingo_lib.training.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
-from flamingo_lib.labeling.targets import FINDINGS_TARGET_SOURCES, FindingTargets
+from flamingo_lib.labeling.targets import FindingTargets
 from flamingo_lib.training.optimisation import lr_schedule, parameter_groups
 from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
 from flamingo_lib.training.config import TrainConfig
-from flamingo_lib.io import write_json_atomic
+from flamingo_lib.io import atomic_path, write_json_atomic
 
 __all__ = ["ReportCollator", "TrainConfig", "Trainer"]
 
@@ -63,13 +63,16 @@ class Trainer:
         train_set, val_set: sequences of ``CXRSample`` (anything with ``.images``, ``.report``, ``.id``).
         collator: builds batches (see :class:`ReportCollator`).
         config: :class:`TrainConfig`.
+        record: how the run was set up (e.g. the pipeline's training key), written with the
+            config into ``summary.json`` under ``config.extra``.
     """
 
     def __init__(self, model: Any, train_set: Sequence[Any], val_set: Sequence[Any] | None,
-                 collator: ReportCollator, config: TrainConfig) -> None:
+                 collator: ReportCollator, config: TrainConfig, record: dict[str, Any] | None = None) -> None:
         from accelerate import Accelerator
 
         self.config = config
+        self.record = record or {}
         use_bf16 = torch.cuda.is_available() if config.bf16 is None else config.bf16
         self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
         if config.gradient_checkpointing:
@@ -83,9 +86,6 @@ class Trainer:
             if model.config.findings_head is None:
                 raise ValueError(f"findings_loss_weight={config.findings_loss_weight} but the model has no findings "
                                  "head: build it with FlamingoConfig(findings_head=[observation names])")
-            if config.findings_targets not in FINDINGS_TARGET_SOURCES:
-                raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, "
-                                 f"got {config.findings_targets!r}")
             if collator.finding_targets is None:  # the labeler, for reports (and studies without labels)
                 collator.finding_targets = FindingTargets(model.config.findings_head)
             collator.findings_targets = config.findings_targets
@@ -99,9 +99,6 @@ class Trainer:
             parameter_groups(model, config.lr, config.weight_decay, config.gate_lr_mult, config.ff_gate_lr_mult),
             lr=config.lr, fused=True,  # one kernel for all parameters (CPU and CUDA): ~4x faster steps
         )
-        if config.ff_gate_open_step is not None and config.ff_gate_lr_mult == 0:
-            raise ValueError("ff_gate_open_step is set but ff_gate_lr_mult is 0: the feed-forward gates would never "
-                             "open; give them a learning-rate multiple")
         self.scheduler = lr_schedule(self.optimiser, config)
         self.model, self.optimiser = self.accelerator.prepare(model, self.optimiser)
         self.out_dir = Path(config.out_dir)
@@ -198,12 +195,10 @@ class Trainer:
         if not rows:
             path.unlink()
             return
-        temporary = path.with_suffix(".csv.tmp")
-        with temporary.open("w", newline="") as handle:
+        with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        temporary.replace(path)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``max_steps``; returns the summary also written to ``out_dir/summary.json``.
@@ -284,7 +279,8 @@ class Trainer:
             "first_train_loss": history[0]["train_loss"] if history else None,
             "last_train_loss": history[-1]["train_loss"] if history else None,
             "val_losses": val, "nonfinite_batches": self.progress["nonfinite"],
-            "config": asdict(self.config), "checkpoint": str(self.out_dir / CHECKPOINT_FILE),
+            # "extra": what the caller recorded of how the run was set up (the pipeline's training key)
+            "config": asdict(self.config) | {"extra": self.record}, "checkpoint": str(self.out_dir / CHECKPOINT_FILE),
         }
         if self.accelerator.is_main_process:
             write_json_atomic(self.out_dir / "summary.json", summary, indent=2, default=str)

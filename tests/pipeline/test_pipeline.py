@@ -3,103 +3,141 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from data_fixtures import build_mimic
+from pipeline_runs import SMALL
 from flamingo_lib.pipeline.steps import Pipeline
 from flamingo_lib.reporting.html import write_html_report
 from flamingo_lib.reporting.run_page import build_run_report, headline
 from flamingo_lib.cli.write_reports import main as write_reports_main
+from flamingo_lib.inference.guided_decoding import SYSTEM_NAME
 
-SMALL = dict(preset="tiny-random", data="phantom:templated", image_size=160, max_train_samples=24,
-             max_val_samples=4, max_test_samples=6, max_steps=4, batch_size=4, eval_every=2, max_new_tokens=6,
-             guided_val_samples=5, progress=False)
 
 
 def protocol_text(tmp_path) -> str:
     return (tmp_path / "run" / "eval" / "PROTOCOL.md").read_text()
 
 
-def test_pipeline_runs_every_step_then_reuses_its_artefacts(tmp_path):
-    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **SMALL)
-    path = build_run_report(pipeline)
-    text = path.read_text()
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small run taken through every step once (report included); tests that change it copy it."""
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    pipeline = Pipeline(run_dir=str(run), **SMALL)
+    build_run_report(pipeline)
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+def test_the_report_holds_every_section_and_the_headline_every_measure(trained_run):
+    pipeline = Pipeline(run_dir=str(trained_run), **SMALL)
+    text = (trained_run / "report.html").read_text()
     assert text.startswith("<!doctype html>") and "Metrics (test split) against baselines" in text
     assert "data:image/png;base64," in text and "nearest neighbour" in text
-    assert "pointing game" in headline(pipeline) and "findings the text follows" in headline(pipeline)
     assert "Which findings does the text follow?" in text and "Findings-guided:" in text  # in the cases too
-    from flamingo_lib.inference.guided_decoding import SYSTEM_NAME
+    line = headline(pipeline)
+    assert "pointing game" in line and "findings the text follows" in line and "findings-guided" in line
 
-    table = pipeline.evaluate()  # the default run has a findings head: its guided decoding is a system
-    assert SYSTEM_NAME in table.index and "findings-guided" in headline(pipeline)
-    protocol = protocol_text(tmp_path)
+
+def test_guided_decoding_is_a_system_tuned_on_its_own_val_studies(trained_run):
+    pipeline = Pipeline(run_dir=str(trained_run), **SMALL)
+    assert SYSTEM_NAME in pipeline.evaluate().index  # the default run has a findings head
+    protocol = (trained_run / "eval" / "PROTOCOL.md").read_text()
     assert "picked on the val split (5 studies" in protocol  # guided_val_samples, not max_val_samples
-    setup = json.loads((tmp_path / "run" / "eval" / "guided_decoding.json").read_text())
-    assert f"threshold {setup['threshold']} picked" in protocol and setup["candidates"] == pipeline.settings.guided_candidates
-    # the run's model on its test films, as files on disk: the evaluation's greedy and guided reports
+    setup = json.loads((trained_run / "eval" / "guided_decoding.json").read_text())
+    assert f"threshold {setup['threshold']} picked" in protocol
+    assert setup["candidates"] == pipeline.settings.eval.guided_candidates
+    # with a reading head, the guided score weighs what the report would say too
+    assert pipeline.model_and_processor[0].config.reading_head and "the reading head's probabilities" in protocol
+
+
+def test_reports_for_the_test_films_on_disk_are_the_evaluations_own(trained_run, tmp_path):
+    pipeline = Pipeline(run_dir=str(trained_run), **SMALL)
     films = tmp_path / "films"
     films.mkdir()
     for i, sample in enumerate(pipeline.splits["test"]):
         sample.images[0].save(films / f"{i:03d}.png")
     generations = pipeline.generations()
-    common = [str(tmp_path / "run"), str(films), "--one-per-image", "--max-new-tokens", "6", "--no-progress"]
+    common = [str(trained_run), str(films), "--one-per-image", "--max-new-tokens", "6", "--no-progress"]
     greedy = write_reports_main(common + ["--out", str(tmp_path / "greedy.csv"), "--batch-size", "8"])
     assert greedy["report"].tolist() == generations["flamingo"].tolist()
     guided = write_reports_main(common + ["--out", str(tmp_path / "guided.csv"), "--guided"])
     assert guided["report"].tolist() == generations[SYSTEM_NAME].tolist()
-    # ... and a reading head: the guided score weighs what the report would say too
-    assert pipeline.model_and_processor[0].config.reading_head and "the reading head's probabilities" in protocol
-    usage_path = tmp_path / "run" / "eval" / "finding_usage.csv"
-    usage = pipeline.finding_usage()
+
+
+def test_finding_usage_is_scored_against_the_image_truth_beside_both_heads(trained_run):
     from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
 
+    pipeline = Pipeline(run_dir=str(trained_run), **SMALL)
+    usage = pipeline.finding_usage()
     assert list(usage.index) == list(RENDERED_OBSERVATIONS)
-    assert "classifier AUROC" in usage  # the default run has a findings head: what its latents carry
-    assert "reading head AUROC (vs reference)" in usage  # ... and a reading head: what a report would state
+    assert "classifier AUROC" in usage  # the findings head: what the latents carry
+    assert "reading head AUROC (vs reference)" in usage  # the reading head: what a report would state
     assert usage["positives"].tolist() == [sum(s.labels.get(o) == 1.0 for s in pipeline.splits["test"])
-                                           for o in RENDERED_OBSERVATIONS]  # scored against the image truth
-    usage_mtime = usage_path.stat().st_mtime_ns
-    mtime = (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns
+                                           for o in RENDERED_OBSERVATIONS]
 
-    again = Pipeline(run_dir=str(tmp_path / "run"), **SMALL)  # e.g. the next notebook
+
+def test_the_next_notebook_reuses_the_model_and_every_result(trained_run, tmp_path):
+    run = _copy(trained_run, tmp_path)
+    results, usage, grounding = run / "eval" / "results.csv", run / "eval" / "finding_usage.csv", run / "grounding.csv"
+    model = run / "train" / "model" / "model.safetensors"
+    before = {p: _mtime(p) for p in (results, usage, grounding, model)}
+    again = Pipeline(run_dir=str(run), **SMALL)
     assert again.train()["steps"] == 4
     again.evaluate()
-    assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
-
-    results = tmp_path / "run" / "eval" / "results.csv"
-    results_mtime, grounding_mtime = results.stat().st_mtime_ns, (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns
     again.grounding()
     again.finding_usage()
-    assert results.stat().st_mtime_ns == results_mtime  # reused, not recomputed
-    assert usage_path.stat().st_mtime_ns == usage_mtime
-    unguided = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_candidates": 0}).evaluate()
-    assert SYSTEM_NAME not in unguided.index and results.stat().st_mtime_ns != results_mtime
-    results_mtime = results.stat().st_mtime_ns
-    more_samples = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_candidates": 0, "usage_samples": 3})
-    more_samples.finding_usage()  # its own setting recomputes it, and only it
-    assert usage_path.stat().st_mtime_ns != usage_mtime and results.stat().st_mtime_ns == results_mtime
-    assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
-    assert (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns == grounding_mtime
-    retuned = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 3})
-    assert SYSTEM_NAME in retuned.evaluate().index  # another tuning set rescores, without retraining
-    assert "picked on the val split (3 studies" in protocol_text(tmp_path) and results.stat().st_mtime_ns != results_mtime
-    assert (tmp_path / "run" / "train" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):  # refused before any training
-        Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0})
-    results_mtime = results.stat().st_mtime_ns
+    assert {p: _mtime(p) for p in before} == before  # reused, not recomputed
 
-    changed = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 5})
-    assert changed.train()["steps"] == 5  # a changed training setting retrains
-    changed.evaluate()  # ... and the results of the old model are not served for the new one
+
+def test_an_evaluation_setting_recomputes_its_own_results_only(trained_run, tmp_path):
+    run = _copy(trained_run, tmp_path)
+    results, usage, grounding = run / "eval" / "results.csv", run / "eval" / "finding_usage.csv", run / "grounding.csv"
+    model = run / "train" / "model" / "model.safetensors"
+    trained, grounded = _mtime(model), _mtime(grounding)
+    unguided = Pipeline(run_dir=str(run), **{**SMALL, "guided_candidates": 0})
+    results_before = _mtime(results)
+    assert SYSTEM_NAME not in unguided.evaluate().index and _mtime(results) != results_before
+    results_before, usage_before = _mtime(results), _mtime(usage)
+    Pipeline(run_dir=str(run), **{**SMALL, "guided_candidates": 0, "usage_samples": 3}).finding_usage()
+    assert _mtime(usage) != usage_before and _mtime(results) == results_before
+    retuned = Pipeline(run_dir=str(run), **{**SMALL, "guided_val_samples": 3})
+    assert SYSTEM_NAME in retuned.evaluate().index  # another tuning set rescores, without retraining
+    assert "picked on the val split (3 studies" in (run / "eval" / "PROTOCOL.md").read_text()
+    assert (_mtime(model), _mtime(grounding)) == (trained, grounded)
+
+
+def test_an_impossible_evaluation_setting_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):
+        Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_changed_training_setting_retrains_and_no_old_result_is_served(trained_run, tmp_path):
+    run = _copy(trained_run, tmp_path)
+    results, grounding = run / "eval" / "results.csv", run / "grounding.csv"
+    before = (_mtime(results), _mtime(grounding))
+    changed = Pipeline(run_dir=str(run), **{**SMALL, "max_steps": 5})
+    assert changed.train()["steps"] == 5
+    changed.evaluate()
     changed.grounding()
-    assert results.stat().st_mtime_ns != results_mtime
-    assert (tmp_path / "run" / "grounding.csv").stat().st_mtime_ns != grounding_mtime
+    assert _mtime(results) != before[0] and _mtime(grounding) != before[1]
 
 
 def test_report_from_credentialed_data_needs_an_explicit_opt_in(tmp_path):
     root = build_mimic(tmp_path / "mimic")
-    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "data": f"mimic:{root}"})
+    pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "source": f"mimic:{root}"})
     assert pipeline.credentialed
     with pytest.raises(PermissionError, match="data use agreement"):
         build_run_report(pipeline)
@@ -121,7 +159,7 @@ def test_compile_setting_reaches_the_trainer_without_changing_the_training_key(t
     seen = []
 
     class Recording(train_module.Trainer):
-        def __init__(self, model, train_set, val_set, collator, config):
+        def __init__(self, model, train_set, val_set, collator, config, record=None):
             seen.append(config.compile)
             raise RuntimeError("stop before training")
 

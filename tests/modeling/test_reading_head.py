@@ -13,7 +13,7 @@ from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.labeling.targets import FindingTargets
 from flamingo_lib.inference.guided_decoding import sample_candidates
 from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
-from test_train import SAMPLES
+from trainers import SAMPLES
 
 OBS = ["Pleural Effusion", "Cardiomegaly"]
 

@@ -26,7 +26,7 @@ def bf16_llama_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["biogpt", "gpt2", "opt", "llama"])
 def test_every_lm_family_held_in_bfloat16_gives_its_bare_logits_at_init_and_trains(family, tmp_path):
-    from test_hub_layouts import FAMILIES
+    from hub_layouts import FAMILIES
 
     lm_dir = FAMILIES[family](tmp_path / family)
     model = FlamingoModel(FlamingoConfig.from_preset("tiny-random", lm=str(lm_dir), xattn_every=2,
@@ -183,7 +183,7 @@ def test_bad_frozen_dtypes_and_training_half_precision_parts_are_refused():
 def test_the_command_line_trains_and_resumes_with_bfloat16_frozen_parts(tmp_path):
     from flamingo_lib.cli.train import main
 
-    common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
+    common = ["--preset", "tiny-random", "--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
               "--max-train-samples", "8", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
               "--save-every", "2", "--warmup-steps", "1", "--frozen-dtype", "bfloat16",
               "--cache-features", str(tmp_path / "features")]

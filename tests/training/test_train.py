@@ -7,32 +7,9 @@ import json
 import pytest
 import torch
 
-from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.data import CXRSample
-from toy_data import TOY_STUDIES, toy_radiograph
-from flamingo_lib.data.feature_cache import FeatureCache
-from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer, epoch_order
-
-TOY_LABELS = {"normal": {"No Finding": 1.0}, "left_effusion": {"Pleural Effusion": 1.0},
-              "right_nodule": {"Lung Lesion": 1.0}, "cardiomegaly": {"Cardiomegaly": 1.0}}
-SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], report=report,
-                     labels=TOY_LABELS[kind])
-           for i, (kind, report) in enumerate(TOY_STUDIES * 2)]
-
-
-def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
-    from flamingo_lib.observations import FINDINGS_OBSERVATIONS
-
-    head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
-    config = FlamingoConfig.from_preset("tiny-random", findings_head=head)
-    model, processor = FlamingoModel(config), FlamingoProcessor(config)
-    cache = None
-    if feature_cache_root is not None:
-        cache = FeatureCache(feature_cache_root, model, processor)
-        cache.build([s.images[0] for s in SAMPLES], progress=False)
-    knobs = dict(batch_size=3, lr=3e-3, warmup_steps=2, eval_every=3, save_every=3, progress=False) | overrides
-    train_config = TrainConfig(out_dir=str(tmp_path), max_steps=max_steps, **knobs)
-    return Trainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), train_config)
+from flamingo_lib import FlamingoModel
+from flamingo_lib.training.trainer import epoch_order
+from trainers import make_trainer
 
 
 def trainable(trainer):
@@ -160,10 +137,10 @@ def test_epoch_order_is_a_fixed_permutation_per_epoch():
 def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_templated_phantom_data(tmp_path):
     from flamingo_lib.cli.train import main
 
-    common = ["--data", "phantom:templated", "--out", str(tmp_path / "run"), "--image-size", "160",
-              "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4", "--eval-every", "2",
-              "--save-every", "2", "--warmup-steps", "1", "--findings-loss-weight", "1", "--findings-targets", "both",
-              "--findings-tokens", "--reading-head"]
+    common = ["--preset", "tiny-random", "--data", "phantom:templated", "--out", str(tmp_path / "run"),
+              "--image-size", "160", "--max-train-samples", "12", "--max-val-samples", "4", "--batch-size", "4",
+              "--eval-every", "2", "--save-every", "2", "--warmup-steps", "1", "--findings-targets", "both",
+              "--findings-loss-weight", "1", "--findings-tokens", "--reading-head", "true"]
     first = main([*common, "--max-steps", "2", "--cache-features", str(tmp_path / "features")])
     assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
     assert first["config"]["findings_targets"] == "both" and first["config"]["findings_loss_weight"] == 1.0
@@ -173,10 +150,10 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
     reloaded = FlamingoModel.from_pretrained(tmp_path / "run" / "model")
     assert reloaded.config.findings_tokens and not torch.equal(reloaded.flamingo.findings_tokens.present, tokens_after_2)
     assert reloaded.config.reading_head and reloaded.flamingo.findings_head.classifier.out_features == 2 * 13
-    with pytest.raises(SystemExit):  # the tokens spell out the head's verdict: no head, no tokens
-        main([*common[:-6], "--findings-loss-weight", "0", "--findings-tokens", "--max-steps", "1"])
-    with pytest.raises(SystemExit):  # the readings are the head's second output: no head, no readings
-        main([*common[:-6], "--findings-loss-weight", "0", "--reading-head", "--max-steps", "1"])
+    with pytest.raises(ValueError, match="findings_tokens needs the findings head"):  # the tokens spell out its verdict
+        main([*common[:-5], "--findings-loss-weight", "0", "--findings-tokens", "--max-steps", "1"])
+    with pytest.raises(ValueError, match="reading_head needs the findings head"):  # the head's second output
+        main([*common[:-5], "--findings-loss-weight", "0", "--reading-head", "true", "--max-steps", "1"])
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 5
     from flamingo_lib.pipeline.run_records import model_directory, training_record  # what evaluate_on reads back
 
@@ -184,7 +161,8 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
     assert training_record(tmp_path / "run" / "model") == {"data": "phantom:templated", "image_size": 160,
                                                            "max_train_samples": 12, "seed": 0}
     assert reloaded.config.only_attend_immediate_media  # the default: the latest image only
-    every_view = [*common[:2], "--out", str(tmp_path / "every"), *common[4:], "--max-steps", "1", "--all-earlier-media"]
+    every_view = [*common[:4], "--out", str(tmp_path / "every"), *common[6:], "--max-steps", "1",
+                  "--no-only-attend-immediate-media"]
     main(every_view)
     assert not FlamingoModel.from_pretrained(tmp_path / "every" / "model").config.only_attend_immediate_media
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import xray_like
-from flamingo_lib import FlamingoConfig, FlamingoModel
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.processing.processor import IGNORE_INDEX, to_rgb
 
 
@@ -183,3 +183,13 @@ def test_few_shot_prompt_interleaves_examples_before_the_query(tiny):
     learned = processor.tokenizer.decode(labels[labels != IGNORE_INDEX])
     assert learned.strip() == "Right nodule.<EOC>"  # only the query's report is learned
     assert int(batch["media_locations"].sum()) == 4
+
+
+def test_a_model_saved_without_its_processor_reloads_the_processor_its_config_describes(tmp_path):
+    config = FlamingoConfig.from_preset("tiny-random")
+    FlamingoModel(config).save_pretrained(tmp_path)  # the model alone: config and trainable weights
+    assert not (tmp_path / "flamingo_processor.json").exists()
+    reloaded, fresh = FlamingoProcessor.from_pretrained(tmp_path), FlamingoProcessor(config)
+    assert reloaded.prompt == fresh.prompt and reloaded.image_config == fresh.image_config
+    text = ["<image>Findings: heart size is normal.<EOC>"]
+    assert torch.equal(reloaded(text, [[xray_like(0)]])["input_ids"], fresh(text, [[xray_like(0)]])["input_ids"])

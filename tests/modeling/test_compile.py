@@ -82,7 +82,7 @@ def test_compiled_model_generates_the_same_tokens(open_model, images):
 
 
 def test_trainer_compiles_the_blocks_when_asked(tmp_path, monkeypatch):
-    from test_train import make_trainer
+    from trainers import make_trainer
 
     calls = []
 

@@ -66,8 +66,8 @@ def test_a_runs_saved_settings_drop_retired_keys_and_take_overrides(tmp_path):
     saved = {"data": "phantom:templated", "seed": 3, "retired_knob": 1, "run_dir": "/elsewhere"}
     (tmp_path / "train" / "summary.json").write_text(json.dumps({"config": {"extra": {"pipeline": saved}}}))
     settings = saved_settings(tmp_path, progress=False)
-    assert (settings.data, settings.seed, settings.run_dir, settings.progress) == ("phantom:templated", 3,
-                                                                                   str(tmp_path), False)
+    assert (settings.data.source, settings.train.seed, settings.run_dir, settings.train.progress) == (
+        "phantom:templated", 3, str(tmp_path), False)
     assert saved_settings(tmp_path, run_dir="/tmp/other").run_dir == "/tmp/other"
     with pytest.raises(FileNotFoundError):
         saved_settings(tmp_path / "untrained")

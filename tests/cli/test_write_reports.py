@@ -16,7 +16,7 @@ from flamingo_lib.data.study_files import find_studies, load_study
 from flamingo_lib.inference.study_reports import study_reports
 from flamingo_lib.pipeline.run_records import model_directory
 from flamingo_lib.cli.write_reports import main, partial_path
-from test_dicom import write_dicom
+from data_fixtures import write_dicom
 
 OBS = ["Pleural Effusion", "Cardiomegaly", "Lung Lesion"]
 
@@ -232,15 +232,15 @@ def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private
 
 
 def test_the_guided_setup_is_the_runs_record_with_given_values_in_their_place(saved_model):
-    from flamingo_lib.pipeline.settings import PipelineSettings
+    from flamingo_lib.pipeline.settings import EvalSettings
     from flamingo_lib.pipeline.run_records import guided_setup
 
     run, _, _ = saved_model
     model_dir = run / "train" / "model"
     assert guided_setup(model_dir) is None  # nothing recorded, nothing given
     assert guided_setup(model_dir, threshold=0.4) == {
-        "threshold": 0.4, "candidates": PipelineSettings.guided_candidates,
-        "temperature": PipelineSettings.guided_temperature, "top_p": 1.0, "threshold_from": "given on the command line"}
+        "threshold": 0.4, "candidates": EvalSettings.guided_candidates,
+        "temperature": EvalSettings.guided_temperature, "top_p": 1.0, "threshold_from": "given on the command line"}
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "guided_decoding.json").write_text(json.dumps({"threshold": 0.3, "candidates": 8,
                                                                    "temperature": 0.9, "top_p": 0.95}))

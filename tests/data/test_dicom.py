@@ -2,10 +2,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from flamingo_lib.data.datasets.dicom import DicomFolder, read_dicom
+from data_fixtures import write_dicom
 from flamingo_lib.data.errors import DataError
 
 
@@ -14,26 +13,6 @@ def chest_cr():
     """pydicom-data's real PA chest CR: 1955x1841, 15-bit stored, MONOCHROME1."""
     path = get_testdata_file("RG1_UNCR.dcm")
     return path, pydicom.dcmread(path).pixel_array.astype(float)
-
-
-def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits_stored=16, **elements):
-    """A minimal single-frame secondary-capture-like file written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    for name, value in elements.items():
-        setattr(ds, name, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_monochrome1_chest_radiograph_is_inverted_so_bone_is_bright(chest_cr):

@@ -114,7 +114,7 @@ KILLED_BUILD = textwrap.dedent("""
 def test_caching_killed_midway_resumes_to_the_uninterrupted_result(model_and_processor, tmp_path):
     model, processor = model_and_processor
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
-    script = KILLED_BUILD.format(tests=os.path.dirname(__file__), root=str(killed_root))
+    script = KILLED_BUILD.format(tests=os.path.dirname(os.path.dirname(__file__)), root=str(killed_root))
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and not list(killed_root.glob("*/shard-*.safetensors")):

@@ -13,7 +13,7 @@ from flamingo_lib.cli.evaluate_on import evaluation_dir, main
 from flamingo_lib.pipeline.run_records import training_record
 from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.pipeline.steps import Pipeline
-from test_pipeline import SMALL
+from pipeline_runs import SMALL
 
 COMMON = ["--max-new-tokens", str(SMALL["max_new_tokens"]), "--no-progress", "--device", "cpu"]
 
@@ -29,14 +29,14 @@ def evaluated_run(tmp_path_factory):
 def test_on_its_own_test_split_it_scores_what_the_pipeline_scored(evaluated_run):
     run, pipeline = evaluated_run
     assert training_record(run / "train" / "model") == {
-        "data": SMALL["data"], "image_size": SMALL["image_size"], "max_train_samples": SMALL["max_train_samples"],
+        "data": SMALL["source"], "image_size": SMALL["image_size"], "max_train_samples": SMALL["max_train_samples"],
         "seed": 0}
-    table = main([str(run), "--data", SMALL["data"], "--max-samples", str(SMALL["max_test_samples"]), "--guided",
+    table = main([str(run), "--data", SMALL["source"], "--max-samples", str(SMALL["max_test_samples"]), "--guided",
                   *COMMON])
     expected = pipeline.evaluate()
     assert list(table.index) == list(expected.index)  # the guided row and the reference ceiling included
     pd.testing.assert_frame_equal(table.astype(float), expected.astype(float), check_exact=False, rtol=1e-9)
-    out = evaluation_dir(run, SMALL["data"], "test", SMALL["max_test_samples"])
+    out = evaluation_dir(run, SMALL["source"], "test", SMALL["max_test_samples"])
     own = pd.read_json(run / "eval" / "generations.jsonl", lines=True)
     pd.testing.assert_frame_equal(pd.read_json(out / "generations.jsonl", lines=True), own)
     protocol = (out / "PROTOCOL.md").read_text()
@@ -71,7 +71,7 @@ def test_what_it_cannot_do_is_refused_by_name(evaluated_run, tmp_path, capsys):
             with pytest.raises(SystemExit) as stop:
                 main(argv + COMMON)
             assert stop.value.code == 2 and message in capsys.readouterr().err
-        given = main([str(run), "--data", SMALL["data"], "--max-samples", "2", "--threshold", "0.3",
+        given = main([str(run), "--data", SMALL["source"], "--max-samples", "2", "--threshold", "0.3",
                       "--out", str(tmp_path / "given"), *COMMON])
         assert GUIDED in given.index and "threshold 0.3 given on the command line" in (tmp_path / "given" / "PROTOCOL.md").read_text()
     finally:

@@ -7,18 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hub_layouts
+from hub_layouts import FAMILIES
 from conftest import open_gates, xray_like
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.modeling.config import TINY_RANDOM_LM, TINY_RANDOM_VISION
 from flamingo_lib.modeling.lm_injection import decoder_layers, flamingo_layers
 from flamingo_lib.modeling.backbones.vision import encoder_kind, load_vision_encoder
 
-FAMILIES = {
-    "biogpt": hub_layouts.make_biogpt_dir,
-    "gpt2": hub_layouts.make_gpt2_dir,
-    "opt": hub_layouts.make_opt_dir,
-    "llama": hub_layouts.make_llama_dir,
-}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

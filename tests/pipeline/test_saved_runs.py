@@ -1,0 +1,46 @@
+"""A run written before the settings were composed of one object per layer is read back as it is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from flamingo_lib.pipeline import Pipeline, PipelineSettings
+from pipeline_runs import SMALL
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "flat-settings-run"
+
+
+def _mtimes(run: Path) -> dict[str, int]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_run_saved_with_flat_settings_is_served_without_retraining_or_rescoring(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    before = _mtimes(run)
+    pipeline = Pipeline(run_dir=str(run), **SMALL)
+    assert pipeline.is_trained()  # its saved training key reads as today's settings' key
+    assert pipeline.train()["steps"] == 4
+    table = pipeline.evaluate()
+    assert "flamingo" in table.index and table.loc["flamingo"].notna().any()
+    assert len(pipeline.grounding()) > 0
+    model, _ = pipeline.model_and_processor
+    assert model.config.reading_head and model.config.findings_head is not None
+    assert _mtimes(run) == before  # nothing retrained, recomputed or rewritten
+
+
+def test_a_saved_training_key_gives_back_the_settings_it_was_trained_with(tmp_path):
+    saved = json.loads((FIXTURE / "train" / "summary.json").read_text())["config"]["extra"]["pipeline"]
+    settings = PipelineSettings.from_training_key(saved, tmp_path)
+    assert settings.training_key() == PipelineSettings.from_flat(run_dir=str(tmp_path), **SMALL).training_key()
+    assert (settings.data.source, settings.train.max_steps, settings.model.preset) == ("phantom:templated", 4, "tiny-random")
+    assert settings.train.out_dir == str(tmp_path / "train")
+
+
+def test_a_changed_setting_retrains_the_saved_run(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    assert not Pipeline(run_dir=str(run), **{**SMALL, "weight_decay": 0.01}).is_trained()  # a knob it lacked
+    assert not Pipeline(run_dir=str(run), **{**SMALL, "max_steps": 5}).is_trained()

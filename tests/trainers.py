@@ -1,0 +1,32 @@
+"""Toy studies and a small trainer on them, shared by the training, compile and heads tests."""
+
+from __future__ import annotations
+
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.data import CXRSample
+from flamingo_lib.data.feature_cache import FeatureCache
+from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
+from toy_data import TOY_STUDIES, toy_radiograph
+
+TOY_LABELS = {"normal": {"No Finding": 1.0}, "left_effusion": {"Pleural Effusion": 1.0},
+              "right_nodule": {"Lung Lesion": 1.0}, "cardiomegaly": {"Cardiomegaly": 1.0}}
+SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], report=report,
+                     labels=TOY_LABELS[kind])
+           for i, (kind, report) in enumerate(TOY_STUDIES * 2)]
+
+
+def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
+    from flamingo_lib.observations import FINDINGS_OBSERVATIONS
+
+    head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=head)
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    cache = None
+    if feature_cache_root is not None:
+        cache = FeatureCache(feature_cache_root, model, processor)
+        cache.build([s.images[0] for s in SAMPLES], progress=False)
+    # the mechanics on a head-less model, both gates trained (the recipe: a findings head, feed-forward gates shut)
+    knobs = dict(batch_size=3, lr=3e-3, warmup_steps=2, eval_every=3, save_every=3, progress=False,
+                 findings_loss_weight=0.0, ff_gate_lr_mult=None) | overrides
+    train_config = TrainConfig(out_dir=str(tmp_path), max_steps=max_steps, **knobs)
+    return Trainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), train_config)
