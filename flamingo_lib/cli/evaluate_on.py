@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.cli import console_command
+from flamingo_lib.pipeline.settings import EvalSettings
 from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.pipeline.run_records import guided_setup, model_directory, training_record
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--guided", action="store_true", help="add the findings-guided row, with the run's threshold")
     parser.add_argument("--threshold", type=float, help="the guided threshold of a run that recorded none (implies "
                         "--guided; its eval/PROTOCOL.md names the one it picked)")
-    parser.add_argument("--max-new-tokens", type=int, default=60)
+    parser.add_argument("--max-new-tokens", type=int, default=EvalSettings.max_new_tokens)
     parser.add_argument("--out", help="results directory (default RUN/eval-on/<kind>-<split>-<hash>)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-feature-cache", action="store_true", help="encode the films for the nearest-neighbour "

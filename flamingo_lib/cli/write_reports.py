@@ -34,6 +34,8 @@ import pandas as pd
 import torch
 
 from flamingo_lib.cli import console_command
+from flamingo_lib.modeling.config import FROZEN_DTYPES
+from flamingo_lib.pipeline.settings import EvalSettings
 from flamingo_lib.io import write_text_atomic
 from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
@@ -126,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="the guided threshold (implies --guided)")
     parser.add_argument("--candidates", type=int, help="sampled reports per study for guided decoding")
     parser.add_argument("--temperature", type=float, help="their sampling temperature")
-    parser.add_argument("--max-new-tokens", type=int, default=60)
+    parser.add_argument("--max-new-tokens", type=int, default=EvalSettings.max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--image-size", type=int, help="downscale films on loading so the longer side is at most "
                         "this (default: the run's image_size, else 224)")
@@ -135,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a film that cannot be read stops the run (raise; a rerun resumes) or leaves its "
                         "study without a report, the reason in its error column (skip)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best there is)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    parser.add_argument("--dtype", choices=FROZEN_DTYPES, default="float32",
                         help="the whole model in this dtype (bfloat16: about half the memory, faster on a GPU)")
     parser.add_argument("--html", metavar="PAGE", help="also write a page (.html) showing each study's film with "
                         "where its report looked, the report and the findings head's verdict")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,18 @@ class Pipeline:
         trained_on = json.loads((model_dir / "config.json").read_text()).get("embedded_builds") or {}
         return trained_on == self._current_encoder_builds
 
+    def _interrupted_training(self) -> bool:
+        """``train/`` holds a checkpoint of a training under these very settings and encoder builds
+        that did not finish."""
+        from flamingo_lib.training.checkpoint import checkpoint_record
+
+        checkpoint = checkpoint_record(self.run_dir / "train") or {"settings": {}, "step": 0}
+        record = checkpoint["settings"].get("extra", {})
+        saved = record.get("pipeline")
+        return (saved is not None and checkpoint["step"] < self.settings.train.max_steps
+                and self._saved_training_key(saved) == self.settings.training_key()
+                and record.get("encoder_builds") == self._current_encoder_builds)
+
     @staticmethod
     def _saved_training_key(saved: dict[str, Any]) -> dict[str, Any]:
         """A run's saved training key, completed with the defaults of settings added since it
@@ -151,8 +164,13 @@ class Pipeline:
         s = self.settings
         self.__dict__.pop("model_and_processor", None)
         model, processor = self.model_and_processor
-        trainer = Trainer(model, self.splits["train"], self.splits["val"],  # s.train.out_dir: RUN_DIR/train
-                          ReportCollator(processor, self.feature_cache), s.train, record={"pipeline": s.training_key()})
+        # RUN_DIR/train holds the model of other settings, if any: the pipeline replaces it
+        config = replace(s.train, overwrite=True)
+        trainer = Trainer(model, self.splits["train"], self.splits["val"],
+                          ReportCollator(processor, self.feature_cache), config,
+                          record={"pipeline": s.training_key(), "encoder_builds": self._current_encoder_builds})
+        if not force and self._interrupted_training():
+            trainer.resume()  # a killed notebook or demo continues where its last checkpoint stands
         summary = trainer.fit()
         self.__dict__.pop("model_and_processor", None)  # reload the saved, trained model next time
         return summary

@@ -73,6 +73,8 @@ class TrainConfig:
     max_nonfinite: int = field(default=0, metadata=_help(
         "batches with a NaN/inf loss tolerated (skipped and reported) before the run fails"))
     progress: bool = field(default=True, metadata=_help("progress bars"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "replace a training run already in out_dir (without it, such a run is continued with --resume or refused)"))
 
     def __post_init__(self) -> None:
         if self.findings_targets not in FINDINGS_TARGET_SOURCES:

@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from flamingo_lib.training.checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
+from flamingo_lib.training.checkpoint import (
+    CHECKPOINT_FILE,
+    PICKLED_CHECKPOINT_FILE,
+    load_training_state,
+    read_training_state,
+    save_training_state,
+)
 from flamingo_lib.labeling.targets import FindingTargets
 from flamingo_lib.training.optimisation import lr_schedule, parameter_groups
 from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
@@ -28,6 +34,10 @@ from flamingo_lib.training.config import TrainConfig
 from flamingo_lib.io import atomic_path, write_json_atomic
 
 __all__ = ["ReportCollator", "TrainConfig", "Trainer"]
+
+#: Settings a resume may change: how long, how often to evaluate or save, how visibly, and where.
+RESUMABLE_CHANGES = frozenset({"max_steps", "eval_every", "save_every", "eval_batches", "progress", "compile",
+                               "max_nonfinite", "gradient_checkpointing", "out_dir", "overwrite"})
 
 
 class ReportCollator:
@@ -103,6 +113,7 @@ class Trainer:
         self.model, self.optimiser = self.accelerator.prepare(model, self.optimiser)
         self.out_dir = Path(config.out_dir)
         self.progress: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "history": [], "nonfinite": []}
+        self.resumed = False
 
     @property
     def unwrapped(self) -> Any:
@@ -148,8 +159,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ loop
     def resume(self) -> None:
-        """Continue from ``out_dir/checkpoint.pt``: weights, optimiser, schedule, RNG, data position."""
+        """Continue from ``out_dir/checkpoint.safetensors``: weights, optimiser, schedule, RNG, data position.
+
+        Raises:
+            ValueError: a setting differs from the checkpoint's, other than those that only say
+                how long or how visibly to train (:data:`RESUMABLE_CHANGES`); the message names each.
+        """
+        saved = read_training_state(self.out_dir)["settings"]
+        current = asdict(self.config)
+        changed = sorted(k for k in current if k in saved and k not in RESUMABLE_CHANGES and saved[k] != current[k])
+        if changed:
+            raise ValueError(f"{self.out_dir / CHECKPOINT_FILE}: the run was trained with other settings; a resume "
+                             "would continue its schedule under these: "
+                             + ", ".join(f"{k} {saved[k]!r} -> {current[k]!r}" for k in changed)
+                             + " (resume with the same settings, or start a new run with --overwrite)")
         self.progress = load_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler)
+        self.resumed = True
 
     @property
     def tensorboard(self) -> Any:
@@ -183,6 +208,15 @@ class Trainer:
                 writer.writeheader()
             writer.writerow({k: row.get(k) for k in fields})
 
+    def _refuse_to_replace_a_run(self) -> None:
+        """A new run into an ``out_dir`` that holds one would replace its checkpoint, metrics and
+        model: only with ``overwrite``."""
+        previous = [name for name in (CHECKPOINT_FILE, PICKLED_CHECKPOINT_FILE, "summary.json", "model")
+                    if (self.out_dir / name).exists()]
+        if previous and not self.config.overwrite:
+            raise FileExistsError(f"{self.out_dir} holds a training run ({', '.join(previous)}): continue it with "
+                                  "--resume (Trainer.resume), or replace it with --overwrite (TrainConfig.overwrite)")
+
     def _drop_metrics_after(self, step: int) -> None:
         """Forget ``metrics.csv`` rows past ``step``: a fresh run (step 0) into a used ``out_dir``
         starts a new file, and a resumed one drops what was logged after its checkpoint (it is
@@ -208,6 +242,8 @@ class Trainer:
                 message names the step and the sample ids of the offending batches.
         """
         cfg = self.config
+        if not self.resumed:
+            self._refuse_to_replace_a_run()
         self._drop_metrics_after(self.progress["step"])
         self.model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.progress["step"], disable=not cfg.progress, desc="training")
@@ -268,7 +304,8 @@ class Trainer:
         """Atomic training checkpoint (for resume) plus the model in ``save_pretrained`` form."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler, self.progress)
+            save_training_state(self.out_dir, self.unwrapped, self.optimiser, self.scheduler, self.progress,
+                                settings=asdict(self.config) | {"extra": self.record})
             self.unwrapped.save_pretrained(self.out_dir / "model", processor=self.collator.processor)
 
     def _summary(self) -> dict[str, Any]:

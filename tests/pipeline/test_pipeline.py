@@ -383,3 +383,41 @@ def test_attending_every_view_is_a_training_setting_that_reaches_the_model(tmp_p
 
     rules = [layer.gated_cross_attn.attn.only_attend_immediate_media for layer in flamingo_layers(model)]
     assert rules and not any(rules)
+
+
+def test_a_killed_training_continues_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    import flamingo_lib.training.trainer as train_module
+
+    settings = {**SMALL, "save_every": 2}
+    Pipeline(run_dir=str(tmp_path / "straight"), **settings).train()
+    save = train_module.Trainer.save
+
+    def save_then_die(self):
+        save(self)
+        raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+
+    monkeypatch.setattr(train_module.Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(run_dir=str(tmp_path / "killed"), **settings).train()
+    monkeypatch.setattr(train_module.Trainer, "save", save)
+    resume, resumed_at = train_module.Trainer.resume, []
+
+    def recorded_resume(self):
+        resume(self)
+        resumed_at.append(self.progress["step"])
+
+    monkeypatch.setattr(train_module.Trainer, "resume", recorded_resume)
+    again = Pipeline(run_dir=str(tmp_path / "killed"), **settings)
+    assert not again.is_trained()
+    assert again.train()["steps"] == 4 and resumed_at == [2]  # continued from step 2, not restarted
+    steps = [line.split(",")[0] for line in (tmp_path / "killed" / "train" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4"]
+    straight = load_file(tmp_path / "straight" / "train" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "train" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # under other settings the checkpoint is not continued: a new training replaces it
+    other = Pipeline(run_dir=str(tmp_path / "killed"), **{**settings, "max_steps": 3})
+    assert other.train()["steps"] == 3 and resumed_at == [2]

@@ -87,11 +87,45 @@ def test_feed_forward_gates_stay_shut_until_their_opening_step(tmp_path):
         make_trainer(tmp_path / "never", ff_gate_lr_mult=0.0, ff_gate_open_step=2)
 
 
-def test_a_fresh_run_into_a_used_directory_starts_a_new_metrics_file(tmp_path):
+def test_a_new_run_into_a_used_directory_is_refused_unless_it_may_overwrite(tmp_path):
     make_trainer(tmp_path, max_steps=4).fit()
-    make_trainer(tmp_path, max_steps=3).fit()  # not resumed: a new run
+    kept = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
+        make_trainer(tmp_path, max_steps=3).fit()
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == kept  # nothing of the run was touched
+    make_trainer(tmp_path, max_steps=3, overwrite=True).fit()  # asked for: a new run, a new metrics file
     steps = [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3"]
+
+
+def test_a_resume_under_other_settings_is_refused_naming_each_difference(tmp_path):
+    make_trainer(tmp_path, max_steps=3).fit()
+    with pytest.raises(ValueError, match=r"lr 0.003 -> 10.0, seed 0 -> 5"):
+        make_trainer(tmp_path, max_steps=6, lr=10.0, seed=5).resume()
+    longer = make_trainer(tmp_path, max_steps=6, eval_every=2)  # how long and how often: allowed
+    longer.resume()
+    assert longer.fit()["steps"] == 6
+
+
+def test_the_checkpoint_holds_tensors_and_json_and_a_pickled_one_is_never_loaded(tmp_path):
+    from safetensors import safe_open
+
+    make_trainer(tmp_path / "run", max_steps=3).fit()
+    with safe_open(str(tmp_path / "run" / "checkpoint.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["format"].startswith("flamingo-training-state")
+    # a shared run folder with a pickle that runs code when loaded
+    planted = tmp_path / "shared"
+    planted.mkdir()
+    witness = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(witness), "w"))
+
+    torch.save({"model": Payload()}, planted / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="pickled checkpoint"):
+        make_trainer(planted, max_steps=3).resume()
+    assert not witness.exists()
 
 
 def test_resume_without_checkpoint_says_so(tmp_path):
@@ -142,7 +176,7 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
               "--eval-every", "2", "--save-every", "2", "--warmup-steps", "1", "--findings-targets", "both",
               "--findings-loss-weight", "1", "--findings-tokens", "--reading-head", "true"]
     first = main([*common, "--max-steps", "2", "--cache-features", str(tmp_path / "features")])
-    assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
+    assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.safetensors").exists()
     assert first["config"]["findings_targets"] == "both" and first["config"]["findings_loss_weight"] == 1.0
     tokens_after_2 = FlamingoModel.from_pretrained(tmp_path / "run" / "model").flamingo.findings_tokens.present
     resumed = main([*common, "--max-steps", "4", "--resume"])
