@@ -27,8 +27,10 @@ from flamingo_lib.training.trainer import ReportCollator, TrainConfig, Trainer
 class CommandOptions:
     """What only the command has: resuming and where cached features live."""
 
-    resume: bool = field(default=False, metadata={"help": "continue from OUT_DIR/checkpoint.pt"})
-    cache_features: str | None = field(default=None, metadata={"help": "train from frozen-encoder features cached in this directory"})
+    resume: bool = field(default=False, metadata={"help": (
+        "continue from OUT_DIR/checkpoint.safetensors (under the same settings; --max_steps may grow)")})
+    cache_features: str | None = field(default=None, metadata={
+        "help": "train from frozen-encoder features cached in this directory"})
 
 
 def parse(argv: list[str] | None = None) -> tuple[ModelSettings, DataSettings, TrainConfig, CommandOptions]:

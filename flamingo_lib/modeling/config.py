@@ -192,8 +192,21 @@ class FlamingoConfig(PretrainedConfig):
             resampler_num_time_embeds=resampler_num_time_embeds, resampler_ff_mult=resampler_ff_mult,
         )
         for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        # a config.json is a file a user may be sent: "false" must not read as true, nor "0" as a seed
+        for name, value in dict(freeze_language_model=freeze_language_model, freeze_vision_model=freeze_vision_model,
+                                only_attend_immediate_media=only_attend_immediate_media,
+                                findings_tokens=findings_tokens, reading_head=reading_head).items():
+            if not isinstance(value, bool):
+                raise TypeError(f"FlamingoConfig.{name} must be true or false, got {value!r}")
+        for name, value in dict(seed=seed, dim=dim, dim_visual=dim_visual, image_token_id=image_token_id,
+                                eoc_token_id=eoc_token_id).items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"FlamingoConfig.{name} must be an integer, got {value!r}")
+        for name, value in dict(lm=lm, clip_model_type=clip_model_type).items():
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"FlamingoConfig.{name} must name a model (a non-empty string), got {value!r}")
         self.lm = lm
         self.clip_model_type = clip_model_type
         self.dim = dim
@@ -233,6 +246,10 @@ class FlamingoConfig(PretrainedConfig):
             raise ValueError("reading_head=True adds outputs to the findings head, but findings_head is None: "
                              "name its observations too")
         self.reading_head = bool(reading_head)
+        if not (isinstance(image_token, str) and isinstance(eoc_token, str) and image_token and eoc_token):
+            raise ValueError(f"image_token and eoc_token must be non-empty strings, got {image_token!r} and {eoc_token!r}")
+        if image_token == eoc_token:  # one token cannot both mark an image and end a chunk
+            raise ValueError(f"image_token and eoc_token must differ, both are {image_token!r}")
         self.image_token = image_token
         self.eoc_token = eoc_token
         self.image_token_id = image_token_id

@@ -103,6 +103,8 @@ class FlamingoGenerationMixin(GenerationMixin):
             max_length: new tokens at most.
             num_beams: 1 = greedy.
         """
+        if len(images) == 0:
+            raise ValueError("generate_captions: no images given (one image, or a list of images, per report to write)")
         per_sample = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
         prompts = [processor.study_prompt(len(v)) if prompt is None else prompt for v in per_sample]
         batch = processor(prompts, per_sample, padding_side="left")

@@ -24,7 +24,7 @@ from flamingo_lib.modeling.heads.predictions import FindingsPredictionMixin
 from flamingo_lib.modeling.flamingo import Flamingo
 from flamingo_lib.modeling.generation import FlamingoGenerationMixin
 from flamingo_lib.modeling.loss import LOSS_REDUCTIONS, causal_lm_loss
-from flamingo_lib.io import atomic_path
+from flamingo_lib.io import atomic_path, write_text_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -248,7 +248,8 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.config.save_pretrained(directory)
+        # what PretrainedConfig.save_pretrained writes, through the atomic writer
+        write_text_atomic(directory / "config.json", self.config.to_json_string(use_diff=True))
         if processor is not None:
             processor.save_pretrained(directory)
         tensors = {k: v.contiguous().cpu() for k, v in self.state_dict_trainable().items()}
@@ -269,10 +270,15 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             overrides: config fields (e.g. ``frozen_dtype="bfloat16"``).
 
         Raises:
-            ValueError: the checkpoint lacks trainable weights or holds unexpected ones; ``dtype``
-                is not a floating-point dtype.
+            FileNotFoundError: the directory lacks ``config.json`` or the weights.
+            ValueError: the checkpoint lacks trainable weights, holds unexpected ones or ones of
+                another shape; ``dtype`` is not a floating-point dtype.
         """
         directory = Path(pretrained_model_name_or_path)
+        for name in ("config.json", WEIGHTS_FILE):  # without config.json the config would fall back to defaults
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name}: missing; a Flamingo saved by save_pretrained holds "
+                                        f"config.json and {WEIGHTS_FILE}")
         cast = floating_dtype(dtype if dtype is not None else torch_dtype)
         config = FlamingoConfig.from_pretrained(directory, **overrides)
         name = None if cast is None else dtype_name(cast)
@@ -287,6 +293,12 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             raise ValueError(f"{directory / WEIGHTS_FILE}: missing trainable weights {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
         params = dict(model.named_parameters())
+        # copy_ broadcasts: 1 saved latent would fill 16 without a word (transformers refuses too)
+        wrong = [f"{key} is {tuple(tensor.shape)} in the file but {tuple(params[key].shape)} in the model"
+                 for key, tensor in weights.items() if tensor.shape != params[key].shape]
+        if wrong:
+            raise ValueError(f"{directory / WEIGHTS_FILE}: {'; '.join(wrong[:5])} (a config.json that does not match "
+                             "its weights: the file was saved by another configuration)")
         with torch.no_grad():
             for key, tensor in weights.items():
                 params[key].copy_(tensor)

@@ -20,7 +20,7 @@ from typing import Any
 
 from flamingo_lib.cache_dirs import cache_root
 from flamingo_lib.modeling.config import FROZEN_DTYPES, PRESETS, FlamingoConfig
-from flamingo_lib.training.config import TrainConfig
+from flamingo_lib.training.config import TrainConfig, check_ranges
 
 
 @dataclass
@@ -108,6 +108,11 @@ class DataSettings:
     max_test_samples: int | None = None  # None: the whole test split (phantom: 250 studies)
 
 
+    def __post_init__(self) -> None:
+        # image_size: each source knows its own smallest (the phantom's renderer, a film's downscaling)
+        check_ranges(self, at_least={"max_train_samples": 1, "max_val_samples": 1, "max_test_samples": 1})
+
+
 @dataclass
 class EvalSettings:
     """How the trained model is decoded and measured on the test split."""
@@ -129,6 +134,8 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.guided_val_samples is not None and self.guided_val_samples < 1:
             raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {self.guided_val_samples}")
+        check_ranges(self, at_least={"num_beams": 1, "max_new_tokens": 1, "usage_samples": 1, "guided_candidates": 0},
+                     above={"guided_temperature": 0})
 
 
 #: The members of :class:`PipelineSettings` and the class of each.

@@ -16,7 +16,7 @@ from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.modeling.backbones.language import flamingo_tokenizer
 from flamingo_lib.processing.prompts import REPORT_PROMPT, study_prompt
 from flamingo_lib.modeling.backbones.vision import ImagePreprocessConfig, preprocess_config
-from flamingo_lib.io import write_json_atomic
+from flamingo_lib.io import write_json_atomic, write_text_atomic
 
 PREPROCESSOR_FILE = "flamingo_processor.json"
 IGNORE_INDEX = -100
@@ -139,10 +139,12 @@ class FlamingoProcessor:
             (B, T_img, 3, H, W), samples with fewer images zero-padded.
 
         Raises:
-            ValueError: the number of ``<image>`` tokens and images differ in a sample.
+            ValueError: no text at all, or the number of ``<image>`` tokens and images differ in a sample.
         """
         if return_tensors != "pt":
             raise ValueError(f"return_tensors={return_tensors!r}; only 'pt' is supported")
+        if not isinstance(text, str) and len(text) == 0:
+            raise ValueError("no text given: one string per sample (a batch of 0 samples has nothing to encode)")
         batch = self.encode_text(text, padding_side=padding_side, max_length=max_length)
         return self._attach_images(batch, images)
 
@@ -233,7 +235,7 @@ class FlamingoProcessor:
         payload = {"image_config": self.image_config.__dict__, "prompt": self.prompt}
         write_json_atomic(directory / PREPROCESSOR_FILE, payload, indent=2)
         if not (directory / "config.json").exists():
-            self.config.save_pretrained(directory)
+            write_text_atomic(directory / "config.json", self.config.to_json_string(use_diff=True))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "FlamingoProcessor":

@@ -16,6 +16,23 @@ def _help(text: str, **more: object) -> dict[str, object]:
     return {"help": text, **more}
 
 
+def check_ranges(settings: object, at_least: dict[str, float], above: dict[str, float] | None = None) -> None:
+    """Refuse a numeric setting out of its range, naming it, its value and the range (None, where
+    a field allows it, passes).
+
+    Raises:
+        ValueError: the first setting out of range.
+    """
+    for name, low in at_least.items():
+        value = getattr(settings, name)
+        if value is not None and not value >= low:
+            raise ValueError(f"{type(settings).__name__}.{name} must be >= {low:g}, got {value!r}")
+    for name, low in (above or {}).items():
+        value = getattr(settings, name)
+        if value is not None and not value > low:
+            raise ValueError(f"{type(settings).__name__}.{name} must be > {low:g}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """Knobs of one training run. Defaults: the CPU-sized recipe of the embedded default."""
@@ -76,7 +93,12 @@ class TrainConfig:
     overwrite: bool = field(default=False, metadata=_help(
         "replace a training run already in out_dir (without it, such a run is continued with --resume or refused)"))
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # before minutes of training, not after them
+        check_ranges(self, at_least={"max_steps": 0, "batch_size": 1, "grad_accum": 1, "warmup_steps": 0,
+                                     "eval_every": 1, "save_every": 1, "eval_batches": 1, "gate_lr_mult": 0,
+                                     "ff_gate_lr_mult": 0, "ff_gate_open_step": 0, "findings_loss_weight": 0,
+                                     "weight_decay": 0, "max_nonfinite": 0},
+                     above={"lr": 0, "max_grad_norm": 0, "repeat_factor_threshold": 0})
         if self.findings_targets not in FINDINGS_TARGET_SOURCES:
             raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, got {self.findings_targets!r}")
         if self.ff_gate_open_step is not None and self.ff_gate_lr_mult == 0:

@@ -245,3 +245,54 @@ def test_backward_computes_no_gradient_for_a_frozen_weight_and_the_frozen_encode
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(model.get_parameter(n).grad is None for n in frozen)
     assert all(p.grad is not None for p in model.parameters_trainable())
+
+
+def test_weights_of_another_shape_are_refused_naming_the_tensor_and_both_shapes(tmp_path):
+    import json
+
+    FlamingoModel(FlamingoConfig.from_preset("tiny-random", resampler_num_latents=1)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["resampler_num_latents"] = 16  # a config.json edited (or copied) away from its weights
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"perceiver\.latents is \(1, \d+\) in the file but \(16, \d+\) in the model"):
+        FlamingoModel.from_pretrained(tmp_path)
+
+
+def test_save_pretrained_writes_the_config_transformers_would(tmp_path):
+    config = FlamingoConfig.from_preset("tiny-random")
+    FlamingoModel(config).save_pretrained(tmp_path / "ours")
+    config.save_pretrained(tmp_path / "theirs")
+    assert (tmp_path / "ours" / "config.json").read_text() == (tmp_path / "theirs" / "config.json").read_text()
+    assert not [p for p in (tmp_path / "ours").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"image_token": "<x>", "eoc_token": "<x>"}, "image_token and eoc_token must differ, both are '<x>'"),
+    ({"image_token": ""}, "must be non-empty strings"),
+])
+def test_flamingo_tokens_that_cannot_work_are_refused_at_once(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        FlamingoConfig.from_preset("tiny-random", **overrides)
+
+
+def test_a_directory_without_its_config_is_refused_naming_the_file(tmp_path):
+    FlamingoModel(FlamingoConfig.from_preset("tiny-random")).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json: missing"):
+        FlamingoModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("only_attend_immediate_media", "false", "only_attend_immediate_media must be true or false, got 'false'"),
+    ("seed", "0", "seed must be an integer, got '0'"),
+    ("resampler_num_latents", True, "resampler_num_latents must be a positive integer, got True"),
+])
+def test_a_config_json_with_values_of_the_wrong_type_is_refused_naming_the_field(tmp_path, field, value, message):
+    import json
+
+    FlamingoModel(FlamingoConfig.from_preset("tiny-random")).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises((TypeError, ValueError), match=message):
+        FlamingoModel.from_pretrained(tmp_path)

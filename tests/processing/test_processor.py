@@ -193,3 +193,12 @@ def test_a_model_saved_without_its_processor_reloads_the_processor_its_config_de
     assert reloaded.prompt == fresh.prompt and reloaded.image_config == fresh.image_config
     text = ["<image>Findings: heart size is normal.<EOC>"]
     assert torch.equal(reloaded(text, [[xray_like(0)]])["input_ids"], fresh(text, [[xray_like(0)]])["input_ids"])
+
+
+def test_an_empty_batch_is_refused_by_name_not_by_an_index_error():
+    config = FlamingoConfig.from_preset("tiny-random")
+    processor = FlamingoProcessor(config)
+    with pytest.raises(ValueError, match="no text given"):
+        processor([], [])
+    with pytest.raises(ValueError, match="generate_captions: no images given"):
+        FlamingoModel(config).generate_captions(processor, images=[])

@@ -1,0 +1,42 @@
+"""Settings refuse impossible values where they are built, naming the field, its value and its range."""
+
+from __future__ import annotations
+
+import pytest
+
+from flamingo_lib.pipeline import DataSettings, EvalSettings, PipelineSettings, TrainConfig
+
+
+@pytest.mark.parametrize(("kind", "field", "value", "message"), [
+    (TrainConfig, "grad_accum", 0, "TrainConfig.grad_accum must be >= 1, got 0"),  # would train nothing
+    (TrainConfig, "batch_size", 0, "TrainConfig.batch_size must be >= 1, got 0"),
+    (TrainConfig, "save_every", 0, "TrainConfig.save_every must be >= 1, got 0"),
+    (TrainConfig, "lr", 0.0, "TrainConfig.lr must be > 0, got 0.0"),
+    (TrainConfig, "findings_loss_weight", -1.0, "TrainConfig.findings_loss_weight must be >= 0, got -1.0"),
+    (DataSettings, "max_train_samples", 0, "DataSettings.max_train_samples must be >= 1, got 0"),
+    (EvalSettings, "max_new_tokens", 0, "EvalSettings.max_new_tokens must be >= 1, got 0"),
+    (EvalSettings, "guided_temperature", 0.0, "EvalSettings.guided_temperature must be > 0, got 0.0"),
+])
+def test_an_impossible_value_is_refused_naming_the_field(kind, field, value, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        kind(**{field: value})
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):  # the same through the flat names
+        PipelineSettings.from_flat(**{field: value})
+
+
+def test_none_means_all_where_a_field_allows_it():
+    assert DataSettings(max_train_samples=None).max_train_samples is None
+    assert TrainConfig(ff_gate_lr_mult=None, eval_batches=None).eval_batches is None
+
+
+def test_an_unknown_setting_is_refused_naming_the_known_ones():
+    with pytest.raises(TypeError, match="unknown setting\\(s\\) learning_rate; the settings are: run_dir, .*lr"):
+        PipelineSettings.from_flat(learning_rate=1e-3)
+
+
+def test_each_setting_is_declared_once_and_the_pipeline_trains_into_its_run():
+    from flamingo_lib.pipeline.settings import flat_names
+
+    owners = flat_names()  # raises when two members declare the same name
+    assert owners["lr"] == "train" and owners["preset"] == "model" and owners["source"] == "data"
+    assert PipelineSettings(run_dir="runs/x").train.out_dir == "runs/x/train"
