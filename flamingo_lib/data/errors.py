@@ -174,6 +174,25 @@ class PolicyDataset(ABC):
 # --- image files --------------------------------------------------------------
 
 
+def path_in_root(root: Path, relative: object, where: str, *, allow_outside: bool = False) -> Path:
+    """``root / relative`` for a path an annotation file names.
+
+    An annotation file may come from anyone: a path that is absolute or climbs out of ``root``
+    (``../outside/secret.png``) would read files that are not the dataset's, so it is refused
+    unless the user opts in.
+
+    Raises:
+        DataError: ``bad_entry`` (not a non-empty string) or ``outside_root``.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise DataError("bad_entry", where, "an image path must be a non-empty string", expected="str", got=relative)
+    path = root / relative
+    if not allow_outside and (Path(relative).is_absolute() or not path.resolve().is_relative_to(root.resolve())):
+        raise DataError("outside_root", where, f"the image path leads outside the dataset folder {root}",
+                        expected="a path inside it (or allow_outside_root=True)", got=relative)
+    return path
+
+
 def check_image_file(path: Path, *, open_header: bool = False) -> None:
     """Cheap construction-time check that ``path`` holds an image.
 

@@ -4,11 +4,13 @@ Layout on disk::
 
     <root>/<encoder fingerprint>/
         encoder.json                  what the fingerprint covers (for humans)
-        shard-00000.safetensors       fp16 patch tokens (P, dim_visual), one tensor per image hash
-        shard-00001.safetensors       ...
+        shard-<time>-<pid>-<n>.safetensors   fp16 patch tokens (P, dim_visual), one tensor per image hash
+        ...
 
 Each shard is written to a temporary file and renamed into place, so a shard on disk is always
-complete: interrupted caching resumes from the shards already there. A shard that cannot be read
+complete: interrupted caching resumes from the shards already there. Every writer names its
+shards uniquely, so several processes may fill one cache at once (a shared ``~/.cache``) without
+losing each other's shards; temporary files are swept only while no process is writing. A shard that cannot be read
 (damaged afterwards) is deleted and its images are recomputed. Features are keyed by the
 encoder's fingerprint (weights, config, preprocessing) and each image's content hash, so a
 different encoder or a changed image can never be served stale features.
@@ -16,11 +18,14 @@ different encoder or a changed image can never be served stale features.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +103,7 @@ class FeatureCache:
         self.encoder_calls = 0  # images sent through the vision encoder by this object
         self._index: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}  # open (memory-mapped) shards, for fast reads
+        self._shards_written = 0
         self._scan()
 
     # ------------------------------------------------------------------------------ index
@@ -116,8 +122,26 @@ class FeatureCache:
                 continue
             for key in keys:
                 self._index[key] = shard
-        for stray in self.directory.glob("*.tmp"):
-            stray.unlink()  # left by an interrupted write; never part of the cache
+        with self._writers_lock(fcntl.LOCK_EX | fcntl.LOCK_NB) as alone:
+            if alone:  # no process is writing a shard: a temporary file is one an interrupted write left
+                for stray in self.directory.glob("*.tmp"):
+                    stray.unlink(missing_ok=True)
+
+    @contextmanager
+    def _writers_lock(self, mode: int) -> Iterator[bool]:
+        """Hold ``directory/.writers.lock`` in ``mode`` (shared while writing a shard, exclusive to
+        sweep temporary files); yields whether the lock was taken. A process that dies releases
+        it, so a killed build never blocks the next one."""
+        with open(self.directory / ".writers.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, mode)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -127,12 +151,11 @@ class FeatureCache:
 
     # ------------------------------------------------------------------------------ build
     def _write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
-        number = len(list(self.directory.glob("shard-*.safetensors")))
-        target = self.directory / f"shard-{number:05d}.safetensors"
-        while target.exists():
-            number += 1
-            target = self.directory / f"shard-{number:05d}.safetensors"
-        with atomic_path(target) as tmp:
+        # A name no other writer can pick (time, process, a counter): two processes filling one
+        # cache (a shared ~/.cache) never replace each other's shards. Names sort by time.
+        self._shards_written += 1
+        target = self.directory / f"shard-{time.time_ns():020d}-{os.getpid()}-{self._shards_written}.safetensors"
+        with self._writers_lock(fcntl.LOCK_SH), atomic_path(target) as tmp:
             save_file(tensors, tmp, metadata={"fingerprint": self.fingerprint})
         for key in tensors:
             self._index[key] = target

@@ -109,3 +109,31 @@ def test_existing_export_is_not_overwritten_unless_asked(tmp_path):
     (sample,) = list(ChexDataset(tmp_path / "annotations.json"))
     assert sample.id == "study/1" and ChexDataset(tmp_path / "annotations.json").imgs[1]["file_name"].endswith(".jpg")
     assert not list(tmp_path.glob(".annotations.json.*.tmp"))
+
+
+@pytest.mark.parametrize("file_name", ["../outside/secret.png", "{outside}/secret.png"])
+def test_an_image_path_leading_out_of_the_dataset_is_refused_unless_allowed(tmp_path, file_name):
+    write_image(tmp_path / "outside" / "secret.png", 9)
+    write_image(tmp_path / "data" / "a.png", 7)
+    name = file_name.format(outside=tmp_path / "outside")  # relative climb, or absolute
+    data = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": name}],
+            "annotations": [{"id": 1, "image_id": 1, "caption": "Ok."}, {"id": 2, "image_id": 2, "caption": "Secret."}]}
+    path = tmp_path / "data" / "chex.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"image id 2\.file_names: the image path leads outside the dataset folder"):
+        ChexDataset(path)
+    skipping = ChexDataset(path, on_error="skip")
+    assert [s.report for s in skipping] == ["Ok."] and dict(skipping.skip_log.counts) == {"outside_root": 1}
+    assert [s.report for s in ChexDataset(path, allow_outside_root=True)] == ["Ok.", "Secret."]
+
+
+def test_malformed_path_fields_are_data_errors_that_skip_mode_skips(tmp_path):
+    write_image(tmp_path / "a.png", 7)
+    data = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png", "file_names": "a.png"},
+                       {"id": 3, "file_name": "a.png", "file_names": [5]}],
+            "annotations": [{"id": i, "image_id": i, "caption": "Ok."} for i in (1, 2, 3)]}
+    path = tmp_path / "chex.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"image id 2\.file_names: must be a list of paths"):
+        ChexDataset(path)
+    assert len(ChexDataset(path, on_error="skip")) == 1

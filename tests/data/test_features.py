@@ -166,3 +166,32 @@ def test_cache_refused_when_the_vision_encoder_trains(tmp_path):
     config = FlamingoConfig.from_preset("tiny-random", freeze_vision_model=False)
     with pytest.raises(ValueError, match="features would go stale"):
         FeatureCache(tmp_path, FlamingoModel(config), FlamingoProcessor(config))
+
+
+CONCURRENT_BUILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import xray_like
+    from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+    from flamingo_lib.data.feature_cache import FeatureCache
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
+    images = [xray_like(i) for i in range({first}, {first} + 24)]
+    FeatureCache({root!r}, model, processor).build(images, batch_size=1, shard_size=1, progress=False)
+""")
+
+
+def test_two_processes_filling_one_cache_lose_no_shard(model_and_processor, tmp_path):
+    """Each writes 24 one-image shards at the same time; afterwards every image of both is there."""
+    model, processor = model_and_processor
+    tests = os.path.dirname(os.path.dirname(__file__))
+    writers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_BUILD.format(tests=tests, root=str(tmp_path), first=first)],
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}) for first in (0, 1000)]
+    assert [writer.wait(timeout=300) for writer in writers] == [0, 0]
+    cache = FeatureCache(tmp_path, model, processor)
+    assert len(cache) == 48
+    assert len(list(cache.directory.glob("shard-*.safetensors"))) == 48 and not list(cache.directory.glob("*.tmp"))
+    expected = FeatureCache(tmp_path / "alone", model, processor)
+    for image in [xray_like(i) for i in (0, 23, 1000, 1023)]:
+        expected.build([image], progress=False)
+        assert torch.equal(cache.get(image), expected.get(image))

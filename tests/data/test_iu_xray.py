@@ -114,3 +114,16 @@ def test_r2gen_file_without_the_split_raises_even_in_skip_mode(tmp_path):
         R2GenAnnotation(path, tmp_path, split="test", on_error="skip")
     with pytest.raises(ValueError, match="unknown R2Gen split"):
         R2GenAnnotation(path, tmp_path, split="dev")
+
+
+def test_an_r2gen_image_path_leading_out_of_the_image_root_is_refused(tmp_path):
+    path = build_r2gen(tmp_path)
+    data = json.loads(path.read_text())
+    data["train"][0]["image_path"] = ["../annotation.json"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"\.image_path: the image path leads outside the dataset folder"):
+        R2GenAnnotation(path, tmp_path / "images")
+    data["train"][0]["image_path"] = [5]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"an image path must be a non-empty string"):
+        R2GenAnnotation(path, tmp_path / "images")

@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from flamingo_lib.io import write_json_atomic
-from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image
+from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image, path_in_root
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, CXRSample, Finding
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class ChexDataset(PolicyDataset):
         on_error: ``"raise"`` or ``"skip"``.
         image_size: downscale images on load so the longer side is at most this.
         validate_images: also open every image header at construction.
+        allow_outside_root: accept image paths that are absolute or lead out of the image root
+            (refused by default: an annotation file may come from anyone).
 
     Attributes:
         dataset: the parsed JSON.
@@ -72,8 +74,10 @@ class ChexDataset(PolicyDataset):
         on_error: OnError = "raise",
         image_size: int | None = None,
         validate_images: bool = False,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__(f"ChexDataset({Path(annotation_json).name})", on_error)
+        self.allow_outside_root = allow_outside_root
         self.annotation_json = Path(annotation_json)
         self.image_root = Path(image_root) if image_root is not None else self.annotation_json.parent
         self.image_size = image_size
@@ -133,17 +137,29 @@ class ChexDataset(PolicyDataset):
             self.anns[ann.get("id", position)] = ann
             self.imgToAnns[ann["image_id"]].append(ann)
 
-    def _files(self, entry: dict[str, Any]) -> list[str]:
-        return list(entry.get("file_names") or [entry["file_name"]])
+    def _files(self, entry: dict[str, Any]) -> list[Path]:
+        """The entry's image paths, inside the image root (``file_names``, else ``file_name``)."""
+        where = f"{self.annotation_json} image id {entry['id']}"
+        names = entry.get("file_names") or [entry["file_name"]]
+        if not isinstance(names, list):  # a string would be read letter by letter
+            raise DataError("bad_entry", f"{where}.file_names", "must be a list of paths", expected="list", got=names)
+        return [path_in_root(self.image_root, name, f"{where}.file_names", allow_outside=self.allow_outside_root)
+                for name in names]
+
+    def _masks(self, entry: dict[str, Any]) -> dict[str, Path]:
+        where = f"{self.annotation_json} image id {entry['id']}.mask_files"
+        masks = entry.get("mask_files") or {}
+        if not isinstance(masks, dict):
+            raise DataError("bad_entry", where, "must map finding names to paths", expected="dict", got=masks)
+        return {name: path_in_root(self.image_root, relative, f"{where}.{name}", allow_outside=self.allow_outside_root)
+                for name, relative in masks.items()}
 
     def _check(self, image_id: int, entry: dict[str, Any], validate_images: bool) -> None:
         where = f"{self.annotation_json} image id {image_id}"
         if not any(ann["caption"].strip() for ann in self.imgToAnns.get(image_id, [])):
             raise DataError("no_caption", where, "image has no non-empty caption")
-        for relative in self._files(entry):
-            check_image_file(self.image_root / relative, open_header=validate_images)
-        for relative in (entry.get("mask_files") or {}).values():
-            check_image_file(self.image_root / relative, open_header=validate_images)
+        for path in [*self._files(entry), *self._masks(entry).values()]:
+            check_image_file(path, open_header=validate_images)
 
     def __len__(self) -> int:
         return len(self._image_ids)
@@ -152,9 +168,8 @@ class ChexDataset(PolicyDataset):
         image_id = self._image_ids[index]
         entry = self.imgs[image_id]
         captions = [ann["caption"] for ann in self.imgToAnns[image_id] if ann["caption"].strip()]
-        paths = [self.image_root / relative for relative in self._files(entry)]
-        masks = {name: np.asarray(load_image(self.image_root / rel)) > 0
-                 for name, rel in (entry.get("mask_files") or {}).items()}  # fmt: skip
+        paths = self._files(entry)
+        masks = {name: np.asarray(load_image(path)) > 0 for name, path in self._masks(entry).items()}
         meta = dict(entry.get("meta") or {})
         meta.setdefault("credentialed", False)
         meta.update({"paths": [str(p) for p in paths], "chex_annotation": str(self.annotation_json),

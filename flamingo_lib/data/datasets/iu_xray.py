@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image
+from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image, path_in_root
 from flamingo_lib.data.report_sections import target_text
 from flamingo_lib.data.sample import CXRSample, Finding
 
@@ -156,8 +156,9 @@ class IUXray(PolicyDataset):
             )  # fmt: skip
         if not report["image_ids"]:
             raise DataError("no_images", path, "report has no <parentImage> element")
-        for image_id in report["image_ids"]:
-            check_image_file(self.image_dir / f"{image_id}.png", open_header=validate_images)
+        for image_id in report["image_ids"]:  # an id like "../x" must not reach outside the folder
+            check_image_file(path_in_root(self.image_dir, f"{image_id}.png", f"{path} parentImage {image_id!r}"),
+                             open_header=validate_images)
 
     def __len__(self) -> int:
         return len(self._reports)
@@ -204,6 +205,8 @@ class R2GenAnnotation(PolicyDataset):
         on_error: ``"raise"`` or ``"skip"``.
         image_size: downscale images on load so the longer side is at most this.
         validate_images: also open every image header at construction.
+        allow_outside_root: accept image paths that are absolute or lead out of the image root
+            (refused by default: an annotation file may come from anyone).
     """
 
     def __init__(
@@ -214,8 +217,10 @@ class R2GenAnnotation(PolicyDataset):
         on_error: OnError = "raise",
         image_size: int | None = None,
         validate_images: bool = False,
+        allow_outside_root: bool = False,
     ) -> None:
         split = {"validate": "val", "validation": "val"}.get(split, split)
+        self.allow_outside_root = allow_outside_root
         if split not in _R2GEN_SPLITS:
             raise ValueError(f"unknown R2Gen split {split!r}; known: {_R2GEN_SPLITS} (or 'validate')")
         super().__init__(f"R2GenAnnotation({split})", on_error)
@@ -252,16 +257,18 @@ class R2GenAnnotation(PolicyDataset):
             raise DataError("empty_report", f"{where}.report", "report text is empty")
         if not entry["image_path"]:
             raise DataError("no_images", f"{where}.image_path", "no image paths", expected="1 or more", got=[])
-        for relative in entry["image_path"]:
-            check_image_file(self.image_root / relative, open_header=validate_images)
-        return entry
+        paths = [path_in_root(self.image_root, relative, f"{where}.image_path", allow_outside=self.allow_outside_root)
+                 for relative in entry["image_path"]]
+        for path in paths:
+            check_image_file(path, open_header=validate_images)
+        return entry | {"_paths": paths}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def _load(self, index: int) -> CXRSample:
         entry = self._entries[index]
-        paths = [self.image_root / relative for relative in entry["image_path"]]
+        paths = entry["_paths"]  # checked to lie inside the image root
         mimic = "subject_id" in entry or "study_id" in entry or any(_MIMIC_PATH.search(p) for p in entry["image_path"])
         report = " ".join(entry["report"].split())
         extra = {key: entry[key] for key in ("subject_id", "study_id") if key in entry}
