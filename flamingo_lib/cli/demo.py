@@ -30,6 +30,8 @@ class DemoOptions:
 
     run_dir: str = field(default="runs/demo", metadata={"help": "run directory (model, results, report)"})
     report: str = field(default="reports/demo/report.html", metadata={"help": "where the HTML report is copied"})
+    allow_credentialed: bool = field(default=False, metadata={"help": (
+        "write the report of a credentialed source (MIMIC-CXR) anyway: a private file, never to be shared")})
 
 
 def parse(argv: list[str] | None = None) -> tuple[PipelineSettings, DemoOptions]:
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> Path:
     settings, options = parse(argv)
     start = time.perf_counter()
     pipeline = Pipeline(settings)
+    if pipeline.credentialed and not options.allow_credentialed:  # before minutes of work, not after them
+        raise PermissionError(f"{settings.data.source} is credentialed (MIMIC-CXR): its data use agreement forbids "
+                              "sharing the report the demo writes; pass --allow_credentialed to write a private one")
     print(f"[1/5] preset {settings.model.preset!r} on {settings.data.source!r}: building the model "
           "(pretrained encoders on first use)")
     _ = pipeline.model_and_processor
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     summary = pipeline.train()
     print(f"      train loss {summary['first_train_loss']:.3f} -> {summary['last_train_loss']:.3f}")
     print("[4/5] evaluating the model and its baselines, measuring grounding and which findings the text follows")
-    report = build_run_report(pipeline)
+    report = build_run_report(pipeline, allow_credentialed=options.allow_credentialed)
     target = Path(options.report)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.resolve() != Path(report).resolve():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,20 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.cli import console_command
+from flamingo_lib.io import write_text_atomic
 from flamingo_lib.pipeline.settings import EvalSettings
 from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
 from flamingo_lib.pipeline.run_records import guided_setup, model_directory, training_record
+
+#: The note a results folder of credentialed data carries.
+CREDENTIALED_NOTE = "CREDENTIALED.md"
+CREDENTIALED_TEXT = ("# Private: credentialed data\n\nThese results were computed on `{data}`, a credentialed source "
+                     "(MIMIC-CXR, PhysioNet data use agreement). `generations.jsonl` holds its report text: keep this "
+                     "folder on machines covered by the agreement and never share it.\n")
+
+
+class CredentialedDataWarning(UserWarning):
+    """Results are about to hold text of a credentialed dataset."""
 
 
 def evaluation_dir(run_dir: Path, data: str, split: str, max_samples: int | None) -> Path:
@@ -119,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         images = [im for split in (train, test) for sample in split for im in sample.images]
         cache.build(images, progress=not args.no_progress, total=len(images))
     out = Path(args.out) if args.out else evaluation_dir(Path(args.run), args.data, args.split, args.max_samples)
+    if args.data.startswith("mimic") or any(test[i].meta.get("credentialed") for i in range(min(1, len(test)))):
+        # said before minutes of decoding, and written beside what it concerns
+        warnings.warn(f"{args.data} is credentialed (MIMIC-CXR, PhysioNet data use agreement): {out} will hold its "
+                      "report text; keep it private and never share it", CredentialedDataWarning, stacklevel=2)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / CREDENTIALED_NOTE, CREDENTIALED_TEXT.format(data=args.data))
     print(f"{len(test)} studies of {args.data} ({args.split}); model {model_dir} trained on {source['data']}; "
           f"results to {out}")
     table = evaluate_on(model, processor, train, test, out, trained_on=source["data"], tested_on=args.data,

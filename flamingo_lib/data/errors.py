@@ -211,8 +211,17 @@ def check_image_file(path: Path, *, open_header: bool = False) -> None:
             # Image.open parses the header and stops before the pixel data.
             with Image.open(path):
                 pass
+        except Image.DecompressionBombError as error:
+            raise _too_large(path, error) from error
         except (OSError, SyntaxError, ValueError) as error:
             raise DataError("corrupt_image", path, f"not a readable image: {error}") from error
+
+
+def _too_large(path: Path, error: Exception) -> DataError:
+    """PIL's refusal of an image that would decode to more pixels than it allows (a decompression
+    bomb, or a film larger than any radiograph), as a data error naming the file."""
+    return DataError("image_too_large", path, f"{error} (PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; raise it "
+                     "for genuinely larger films)")
 
 
 def load_image(path: Path, image_size: int | None = None) -> Image.Image:
@@ -228,7 +237,7 @@ def load_image(path: Path, image_size: int | None = None) -> Image.Image:
         The image, mode ``"L"`` or ``"RGB"`` (16-bit and palette files are converted).
 
     Raises:
-        DataError: ``missing_image`` or ``corrupt_image``, naming the file.
+        DataError: ``missing_image``, ``corrupt_image`` or ``image_too_large``, naming the file.
     """
     if not path.is_file():
         raise DataError("missing_image", path, "image file not found")
@@ -243,6 +252,8 @@ def load_image(path: Path, image_size: int | None = None) -> Image.Image:
                     opened.draft(opened.mode, (image_size, image_size))
                 opened.load()
                 image = opened.copy() if opened.mode in ("L", "RGB") else _to_8bit(opened)
+        except Image.DecompressionBombError as error:  # not an OSError: it would escape on_error="skip"
+            raise _too_large(path, error) from error
         except (OSError, SyntaxError, ValueError) as error:
             raise DataError("corrupt_image", path, f"cannot decode image: {error}") from error
     if image_size is not None:

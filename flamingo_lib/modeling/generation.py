@@ -59,6 +59,10 @@ class FlamingoGenerationMixin(GenerationMixin):
         """
         features = self.resolve_visual_features(pixel_values, image_embeddings, visual_features)
         self._media_time(input_ids, media_locations, features.shape[1])  # validate the prompt
+        if kwargs.get("max_new_tokens") is not None:
+            self.check_length(input_ids.shape[1] + kwargs["max_new_tokens"], "the prompt plus max_new_tokens")
+        elif kwargs.get("max_length") is not None:
+            self.check_length(kwargs["max_length"], "max_length")
         if kwargs.get("use_cache", True) and kwargs.get("cache") is None:
             kwargs["cache"] = DynamicCache(config=self.flamingo.lm.config)
         # A generated <image> would announce an image that was never given (with immediate-media

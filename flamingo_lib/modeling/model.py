@@ -25,6 +25,7 @@ from flamingo_lib.modeling.flamingo import Flamingo
 from flamingo_lib.modeling.generation import FlamingoGenerationMixin
 from flamingo_lib.modeling.loss import LOSS_REDUCTIONS, causal_lm_loss
 from flamingo_lib.io import atomic_path, write_text_atomic
+from flamingo_lib.modeling.saved_files import check_complete, saving
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -213,6 +214,8 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         """
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={loss_reduction!r}; allowed: {', '.join(LOSS_REDUCTIONS)}")
+        if cache is None and media_time is None:  # the whole sequence (not a decoding step's tail)
+            self.check_length(input_ids.shape[1], "the input")
         if all_media_seen and visual_features is not None and pixel_values is None and image_embeddings is None:
             features = visual_features  # a decoding step: generate resolved and checked them once per call
         else:
@@ -237,6 +240,24 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
                               findings_logits=findings_logits, findings_loss=aux_loss)
 
+    @property
+    def max_positions(self) -> int | None:
+        """The most positions the frozen LM embeds (None when its config does not say)."""
+        lm_config = self.flamingo.lm.config
+        return getattr(lm_config, "max_position_embeddings", None) or getattr(lm_config, "n_positions", None)
+
+    def check_length(self, length: int, what: str) -> None:
+        """Refuse a sequence longer than the LM can place (its position embeddings would be indexed
+        out of range: an IndexError deep inside the LM).
+
+        Raises:
+            ValueError: naming ``what``, its length and the limit.
+        """
+        limit = self.max_positions
+        if limit is not None and length > limit:
+            raise ValueError(f"{what} is {length} tokens but the language model {self.config.lm!r} places at most "
+                             f"{limit}: shorten the text (the processor's max_length) or generate fewer tokens")
+
     # ---------------------------------------------------------------------------- save/load
     def save_pretrained(self, save_directory: str | os.PathLike, processor: Any = None, **_: Any) -> None:
         """Write config.json, the trainable weights (safetensors) and, when given, the processor's
@@ -244,14 +265,20 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         describes).
 
         Frozen parts are not saved: they are rebuilt from their source (``config.lm``,
-        ``config.clip_model_type``, or the tiny-random seed) on load. Written atomically.
+        ``config.clip_model_type``, or the tiny-random seed) on load. Each file is written
+        atomically, inside a marker that only a finished save removes
+        (:mod:`~flamingo_lib.modeling.saved_files`): an interrupted save is refused on load.
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
+        with saving(directory):
+            if processor is not None:  # ours writes without a mark of its own; another, its own way
+                getattr(processor, "write_files", processor.save_pretrained)(directory)
+            self._write_files(directory)
+
+    def _write_files(self, directory: Path) -> None:
         # what PretrainedConfig.save_pretrained writes, through the atomic writer
         write_text_atomic(directory / "config.json", self.config.to_json_string(use_diff=True))
-        if processor is not None:
-            processor.save_pretrained(directory)
         tensors = {k: v.contiguous().cpu() for k, v in self.state_dict_trainable().items()}
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
             save_file(tensors, tmp, metadata={"format": "pt", "content": "flamingo trainable weights"})
@@ -271,6 +298,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
 
         Raises:
             FileNotFoundError: the directory lacks ``config.json`` or the weights.
+            ValueError: a save into the directory did not finish.
             ValueError: the checkpoint lacks trainable weights, holds unexpected ones or ones of
                 another shape; ``dtype`` is not a floating-point dtype.
         """
@@ -279,6 +307,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name}: missing; a Flamingo saved by save_pretrained holds "
                                         f"config.json and {WEIGHTS_FILE}")
+        check_complete(directory)
         cast = floating_dtype(dtype if dtype is not None else torch_dtype)
         config = FlamingoConfig.from_pretrained(directory, **overrides)
         name = None if cast is None else dtype_name(cast)

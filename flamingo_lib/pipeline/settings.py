@@ -178,7 +178,8 @@ class PipelineSettings:
 
     def flat(self) -> dict[str, Any]:
         """Every setting by its own name (``run_dir`` and each member's fields)."""
-        return {"run_dir": self.run_dir} | {k: v for name in MEMBERS for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        members = (dataclasses.asdict(getattr(self, name)) for name in MEMBERS)
+        return {"run_dir": self.run_dir} | {k: v for fields in members for k, v in fields.items()}
 
     @property
     def feature_root(self) -> Path:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from flamingo_lib.io import atomic_path, write_json_atomic
 from flamingo_lib.modeling.config import FlamingoConfig
+from flamingo_lib.modeling.saved_files import check_complete
 from flamingo_lib.pipeline.settings import PipelineSettings
 
 __all__ = ["Pipeline"]
@@ -91,6 +92,10 @@ class Pipeline:
         model_dir = self.run_dir / "train" / "model"
         summary = self.run_dir / "train" / "summary.json"
         if not (summary.exists() and (model_dir / "model.safetensors").exists()):
+            return False
+        try:
+            check_complete(model_dir)
+        except ValueError:  # a save interrupted midway: train again (from the checkpoint if it is unfinished)
             return False
         saved_key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
         if saved_key is None or self._saved_training_key(saved_key) != self.settings.training_key():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ from PIL import Image
 
 from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.modeling.backbones.language import flamingo_tokenizer
+from flamingo_lib.modeling.saved_files import check_complete, saving
 from flamingo_lib.processing.prompts import REPORT_PROMPT, study_prompt
 from flamingo_lib.modeling.backbones.vision import ImagePreprocessConfig, preprocess_config
-from flamingo_lib.io import write_json_atomic, write_text_atomic
+from flamingo_lib.io import atomic_path, write_json_atomic, write_text_atomic
 
 PREPROCESSOR_FILE = "flamingo_processor.json"
 IGNORE_INDEX = -100
@@ -228,10 +231,22 @@ class FlamingoProcessor:
 
     # ------------------------------------------------------------------------------ save/load
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the tokenizer (with the Flamingo tokens), the image preprocessing and config."""
+        """Write the tokenizer (with the Flamingo tokens), the image preprocessing and config, each
+        file atomically (a save killed midway leaves the previous files whole and the directory
+        marked as unfinished)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
+        with saving(directory):
+            self.write_files(directory)
+
+    def write_files(self, directory: Path) -> None:
+        """The files of :meth:`save_pretrained`, without its mark (for a save that holds one)."""
+        # the tokenizer writes its files in place: let it write them apart, then move each in whole
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".tokenizer-") as staging:
+            self.tokenizer.save_pretrained(staging)
+            for written in sorted(Path(staging).iterdir()):
+                with atomic_path(directory / written.name) as target:
+                    shutil.copyfile(written, target)
         payload = {"image_config": self.image_config.__dict__, "prompt": self.prompt}
         write_json_atomic(directory / PREPROCESSOR_FILE, payload, indent=2)
         if not (directory / "config.json").exists():
@@ -244,6 +259,7 @@ class FlamingoProcessor:
         from transformers import AutoTokenizer
 
         directory = Path(directory)
+        check_complete(directory)  # an interrupted save may have paired other files
         config = FlamingoConfig.from_pretrained(directory)
         if not (directory / PREPROCESSOR_FILE).exists():
             # a model saved without its processor: the one its config describes (the LM's

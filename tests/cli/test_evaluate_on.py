@@ -46,7 +46,8 @@ def test_on_its_own_test_split_it_scores_what_the_pipeline_scored(evaluated_run)
 def test_on_another_source_it_scores_against_the_references(evaluated_run, tmp_path):
     run, _ = evaluated_run
     root = build_mimic(tmp_path / "mimic")
-    table = main([str(run), "--data", f"mimic:{root}", "--out", str(tmp_path / "out"), *COMMON])
+    with pytest.warns(UserWarning, match="credentialed"):
+        table = main([str(run), "--data", f"mimic:{root}", "--out", str(tmp_path / "out"), *COMMON])
     assert "CE micro-F1 (14, vs reference)" in table and not any("image truth" in c for c in table.columns)
     assert set(table.index) == {"flamingo", "most frequent report", "nearest neighbour", "LM without image"}
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -76,3 +77,15 @@ def test_what_it_cannot_do_is_refused_by_name(evaluated_run, tmp_path, capsys):
         assert GUIDED in given.index and "threshold 0.3 given on the command line" in (tmp_path / "given" / "PROTOCOL.md").read_text()
     finally:
         setup.write_text(kept)
+
+
+def test_on_credentialed_data_it_warns_first_and_marks_the_folder_private(evaluated_run, tmp_path):
+    from flamingo_lib.cli.evaluate_on import CREDENTIALED_NOTE, CredentialedDataWarning
+
+    run, _ = evaluated_run
+    root = build_mimic(tmp_path / "mimic")
+    with pytest.warns(CredentialedDataWarning, match="keep it private"):
+        main([str(run), "--data", f"mimic:{root}", "--out", str(tmp_path / "out"), *COMMON])
+    assert "never share it" in (tmp_path / "out" / CREDENTIALED_NOTE).read_text()
+    main([str(run), "--data", SMALL["source"], "--max-samples", "2", "--out", str(tmp_path / "public"), *COMMON])
+    assert not (tmp_path / "public" / CREDENTIALED_NOTE).exists()  # a public source is not marked

@@ -137,3 +137,16 @@ def test_malformed_path_fields_are_data_errors_that_skip_mode_skips(tmp_path):
     with pytest.raises(DataError, match=r"image id 2\.file_names: must be a list of paths"):
         ChexDataset(path)
     assert len(ChexDataset(path, on_error="skip")) == 1
+
+
+def test_a_decompression_bomb_is_a_data_error_that_skip_mode_skips(tmp_path, monkeypatch):
+    write_image(tmp_path / "small.png", 7, size=(8, 8))
+    write_image(tmp_path / "huge.png", 7, size=(40, 40))  # "huge" once PIL's limit is lowered below
+    data = {"images": [{"id": 1, "file_name": "small.png"}, {"id": 2, "file_name": "huge.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "caption": "Small."}, {"id": 2, "image_id": 2, "caption": "Huge."}]}
+    (tmp_path / "chex.json").write_text(json.dumps(data))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40 x 40 is over twice the limit: a bomb to PIL
+    with pytest.raises(DataError, match=r"huge\.png: .*MAX_IMAGE_PIXELS = 500"):
+        ChexDataset(tmp_path / "chex.json", validate_images=True)
+    dataset = ChexDataset(tmp_path / "chex.json", on_error="skip")  # header not read: found on loading
+    assert [s.report for s in dataset] == ["Small."] and dict(dataset.skip_log.counts) == {"image_too_large": 1}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import open_gates, xray_like
-from flamingo_lib import FlamingoConfig, FlamingoModel
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.modeling.backbones.language import build_tiny_lm
 from flamingo_lib.modeling.lm_injection import flamingo_layers
 
@@ -296,3 +296,41 @@ def test_a_config_json_with_values_of_the_wrong_type_is_refused_naming_the_field
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises((TypeError, ValueError), match=message):
         FlamingoModel.from_pretrained(tmp_path)
+
+
+def test_a_sequence_longer_than_the_lm_places_is_refused_naming_the_limit():
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config).eval(), FlamingoProcessor(config)
+    limit = model.max_positions
+    assert limit is not None
+    long_text = "<image>" + "x" * (limit + 10)  # the byte-level tiny tokenizer: a token per character
+    batch = processor([long_text], [[xray_like(0)]])
+    with pytest.raises(ValueError, match=rf"the input is {batch['input_ids'].shape[1]} tokens .* at most {limit}"):
+        model(**batch)
+    prompt = processor(["<image>Findings:"], [[xray_like(0)]])
+    with pytest.raises(ValueError, match=rf"the prompt plus max_new_tokens is \d+ tokens .* at most {limit}"):
+        model.generate(**prompt, max_new_tokens=limit)
+
+
+def test_a_save_interrupted_between_config_and_weights_is_refused_on_load(tmp_path, monkeypatch):
+    import flamingo_lib.modeling.model as model_module
+
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    model.save_pretrained(tmp_path, processor=processor)
+    FlamingoModel.from_pretrained(tmp_path)  # whole: loads
+    other = FlamingoModel(FlamingoConfig.from_preset("tiny-random", seed=7))  # same shapes, other weights
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while writing the weights: config.json is already new
+
+    monkeypatch.setattr(model_module, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        other.save_pretrained(tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="a save into it did not finish"):
+        FlamingoModel.from_pretrained(tmp_path)  # not seed 7's config over seed 0's weights
+    with pytest.raises(ValueError, match="SAVE_IN_PROGRESS"):
+        FlamingoProcessor.from_pretrained(tmp_path)
+    other.save_pretrained(tmp_path)  # saved again: whole again
+    assert FlamingoModel.from_pretrained(tmp_path).config.seed == 7

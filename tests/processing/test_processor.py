@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +204,26 @@ def test_an_empty_batch_is_refused_by_name_not_by_an_index_error():
         processor([], [])
     with pytest.raises(ValueError, match="generate_captions: no images given"):
         FlamingoModel(config).generate_captions(processor, images=[])
+
+
+def test_a_save_that_dies_midway_leaves_the_previous_files_whole(tmp_path, monkeypatch):
+    config = FlamingoConfig.from_preset("tiny-random")
+    processor = FlamingoProcessor(config)
+    processor.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    save = type(processor.tokenizer).save_pretrained
+
+    def dies_midway(self, directory, *args, **kwargs):
+        (Path(directory) / "tokenizer.json").write_text('{"truncated')  # half a file, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(processor.tokenizer), "save_pretrained", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        processor.save_pretrained(tmp_path)
+    monkeypatch.setattr(type(processor.tokenizer), "save_pretrained", save)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after.pop("SAVE_IN_PROGRESS") and after == before  # nothing torn, nothing left over but the mark
+    with pytest.raises(ValueError, match="did not finish"):
+        FlamingoProcessor.from_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert FlamingoProcessor.from_pretrained(tmp_path).tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id
