@@ -39,7 +39,7 @@ from flamingo_lib.pipeline.settings import EvalSettings
 from flamingo_lib.io import write_text_atomic
 from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
-from flamingo_lib.pipeline.run_records import guided_setup, model_directory, training_record
+from flamingo_lib.pipeline.run_records import guided_setup, model_directory, provenance, training_record
 from flamingo_lib.inference.study_reports import CHUNK_STUDIES, report_chunks
 
 #: Output formats by suffix.
@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         parser.exit(2, f"{parser.prog}: error: {error}\n{partial} keeps the {sum(map(len, done))} studies done: "
                        "fix or remove the film and run the same command again, or add --on-error skip\n")
     table = pd.DataFrame([row for rows in done for row in rows])
+    if len(table):  # every row says what made it, wherever the row travels
+        table["provenance"] = provenance(model_dir)
     save_table(table, args.out)
     partial.unlink()
     if args.html:
@@ -222,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
 
         write_study_page(args.html, model, processor, table, studies, image_size=image_size, limit=args.html_studies,
                          films_shareable=args.films_shareable,
-                         description=f"{how.capitalize()} decoding by the model in {model_dir}.")
+                         description=f"{how.capitalize()} decoding by the model in {model_dir}; "
+                                     f"{provenance(model_dir)}.")
         print(f"wrote the page {args.html} ({min(args.html_studies, len(table))} studies)")
     for row in table.head(5).itertuples():
         print(f"{row.study}: {row.report}")

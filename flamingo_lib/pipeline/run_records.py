@@ -46,6 +46,19 @@ def training_record(model_dir: Path) -> dict[str, Any] | None:
             "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0))}
 
 
+def provenance(model_dir: Path) -> str:
+    """What a reader of the model's reports must know of it: the data it was trained on (from its
+    run's record) and that its reports are for research, not for diagnosis."""
+    record = training_record(model_dir)
+    if record is None:
+        trained = "its training data are not recorded"
+    elif str(record["data"]).startswith("phantom"):
+        trained = f"trained on synthetic phantom films only ({record['data']}), never on a patient's film"
+    else:
+        trained = f"trained on {record['data']}"
+    return f"research model, not for diagnosis: {trained}"
+
+
 def recorded_guided_setup(model_dir: Path) -> dict[str, Any] | None:
     """The findings-guided setup the model's run picked on its val split (``eval/guided_decoding.json``
     of a pipeline run: threshold, candidates, temperature, top_p), or None when it recorded none."""

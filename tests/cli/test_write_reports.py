@@ -107,6 +107,9 @@ def test_the_command_writes_csv_or_jsonl_and_records_what_each_study_states(save
           "--max-new-tokens", "6", "--no-progress", "--device", "cpu"])
     (record,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert record["report"] == csv["report"][0] and 0 < record["p Cardiomegaly"] < 1
+    # every row says what made it: this model's run recorded no training data
+    assert set(on_disk["provenance"]) == {"research model, not for diagnosis: its training data are not recorded"}
+    assert record["provenance"] == on_disk["provenance"][0]
 
 
 def test_guided_decoding_takes_the_runs_recorded_threshold_and_matches_the_library(saved_model, tmp_path):
@@ -217,7 +220,7 @@ def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private
         table = main(args)
     page = (tmp_path / "page.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "2 of 3 studies shown" in page
-    assert "do not share it" in page and "Greedy decoding" in page
+    assert "do not share it" in page and "Greedy decoding" in page and "research model, not for diagnosis" in page
     import html as html_module
 
     assert html_module.escape(table["report"][0]) in page and "Findings head" in page

@@ -72,6 +72,8 @@ def test_reports_for_the_test_films_on_disk_are_the_evaluations_own(trained_run,
     common = [str(trained_run), str(films), "--one-per-image", "--max-new-tokens", "6", "--no-progress"]
     greedy = write_reports_main(common + ["--out", str(tmp_path / "greedy.csv"), "--batch-size", "8"])
     assert greedy["report"].tolist() == generations["flamingo"].tolist()
+    assert set(greedy["provenance"]) == {"research model, not for diagnosis: trained on synthetic phantom films only "
+                                         "(phantom:templated), never on a patient's film"}
     guided = write_reports_main(common + ["--out", str(tmp_path / "guided.csv"), "--guided"])
     assert guided["report"].tolist() == generations[SYSTEM_NAME].tolist()
 
