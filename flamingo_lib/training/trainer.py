@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from flamingo_lib.training.checkpoint import (
     CHECKPOINT_FILE,
     PICKLED_CHECKPOINT_FILE,
+    checkpoint_record,
     load_training_state,
-    read_training_state,
     save_training_state,
 )
 from flamingo_lib.labeling.targets import FindingTargets
@@ -165,7 +165,9 @@ class Trainer:
             ValueError: a setting differs from the checkpoint's, other than those that only say
                 how long or how visibly to train (:data:`RESUMABLE_CHANGES`); the message names each.
         """
-        saved = read_training_state(self.out_dir)["settings"]
+        # the settings from the checkpoint's metadata alone: its tensors are read once, below
+        # (no readable checkpoint: load_training_state says why)
+        saved = (checkpoint_record(self.out_dir) or {"settings": {}})["settings"]
         current = asdict(self.config)
         changed = sorted(k for k in current if k in saved and k not in RESUMABLE_CHANGES and saved[k] != current[k])
         if changed:
