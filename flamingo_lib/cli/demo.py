@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
     pipeline = Pipeline(settings)
     if pipeline.credentialed and not options.allow_credentialed:  # before minutes of work, not after them
-        raise PermissionError(f"{settings.data.source} is credentialed (MIMIC-CXR): its data use agreement forbids "
-                              "sharing the report the demo writes; pass --allow_credentialed to write a private one")
+        raise PermissionError(f"{settings.data.source} may not be shared ({pipeline.licence}): the report the demo "
+                              "writes holds its films and text and may not be shared; pass --allow_credentialed to "
+                              "write a private one")
     print(f"[1/5] preset {settings.model.preset!r} on {settings.data.source!r}: building the model "
           "(pretrained encoders on first use)")
     _ = pipeline.model_and_processor

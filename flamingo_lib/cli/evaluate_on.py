@@ -32,9 +32,9 @@ from flamingo_lib.pipeline.run_records import guided_setup, model_directory, tra
 
 #: The note a results folder of credentialed data carries.
 CREDENTIALED_NOTE = "CREDENTIALED.md"
-CREDENTIALED_TEXT = ("# Private: credentialed data\n\nThese results were computed on `{data}`, a credentialed source "
-                     "(MIMIC-CXR, PhysioNet data use agreement). `generations.jsonl` holds its report text: keep this "
-                     "folder on machines covered by the agreement and never share it.\n")
+CREDENTIALED_TEXT = ("# Private data\n\nThese results were computed on `{data}`, data that may not be shared ({licence}). "
+                     "`generations.jsonl` holds its report text: keep this folder on machines its licence covers "
+                     "(for MIMIC-CXR, PhysioNet's data use agreement) and never share it.\n")
 
 
 class CredentialedDataWarning(UserWarning):
@@ -133,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     out = Path(args.out) if args.out else evaluation_dir(Path(args.run), args.data, args.split, args.max_samples)
     if args.data.startswith("mimic") or any(test[i].meta.get("credentialed") for i in range(min(1, len(test)))):
         # said before minutes of decoding, and written beside what it concerns
-        warnings.warn(f"{args.data} is credentialed (MIMIC-CXR, PhysioNet data use agreement): {out} will hold its "
-                      "report text; keep it private and never share it", CredentialedDataWarning, stacklevel=2)
+        licence = test[0].meta.get("licence", "credentialed") if len(test) else "credentialed"
+        warnings.warn(f"{args.data} may not be shared ({licence}): {out} will hold its report text; keep it private "
+                      "and never share it", CredentialedDataWarning, stacklevel=2)
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / CREDENTIALED_NOTE, CREDENTIALED_TEXT.format(data=args.data))
+        write_text_atomic(out / CREDENTIALED_NOTE, CREDENTIALED_TEXT.format(data=args.data, licence=licence))
     print(f"{len(test)} studies of {args.data} ({args.split}); model {model_dir} trained on {source['data']}; "
           f"results to {out}")
     table = evaluate_on(model, processor, train, test, out, trained_on=source["data"], tested_on=args.data,

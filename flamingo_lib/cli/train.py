@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 
 from flamingo_lib.cli import console_command
 from flamingo_lib.data.sources import open_source
+from flamingo_lib.inference.film_reference import build_film_reference
 from flamingo_lib.modeling.model import FlamingoModel
 from flamingo_lib.pipeline.settings import DataSettings, ModelSettings
 from flamingo_lib.processing.processor import FlamingoProcessor
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if options.resume:
         trainer.resume()
     summary = trainer.fit()
+    # beside the weights, so that write_reports can tell films unlike the training films
+    build_film_reference(model, processor, train_set, val_set, feature_cache=cache, seed=train.seed,
+                         progress=train.progress).save(Path(train.out_dir) / "model")
     print(f"trained to step {summary['steps']}: train loss {summary['first_train_loss']:.3f} -> "
           f"{summary['last_train_loss']:.3f}; model in {Path(train.out_dir) / 'model'}")
     return summary

@@ -9,8 +9,9 @@ The model is a run directory (the pipeline's or the training command's:
 files (a study each) and folders (every folder below holding images is a study:
 :func:`~flamingo_lib.data.study_files.find_studies`). Each study gets a report (greedy, or
 findings-guided with the threshold its run picked on validation studies), the observations the
-report states (read by the labeler), and with a findings head the head's probability of each
-observation (:mod:`flamingo_lib.inference.study_reports`). The table is written atomically as CSV or JSON
+report states (read by the labeler), whether a film is unlike the model's training films
+(:mod:`flamingo_lib.inference.film_reference`), the model's provenance, and with a findings head the
+head's probability of each observation (:mod:`flamingo_lib.inference.study_reports`). The table is written atomically as CSV or JSON
 lines; nothing is written beside the films.
 
 A long run loses nothing: every chunk of studies is appended to ``OUT.partial.jsonl`` as it is
@@ -38,6 +39,7 @@ from flamingo_lib.modeling.config import FROZEN_DTYPES
 from flamingo_lib.pipeline.settings import EvalSettings
 from flamingo_lib.io import write_text_atomic
 from flamingo_lib.data.study_files import StudyFiles, find_studies
+from flamingo_lib.inference.film_reference import REFERENCE_FILE, reference_for
 from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
 from flamingo_lib.pipeline.run_records import guided_setup, model_directory, provenance, training_record
 from flamingo_lib.inference.study_reports import CHUNK_STUDIES, report_chunks
@@ -152,7 +154,10 @@ def _guided_settings(args: argparse.Namespace, model_dir: Path, parser: argparse
     """guided_threshold (None: greedy), candidates, temperature, top_p (:func:`run_records.guided_setup`)."""
     if not (args.guided or args.threshold is not None):
         return {"guided_threshold": None}
-    setup = guided_setup(model_dir, args.threshold, args.candidates, args.temperature)
+    try:
+        setup = guided_setup(model_dir, args.threshold, args.candidates, args.temperature)
+    except ValueError as error:  # a run folder's record that cannot be right
+        parser.error(str(error))
     if setup is None:
         parser.error(f"findings-guided decoding needs a threshold: {model_dir} belongs to no run that recorded one "
                      f"(eval/{GUIDED_SETUP_FILE}, written when the pipeline evaluates a run); pass --threshold "
@@ -183,30 +188,42 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     if guided["guided_threshold"] is not None and FlamingoConfig.from_pretrained(model_dir).findings_head is None:
         parser.error(f"{model_dir}: findings-guided decoding needs a model with a findings head; this one has none")
     device = detect_device()[0] if args.device == "auto" else args.device
-    image_size = args.image_size or (training_record(model_dir) or {}).get("image_size") or 224
+    try:
+        image_size = args.image_size or (training_record(model_dir) or {}).get("image_size") or 224
+    except ValueError as error:
+        parser.error(str(error))
     options = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
                "image_size": image_size, **guided}
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    model = FlamingoModel.from_pretrained(model_dir, dtype=dtype).to(device)
+    processor = FlamingoProcessor.from_pretrained(model_dir)
+    try:
+        reference = reference_for(model, processor, model_dir)
+    except ValueError as error:
+        parser.error(str(error))
     partial = partial_path(args.out)
     # (not on_error: it changes no row that was made, so a run stopped by a bad film resumes with skip)
-    identity = run_identity(model_dir, studies, options | {"dtype": args.dtype, "device": torch.device(device).type})
+    identity = run_identity(model_dir, studies, options | {"dtype": args.dtype, "device": torch.device(device).type,
+                                                          "film_reference": None if reference is None else
+                                                          [reference.threshold, len(reference.embeddings)]})
     try:
         done = resume_chunks(partial, identity)
     except ValueError as error:
         parser.error(str(error))
-    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
-    model = FlamingoModel.from_pretrained(model_dir, dtype=dtype).to(device)
-    processor = FlamingoProcessor.from_pretrained(model_dir)
     how = "greedy" if guided["guided_threshold"] is None else (
         f"findings-guided (threshold {guided['guided_threshold']}, {guided['candidates']} candidates "
         f"at temperature {guided['temperature']})")
     print(f"{len(studies)} studies ({sum(len(s.paths) for s in studies)} images), {how} decoding on {device}, "
           f"model {model_dir}" + (f"; resuming after {sum(map(len, done))} studies in {partial}" if done else ""))
+    if reference is None:
+        print(f"note: {model_dir} holds no reference of its training films ({REFERENCE_FILE}), so no film is checked "
+              "for being unlike them; the pipeline's train step and flamingo-train write one")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # the partial file restarted from what was kept: a torn tail is not appended to
     write_text_atomic(partial, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in
                                        [{"run": identity}] + [{"chunk": i} | r for i, c in enumerate(done) for r in c]))
     chunks = report_chunks(model, processor, studies, first_chunk=len(done), progress=not args.no_progress,
-                           on_error=args.on_error, **options)
+                           on_error=args.on_error, film_reference=reference, **options)
     try:
         for index, rows in enumerate(chunks, len(done)):
             _append_chunk(partial, index, rows)
@@ -223,13 +240,18 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         from flamingo_lib.reporting.study_page import write_study_page
 
         write_study_page(args.html, model, processor, table, studies, image_size=image_size, limit=args.html_studies,
-                         films_shareable=args.films_shareable,
+                         films_shareable=args.films_shareable, film_reference=reference,
                          description=f"{how.capitalize()} decoding by the model in {model_dir}; "
                                      f"{provenance(model_dir)}.")
         print(f"wrote the page {args.html} ({min(args.html_studies, len(table))} studies)")
     for row in table.head(5).itertuples():
         print(f"{row.study}: {row.report}")
     failed = int((table["error"] != "").sum()) if len(table) else 0
+    unlike = int(table["out_of_distribution"].fillna(False).astype(bool).sum()) \
+        if "out_of_distribution" in table else 0
+    if unlike:
+        print(f"{unlike} studies hold a film unlike the training films (out_of_distribution column): their reports "
+              "are unreliable")
     print(f"wrote {len(table)} reports to {args.out}" + (f"; {failed} studies could not be read (error column)"
                                                           if failed else ""))
     return table

@@ -99,7 +99,8 @@ class FeatureCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         info = {"clip_model_type": model.config.clip_model_type, "dim_visual": model.config.dim_visual,
                 "image_config": processor.image_config.__dict__, "format_version": FEATURE_FORMAT_VERSION}
-        write_json_atomic(self.directory / "encoder.json", info, indent=2, default=list)
+        with self._writers_lock(fcntl.LOCK_SH):  # its temporary file, too, is no stray for another's sweep
+            write_json_atomic(self.directory / "encoder.json", info, indent=2, default=list)
         self.encoder_calls = 0  # images sent through the vision encoder by this object
         self._index: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}  # open (memory-mapped) shards, for fast reads

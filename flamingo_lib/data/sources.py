@@ -11,6 +11,9 @@ spec                                        source
 ``chex:ANNOTATION_JSON[,IMAGE_ROOT]``       :class:`ChexDataset`; ``{split}`` in the path is
                                             replaced by the split name
 ==========================================  ==============================================
+
+``r2gen`` and ``chex`` specs may end in ``;licence=open`` or ``;licence=credentialed``: files of an
+origin the loader cannot tell are private otherwise (:mod:`flamingo_lib.data.licence`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
     """The ``split`` ("train" | "val" | "test") of the data source named by ``spec``.
 
     Raises:
-        ValueError: an unknown kind, or the wrong number of paths for the kind.
+        ValueError: an unknown kind, the wrong number of paths for the kind, or an unknown option.
     """
-    kind, _, rest = spec.partition(":")
+    body, _, option_text = spec.partition(";")
+    kind, _, rest = body.partition(":")
     paths = [p for p in rest.split(",") if p] if rest else []
     if kind not in KINDS:
         raise ValueError(f"unknown data source {spec!r}; kinds: {', '.join(KINDS)} (see flamingo_lib.data.sources)")
+    licence = _licence_option(spec, kind, option_text)
     if kind == "phantom":
         from flamingo_lib.data.phantom.dataset import PhantomCXR
 
@@ -53,12 +58,34 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
     elif kind == "r2gen":
         from flamingo_lib.data.datasets.iu_xray import R2GenAnnotation
 
-        dataset = R2GenAnnotation(paths[0], paths[1], split=split, **common)
+        dataset = R2GenAnnotation(paths[0], paths[1], split=split, licence=licence, **common)
     else:
         from flamingo_lib.data.datasets.chex import ChexDataset
 
-        dataset = ChexDataset(paths[0].replace("{split}", split), paths[1] if len(paths) > 1 else None, **common)
+        dataset = ChexDataset(paths[0].replace("{split}", split), paths[1] if len(paths) > 1 else None,
+                              licence=licence, **common)
     return dataset if max_samples is None else Head(dataset, max_samples)
+
+
+def _licence_option(spec: str, kind: str, option_text: str) -> str | None:
+    """The ``licence`` a spec declares after ``;`` (None when it declares none).
+
+    Raises:
+        ValueError: another option, a bad value, or a licence declared for a source whose licence is known.
+    """
+    if not option_text:
+        return None
+    name, equals, value = option_text.partition("=")
+    if name.strip() not in ("licence", "license") or not equals:
+        raise ValueError(f"data source {spec!r}: the only option after ';' is licence=open|credentialed, "
+                         f"got {option_text!r}")
+    if kind not in ("r2gen", "chex"):
+        raise ValueError(f"data source {spec!r}: {kind} data have a known licence; only r2gen and chex files, whose "
+                         "origin the loader may not know, take a licence")
+    from flamingo_lib.data.licence import check_licence
+
+    check_licence(value.strip())
+    return value.strip()
 
 
 class Head:

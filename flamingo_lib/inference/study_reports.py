@@ -19,10 +19,26 @@ from tqdm.auto import tqdm
 from flamingo_lib.inference.batched import generate_in_batches
 from flamingo_lib.data.errors import DataError, check_on_error
 from flamingo_lib.data.study_files import StudyFiles, load_study
+from flamingo_lib.inference.film_reference import FilmReference, film_embeddings
 
 #: Studies decoded between two saves of the command's partial results. Guided decoding seeds each
 #: chunk (``seed + chunk index``), so a resumed run draws what an uninterrupted one would.
 CHUNK_STUDIES = 16
+
+
+def _familiarity(model: Any, processor: Any, samples: Sequence[Any], reference: FilmReference | None
+                 ) -> list[dict[str, Any]]:
+    """Per study, how far its farthest film lies from the training films and whether that is out
+    of distribution (none without a reference). The encoder runs once more on the films for this:
+    a small cost beside decoding, and it keeps generation's batching untouched."""
+    if reference is None:
+        return [{} for _ in samples]
+    if not samples:
+        return []
+    distances = reference.distances(film_embeddings(model, processor, (im for s in samples for im in s.images)))
+    per_study = torch.split(distances, [len(s.images) for s in samples])
+    return [{"distance_to_training": round(float(d.max()), 4),
+             "out_of_distribution": bool(d.max() > reference.threshold)} for d in per_study]
 
 
 def _head_columns(model: Any, probabilities: torch.Tensor | None, readings: torch.Tensor | None) -> list[dict]:
@@ -49,8 +65,8 @@ def _greedy(model: Any, processor: Any, samples: Sequence[Any], max_new_tokens: 
 def report_chunks(model: Any, processor: Any, studies: Sequence[StudyFiles], *, guided_threshold: float | None = None,
                   candidates: int = 32, temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 60,
                   batch_size: int = 4, seed: int = 0, image_size: int | None = None, on_error: str = "raise",
-                  first_chunk: int = 0, chunk_studies: int = CHUNK_STUDIES, progress: bool = True
-                  ) -> Iterator[list[dict[str, Any]]]:
+                  first_chunk: int = 0, chunk_studies: int = CHUNK_STUDIES, progress: bool = True,
+                  film_reference: FilmReference | None = None) -> Iterator[list[dict[str, Any]]]:
     """The rows of :func:`study_reports`, one list per chunk of ``chunk_studies`` studies, from
     chunk ``first_chunk`` on (a resumed run skips the chunks it has)."""
     from flamingo_lib.labeling.labeler import label_report
@@ -84,16 +100,17 @@ def report_chunks(model: Any, processor: Any, studies: Sequence[StudyFiles], *, 
                 drawn.reading_probabilities
         else:
             reports, probabilities, readings = [], None, None
-        made = iter(zip(reports, _head_columns(model, probabilities, readings) or [{} for _ in reports]))
+        made = iter(zip(reports, _head_columns(model, probabilities, readings) or [{} for _ in reports],
+                        _familiarity(model, processor, samples, film_reference)))
         rows = []
         for position, study in enumerate(chunk):
             row = {"study": study.id, "images": ";".join(str(p) for p in study.paths)}
             if position in errors:
                 rows.append(row | {"report": "", "stated": "", "error": errors[position]})
                 continue
-            report, head = next(made)
+            report, head, familiarity = next(made)
             stated = [obs for obs, value in label_report(report).items() if value == 1.0]
-            rows.append(row | {"report": report, "stated": "; ".join(stated), "error": ""} | head)
+            rows.append(row | {"report": report, "stated": "; ".join(stated), "error": ""} | familiarity | head)
         bar.update(len(chunk))
         yield rows
     bar.close()
@@ -102,14 +119,17 @@ def report_chunks(model: Any, processor: Any, studies: Sequence[StudyFiles], *, 
 def study_reports(model: Any, processor: Any, studies: Sequence[StudyFiles], **options: Any) -> pd.DataFrame:
     """One row per study: ``study``, ``images`` (its files, ``;``-separated), ``report``, ``stated``
     (the observations the labeler reads as positive in it), ``error`` (why a study that could not be
-    read has no report, with ``on_error="skip"``; else empty) and, with a findings head,
-    ``p <obs>`` per observation (``p stated <obs>`` too with a reading head).
+    read has no report, with ``on_error="skip"``; else empty), with a ``film_reference`` its
+    ``distance_to_training`` and whether it is ``out_of_distribution``
+    (:mod:`~flamingo_lib.inference.film_reference`), and with a findings head ``p <obs>`` per
+    observation (``p stated <obs>`` too with a reading head).
 
     Args:
         options: of :func:`report_chunks`: ``guided_threshold`` (None: greedy reports; else
             findings-guided decoding with ``candidates`` samples at ``temperature`` / ``top_p``),
             ``max_new_tokens``, ``batch_size``, ``seed``, ``image_size`` (the longer side films are
-            downscaled to on loading: the run's), ``on_error`` ("raise" or "skip"), ``progress``.
+            downscaled to on loading: the run's), ``on_error`` ("raise" or "skip"), ``progress``,
+            ``film_reference`` (the training films' :class:`FilmReference`: flag films unlike them).
 
     Raises:
         DataError: a film that cannot be read (``on_error="raise"``), naming it.

@@ -12,6 +12,33 @@ from typing import Any
 
 from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
 
+# A run folder may come from anyone: what it records is checked before it steers decoding.
+_NUMBER = ((int, float), "a number")
+_GUIDED_FIELDS = {"threshold": (_NUMBER, lambda v: 0 <= v <= 1, "in [0, 1]"),
+                  "candidates": (((int,), "an integer"), lambda v: v >= 1, ">= 1"),
+                  "temperature": (_NUMBER, lambda v: v > 0, "> 0"),
+                  "top_p": (_NUMBER, lambda v: 0 < v <= 1, "in (0, 1]")}
+_RECORD_FIELDS = {"data": (((str,), "a data source spec"), lambda v: bool(v), "not empty"),
+                  "image_size": (((int,), "an integer"), lambda v: v >= 1, ">= 1"),
+                  "seed": (((int,), "an integer"), lambda v: True, "")}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from error
+
+
+def _check_fields(path: Path, record: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Raises ValueError naming the file, the field, what was expected and what it holds."""
+    for name, ((types, type_name), allowed, rule) in fields.items():
+        if name not in record or record[name] is None:
+            continue
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, types) or not allowed(value):
+            raise ValueError(f"{path}: {name} must be {type_name}{f' {rule}' if rule else ''}, got {value!r}")
+
 
 def model_directory(path: str | Path) -> Path:
     """The saved model a path names: itself when it holds ``config.json`` and ``model.safetensors``,
@@ -37,13 +64,16 @@ def training_record(model_dir: Path) -> dict[str, Any] | None:
     summary = model_dir.parent / "summary.json"
     if not summary.is_file():
         return None
-    config = json.loads(summary.read_text()).get("config", {})
-    extra = config.get("extra") or {}
+    saved = _read_json(summary)
+    config = saved.get("config", {}) if isinstance(saved, dict) else {}
+    extra = (config.get("extra") if isinstance(config, dict) else None) or {}
     key = extra.get("pipeline") or extra  # the pipeline's training key, or what the command recorded
-    if "data" not in key:
+    if not isinstance(key, dict) or "data" not in key:
         return None
-    return {"data": key["data"], "image_size": key.get("image_size", 224),
-            "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0))}
+    record = {"data": key["data"], "image_size": key.get("image_size", 224),
+              "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0))}
+    _check_fields(summary, record, _RECORD_FIELDS)
+    return record
 
 
 def provenance(model_dir: Path) -> str:
@@ -63,7 +93,13 @@ def recorded_guided_setup(model_dir: Path) -> dict[str, Any] | None:
     """The findings-guided setup the model's run picked on its val split (``eval/guided_decoding.json``
     of a pipeline run: threshold, candidates, temperature, top_p), or None when it recorded none."""
     path = model_dir.parent.parent / "eval" / GUIDED_SETUP_FILE
-    return json.loads(path.read_text()) if model_dir.parent.name == "train" and path.is_file() else None
+    if not (model_dir.parent.name == "train" and path.is_file()):
+        return None
+    setup = _read_json(path)
+    if not isinstance(setup, dict):
+        raise ValueError(f"{path}: expected an object of {', '.join(_GUIDED_FIELDS)}, got {type(setup).__name__}")
+    _check_fields(path, setup, _GUIDED_FIELDS)
+    return setup
 
 
 def guided_setup(model_dir: Path, threshold: float | None = None, candidates: int | None = None,

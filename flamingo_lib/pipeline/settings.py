@@ -99,7 +99,8 @@ class DataSettings:
     """Which data, at which image size, and how much of each split."""
 
     source: str = field(default="phantom:templated", metadata={"help": (
-        "data source spec (flamingo_lib.data.sources: phantom[:templated|:iu], iu:DIR, r2gen:DIR, mimic:DIR, chex:DIR)"),
+        "data source spec (flamingo_lib.data.sources: phantom[:templated|:iu], iu:DIR, r2gen:DIR, mimic:DIR, chex:DIR; "
+        "r2gen and chex files of unknown origin are private unless the spec ends in ;licence=open)"),
         "aliases": ["--data"]})
     image_size: int = field(default=224, metadata={"help": "size of rendered phantom images"})
     max_train_samples: int | None = None  # None: the whole split
@@ -195,7 +196,9 @@ class PipelineSettings:
         from flamingo_lib.data.feature_cache import FEATURE_FORMAT_VERSION
 
         m, d, t = self.model, self.data, self.train
-        key = {"preset": m.preset, "pretrain_scale": m.pretrain_scale, "data": d.source, "image_size": d.image_size,
+        # (a licence declared after ';' says who may see the data, not what the model learns from them)
+        key = {"preset": m.preset, "pretrain_scale": m.pretrain_scale, "data": d.source.partition(";")[0],
+               "image_size": d.image_size,
                "max_train_samples": d.max_train_samples, **{k: getattr(t, k) for k in TrainConfig.WEIGHT_KNOBS},
                "frozen_dtype": m.frozen_dtype, "only_attend_immediate_media": m.only_attend_immediate_media,
                # a model trained on features of another format reads other inputs

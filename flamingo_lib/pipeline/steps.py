@@ -60,9 +60,16 @@ class Pipeline:
 
     @property
     def credentialed(self) -> bool:
-        """True when the data come from a credentialed source (MIMIC-CXR): never share them."""
+        """True when the data may not be shared: a credentialed source (MIMIC-CXR), or one of unknown
+        origin (:mod:`flamingo_lib.data.licence`)."""
         return self.settings.data.source.startswith("mimic") or any(
             self.splits["test"][i].meta.get("credentialed") for i in range(min(1, len(self.splits["test"]))))
+
+    @property
+    def licence(self) -> str:
+        """What the data's source says of sharing them (the first test sample's ``meta["licence"]``)."""
+        test = self.splits["test"]
+        return str(test[0].meta.get("licence", "unknown")) if len(test) else "no test samples"
 
     # ----------------------------------------------------------------------------- features
     @cached_property
@@ -165,6 +172,7 @@ class Pipeline:
 
         summary_path = self.run_dir / "train" / "summary.json"
         if not force and self.is_trained():
+            self._film_reference(rebuild=False)  # a run trained before references were kept gets one
             return json.loads(summary_path.read_text())
         s = self.settings
         self.__dict__.pop("model_and_processor", None)
@@ -178,7 +186,21 @@ class Pipeline:
             trainer.resume()  # a killed notebook or demo continues where its last checkpoint stands
         summary = trainer.fit()
         self.__dict__.pop("model_and_processor", None)  # reload the saved, trained model next time
+        self._film_reference(rebuild=True)  # the one beside an earlier model may be another encoder's
         return summary
+
+    def _film_reference(self, rebuild: bool) -> None:
+        """Save the training films' reference beside the model (:mod:`flamingo_lib.inference.film_reference`),
+        from the cached features of the train and val splits, when missing or when ``rebuild``."""
+        from flamingo_lib.inference.film_reference import REFERENCE_FILE, build_film_reference
+
+        model_dir = self.run_dir / "train" / "model"
+        if not rebuild and (model_dir / REFERENCE_FILE).exists():
+            return
+        model, processor = self.model_and_processor
+        build_film_reference(model, processor, self.splits["train"], self.splits["val"],
+                             feature_cache=self.feature_cache, seed=self.settings.train.seed,
+                             progress=self.settings.train.progress).save(model_dir)
 
     def training_curves(self) -> pd.DataFrame:
         """metrics.csv of the training run (step, train_loss, val_loss, lr, samples_per_s)."""

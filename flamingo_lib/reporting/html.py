@@ -23,8 +23,9 @@ from flamingo_lib.io import write_text_atomic
 IU_CREDIT = ("Report text: Indiana University Chest X-ray Collection (Demner-Fushman et al., 2016), via the "
              "Open-i service of the U.S. National Library of Medicine, CC BY-NC-ND 4.0; read from the "
              "torchxrayvision package. Images: procedurally rendered phantoms (flamingo_lib).")
-CREDENTIALED_WARNING = ("This report contains images and report text from a credentialed dataset (MIMIC-CXR). "
-                        "Its data use agreement forbids sharing them: keep this file private.")
+CREDENTIALED_WARNING = ("This report contains images and report text of private data (a credentialed dataset such "
+                        "as MIMIC-CXR, whose data use agreement forbids sharing them, or a source of unknown "
+                        "licence): keep this file private.")
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -122,9 +123,9 @@ def write_html_report(path: str | Path, title: str, sections: list[tuple[str, st
         PermissionError: credentialed content without ``allow_credentialed``.
     """
     if credentialed and not allow_credentialed:
-        raise PermissionError("refusing to write a report with credentialed (MIMIC-CXR) images and text: "
-                              "its data use agreement forbids sharing them; pass allow_credentialed=True "
-                              "to write a private copy")
+        raise PermissionError("refusing to write a report with private images and text (credentialed, such as "
+                              "MIMIC-CXR, or of unknown licence): they may not be shared; pass "
+                              "allow_credentialed=True to write a private copy")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     if credentialed:

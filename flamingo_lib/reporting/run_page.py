@@ -79,9 +79,8 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
         PermissionError: the data are credentialed and ``allow_credentialed`` is False.
     """
     if pipeline.credentialed and not allow_credentialed:  # refuse before any work is done
-        raise PermissionError("the run uses credentialed data (MIMIC-CXR), whose data use agreement forbids "
-                              "sharing: pass allow_credentialed=True "
-                              "to write a private report; never share it")
+        raise PermissionError(f"the run's data may not be shared ({pipeline.licence}): pass "
+                              "allow_credentialed=True to write a private report; never share it")
     settings = pipeline.settings
     table = pipeline.evaluate()
     curves = pipeline.training_curves()

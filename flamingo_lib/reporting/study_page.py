@@ -55,9 +55,22 @@ def _believed(row: pd.Series) -> str:
     return ", ".join(f"{name} {p:.2f}" for p, name in shown) or "none"
 
 
+def _unlike_training(row: pd.Series, film_reference: Any) -> str:
+    """The warning of a study whose film lies outside the training distribution ('' otherwise)."""
+    flagged = row.get("out_of_distribution")
+    if flagged is None or (isinstance(flagged, float) and np.isnan(flagged)) or not bool(flagged):
+        return ""
+    distance = float(row["distance_to_training"])
+    text = film_reference.describe(distance) if film_reference is not None else \
+        f"unlike the films the model was trained on (distance {distance:.3f}): its report is unreliable"
+    return f"<p class='warn'><b>Out of distribution:</b> this study holds a film {html.escape(text)}.</p>"
+
+
 def study_cases_html(model: Any, processor: Any, table: pd.DataFrame, studies: Sequence[StudyFiles],
-                     image_size: int | None = None, limit: int = 50) -> str:
-    """The first ``limit`` studies of ``table`` (rows in the order of ``studies``) as HTML, images inlined."""
+                     image_size: int | None = None, limit: int = 50, film_reference: Any = None) -> str:
+    """The first ``limit`` studies of ``table`` (rows in the order of ``studies``) as HTML, images
+    inlined; a study the table marks ``out_of_distribution`` is shown with a warning above its report
+    (``film_reference``, the :class:`~flamingo_lib.inference.film_reference.FilmReference`, says how far)."""
     from flamingo_lib.reporting.html import case_figure, figure_to_img
 
     cases = []
@@ -71,23 +84,30 @@ def study_cases_html(model: Any, processor: Any, table: pd.DataFrame, studies: S
         head = f"<p class='ref'><b>Findings head (p &ge; {SHOWN_PROBABILITY}):</b> {html.escape(_believed(row))}</p>" \
             if any(c.startswith("p ") for c in row.index) else ""
         cases.append("<div class='case'>" + figure_to_img(case_figure(images[0], heatmap, None, title), 420)
-                     + f"<div>{name}<p><b>Report:</b> {html.escape(str(row['report']))}</p>"
+                     + f"<div>{name}{_unlike_training(row, film_reference)}<p><b>Report:</b> {html.escape(str(row['report']))}</p>"
                      + f"<p class='ref'><b>States:</b> {html.escape(str(row['stated']) or 'nothing')}</p>{head}</div></div>")
     return "".join(cases)
 
 
 def write_study_page(path: str | Path, model: Any, processor: Any, table: pd.DataFrame, studies: Sequence[StudyFiles],
                      *, description: str, image_size: int | None = None, limit: int = 50,
-                     films_shareable: bool = False) -> Path:
+                     films_shareable: bool = False, film_reference: Any = None) -> Path:
     """Write the page (atomically): ``description`` (how the reports were made), then the cases.
 
     Args:
         films_shareable: the films may be shared (a public dataset); else the page warns at its top.
+        film_reference: the model's training-film reference, to say how far a flagged film lies.
     """
     from flamingo_lib.reporting.html import write_html_report
 
     shown = min(limit, len(table))
     intro = f"<p>{html.escape(description)}</p><p>{shown} of {len(table)} studies shown.</p>"
-    body = intro + study_cases_html(model, processor, table, studies, image_size, limit)
+    if "out_of_distribution" in table:
+        unlike = int(table["out_of_distribution"].fillna(False).astype(bool).sum())
+        intro += (f"<p{' class=warn' * bool(unlike)}>{unlike} of {len(table)} studies hold a film unlike the films "
+                  "the model was trained on (marked below): their reports are unreliable.</p>")
+    else:
+        intro += "<p>No film was checked against the training films (the model directory holds no reference).</p>"
+    body = intro + study_cases_html(model, processor, table, studies, image_size, limit, film_reference)
     return write_html_report(path, "Reports for new films", [("Studies", body)], credentialed=not films_shareable,
                              allow_credentialed=True, private_warning=PRIVATE_FILMS_WARNING)

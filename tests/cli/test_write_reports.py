@@ -252,3 +252,27 @@ def test_the_guided_setup_is_the_runs_record_with_given_values_in_their_place(sa
         assert guided_setup(model_dir, candidates=2)["candidates"] == 2
     finally:
         (run / "eval" / "guided_decoding.json").unlink()
+
+
+def test_a_run_folders_mistyped_records_are_refused_naming_the_file_and_field(saved_model, tmp_path, capsys):
+    run, _, _ = saved_model
+    copy = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(run, copy)
+    save_png(tmp_path / "films" / "x.png", 3)
+    args = [str(copy), str(tmp_path / "films"), "--out", str(tmp_path / "r.csv"), "--no-progress", "--device", "cpu"]
+    (copy / "eval").mkdir(exist_ok=True)
+    (copy / "eval" / "guided_decoding.json").write_text(json.dumps({"threshold": "0.3"}))  # a string, not a number
+    with pytest.raises(SystemExit):
+        main([*args, "--guided"])
+    assert "guided_decoding.json: threshold must be a number in [0, 1], got '0.3'" in capsys.readouterr().err
+    (copy / "eval" / "guided_decoding.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        main([*args, "--guided"])
+    assert "guided_decoding.json: not readable JSON" in capsys.readouterr().err
+    (copy / "train" / "summary.json").write_text(json.dumps({"config": {"extra": {"data": "phantom",
+                                                                                  "image_size": True}}}))
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "summary.json: image_size must be an integer >= 1, got True" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def make_samples() -> list[CXRSample]:
             findings=[Finding("pleural effusion", side="right", severity="small", source="Effusion/right/small")],
             labels={"Pleural Effusion": 1.0, "Edema": None, "Cardiomegaly": -1.0},
             masks={"Pleural Effusion": mask}, views=["PA", "LATERAL"],
-            meta={"source": "phantom", "seed": np.int64(3), "tags": ("a", "b")},
+            meta={"source": "phantom", "seed": np.int64(3), "tags": ("a", "b"), "credentialed": False},
         ),
         CXRSample(id="2", images=[frontal.copy()], report="Clear lungs.", sections={"FINDINGS": "Clear lungs."}),
     ]  # fmt: skip
@@ -52,7 +52,8 @@ def test_export_then_read_back_gives_equal_samples(tmp_path):
     for got, want in zip(read, samples, strict=True):
         assert_same(got, want)
     meta = {k: v for k, v in read[0].meta.items() if k not in READER_META}
-    assert meta == {"source": "phantom", "seed": 3, "tags": ["a", "b"], "credentialed": False}
+    assert meta == {"source": "phantom", "seed": 3, "tags": ["a", "b"], "credentialed": False, "licence": "open"}
+    assert read[1].meta["credentialed"] is True  # of unknown origin: private
 
 
 def test_reader_builds_coco_indexes(tmp_path):

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_fixtures import build_mimic
 from pipeline_runs import SMALL
@@ -48,6 +49,21 @@ def test_the_report_holds_every_section_and_the_headline_every_measure(trained_r
     assert "Which findings does the text follow?" in text and "Findings-guided:" in text  # in the cases too
     line = headline(pipeline)
     assert "pointing game" in line and "findings the text follows" in line and "findings-guided" in line
+
+
+def test_the_trained_model_carries_a_reference_of_its_training_films(trained_run, tmp_path):
+    from flamingo_lib.inference.film_reference import REFERENCE_FILE, reference_for
+
+    pipeline = Pipeline(run_dir=str(trained_run), **SMALL)
+    model, processor = pipeline.model_and_processor
+    reference = reference_for(model, processor, trained_run / "train" / "model")
+    assert len(reference.embeddings) == SMALL["max_train_samples"] and reference.validation_films == 4
+    run = _copy(trained_run, tmp_path)  # a run trained before references were kept gets one, not retraining
+    (run / "train" / "model" / REFERENCE_FILE).unlink()
+    weights = _mtime(run / "train" / "model" / "model.safetensors")
+    Pipeline(run_dir=str(run), **SMALL).train()
+    assert torch.equal(reference_for(model, processor, run / "train" / "model").embeddings, reference.embeddings)
+    assert _mtime(run / "train" / "model" / "model.safetensors") == weights
 
 
 def test_guided_decoding_is_a_system_tuned_on_its_own_val_studies(trained_run):

@@ -28,7 +28,9 @@ def test_a_run_saved_with_flat_settings_is_served_without_retraining_or_rescorin
     assert len(pipeline.grounding()) > 0
     model, _ = pipeline.model_and_processor
     assert model.config.reading_head and model.config.findings_head is not None
-    assert _mtimes(run) == before  # nothing retrained, recomputed or rewritten
+    after = _mtimes(run)  # nothing retrained, recomputed or rewritten; the training films' reference added
+    assert {name: after[name] for name in before} == before
+    assert set(after) - set(before) == {"train/model/training_films.safetensors"}
 
 
 def test_a_saved_training_key_gives_back_the_settings_it_was_trained_with(tmp_path):

@@ -40,3 +40,12 @@ def test_each_setting_is_declared_once_and_the_pipeline_trains_into_its_run():
     owners = flat_names()  # raises when two members declare the same name
     assert owners["lr"] == "train" and owners["preset"] == "model" and owners["source"] == "data"
     assert PipelineSettings(run_dir="runs/x").train.out_dir == "runs/x/train"
+
+
+def test_a_declared_licence_changes_who_may_see_a_run_not_its_training_key():
+    from flamingo_lib.pipeline.settings import PipelineSettings
+
+    plain = PipelineSettings.from_flat(source="chex:/data/x.json")
+    declared = PipelineSettings.from_flat(source="chex:/data/x.json;licence=open")
+    assert declared.training_key() == plain.training_key()
+    assert PipelineSettings.from_flat(source="chex:/data/y.json").training_key() != plain.training_key()

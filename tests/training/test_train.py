@@ -179,8 +179,14 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
     assert first["steps"] == 2 and (tmp_path / "run" / "checkpoint.safetensors").exists()
     assert first["config"]["findings_targets"] == "both" and first["config"]["findings_loss_weight"] == 1.0
     tokens_after_2 = FlamingoModel.from_pretrained(tmp_path / "run" / "model").flamingo.findings_tokens.present
+    from flamingo_lib.inference.film_reference import FilmReference
+
+    from_cache = FilmReference.load(tmp_path / "run" / "model")  # beside the weights, from the cached features
     resumed = main([*common, "--max-steps", "4", "--resume"])
     assert resumed["steps"] == 4
+    live = FilmReference.load(tmp_path / "run" / "model")  # rebuilt by the encoder itself: the same films, and
+    # the same embeddings up to the cache's half-precision storage
+    assert len(live.embeddings) == 12 and torch.allclose(live.embeddings, from_cache.embeddings, atol=1e-3)
     reloaded = FlamingoModel.from_pretrained(tmp_path / "run" / "model")
     assert reloaded.config.findings_tokens and not torch.equal(reloaded.flamingo.findings_tokens.present, tokens_after_2)
     assert reloaded.config.reading_head and reloaded.flamingo.findings_head.classifier.out_features == 2 * 13

@@ -36,6 +36,7 @@ from PIL import Image
 
 from flamingo_lib.io import write_json_atomic
 from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image, path_in_root
+from flamingo_lib.data.licence import check_licence, licence_meta
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, CXRSample, Finding
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class ChexDataset(PolicyDataset):
         validate_images: also open every image header at construction.
         allow_outside_root: accept image paths that are absolute or lead out of the image root
             (refused by default: an annotation file may come from anyone).
+        licence: the declared licence of entries whose ``meta`` does not say whether they are
+            credentialed ("open" | "credentialed"); such entries are private when it is None
+            (:mod:`flamingo_lib.data.licence`). :func:`write_chex` records it for every sample.
 
     Attributes:
         dataset: the parsed JSON.
@@ -75,9 +79,11 @@ class ChexDataset(PolicyDataset):
         image_size: int | None = None,
         validate_images: bool = False,
         allow_outside_root: bool = False,
+        licence: str | None = None,
     ) -> None:
+        check_licence(licence)
         super().__init__(f"ChexDataset({Path(annotation_json).name})", on_error)
-        self.allow_outside_root = allow_outside_root
+        self.allow_outside_root, self.licence = allow_outside_root, licence
         self.annotation_json = Path(annotation_json)
         self.image_root = Path(image_root) if image_root is not None else self.annotation_json.parent
         self.image_size = image_size
@@ -158,6 +164,12 @@ class ChexDataset(PolicyDataset):
         where = f"{self.annotation_json} image id {image_id}"
         if not any(ann["caption"].strip() for ann in self.imgToAnns.get(image_id, [])):
             raise DataError("no_caption", where, "image has no non-empty caption")
+        meta = entry.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise DataError("bad_entry", f"{where}.meta", "must be an object", expected="dict", got=meta)
+        if not isinstance((meta or {}).get("credentialed", False), bool):  # "false" must not read as shareable
+            raise DataError("bad_entry", f"{where}.meta.credentialed", "must be true or false", expected="bool",
+                            got=meta["credentialed"])
         for path in [*self._files(entry), *self._masks(entry).values()]:
             check_image_file(path, open_header=validate_images)
 
@@ -171,7 +183,7 @@ class ChexDataset(PolicyDataset):
         paths = self._files(entry)
         masks = {name: np.asarray(load_image(path)) > 0 for name, path in self._masks(entry).items()}
         meta = dict(entry.get("meta") or {})
-        meta.setdefault("credentialed", False)
+        meta.update(licence_meta(meta.get("credentialed"), self.licence))
         meta.update({"paths": [str(p) for p in paths], "chex_annotation": str(self.annotation_json),
                      "chex_image_id": image_id, "captions": captions})  # fmt: skip
         return CXRSample(
@@ -288,7 +300,9 @@ def write_chex(
                 "file_names": file_names, "sample_id": sample.id, "views": list(sample.views),
                 "sections": dict(sample.sections), "labels": _json_safe(sample.labels),
                 "findings": [asdict(finding) for finding in sample.findings],
-                "mask_files": mask_files, "meta": _json_safe(sample.meta),
+                "mask_files": mask_files,
+                # the licence as the source knew it: a sample of unknown origin stays unknown (private)
+                "meta": _json_safe(sample.meta),
             })  # fmt: skip
             annotations.append({"id": image_id, "image_id": image_id, "caption": sample.report})
         write_json_atomic(target, {"images": images, "annotations": annotations}, ensure_ascii=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image, path_in_root
+from flamingo_lib.data.licence import IU_LICENCE, MIMIC_LICENCE, check_licence, licence_meta
 from flamingo_lib.data.report_sections import target_text
 from flamingo_lib.data.sample import CXRSample, Finding
 
@@ -176,7 +177,7 @@ class IUXray(PolicyDataset):
             views=["UNKNOWN"] * len(paths),
             meta={
                 "source": "iu-xray",
-                "credentialed": False,
+                **licence_meta(False, None, IU_LICENCE),
                 "xml_path": str(report["xml_path"]),
                 "image_ids": list(report["image_ids"]),
                 "paths": [str(path) for path in paths],
@@ -188,6 +189,8 @@ class IUXray(PolicyDataset):
 _R2GEN_SPLITS = ("train", "val", "test")
 # A MIMIC-CXR image path as R2Gen stores it: p10/p10000032/s50414267/<dicom>.jpg
 _MIMIC_PATH = re.compile(r"(^|/)p\d{2}/p\d+/s\d+/")
+# R2Gen's IU X-Ray release names each study's folder after the Open-i report and image
+_IU_PATH = re.compile(r"^CXR\d+(_\d+)?_IM-\d+/")
 
 
 class R2GenAnnotation(PolicyDataset):
@@ -196,7 +199,9 @@ class R2GenAnnotation(PolicyDataset):
     One sample per entry; the report (already cleaned findings text in R2Gen) is
     the target and the ``FINDINGS`` section. Entries with ``subject_id`` /
     ``study_id`` keys or MIMIC-style image paths are MIMIC-CXR data and are marked
-    ``meta["credentialed"] = True``.
+    ``meta["credentialed"] = True``; entries with IU X-Ray's ``CXR<n>_IM-<n>/`` folders are open;
+    of any other entry the origin is unknown, and it is private unless ``licence`` says otherwise
+    (:mod:`flamingo_lib.data.licence`).
 
     Args:
         annotation_path: the ``annotation.json`` file.
@@ -207,6 +212,7 @@ class R2GenAnnotation(PolicyDataset):
         validate_images: also open every image header at construction.
         allow_outside_root: accept image paths that are absolute or lead out of the image root
             (refused by default: an annotation file may come from anyone).
+        licence: the declared licence of entries whose origin is unknown ("open" | "credentialed").
     """
 
     def __init__(
@@ -218,9 +224,11 @@ class R2GenAnnotation(PolicyDataset):
         image_size: int | None = None,
         validate_images: bool = False,
         allow_outside_root: bool = False,
+        licence: str | None = None,
     ) -> None:
+        check_licence(licence)
         split = {"validate": "val", "validation": "val"}.get(split, split)
-        self.allow_outside_root = allow_outside_root
+        self.allow_outside_root, self.licence = allow_outside_root, licence
         if split not in _R2GEN_SPLITS:
             raise ValueError(f"unknown R2Gen split {split!r}; known: {_R2GEN_SPLITS} (or 'validate')")
         super().__init__(f"R2GenAnnotation({split})", on_error)
@@ -270,6 +278,8 @@ class R2GenAnnotation(PolicyDataset):
         entry = self._entries[index]
         paths = entry["_paths"]  # checked to lie inside the image root
         mimic = "subject_id" in entry or "study_id" in entry or any(_MIMIC_PATH.search(p) for p in entry["image_path"])
+        iu = not mimic and all(_IU_PATH.match(p) for p in entry["image_path"])
+        known = True if mimic else False if iu else None
         report = " ".join(entry["report"].split())
         extra = {key: entry[key] for key in ("subject_id", "study_id") if key in entry}
         return CXRSample(
@@ -279,8 +289,8 @@ class R2GenAnnotation(PolicyDataset):
             sections={"FINDINGS": report},
             views=["UNKNOWN"] * len(paths),
             meta={
-                "source": "r2gen-mimic-cxr" if mimic else "r2gen-iu-xray",
-                "credentialed": mimic,
+                "source": "r2gen-mimic-cxr" if mimic else "r2gen-iu-xray" if iu else "r2gen",
+                **licence_meta(known, self.licence, MIMIC_LICENCE if mimic else IU_LICENCE),
                 "split": self.split,
                 "paths": [str(path) for path in paths],
                 "annotation_path": str(self.annotation_path),

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from flamingo_lib.data.licence import MIMIC_LICENCE, licence_meta
 from flamingo_lib.data.errors import DataError, OnError, PolicyDataset, check_image_file, load_image
 from flamingo_lib.data.index_tables import find_table, read_table
 from flamingo_lib.data.report_sections import split_sections, target_text
@@ -274,7 +275,7 @@ class MimicCXR(PolicyDataset):
             labels=self._labels_of(entry.study_id),
             views=list(entry.views),
             meta={
-                "source": "mimic-cxr-jpg", "credentialed": True,  # PhysioNet DUA: never share
+                "source": "mimic-cxr-jpg", **licence_meta(True, None, MIMIC_LICENCE),  # PhysioNet DUA: never share
                 "subject_id": entry.subject_id, "study_id": entry.study_id, "dicom_ids": list(entry.dicom_ids),
                 "paths": [str(path) for path in paths], "StudyDate": entry.study_date,
                 "report_path": str(self.report_path(entry.subject_id, entry.study_id)),

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from flamingo_lib.data.licence import licence_meta
 from flamingo_lib.data.phantom.render import (
     MIN_IMAGE_SIZE,
     RENDERER_VERSION,
@@ -193,7 +194,8 @@ class PhantomCXR:
         """What a study's sample carries before its films are rendered."""
         return CXRSample(id=study.id, images=[], report=study.report, sections=dict(study.sections),
                          findings=list(study.findings), labels=findings_to_labels(study.findings),
-                         meta=dict(study.meta, split=self.split, dataset_seed=self.seed, text=self.text))
+                         meta=dict(study.meta, split=self.split, dataset_seed=self.seed, text=self.text,
+                                   **licence_meta(False, None, "phantom: synthetic films")))
 
     def image_seed(self, index: int) -> int:
         """The render seed of study ``index``: ``sha256(report id, dataset seed)``."""
