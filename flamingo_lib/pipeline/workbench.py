@@ -1,4 +1,5 @@
-"""Small helpers the notebooks call: device, parameter table, feature PCA, attention browser."""
+"""Small helpers the notebooks call: device, parameter table, feature PCA (the attention browser:
+:mod:`flamingo_lib.reporting.attention_browser`)."""
 
 from __future__ import annotations
 
@@ -78,37 +79,3 @@ def patch_pca_figure(tokens: torch.Tensor, image: Any) -> Figure:
         ax.axis("off")
     figure.tight_layout()
     return figure
-
-
-def attention_browser(model: Any, processor: Any, sample: Any) -> Any:
-    """An ipywidgets browser: token slider, layer and head pickers, heatmap over the X-ray."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-
-    from flamingo_lib.modeling.attention_maps import capture_attention, plot_heatmap, relevance_to_heatmap
-
-    batch = processor.training_batch([sample.report], [[sample.images[0]]])
-    _, maps = capture_attention(model, batch)
-    ids = batch["input_ids"][0].tolist()
-    first = int(batch["media_locations"][0].nonzero()[0]) + 1
-    tokens = [processor.tokenizer.decode([i]) for i in ids]
-    n_layers, n_heads = len(maps.xattn), maps.xattn[0].shape[1]
-    position = widgets.IntSlider(value=first, min=first, max=len(ids) - 1, description="token")
-    layer = widgets.Dropdown(options=[("mean", None)] + [(str(i), i) for i in range(n_layers)], description="layer")
-    head = widgets.Dropdown(options=[("mean", None)] + [(str(i), i) for i in range(n_heads)], description="head")
-    output = widgets.Output()
-    mask = next(iter(sample.masks.values()), None) if getattr(sample, "masks", None) else None
-
-    def draw(*_: Any) -> None:
-        with output:
-            output.clear_output(wait=True)
-            relevance = maps.token_relevance(0, position.value, layer=layer.value, head=head.value)
-            heat = relevance_to_heatmap(relevance, sample.images[0].size[::-1])
-            fig, ax = plt.subplots(figsize=(4.5, 4.5))
-            plot_heatmap(sample.images[0], heat, title=f"token {tokens[position.value]!r}", ax=ax, mask=mask)
-            plt.show()
-
-    for control in (position, layer, head):
-        control.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([position, layer, head]), output])

@@ -27,19 +27,38 @@ CREDENTIALED_WARNING = ("This report contains images and report text of private 
                         "as MIMIC-CXR, whose data use agreement forbids sharing them, or a source of unknown "
                         "licence): keep this file private.")
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.case{display:flex;gap:1em;margin:1em 0;
-border-top:1px solid #ddd;padding-top:1em}.case p{margin:.3em 0}.ref{color:#555}.credit{color:#666;font-size:12px}
-.warn{background:#fee;border:1px solid #c00;padding:.6em}"""
+#: A case's inline style, for fragments shown without the page's style sheet (a notebook's HTML output).
+CASE_OPEN = "<div class='case' style='display:flex;flex-wrap:wrap;align-items:flex-start;gap:1em'>"
+
+# Films keep their aspect ratio at every width (img: height auto, never stretched by a flex row);
+# nothing makes the page scroll sideways (wide tables scroll inside themselves, long lines wrap).
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto;max-width:100%}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto}
+.case{display:flex;flex-wrap:wrap;align-items:flex-start;gap:1em;margin:1em 0;border-top:1px solid #ddd;padding-top:1em}
+.case>img{flex:0 1 auto}.case>div{flex:1 1 300px;min-width:0}.case p{margin:.3em 0}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}
+.ref{color:#555}.credit{color:#666;font-size:12px}.warn{background:#fee;border:1px solid #c00;padding:.6em}"""
 
 
 def figure_to_img(figure: Figure, width: int = 480) -> str:
-    """An ``<img>`` tag holding the figure as an embedded PNG."""
+    """An ``<img>`` tag holding the figure as an embedded PNG, ``width`` pixels wide at most.
+
+    The tag carries the PNG's own aspect ratio (``width`` and ``height`` attributes, and the page's
+    style keeps ``height:auto``), so a film is never stretched by the layout around it: a squeezed
+    heart looks enlarged.
+    """
+    from PIL import Image
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    pixels_wide, pixels_high = Image.open(io.BytesIO(buffer.getvalue())).size
     data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img width="{width}" src="data:image/png;base64,{data}"/>'
+    height = round(width * pixels_high / pixels_wide)
+    return (f'<img width="{width}" height="{height}" style="aspect-ratio:{pixels_wide}/{pixels_high}" '
+            f'src="data:image/png;base64,{data}"/>')
 
 
 def loss_curve_figure(curves: pd.DataFrame) -> Figure:
@@ -62,16 +81,18 @@ def loss_curve_figure(curves: pd.DataFrame) -> Figure:
     return figure
 
 
-def case_figure(image: Any, heatmap: Any, mask: Any, title: str) -> Figure:
-    """The X-ray alone and with the attention heatmap (and mask outline) over it."""
+def case_figure(image: Any, heatmap: Any, mask: Any, title: str, mask_label: str | None = None) -> Figure:
+    """The X-ray alone and with the attention heatmap (its colour bar, and the outline of the mask
+    named ``mask_label``) over it."""
     from flamingo_lib.modeling.attention_maps import plot_heatmap
 
-    figure = Figure(figsize=(6, 3))
+    figure = Figure(figsize=(6.6, 3.2))
     left, right = figure.subplots(1, 2)
     left.imshow(image.convert("L"), cmap="gray")
+    left.set_title("film", fontsize=9)
     left.axis("off")
     if heatmap is not None:
-        plot_heatmap(image, heatmap, title=title, ax=right, mask=mask)
+        plot_heatmap(image, heatmap, title=title, ax=right, mask=mask, mask_label=mask_label)
     else:
         right.axis("off")
     figure.tight_layout()
@@ -79,31 +100,37 @@ def case_figure(image: Any, heatmap: Any, mask: Any, title: str) -> Figure:
 
 
 def metrics_figure(table: pd.DataFrame, columns: list[str]) -> Figure:
-    """Grouped bars, each labelled with its value: one group per metric in ``columns``, one bar per
-    system (row of ``table``); language metrics and clinical-efficacy ("CE ...") metrics in two
-    panels, as their scales differ (CIDEr exceeds 1). A missing value (NaN, e.g. the reference
-    ceiling's NLG scores) gets no bar and no label."""
+    """Grouped horizontal bars, each labelled with its value: one group per metric in ``columns``,
+    one bar per system (row of ``table``, in its order from the top); language metrics and
+    clinical-efficacy ("CE ...") metrics in two panels, as their scales differ (CIDEr exceeds 1). A
+    missing value (NaN, e.g. the reference ceiling's NLG scores) gets no bar and no label. The
+    legend sits above the panels, where it can hide no bar, and the labels read horizontally."""
     import textwrap
 
     import numpy as np
 
     values = table[columns].astype(float)
     panels = [p for p in ([c for c in columns if not c.startswith("CE")], [c for c in columns if c.startswith("CE")]) if p]
-    figure = Figure(figsize=(12, 4.2))
-    axes = figure.subplots(1, len(panels), width_ratios=[len(p) for p in panels], squeeze=False)[0]
-    width = 0.8 / len(values)
+    height = 0.8 / len(values)
+    longest = max(len(p) for p in panels)
+    figure = Figure(figsize=(12, 1.4 + 0.24 * len(values) * longest))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    colours = [f"C{i}" for i in range(len(values))]
     for ax, panel in zip(axes, panels):
         positions = np.arange(len(panel))
         for offset, (system, row) in enumerate(values[panel].iterrows()):
-            bars = ax.bar(positions + offset * width, row.fillna(0).to_numpy(), width, label=str(system))
-            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.2f}" for v in row], fontsize=6, rotation=90,
-                         padding=2)
-        ax.set_xticks(positions + 0.4 - width / 2, [textwrap.fill(c, 16) for c in panel], fontsize=7)
-        ax.set_ylim(0, max(1.0, float(np.nanmax(values[panel].to_numpy(), initial=0))) * 1.15)
+            bars = ax.barh(positions + offset * height, row.fillna(0).to_numpy(), height, label=str(system),
+                           color=colours[offset])
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.2f}" for v in row], fontsize=8, padding=2)
+        ax.set_yticks(positions + 0.4 - height / 2, [textwrap.fill(c, 18) for c in panel], fontsize=9)
+        ax.invert_yaxis()  # the first metric and the first system on top, as in the table
+        ax.set_xlim(0, max(1.0, float(np.nanmax(values[panel].to_numpy(), initial=0))) * 1.15)
         ax.spines[["top", "right"]].set_visible(False)
-    axes[0].set_ylabel("score")
-    axes[-1].legend(fontsize=7, loc="upper right")
-    figure.tight_layout()
+        ax.set_xlabel("score")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    rows = -(-len(labels) // 4)
+    figure.tight_layout(rect=(0, 0, 1, 1 - (0.35 + 0.22 * rows) / figure.get_figheight()))
     return figure
 
 

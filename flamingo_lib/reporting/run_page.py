@@ -4,31 +4,42 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from flamingo_lib.evaluation.evaluate import REFERENCE_CEILING
 from flamingo_lib.evaluation.finding_usage import FOLLOWED_AUROC, finding_usage_figure
 from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
-from flamingo_lib.reporting.html import case_figure, figure_to_img, loss_curve_figure, metrics_figure, write_html_report
+from flamingo_lib.reporting.html import CASE_OPEN, case_figure, figure_to_img, loss_curve_figure, metrics_figure, write_html_report
 
 HEADLINE = ["BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "CE micro-F1 (rendered findings, vs image truth)",
             "CE micro-F1 (rendered findings, vs reference)", "CE micro-F1 (14, vs image truth)",
             "CE micro-F1 (14, vs reference)", "CE macro-F1 (14, vs reference)"]
 
 
-def case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
+class CaseMap(NamedTuple):
+    """Where a report looked on a film (:func:`case_heatmap`).
+
+    Attributes:
+        heatmap: float array (H, W) of the image's size, non-negative, summing to 1.
+        mask: the named finding's bool mask (H, W), or None for the whole-report map.
+        title: which tokens the map shows.
+        finding: the finding whose words the map shows and whose mask is outlined, or None.
+    """
+
+    heatmap: Any
+    mask: Any
+    title: str
+    finding: str | None
+
+
+def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
     """Attention heatmap over the sample's first image, teacher-forced on its reference report.
 
     The relevance of the tokens that name the sample's first finding with a ground-truth mask
     (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), averaged; without such tokens, of the whole
-    report.
-
-    Returns:
-        heatmap: float array (H, W) of the image's size, non-negative, summing to 1;
-        mask: the finding's bool mask (H, W), or None for the whole-report map;
-        title: which tokens the map shows.
+    report (a mask whose finding the report does not name, scoliosis say, is then not outlined).
     """
     from flamingo_lib.modeling.attention_maps import capture_attention
     from flamingo_lib.evaluation.grounding import FINDING_WORDS, tokens_heatmap, word_token_positions
@@ -41,9 +52,22 @@ def case_heatmap(pipeline: Any, sample: Any) -> tuple[Any, Any, str]:
     for finding, mask in sample.masks.items():
         positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
         if positions:
-            return tokens_heatmap(maps, positions, size), mask, f"attention of '{finding}' tokens"
+            return CaseMap(tokens_heatmap(maps, positions, size), mask, f"attention of '{finding}' tokens", finding)
     report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
-    return tokens_heatmap(maps, report_positions, size), None, "attention of the report's tokens"
+    return CaseMap(tokens_heatmap(maps, report_positions, size), None, "attention of the report's tokens", None)
+
+
+def named_finding_case(pipeline: Any) -> tuple[Any, CaseMap]:
+    """The first test study whose report names a finding with a ground-truth mask, and its map: the
+    case that shows grounding (the first test study, mapped over its whole report, when none does)."""
+    test = pipeline.splits["test"]
+    for index in range(len(test)):
+        sample = test[index]
+        if sample.masks:
+            case = case_heatmap(pipeline, sample)
+            if case.finding is not None:
+                return sample, case
+    return test[0], case_heatmap(pipeline, test[0])
 
 
 def cases_html(pipeline: Any, n_cases: int = 6) -> str:
@@ -58,11 +82,11 @@ def cases_html(pipeline: Any, n_cases: int = 6) -> str:
     cases = []
     for index in range(min(n_cases, len(test))):
         sample = test[index]
-        heatmap, mask, title = case_heatmap(pipeline, sample)
+        case = case_heatmap(pipeline, sample)
         row = generations.loc[sample.id]
         cases.append(
-            "<div class='case' style='display:flex;gap:1em'>"
-            + figure_to_img(case_figure(sample.images[0], heatmap, mask, title), 420)
+            CASE_OPEN
+            + figure_to_img(case_figure(sample.images[0], *case), 460)
             + f"<div><p><b>Generated:</b> {html.escape(str(row['flamingo']))}</p>"
             + (f"<p><b>Findings-guided:</b> {html.escape(str(row[GUIDED]))}</p>" if GUIDED in row.index else "")
             + f"<p class='ref'><b>Reference:</b> {html.escape(sample.report)}</p>"

@@ -71,19 +71,19 @@ def study_cases_html(model: Any, processor: Any, table: pd.DataFrame, studies: S
     """The first ``limit`` studies of ``table`` (rows in the order of ``studies``) as HTML, images
     inlined; a study the table marks ``out_of_distribution`` is shown with a warning above its report
     (``film_reference``, the :class:`~flamingo_lib.inference.film_reference.FilmReference`, says how far)."""
-    from flamingo_lib.reporting.html import case_figure, figure_to_img
+    from flamingo_lib.reporting.html import CASE_OPEN, case_figure, figure_to_img
 
     cases = []
     for study, (_, row) in zip(list(studies)[:limit], table.head(limit).iterrows()):
         name = f"<p><b>{html.escape(study.id)}</b> ({len(study.paths)} film{'s' * (len(study.paths) > 1)})</p>"
         if row.get("error"):
-            cases.append(f"<div class='case'>{name}<p class='warn'>{html.escape(str(row['error']))}</p></div>")
+            cases.append(f"{CASE_OPEN}{name}<p class='warn'>{html.escape(str(row['error']))}</p></div>")
             continue
         images = load_study(study, image_size).images
         heatmap, title = report_heatmap(model, processor, images, str(row["report"]))
         head = f"<p class='ref'><b>Findings head (p &ge; {SHOWN_PROBABILITY}):</b> {html.escape(_believed(row))}</p>" \
             if any(c.startswith("p ") for c in row.index) else ""
-        cases.append("<div class='case'>" + figure_to_img(case_figure(images[0], heatmap, None, title), 420)
+        cases.append(CASE_OPEN + figure_to_img(case_figure(images[0], heatmap, None, title), 460)
                      + f"<div>{name}{_unlike_training(row, film_reference)}<p><b>Report:</b> {html.escape(str(row['report']))}</p>"
                      + f"<p class='ref'><b>States:</b> {html.escape(str(row['stated']) or 'nothing')}</p>{head}</div></div>")
     return "".join(cases)

@@ -320,21 +320,27 @@ def test_the_embedded_encoder_fingerprint_follows_the_labeler_when_its_trunk_lea
 def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     import numpy as np
     from flamingo_lib.evaluation.grounding import FINDING_WORDS
-    from flamingo_lib.reporting.run_page import case_heatmap
+    from flamingo_lib.reporting.run_page import case_heatmap, named_finding_case
 
     pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_test_samples": 40})
     pipeline.train()
     test = [pipeline.splits["test"][i] for i in range(len(pipeline.splits["test"]))]
     named = next(s for s in test if any(w in s.report.lower() for f in s.masks for w in FINDING_WORDS.get(f, ())))
-    heatmap, mask, title = case_heatmap(pipeline, named)
+    heatmap, mask, title, finding = case_heatmap(pipeline, named)
     width, height = named.images[0].size
     assert heatmap.shape == (height, width) and heatmap.min() >= 0 and abs(heatmap.sum() - 1) < 1e-4
-    finding = title.split("'")[1]
-    assert finding in named.masks and mask is named.masks[finding]
+    assert finding in named.masks and mask is named.masks[finding] and f"'{finding}'" in title
 
     normal = next(s for s in test if not s.masks)
-    heatmap, mask, title = case_heatmap(pipeline, normal)
-    assert mask is None and title == "attention of the report's tokens" and abs(heatmap.sum() - 1) < 1e-4
+    heatmap, mask, title, finding = case_heatmap(pipeline, normal)
+    assert mask is None and finding is None and title == "attention of the report's tokens"
+    assert abs(heatmap.sum() - 1) < 1e-4
+    # a study with a mask whose finding its report does not name is mapped over the whole report,
+    # so the figure of grounding is the first study whose report names a masked finding
+    unnamed = {s.id for s in test if s.masks and case_heatmap(pipeline, s).finding is None}
+    sample, case = named_finding_case(pipeline)
+    assert case.finding in sample.masks and any(w in sample.report.lower() for w in FINDING_WORDS[case.finding])
+    assert sample.id == next(s.id for s in test if s.masks and s.id not in unnamed)
 
 
 def test_metrics_figure_draws_one_labelled_bar_per_system_and_metric_and_none_for_missing_values():
@@ -343,12 +349,21 @@ def test_metrics_figure_draws_one_labelled_bar_per_system_and_metric_and_none_fo
 
     table = pd.DataFrame({"BLEU_4": [0.3, float("nan")], "CIDEr": [1.6, float("nan")], "CE micro-F1 (14)": [0.4, 0.8]},
                          index=["flamingo", "reference report (ceiling)"])
-    language, clinical = metrics_figure(table, list(table.columns)).axes
-    assert [t.get_text() for t in language.get_xticklabels()] == ["BLEU_4", "CIDEr"]
-    assert language.get_ylim()[1] > 1.6  # CIDEr is not clipped at 1
+    figure = metrics_figure(table, list(table.columns))
+    language, clinical = figure.axes
+    assert [t.get_text() for t in language.get_yticklabels()] == ["BLEU_4", "CIDEr"]
+    assert language.get_xlim()[1] > 1.6  # CIDEr is not clipped at 1
     labels = lambda ax: sorted(t.get_text() for t in ax.texts if t.get_text())  # noqa: E731
     assert labels(language) == ["0.30", "1.60"] and labels(clinical) == ["0.40", "0.80"]
-    assert [p.get_height() for p in clinical.patches] == [0.4, 0.8]
+    assert [p.get_width() for p in clinical.patches] == [0.4, 0.8]
+    # readable labels, and a legend outside every panel, where it can hide no bar
+    assert all(t.get_fontsize() >= 8 and t.get_rotation() == 0 for ax in figure.axes for t in ax.texts)
+    assert language.get_legend() is None and clinical.get_legend() is None and len(figure.legends) == 1
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    legend_box = figure.legends[0].get_window_extent(renderer)
+    assert all(not legend_box.overlaps(ax.get_window_extent(renderer)) for ax in figure.axes)
 
 
 def test_a_run_with_bfloat16_frozen_parts_trains_them_so_and_is_not_served_a_float32_model(tmp_path):

@@ -1,0 +1,89 @@
+"""The notebooks' attention browser: pick a token, a layer and a head, and see where that token
+looked on the film (:mod:`flamingo_lib.modeling.attention_maps`), beside the film itself.
+
+The pickers' "mean" is a real option value (``"mean"``), not ``None``: ipywidgets reads ``None``
+as "nothing selected" and shows an empty box.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: The picker value that averages over every layer or head.
+MEAN = "mean"
+
+
+class AttentionBrowser:
+    """Token slider, layer and head pickers, and the film beside the token's heatmap.
+
+    Args:
+        sample: a study (its first film and its report are shown).
+        outline: the finding whose ground-truth mask is outlined and named (None: no outline).
+
+    Attributes:
+        position, layer, head: the controls (``layer.value``: an int or :data:`MEAN`).
+        heatmap: the (H, W) map drawn last, of the film's size, summing to 1. title: its title.
+        widget: the box to display.
+    """
+
+    def __init__(self, model: Any, processor: Any, sample: Any, outline: str | None = None) -> None:
+        import ipywidgets as widgets
+
+        from flamingo_lib.modeling.attention_maps import capture_attention
+
+        batch = processor.training_batch([sample.report], [[sample.images[0]]])
+        _, self.maps = capture_attention(model, batch)
+        ids = batch["input_ids"][0].tolist()
+        first = int(batch["media_locations"][0].nonzero()[0]) + 1  # the first token after the film
+        self.tokens = [processor.tokenizer.decode([i]) for i in ids]
+        self.sample, self.outline = sample, outline
+        self.mask = sample.masks.get(outline) if outline and getattr(sample, "masks", None) else None
+        n_layers, n_heads = len(self.maps.xattn), self.maps.xattn[0].shape[1]
+        self.position = widgets.IntSlider(value=first, min=first, max=len(ids) - 1, description="token")
+        self.layer = widgets.Dropdown(options=[(MEAN, MEAN)] + [(str(i), i) for i in range(n_layers)],
+                                      value=MEAN, description="layer")
+        self.head = widgets.Dropdown(options=[(MEAN, MEAN)] + [(str(i), i) for i in range(n_heads)],
+                                     value=MEAN, description="head")
+        self.output = widgets.Output()
+        for control in (self.position, self.layer, self.head):
+            control.observe(self.draw, names="value")
+        self.heatmap, self.title = np.zeros(0), ""
+        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head]), self.output])
+        self.draw()
+
+    def current_heatmap(self) -> tuple[np.ndarray, str]:
+        """The heatmap (H, W) of the chosen token, layer and head over the film, and its title."""
+        from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
+
+        layer = None if self.layer.value == MEAN else self.layer.value
+        head = None if self.head.value == MEAN else self.head.value
+        relevance = self.maps.token_relevance(0, self.position.value, layer=layer, head=head)
+        heatmap = relevance_to_heatmap(relevance, self.sample.images[0].size[::-1])
+        title = (f"token {self.tokens[self.position.value]!r} (position {self.position.value}), "
+                 f"layer {self.layer.value}, head {self.head.value}")
+        return heatmap, title
+
+    def draw(self, *_: Any) -> None:
+        """Redraw the film and the heatmap of the current choice into the output area."""
+        import matplotlib.pyplot as plt
+
+        from flamingo_lib.modeling.attention_maps import plot_heatmap
+
+        self.heatmap, self.title = self.current_heatmap()
+        with self.output:
+            self.output.clear_output(wait=True)
+            figure, (film, overlay) = plt.subplots(1, 2, figsize=(9, 4.3))
+            film.imshow(self.sample.images[0].convert("L"), cmap="gray")
+            film.set_title("film", fontsize=9)
+            film.axis("off")
+            plot_heatmap(self.sample.images[0], self.heatmap, title=self.title, ax=overlay, mask=self.mask,
+                         mask_label=self.outline)
+            figure.tight_layout()
+            plt.show()
+
+
+def attention_browser(model: Any, processor: Any, sample: Any, outline: str | None = None) -> Any:
+    """The :class:`AttentionBrowser` widget of ``sample`` (outlining the mask of ``outline``)."""
+    return AttentionBrowser(model, processor, sample, outline).widget

@@ -1,0 +1,47 @@
+"""The attention browser: the pickers show "mean" as a choice, every control redraws the map, and
+the title says which token, layer and head it shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import open_gates, xray_like
+from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+from flamingo_lib.data.sample import CXRSample
+from flamingo_lib.reporting.attention_browser import MEAN, AttentionBrowser
+
+pytest.importorskip("ipywidgets")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    config = FlamingoConfig.from_preset("tiny-random")
+    model = FlamingoModel(config).eval()
+    open_gates(model)
+    mask = np.zeros((200, 180), dtype=bool)  # (H, W) of the (180 x 200 pixel) film
+    mask[60:120, 50:110] = True
+    sample = CXRSample(id="s", images=[xray_like(4)], report="Moderate cardiomegaly. Small left effusion.",
+                       masks={"Cardiomegaly": mask})
+    return AttentionBrowser(model, FlamingoProcessor(config), sample, outline="Cardiomegaly")
+
+
+def test_the_pickers_show_mean_and_each_choice_and_the_title_names_them(browser):
+    assert browser.layer.label == MEAN and browser.head.label == MEAN  # not an empty box
+    assert "layer mean, head mean" in browser.title and f"position {browser.position.value}" in browser.title
+    browser.layer.value, browser.head.value = 0, 1
+    assert (browser.layer.label, browser.head.label) == ("0", "1") and "layer 0, head 1" in browser.title
+    browser.layer.value = MEAN  # picked again: shown again
+    assert browser.layer.label == MEAN and "layer mean, head 1" in browser.title
+    browser.head.value = MEAN
+
+
+def test_moving_the_token_or_picking_a_head_redraws_the_map(browser):
+    before = browser.heatmap.copy()
+    assert before.shape == (200, 180) and abs(before.sum() - 1) < 1e-4
+    browser.position.value += 1
+    assert not np.allclose(browser.heatmap, before)  # another token looks elsewhere
+    one_head = browser.heatmap.copy()
+    browser.head.value = 0
+    assert not np.allclose(browser.heatmap, one_head)
+    assert browser.mask is not None and browser.outline == "Cardiomegaly"
