@@ -50,7 +50,7 @@ def evaluation_dir(run_dir: Path, data: str, split: str, max_samples: int | None
 def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],
                 out_dir: str | Path | None, *, trained_on: str, tested_on: str, guided: dict[str, Any] | None = None,
                 feature_cache: Any = None, max_new_tokens: int = 60, seed: int = 0,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, metrics: Sequence[str] = ()) -> pd.DataFrame:
     """Score the model and the baselines on ``test_samples`` (:func:`flamingo_lib.evaluation.evaluate.evaluate`).
 
     Args:
@@ -59,6 +59,7 @@ def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_s
             top_p; ``threshold_from`` when the threshold came from elsewhere): adds the
             findings-guided row.
         seed: of the guided candidates (the pipeline's: the run's seed).
+        metrics: RadEval metrics scored beside the built-in ones (:mod:`flamingo_lib.evaluation.radeval_metrics`).
     """
     from flamingo_lib.evaluation.evaluate import evaluate
 
@@ -78,7 +79,7 @@ def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_s
     is_phantom = tested_on.startswith("phantom")
     return evaluate(model, processor, train_samples, test_samples, out_dir=out_dir, max_new_tokens=max_new_tokens,
                     feature_cache=feature_cache, labels_are_image_truth=is_phantom, progress=progress,
-                    extra_systems=extra, protocol_notes="\n\n".join(notes))
+                    extra_systems=extra, protocol_notes="\n\n".join(notes), metrics=metrics)
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
@@ -103,8 +104,16 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-feature-cache", action="store_true", help="encode the films for the nearest-neighbour "
                         "baseline instead of reading (and filling) the shared feature cache")
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="METRIC",
+                        help=EvalSettings.__dataclass_fields__["metrics"].metadata["help"])
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        from flamingo_lib.evaluation.radeval_metrics import check_metrics
+
+        check_metrics(args.metrics)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         model_dir = model_directory(args.run)
     except FileNotFoundError as error:
@@ -142,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
           f"results to {out}")
     table = evaluate_on(model, processor, train, test, out, trained_on=source["data"], tested_on=args.data,
                         guided=guided, feature_cache=cache, max_new_tokens=args.max_new_tokens, seed=source["seed"],
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, metrics=args.metrics)
     print(table.astype(float).round(3).to_string())
+    for name, why in table.attrs.get("not_computed", {}).items():
+        print(f"not computed: {name}: {why}")
     return table
 
 

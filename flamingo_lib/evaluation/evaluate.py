@@ -9,6 +9,7 @@ text on its own: the cross-attention silent, the new <EOC>/<image> rows suppress
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -99,12 +100,17 @@ def clinical_scores(hyp_labels: Sequence[dict], truths: dict[str, Sequence[dict]
 def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callable[[str], dict],
           image_truth: Sequence[dict] | None, observations_top5: Sequence[str],
           shown_observations: Sequence[str] | None = None,
-          reference_labels: Sequence[dict] | None = None) -> dict[str, Any]:
+          reference_labels: Sequence[dict] | None = None, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """NLG metrics plus clinical efficacy (:func:`clinical_scores`) for one system, against the
-    labeler's reading of the references (``reference_labels`` when already read) and the image truth."""
+    labeler's reading of the references (``reference_labels`` when already read) and the image truth,
+    and the RadEval ``metrics`` that can be computed (:mod:`flamingo_lib.evaluation.radeval_metrics`)."""
     hyp_labels = [labeler(h) for h in hypotheses]
     ref_labels = [labeler(r) for r in references] if reference_labels is None else reference_labels
     row: dict[str, Any] = dict(nlg_metrics(references, hypotheses))
+    if metrics:
+        from flamingo_lib.evaluation.radeval_metrics import radeval_scores
+
+        row.update(radeval_scores(references, hypotheses, metrics)[0])
     row.update(clinical_scores(hyp_labels, {"reference": ref_labels, "image truth": image_truth},
                                observations_top5, shown_observations))
     return row
@@ -132,7 +138,8 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
              out_dir: str | Path | None = None, labeler: Callable[[str], dict] | None = None,
              num_beams: int = 1, max_new_tokens: int = 80, batch_size: int = 8, feature_cache: Any = None,
              labels_are_image_truth: bool = False, progress: bool = True,
-             extra_systems: Mapping[str, Sequence[str]] | None = None, protocol_notes: str = "") -> pd.DataFrame:
+             extra_systems: Mapping[str, Sequence[str]] | None = None, protocol_notes: str = "",
+             metrics: Sequence[str] = ()) -> pd.DataFrame:
     """Generate for ``test_samples``, score the model and the baselines, write the results.
 
     Args:
@@ -145,6 +152,9 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         extra_systems: name -> one report per test sample, scored beside the others (e.g. the
             model under another decoding: :mod:`flamingo_lib.inference.guided_decoding`).
         protocol_notes: appended to ``PROTOCOL.md`` (how the extra systems were made).
+        metrics: RadEval metrics scored beside the built-in ones (``["bleu", "rouge", "f1chexbert",
+            ...]``: :mod:`flamingo_lib.evaluation.radeval_metrics`); one that cannot be computed here
+            is listed, with why, in ``table.attrs["not_computed"]``, ``results.json`` and ``PROTOCOL.md``.
 
     Writes (when ``out_dir``): ``results.json`` (metrics per system), ``results.csv``,
     ``generations.jsonl`` (id, reference, every system's report) and ``PROTOCOL.md``.
@@ -155,6 +165,10 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     """
     if labeler is None:
         from flamingo_lib.labeling.labeler import label_report as labeler
+    if metrics:  # an unknown name is refused before minutes of generation
+        from flamingo_lib.evaluation.radeval_metrics import check_metrics
+
+        metrics = check_metrics(metrics)
     test_samples = [test_samples[i] for i in range(len(test_samples))]  # datasets need not support slicing
     references = [s.report for s in test_samples]
     image_truth = [s.labels for s in test_samples] if labels_are_image_truth else None
@@ -181,21 +195,38 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
             raise ValueError(f"extra system {name!r}: {len(reports)} reports for {len(test_samples)} test samples "
                              "(names must differ from the built-in systems')")
         systems[name] = list(reports)
-    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown, reference_labels)
+    table = pd.DataFrame({name: score(references, hyps, labeler, image_truth, top5, shown, reference_labels, metrics)
                           for name, hyps in systems.items()}).T
+    not_computed = _not_computed(metrics)
     if image_truth is not None:
         table.loc[REFERENCE_CEILING] = reference_ceiling(references, labeler, image_truth, top5, shown,
                                                          reference_labels)
     table.index.name = "system"
+    table.attrs["not_computed"] = not_computed
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # each file whole or not at all: a reader never scores a half-written table
         write_text_atomic(out / "results.csv", table.to_csv())
         write_json_atomic(out / "results.json", {"metrics": table.to_dict(orient="index"), "top5": top5,
-                                                 "n_test": len(test_samples)}, indent=2, default=float)
+                                                 "n_test": len(test_samples), "not_computed": not_computed},
+                          indent=2, default=float)
         write_text_atomic(out / "generations.jsonl", "".join(
             json.dumps({"id": sample.id, "reference": sample.report, **{k: v[i] for k, v in systems.items()}}) + "\n"
             for i, sample in enumerate(test_samples)))
-        write_text_atomic(out / "PROTOCOL.md", PROTOCOL + (f"\n{protocol_notes}\n" if protocol_notes else ""))
+        missing = "".join(f"\n- not computed: {name}: {why}" for name, why in not_computed.items())
+        write_text_atomic(out / "PROTOCOL.md", PROTOCOL + (f"\n{protocol_notes}\n" if protocol_notes else "")
+                          + (f"\nRadEval metrics asked for but not computed:{missing}\n" if missing else ""))
     return table
+
+
+def _not_computed(metrics: Sequence[str]) -> dict[str, str]:
+    """Each RadEval metric of ``metrics`` that could not be computed, with why (warned once each)."""
+    if not metrics:
+        return {}
+    from flamingo_lib.evaluation.radeval_metrics import not_computed
+
+    missing = {name: why for name in metrics if (why := not_computed(name))}
+    for name, why in missing.items():
+        warnings.warn(f"not computed: {why}", stacklevel=3)
+    return missing

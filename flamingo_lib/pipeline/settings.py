@@ -131,8 +131,16 @@ class EvalSettings:
     # Val studies the guided threshold is picked on (None: the whole val split), apart from
     # max_val_samples: on 64 studies, thresholds 0.3 and 0.4 tied; 250 is the phantom's whole val split.
     guided_val_samples: int | None = 250
+    metrics: list[str] = field(default_factory=list, metadata={"help": (
+        "RadEval metrics scored beside BLEU, METEOR, ROUGE-L, CIDEr and clinical efficacy: bleu, rouge (offline), "
+        "radgraph, f1chexbert, bertscore, ratescore, radcliq, green, srrbert (need their weights in the local "
+        "Hugging Face cache; listed as not computed otherwise)")})
 
     def __post_init__(self) -> None:
+        if self.metrics:
+            from flamingo_lib.evaluation.radeval_metrics import check_metrics
+
+            self.metrics = check_metrics(self.metrics)
         if self.guided_val_samples is not None and self.guided_val_samples < 1:
             raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {self.guided_val_samples}")
         check_ranges(self, at_least={"num_beams": 1, "max_new_tokens": 1, "usage_samples": 1, "guided_candidates": 0},

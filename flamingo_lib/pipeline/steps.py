@@ -213,7 +213,7 @@ class Pipeline:
 
         s = self.settings
         out = self.run_dir / "eval"
-        if not force and self._up_to_date(out / "results.csv", **self._guided_key()):
+        if not force and self._up_to_date(out / "results.csv", **self._evaluation_key()):
             return pd.read_csv(out / "results.csv", index_col="system")
         self.train()
         model, processor = self.model_and_processor
@@ -222,9 +222,16 @@ class Pipeline:
                          num_beams=s.eval.num_beams, max_new_tokens=s.eval.max_new_tokens,
                          feature_cache=self.feature_cache, labels_are_image_truth=s.data.source.startswith("phantom"),
                          progress=s.train.progress,
-                         extra_systems=extra, protocol_notes=notes)
-        self._stamp(out / "results.csv", **self._guided_key())
+                         extra_systems=extra, protocol_notes=notes, metrics=s.eval.metrics)
+        self._stamp(out / "results.csv", **self._evaluation_key())
         return table
+
+    def _evaluation_key(self) -> dict[str, Any]:
+        """What the results table depends on beyond the model: the guided setup, and the RadEval
+        metrics when any are asked for (a table scored without them stays valid for runs that
+        ask for none)."""
+        metrics = self.settings.eval.metrics
+        return self._guided_key() | ({"metrics": sorted(metrics)} if metrics else {})
 
     def _guided_key(self) -> dict[str, Any]:
         e = self.settings.eval

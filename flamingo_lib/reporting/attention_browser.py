@@ -2,7 +2,9 @@
 looked on the film (:mod:`flamingo_lib.modeling.attention_maps`), beside the film itself.
 
 The pickers' "mean" is a real option value (``"mean"``), not ``None``: ipywidgets reads ``None``
-as "nothing selected" and shows an empty box.
+as "nothing selected" and shows an empty box. The figure is an ``Image`` widget whose PNG is
+replaced on each change, not output captured by an ``Output`` widget: capturing ties the widget to
+the executing cell's messages, which a headless notebook runner can wait on for ever.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class AttentionBrowser:
     Attributes:
         position, layer, head: the controls (``layer.value``: an int or :data:`MEAN`).
         heatmap: the (H, W) map drawn last, of the film's size, summing to 1. title: its title.
+        image: the ``Image`` widget showing the film and the heatmap (PNG).
         widget: the box to display.
     """
 
@@ -46,11 +49,11 @@ class AttentionBrowser:
                                       value=MEAN, description="layer")
         self.head = widgets.Dropdown(options=[(MEAN, MEAN)] + [(str(i), i) for i in range(n_heads)],
                                      value=MEAN, description="head")
-        self.output = widgets.Output()
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
         for control in (self.position, self.layer, self.head):
             control.observe(self.draw, names="value")
         self.heatmap, self.title = np.zeros(0), ""
-        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head]), self.output])
+        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head]), self.image])
         self.draw()
 
     def current_heatmap(self) -> tuple[np.ndarray, str]:
@@ -66,22 +69,25 @@ class AttentionBrowser:
         return heatmap, title
 
     def draw(self, *_: Any) -> None:
-        """Redraw the film and the heatmap of the current choice into the output area."""
-        import matplotlib.pyplot as plt
+        """Redraw the film and the heatmap of the current choice into the image widget."""
+        import io
+
+        from matplotlib.figure import Figure
 
         from flamingo_lib.modeling.attention_maps import plot_heatmap
 
         self.heatmap, self.title = self.current_heatmap()
-        with self.output:
-            self.output.clear_output(wait=True)
-            figure, (film, overlay) = plt.subplots(1, 2, figsize=(9, 4.3))
-            film.imshow(self.sample.images[0].convert("L"), cmap="gray")
-            film.set_title("film", fontsize=9)
-            film.axis("off")
-            plot_heatmap(self.sample.images[0], self.heatmap, title=self.title, ax=overlay, mask=self.mask,
-                         mask_label=self.outline)
-            figure.tight_layout()
-            plt.show()
+        figure = Figure(figsize=(9, 4.3))
+        film, overlay = figure.subplots(1, 2)
+        film.imshow(self.sample.images[0].convert("L"), cmap="gray")
+        film.set_title("film", fontsize=9)
+        film.axis("off")
+        plot_heatmap(self.sample.images[0], self.heatmap, title=self.title, ax=overlay, mask=self.mask,
+                     mask_label=self.outline)
+        figure.tight_layout()
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=90)
+        self.image.value = png.getvalue()
 
 
 def attention_browser(model: Any, processor: Any, sample: Any, outline: str | None = None) -> Any:

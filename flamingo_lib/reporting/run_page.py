@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -110,13 +111,17 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
     curves = pipeline.training_curves()
     grounding = pipeline.grounding()
     generations = pipeline.generations().set_index("id")
-    columns = [c for c in HEADLINE if c in table.columns]
+    columns = [c for c in HEADLINE if c in table.columns] + [c for c in table.columns if c.startswith("RadEval ")]
+    results = pipeline.run_dir / "eval" / "results.json"
+    missing = json.loads(results.read_text()).get("not_computed", {}) if results.exists() else {}
+    not_computed = "".join(f"<p class='ref'>Not computed: {html.escape(name)}: {html.escape(why)}</p>"
+                           for name, why in missing.items())
     sections = [
         ("Run", "<p>" + html.escape(f"preset {settings.model.preset!r}, data {settings.data.source!r}, "
                                     f"{settings.train.max_steps} steps, test studies: {len(generations)}") + "</p>"),
         ("Metrics (test split) against baselines",
          table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")
-         + figure_to_img(metrics_figure(table, columns), 1000)),
+         + not_computed + figure_to_img(metrics_figure(table, columns), 1000)),
         ("Training", figure_to_img(loss_curve_figure(curves))),
     ]
     if not grounding.empty:

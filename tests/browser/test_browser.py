@@ -91,7 +91,7 @@ def jupyterlab():
     shutil.copy(REPO / "notebooks" / "04_attention_maps.ipynb", folder)
     (REPO / "notebooks" / "runs").mkdir(exist_ok=True)
     (folder / "runs").symlink_to(REPO / "notebooks" / "runs")
-    settings = folder / "settings"
+    settings = OUT / "lab-settings"  # beside the served folder, not in its file browser
     # every cell rendered (JupyterLab renders only the cells in view by default), no news prompt
     for name, values in {"notebook-extension/tracker": {"windowingMode": "none"},
                          "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}.items():
@@ -135,13 +135,13 @@ def _wait_for_notebook(page, timeout_s: float) -> None:
 
 
 def _heatmap_source(page) -> str:
-    image = page.locator(".widget-output img").first
+    image = page.locator("img.widget-image").first
     image.wait_for(timeout=60_000)
     return image.get_attribute("src") or ""
 
 
 def _wait_for_new_heatmap(page, before: str) -> str:
-    page.wait_for_function("before => { const i = document.querySelector('.widget-output img');"
+    page.wait_for_function("before => { const i = document.querySelector('img.widget-image');"
                            " return i && i.getAttribute('src') !== before; }", arg=before, timeout=60_000)
     return _heatmap_source(page)
 

@@ -97,6 +97,24 @@ def test_evaluation_writes_every_system_and_the_protocol(tmp_path):
                  extra_systems={"short": ["x"]})
 
 
+def test_radeval_metrics_join_the_table_and_one_that_cannot_run_is_listed_not_faked(tmp_path, monkeypatch):
+    pytest.importorskip("radeval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: CheXbert's weights are absent
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    with pytest.raises(ValueError, match="unknown metric"):  # before any generation
+        evaluate(model, processor, SAMPLES, SAMPLES[:2], metrics=["bleu", "bleu4"], progress=False)
+    with pytest.warns(UserWarning, match="not computed: weights for f1chexbert"):
+        table = evaluate(model, processor, SAMPLES, SAMPLES[:2], out_dir=tmp_path, max_new_tokens=5,
+                         progress=False, metrics=["rouge", "f1chexbert"])
+    assert table.loc["nearest neighbour", "RadEval rougeL"] == pytest.approx(1.0)  # it retrieves the studies
+    assert table.loc["flamingo", "RadEval rougeL"] < 1 and not any("chexbert" in c for c in table.columns)
+    assert set(table.attrs["not_computed"]) == {"f1chexbert"}
+    assert set(json.loads((tmp_path / "results.json").read_text())["not_computed"]) == {"f1chexbert"}
+    assert "not computed: f1chexbert: weights for f1chexbert" in (tmp_path / "PROTOCOL.md").read_text()
+
+
 def test_no_image_baseline_ignores_the_image():
     config = FlamingoConfig.from_preset("tiny-random")
     model, processor = FlamingoModel(config), FlamingoProcessor(config)

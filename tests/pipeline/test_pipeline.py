@@ -136,6 +136,23 @@ def test_an_evaluation_setting_recomputes_its_own_results_only(trained_run, tmp_
     assert (_mtime(model), _mtime(grounding)) == (trained, grounded)
 
 
+def test_radeval_metrics_rescore_the_results_and_reach_the_report(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("radeval")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no weights: bertscore is listed, not scored
+    run = _copy(trained_run, tmp_path)
+    results = run / "eval" / "results.csv"
+    before = _mtime(results)
+    Pipeline(run_dir=str(run), **SMALL).evaluate()
+    assert _mtime(results) == before  # asking for no RadEval metric keeps the table
+    with pytest.warns(UserWarning, match="not computed: weights for bertscore"):
+        table = Pipeline(run_dir=str(run), **{**SMALL, "metrics": ["rouge", "bertscore"]}).evaluate()
+    assert {"RadEval rouge1", "RadEval rougeL"} <= set(table.columns) and _mtime(results) != before
+    page = build_run_report(Pipeline(run_dir=str(run), **{**SMALL, "metrics": ["rouge", "bertscore"]})).read_text()
+    assert "RadEval rougeL" in page and "Not computed: bertscore: weights for bertscore" in page
+    with pytest.raises(ValueError, match="unknown metric"):
+        Pipeline(run_dir=str(run), **{**SMALL, "metrics": ["cider"]})
+
+
 def test_an_impossible_evaluation_setting_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):
         Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0})

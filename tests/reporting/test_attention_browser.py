@@ -45,3 +45,4 @@ def test_moving_the_token_or_picking_a_head_redraws_the_map(browser):
     browser.head.value = 0
     assert not np.allclose(browser.heatmap, one_head)
     assert browser.mask is not None and browser.outline == "Cardiomegaly"
+    assert browser.image.value[:8] == b"\x89PNG\r\n\x1a\n"  # the figure the widget shows
