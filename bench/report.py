@@ -270,6 +270,14 @@ def _frozen_half(full: dict[str, Any], half: dict[str, Any]) -> list[str]:
                f"instead of {full['param_bytes'] / GIB:.2f}."]
 
 
+def _metrics(m: dict[str, Any]) -> list[str]:
+    lines = [f"Seconds per 1,000 reports ({m['reports']} phantom reports against a shuffled copy; {m['clock']}; "
+             "median, min-max).", "", "| scorer | s / 1,000 reports | min | max |", "|---|---|---|---|"]
+    lines += [f"| {r['scorer']} | {r['s_per_1000']:.3g} | {r['min']:.3g} | {r['max']:.3g} |" for r in m["rows"]]
+    lines += [""] + [f"Not measured: {name}: {why}." for name, why in m["not_measured"].items()]
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole RESULTS.md."""
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -288,7 +296,8 @@ def markdown(results: dict[str, Any]) -> str:
               f"{'yes' if t['met_best'] else '**no**'} |" for t in results["targets"]]
     for title, key, render in (("1. Blocks", "blocks", _blocks), ("2. Generation", "generation", _generation),
                                ("2b. Decoding precision", "precision", _precision),
-                               ("3. Feature cache", "features", _features)):
+                               ("3. Feature cache", "features", _features),
+                               ("5. Scoring cost", "metrics", _metrics)):
         if key in results:
             lines += ["", f"## {title}", ""] + render(results[key])
     if "memory" in results:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench import blocks, generation, precision, report, training
+from bench import blocks, generation, metrics_cost, precision, report, training
 from bench.common import BENCH_DIR, Env, baseline_versions, machine_info
 from bench.models import SMOKE_BLOCKS, biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir
 from flamingo_lib.io import write_text_atomic
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5 blocks, 3 others; smoke 1)")
     parser.add_argument("--block-reps", type=int, default=None, help="repetitions of the blocks section (default --reps)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default bench/, smoke bench/.smoke/)")
-    parser.add_argument("--sections", default="blocks,generation,features,memory,precision")
+    parser.add_argument("--sections", default="blocks,generation,features,memory,precision,metrics")
     parser.add_argument("--compile", action="store_true",
                         help="also time our blocks under torch.compile, and compile the memory/MFU training step "
                              "(flamingo_lib.modeling.compile.compile_blocks)")
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
                               lambda: precision.run(env, lm_dir, vit_dir, (1, 2) if args.smoke else (1, 8),
                                                     4 if args.smoke else 16, reps if args.smoke else max(reps, 5),
                                                     **(SMOKE_BLOCKS if args.smoke else {})))
+
+        steps["metrics"] = ("5. scoring cost per 1,000 reports",
+                            lambda: metrics_cost.run(env, 50 if args.smoke else 1000, reps))
 
         def write() -> None:
             """RESULTS.md and results.json of the sections run so far: a run stopped by a time

@@ -139,7 +139,8 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
              num_beams: int = 1, max_new_tokens: int = 80, batch_size: int = 8, feature_cache: Any = None,
              labels_are_image_truth: bool = False, progress: bool = True,
              extra_systems: Mapping[str, Sequence[str]] | None = None, protocol_notes: str = "",
-             metrics: Sequence[str] = ()) -> pd.DataFrame:
+             metrics: Sequence[str] = (), n_resamples: int = 1000, n_permutations: int = 10_000,
+             seed: int = 0) -> pd.DataFrame:
     """Generate for ``test_samples``, score the model and the baselines, write the results.
 
     Args:
@@ -155,6 +156,9 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         metrics: RadEval metrics scored beside the built-in ones (``["bleu", "rouge", "f1chexbert",
             ...]``: :mod:`flamingo_lib.evaluation.radeval_metrics`); one that cannot be computed here
             is listed, with why, in ``table.attrs["not_computed"]``, ``results.json`` and ``PROTOCOL.md``.
+        n_resamples, n_permutations, seed: the 95% bootstrap intervals over studies and the paired
+            approximate-randomisation p-values against the model (:mod:`flamingo_lib.evaluation.uncertainty`;
+            0 turns either off), in ``table.attrs["uncertainty"]`` and ``uncertainty.csv``.
 
     Writes (when ``out_dir``): ``results.json`` (metrics per system), ``results.csv``,
     ``generations.jsonl`` (id, reference, every system's report) and ``PROTOCOL.md``.
@@ -203,11 +207,16 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
                                                          reference_labels)
     table.index.name = "system"
     table.attrs["not_computed"] = not_computed
+    uncertainty = systems_uncertainty(systems, references, labeler, reference_labels, image_truth, top5, shown,
+                                      n_resamples, n_permutations, seed)
+    table.attrs["uncertainty"] = uncertainty
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # each file whole or not at all: a reader never scores a half-written table
         write_text_atomic(out / "results.csv", table.to_csv())
+        if n_resamples or n_permutations:
+            write_text_atomic(out / "uncertainty.csv", uncertainty.to_csv(index=False))
         write_json_atomic(out / "results.json", {"metrics": table.to_dict(orient="index"), "top5": top5,
                                                  "n_test": len(test_samples), "not_computed": not_computed},
                           indent=2, default=float)
@@ -218,6 +227,30 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
         write_text_atomic(out / "PROTOCOL.md", PROTOCOL + (f"\n{protocol_notes}\n" if protocol_notes else "")
                           + (f"\nRadEval metrics asked for but not computed:{missing}\n" if missing else ""))
     return table
+
+
+def systems_uncertainty(systems: Mapping[str, Sequence[str]], references: Sequence[str],
+                        labeler: Callable[[str], dict], reference_labels: Sequence[dict],
+                        image_truth: Sequence[dict] | None, top5: Sequence[str], shown: Sequence[str] | None,
+                        n_resamples: int = 1000, n_permutations: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Intervals and paired p-values (against "flamingo") of every column that per-study statistics
+    give exactly: clinical efficacy, ROUGE-L, CIDEr; the reference ceiling joins the image-truth ones
+    (:func:`flamingo_lib.evaluation.uncertainty.uncertainty_table`'s rows)."""
+    from flamingo_lib.evaluation.metrics import sentence_scores
+    from flamingo_lib.evaluation.uncertainty import efficacy_statistics, mean_statistic, uncertainty_table
+
+    statistics: dict[str, dict[str, Any]] = {}
+    for name, hyps in systems.items():
+        per_metric = efficacy_statistics([labeler(h) for h in hyps], {"reference": reference_labels,
+                                                                     "image truth": image_truth}, top5, shown)
+        per_metric |= {metric: mean_statistic(scores) for metric, scores in sentence_scores(references, hyps).items()}
+        for metric, statistic in per_metric.items():
+            statistics.setdefault(metric, {})[name] = statistic
+    if image_truth is not None:
+        ceiling = efficacy_statistics(reference_labels, {"image truth": image_truth}, top5, shown)
+        for metric, statistic in ceiling.items():
+            statistics[metric][REFERENCE_CEILING] = statistic
+    return uncertainty_table(statistics, "flamingo", n_resamples, n_permutations, seed)
 
 
 def _not_computed(metrics: Sequence[str]) -> dict[str, str]:

@@ -61,6 +61,18 @@ def nlg_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     return scores
 
 
+def sentence_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, list[float]]:
+    """Each study's ROUGE-L and CIDEr sentence score: pycocoevalcap's corpus scores are their means
+    (CIDEr's document frequencies are those of all ``references``)."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {i: [normalise_report(r) or "<empty>"] for i, r in enumerate(references)}
+    res = {i: [normalise_report(h) or "<empty>"] for i, h in enumerate(hypotheses)}
+    return {"ROUGE_L": [float(s) for s in Rouge().compute_score(gts, res)[1]],
+            "CIDEr": [float(s) for s in Cider().compute_score(gts, res)[1]]}
+
+
 def meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None:
     """METEOR 1.5 through pycocoevalcap's Java jar; ``None`` (with a warning) without Java."""
     if shutil.which("java") is None:

@@ -136,6 +136,11 @@ class EvalSettings:
         "radgraph, f1chexbert, bertscore, ratescore, radcliq, green, srrbert (need their weights in the local "
         "Hugging Face cache; listed as not computed otherwise)")})
 
+    # Uncertainty of the results table (flamingo_lib.evaluation.uncertainty): Pipeline.uncertainty().
+    n_resamples: int = field(default=1000, metadata={"help": "bootstrap resamples over test studies (0: none)"})
+    n_permutations: int = field(default=10_000, metadata={"help": (
+        "approximate-randomisation trials of each system against the model (0: no p-values)")})
+
     def __post_init__(self) -> None:
         if self.metrics:
             from flamingo_lib.evaluation.radeval_metrics import check_metrics
@@ -143,7 +148,8 @@ class EvalSettings:
             self.metrics = check_metrics(self.metrics)
         if self.guided_val_samples is not None and self.guided_val_samples < 1:
             raise ValueError(f"guided_val_samples must be >= 1 or None (the whole val split), got {self.guided_val_samples}")
-        check_ranges(self, at_least={"num_beams": 1, "max_new_tokens": 1, "usage_samples": 1, "guided_candidates": 0},
+        check_ranges(self, at_least={"num_beams": 1, "max_new_tokens": 1, "usage_samples": 1, "guided_candidates": 0,
+                                     "n_resamples": 0, "n_permutations": 0},
                      above={"guided_temperature": 0})
 
 

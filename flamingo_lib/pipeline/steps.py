@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from flamingo_lib.io import atomic_path, write_json_atomic
+from flamingo_lib.io import atomic_path, write_json_atomic, write_text_atomic
 from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.modeling.saved_files import check_complete
 from flamingo_lib.pipeline.settings import PipelineSettings
@@ -222,7 +222,8 @@ class Pipeline:
                          num_beams=s.eval.num_beams, max_new_tokens=s.eval.max_new_tokens,
                          feature_cache=self.feature_cache, labels_are_image_truth=s.data.source.startswith("phantom"),
                          progress=s.train.progress,
-                         extra_systems=extra, protocol_notes=notes, metrics=s.eval.metrics)
+                         extra_systems=extra, protocol_notes=notes, metrics=s.eval.metrics,
+                         n_resamples=0, n_permutations=0)  # a step of its own: self.uncertainty()
         self._stamp(out / "results.csv", **self._evaluation_key())
         return table
 
@@ -286,6 +287,39 @@ class Pipeline:
             "top_p": 1.0, "val_studies": len(val), "val_micro_f1": {str(t): f for t, f in guided.val_micro_f1.items()}},
             indent=1)
         return {SYSTEM_NAME: guided.reports}, guided.note
+
+    def uncertainty(self, force: bool = False) -> pd.DataFrame:
+        """95% bootstrap intervals over test studies and paired p-values against the model for each
+        column of the results table that per-study statistics give (``eval/uncertainty.csv``;
+        :mod:`flamingo_lib.evaluation.uncertainty`), from the reports in ``generations.jsonl``: no decoding."""
+        from flamingo_lib.evaluation.evaluate import systems_uncertainty
+        from flamingo_lib.labeling.labeler import label_report
+
+        e, out = self.settings.eval, self.run_dir / "eval" / "uncertainty.csv"
+        key = self._evaluation_key() | {"n_resamples": e.n_resamples, "n_permutations": e.n_permutations}
+        if not force and self._up_to_date(out, **key):
+            return pd.read_csv(out)
+        generations = self.generations()
+        test = self.samples("test")
+        if generations["id"].astype(str).tolist() != [str(s.id) for s in test]:
+            raise ValueError(f"{out.parent / 'generations.jsonl'} holds other studies than the test split; "
+                             "evaluate again (Pipeline.evaluate(force=True))")
+        phantom = self.settings.data.source.startswith("phantom")
+        references = [s.report for s in test]
+        shown = None
+        if phantom:
+            from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+
+            shown = RENDERED_OBSERVATIONS
+        top5 = json.loads((out.parent / "results.json").read_text())["top5"]
+        systems = {c: generations[c].fillna("").astype(str).tolist() for c in generations.columns
+                   if c not in ("id", "reference")}
+        table = systems_uncertainty(systems, references, label_report, [label_report(r) for r in references],
+                                    [s.labels for s in test] if phantom else None, top5, shown,
+                                    e.n_resamples, e.n_permutations, self.settings.train.seed)
+        write_text_atomic(out, table.to_csv(index=False))
+        self._stamp(out, **key)
+        return table
 
     def generations(self) -> pd.DataFrame:
         """id, reference and every system's report for the test split."""

@@ -121,7 +121,8 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
                                     f"{settings.train.max_steps} steps, test studies: {len(generations)}") + "</p>"),
         ("Metrics (test split) against baselines",
          table[columns].astype(float).round(3).rename_axis(None).to_html(na_rep="-")
-         + not_computed + figure_to_img(metrics_figure(table, columns), 1000)),
+         + not_computed + figure_to_img(metrics_figure(table, columns), 1000)
+         + uncertainty_html(pipeline.uncertainty(), columns, list(table.index))),
         ("Training", figure_to_img(loss_curve_figure(curves))),
     ]
     if not grounding.empty:
@@ -151,18 +152,48 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
                              iu_text=settings.data.source in ("phantom", "phantom:iu") or settings.data.source.startswith("iu"))
 
 
+def _uncertain(rows: pd.DataFrame, system: str, metric: str, p: bool = True) -> str:
+    """" [low, high]" (and "; p=..." against the model) of a system's metric, or "" where there is none."""
+    found = rows[(rows["system"] == system) & (rows["metric"] == metric)]
+    if found.empty or pd.isna(found["low"].iloc[0]):
+        return ""
+    row = found.iloc[0]
+    text = f" [{row['low']:.3f}, {row['high']:.3f}]"
+    if not p or pd.isna(row.get("p_vs_flamingo")):
+        return text
+    value = row["p_vs_flamingo"]  # none of the trials as extreme: below one in their number
+    return text + (f" p<{1 / row['permutations']:.0e}" if value == 0 and row.get("permutations") else f" p={value:.2g}")
+
+
+def uncertainty_html(rows: pd.DataFrame, columns: list[str], systems: list[str]) -> str:
+    """The 95% intervals and p-values of ``columns`` as a table (systems in the results' order)."""
+    shown = [c for c in columns if c in set(rows["metric"])]
+    if rows.empty or not shown:
+        return ""
+    cells = {metric: {system: (f"{v:.3f}" + _uncertain(rows, system, metric)) for system in systems
+                      for v in rows[(rows["system"] == system) & (rows["metric"] == metric)]["value"]}
+             for metric in shown}
+    return ("<p>95% bootstrap intervals over test studies; p: paired approximate randomisation against "
+            "flamingo (greedy), so the findings-guided row's p compares the two decodings. BLEU and METEOR are "
+            "corpus statistics computed inside pycocoevalcap: no interval.</p>"
+            + pd.DataFrame(cells).reindex(systems).dropna(how="all").fillna("-").to_html())
+
+
 def headline(pipeline: Any) -> str:
-    """A few lines for the terminal: the model vs the best baseline on the key metrics."""
+    """A few lines for the terminal: the model vs the best baseline on the key metrics, with 95%
+    intervals and paired p-values against the model where they exist (:meth:`Pipeline.uncertainty`)."""
     table = pipeline.evaluate()
+    rows = pipeline.uncertainty()
     lines = []
     for column in [c for c in HEADLINE if c in table.columns]:
         values = table[column].astype(float)
         ours = [name for name in values.index if name.startswith("flamingo")]  # greedy and other decodings
         baselines = values.drop([*ours, REFERENCE_CEILING], errors="ignore")
-        line = f"{column:>34}: flamingo {values['flamingo']:.3f}"
+        line = f"{column:>34}: flamingo {values['flamingo']:.3f}{_uncertain(rows, 'flamingo', column)}"
         if GUIDED in values.index:
-            line += f" (findings-guided {values[GUIDED]:.3f})"
-        line += f" | best baseline {baselines.max():.3f} ({baselines.idxmax()})"
+            line += f" (findings-guided {values[GUIDED]:.3f}{_uncertain(rows, GUIDED, column)})"
+        best = baselines.idxmax()
+        line += f" | best baseline {baselines.max():.3f} ({best}{_uncertain(rows, best, column)})"
         if pd.notna(values.get(REFERENCE_CEILING, float("nan"))):
             line += f" | reference report {values[REFERENCE_CEILING]:.3f}"
         lines.append(line)

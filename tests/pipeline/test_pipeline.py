@@ -153,6 +153,32 @@ def test_radeval_metrics_rescore_the_results_and_reach_the_report(trained_run, t
         Pipeline(run_dir=str(run), **{**SMALL, "metrics": ["cider"]})
 
 
+def test_the_uncertainty_step_is_the_evaluations_own_and_reaches_the_headline_and_report(trained_run, tmp_path):
+    import pandas as pd
+
+    from flamingo_lib.evaluation.evaluate import evaluate
+
+    run = _copy(trained_run, tmp_path)
+    pipeline = Pipeline(run_dir=str(run), **SMALL)
+    rows = pipeline.uncertainty()
+    stamp = _mtime(run / "eval" / "uncertainty.csv")
+    assert Pipeline(run_dir=str(run), **SMALL).uncertainty().equals(rows)  # reused, not recomputed
+    assert _mtime(run / "eval" / "uncertainty.csv") == stamp
+    # computed from the saved reports, it is what evaluate computes beside its own decoding
+    model, processor = pipeline.model_and_processor
+    generations = pipeline.generations()
+    direct = evaluate(model, processor, pipeline.splits["train"], pipeline.splits["test"], max_new_tokens=6,
+                      progress=False, labels_are_image_truth=True, n_resamples=100, n_permutations=200,
+                      extra_systems={c: generations[c].tolist() for c in generations.columns
+                                     if c not in ("id", "reference", "flamingo", "most frequent report",
+                                                  "nearest neighbour", "LM without image")}).attrs["uncertainty"]
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), direct.reset_index(drop=True), check_exact=False)
+    assert "CE micro-F1 (rendered findings, vs image truth): flamingo" in headline(pipeline)
+    flamingo_ce = rows[(rows["system"] == "flamingo") & (rows["metric"] == "CE micro-F1 (14, vs reference)")].iloc[0]
+    assert f"[{flamingo_ce.low:.3f}, {flamingo_ce.high:.3f}]" in headline(pipeline)
+    assert "95% bootstrap intervals over test studies" in build_run_report(pipeline).read_text()
+
+
 def test_an_impossible_evaluation_setting_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="guided_val_samples must be >= 1"):
         Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "guided_val_samples": 0})
