@@ -234,16 +234,18 @@ def systems_uncertainty(systems: Mapping[str, Sequence[str]], references: Sequen
                         image_truth: Sequence[dict] | None, top5: Sequence[str], shown: Sequence[str] | None,
                         n_resamples: int = 1000, n_permutations: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Intervals and paired p-values (against "flamingo") of every column that per-study statistics
-    give exactly: clinical efficacy, ROUGE-L, CIDEr; the reference ceiling joins the image-truth ones
+    give exactly: clinical efficacy, BLEU, ROUGE-L, CIDEr; the reference ceiling joins the image-truth ones
     (:func:`flamingo_lib.evaluation.uncertainty.uncertainty_table`'s rows)."""
     from flamingo_lib.evaluation.metrics import sentence_scores
-    from flamingo_lib.evaluation.uncertainty import efficacy_statistics, mean_statistic, uncertainty_table
+    from flamingo_lib.evaluation.uncertainty import (bleu_statistics, efficacy_statistics, mean_statistic,
+                                                     uncertainty_table)
 
     statistics: dict[str, dict[str, Any]] = {}
     for name, hyps in systems.items():
         per_metric = efficacy_statistics([labeler(h) for h in hyps], {"reference": reference_labels,
                                                                      "image truth": image_truth}, top5, shown)
         per_metric |= {metric: mean_statistic(scores) for metric, scores in sentence_scores(references, hyps).items()}
+        per_metric |= bleu_statistics(references, hyps)
         for metric, statistic in per_metric.items():
             statistics.setdefault(metric, {})[name] = statistic
     if image_truth is not None:

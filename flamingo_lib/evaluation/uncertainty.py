@@ -8,10 +8,11 @@ Both work on *per-study statistics* from which a metric is computed exactly:
   observation; micro scores pool the counts, macro-F1 averages the per-observation F1s (as
   :func:`~flamingo_lib.evaluation.metrics.clinical_efficacy` does);
 * ROUGE-L and CIDEr: each study's sentence score from pycocoevalcap, whose corpus score is their
-  mean (CIDEr's document frequencies are those of the whole test split, held fixed when resampling).
+  mean (CIDEr's document frequencies are those of the whole test split, held fixed when resampling);
+* BLEU-1..4: each study's n-gram counts as pycocoevalcap's ``BleuScorer`` cooks them (candidate
+  length, closest reference length, n-gram guesses and matches), pooled as its corpus score pools them.
 
-BLEU and METEOR are corpus statistics computed inside pycocoevalcap (and Java); they get no
-interval here and are listed as such rather than approximated.
+METEOR is a corpus statistic computed inside Java; it gets no interval rather than an approximation.
 
 Resamples draw the same studies for every system (a paired bootstrap), seeded.
 """
@@ -85,6 +86,35 @@ def efficacy_statistic(truth: Sequence[dict], hypotheses: Sequence[dict], observ
                 "micro_recall": lambda: _safe_ratio(tp, tp + fn)}[measure]()
 
     return StudyStatistic(counts, reduce)
+
+
+def bleu_statistics(references: Sequence[str], hypotheses: Sequence[str], n: int = 4) -> dict[str, StudyStatistic]:
+    """``BLEU_1`` .. ``BLEU_n`` as per-study counts of pycocoevalcap's ``BleuScorer`` (the texts as
+    :func:`~flamingo_lib.evaluation.metrics.nlg_metrics` normalises them): their pooled score is
+    pycocoevalcap's corpus BLEU ("closest" reference length), to the last digit."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    from flamingo_lib.evaluation.metrics import normalise_report
+
+    scorer = BleuScorer(n=n)
+    for reference, hypothesis in zip(references, hypotheses):
+        scorer += (normalise_report(hypothesis) or "<empty>", [normalise_report(reference) or "<empty>"])
+    counts = np.array([[c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]),  # noqa: SLF001
+                        *c["guess"][:n], *c["correct"][:n]] for c in scorer.ctest], dtype=float)
+
+    def reduce_for(order: int) -> Callable[[np.ndarray, int], np.ndarray]:
+        def reduce(summed: np.ndarray, _: int) -> np.ndarray:
+            tiny, small = 1e-15, 1e-9  # pycocoevalcap's guards against empty counts
+            testlen, reflen = summed[..., 0], summed[..., 1]
+            product = np.ones(summed.shape[:-1])
+            for k in range(order):
+                product = product * (summed[..., 2 + n + k] + tiny) / (summed[..., 2 + k] + small)
+            score = product ** (1 / order)
+            ratio = (testlen + tiny) / (reflen + small)
+            return np.where(ratio < 1, score * np.exp(1 - 1 / ratio), score)
+        return reduce
+
+    return {f"BLEU_{k}": StudyStatistic(counts, reduce_for(k)) for k in range(1, n + 1)}
 
 
 def bootstrap_rows(n_studies: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:

@@ -174,8 +174,8 @@ def uncertainty_html(rows: pd.DataFrame, columns: list[str], systems: list[str])
                       for v in rows[(rows["system"] == system) & (rows["metric"] == metric)]["value"]}
              for metric in shown}
     return ("<p>95% bootstrap intervals over test studies; p: paired approximate randomisation against "
-            "flamingo (greedy), so the findings-guided row's p compares the two decodings. BLEU and METEOR are "
-            "corpus statistics computed inside pycocoevalcap: no interval.</p>"
+            "flamingo (greedy), so the findings-guided row's p compares the two decodings. METEOR is a corpus "
+            "statistic computed in Java: no interval.</p>"
             + pd.DataFrame(cells).reindex(systems).dropna(how="all").fillna("-").to_html())
 
 
