@@ -77,12 +77,15 @@ def notebook_paths(names: Sequence[str]) -> list[Path]:
 
 def data_licence(path: Path, parameters: dict[str, Any]) -> tuple[bool, str]:
     """(may not be shared, licence text) of the data a notebook reads: its ``DATA`` parameter (given,
-    else the notebook's default), opened to its first test sample; (False, "") without one."""
+    else the notebook's default), opened to its first test sample; (False, "") without one. Films
+    given as ``FILMS_DIR`` (notebook 05's reports for a reader's own films) are private."""
     import papermill
 
     from flamingo_lib.data.sources import open_source
 
     defaults = papermill.inspect_notebook(str(path))
+    if "FILMS_DIR" in defaults and parameters.get("FILMS_DIR") is not None:  # notebook 05: a reader's own films
+        return True, f"your own films from {parameters['FILMS_DIR']}: a clinic's studies are private"
     spec = parameters.get("DATA", _value(defaults["DATA"]["default"]) if "DATA" in defaults else None)
     if not spec:
         return False, ""

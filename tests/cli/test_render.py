@@ -51,3 +51,13 @@ def test_data_that_may_not_be_shared_are_refused_before_any_cell_runs_or_rendere
     assert (tmp_path / "out" / PRIVATE_NOTE).exists()
     (opened,) = main([*args[:-1], f"chex:{tmp_path / 'foreign.json'};licence=open", "--overwrite"])
     assert "Private:" not in opened.read_text()
+
+
+def test_a_readers_own_films_make_the_pages_private(tmp_path, capsys):
+    notebook = _notebook(tmp_path / "nb")
+    content = nbformat.read(notebook, as_version=4)
+    content.cells[1].source += "\nFILMS_DIR = None"
+    nbformat.write(content, notebook)
+    with pytest.raises(SystemExit):
+        main(["--notebooks", str(notebook), "--out", str(tmp_path / "out"), "-p", "FILMS_DIR", str(tmp_path)])
+    assert "your own films" in capsys.readouterr().err and not (tmp_path / "out").exists()
