@@ -32,13 +32,12 @@ def run(env: Env, n: int, reps: int) -> dict[str, Any]:
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    from flamingo_lib.evaluation.metrics import normalise_report
+    from flamingo_lib.evaluation.metrics import coco_inputs
     from flamingo_lib.evaluation.radeval_metrics import scorer
     from flamingo_lib.labeling.labeler import label_report
 
     references, hypotheses = corpus(n)
-    gts = {i: [normalise_report(r)] for i, r in enumerate(references)}
-    res = {i: [normalise_report(h)] for i, h in enumerate(hypotheses)}
+    gts, res = coco_inputs(references, hypotheses)
     fns = {"pycocoevalcap BLEU-1..4": lambda: Bleu(4).compute_score(gts, res, verbose=0),
            "pycocoevalcap ROUGE-L": lambda: Rouge().compute_score(gts, res),
            "pycocoevalcap CIDEr": lambda: Cider().compute_score(gts, res),

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from flamingo_lib.cli import console_command
+from flamingo_lib.data.licence import source_privacy
 from flamingo_lib.io import write_text_atomic
 from flamingo_lib.pipeline.settings import EvalSettings
 from flamingo_lib.inference.guided_decoding import SYSTEM_NAME as GUIDED
@@ -140,9 +141,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         images = [im for split in (train, test) for sample in split for im in sample.images]
         cache.build(images, progress=not args.no_progress, total=len(images))
     out = Path(args.out) if args.out else evaluation_dir(Path(args.run), args.data, args.split, args.max_samples)
-    if args.data.startswith("mimic") or any(test[i].meta.get("credentialed") for i in range(min(1, len(test)))):
-        # said before minutes of decoding, and written beside what it concerns
-        licence = test[0].meta.get("licence", "credentialed") if len(test) else "credentialed"
+    private, licence = source_privacy(args.data, lambda: test)
+    if private:  # said before minutes of decoding, and written beside what it concerns
         warnings.warn(f"{args.data} may not be shared ({licence}): {out} will hold its report text; keep it private "
                       "and never share it", CredentialedDataWarning, stacklevel=2)
         out.mkdir(parents=True, exist_ok=True)

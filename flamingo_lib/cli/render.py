@@ -81,6 +81,7 @@ def data_licence(path: Path, parameters: dict[str, Any]) -> tuple[bool, str]:
     given as ``FILMS_DIR`` (notebook 05's reports for a reader's own films) are private."""
     import papermill
 
+    from flamingo_lib.data.licence import source_privacy
     from flamingo_lib.data.sources import open_source
 
     defaults = papermill.inspect_notebook(str(path))
@@ -89,13 +90,7 @@ def data_licence(path: Path, parameters: dict[str, Any]) -> tuple[bool, str]:
     spec = parameters.get("DATA", _value(defaults["DATA"]["default"]) if "DATA" in defaults else None)
     if not spec:
         return False, ""
-    if str(spec).startswith("mimic"):
-        from flamingo_lib.data.licence import MIMIC_LICENCE
-
-        return True, f"credentialed: {MIMIC_LICENCE}"
-    test = open_source(str(spec), "test", image_size=64, max_samples=1)
-    meta = test[0].meta if len(test) else {}
-    return bool(meta.get("credentialed")), str(meta.get("licence", ""))
+    return source_privacy(str(spec), lambda: open_source(str(spec), "test", image_size=64, max_samples=1))
 
 
 def render(path: Path, out_dir: Path, parameters: dict[str, Any], private_licence: str | None,

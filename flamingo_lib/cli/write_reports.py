@@ -42,7 +42,7 @@ from flamingo_lib.data.study_files import StudyFiles, find_studies
 from flamingo_lib.inference.film_reference import REFERENCE_FILE, reference_for
 from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE
 from flamingo_lib.pipeline.run_records import guided_setup, model_directory, provenance, training_record
-from flamingo_lib.inference.study_reports import CHUNK_STUDIES, report_chunks
+from flamingo_lib.inference.study_reports import CHUNK_STUDIES, report_chunks, studies_unlike_training
 
 #: Output formats by suffix.
 TABLE_SUFFIXES = (".csv", ".jsonl")
@@ -247,8 +247,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     for row in table.head(5).itertuples():
         print(f"{row.study}: {row.report}")
     failed = int((table["error"] != "").sum()) if len(table) else 0
-    unlike = int(table["out_of_distribution"].fillna(False).astype(bool).sum()) \
-        if "out_of_distribution" in table else 0
+    unlike = studies_unlike_training(table)
     if unlike:
         print(f"{unlike} studies hold a film unlike the training films (out_of_distribution column): their reports "
               "are unreliable")

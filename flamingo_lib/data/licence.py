@@ -11,7 +11,8 @@ A declaration never makes a sample known to be credentialed shareable.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 Licence = Literal["open", "credentialed"]
 LICENCES: tuple[str, ...] = ("open", "credentialed")
@@ -45,3 +46,13 @@ def licence_meta(known: bool | None, declared: str | None, origin: str = "") -> 
     if declared == "open":
         return {"credentialed": False, "licence": "open: declared in the data spec"}
     return {"credentialed": True, "licence": UNKNOWN_ORIGIN}
+
+
+def source_privacy(spec: str, samples: Callable[[], Sequence[Any]]) -> tuple[bool, str]:
+    """(may not be shared, why) of a data source: MIMIC-CXR by its spec, any other by what its
+    first sample's ``meta`` says (``samples()`` opens them: not called for a MIMIC spec)."""
+    if spec.startswith("mimic"):
+        return True, f"credentialed: {MIMIC_LICENCE}"
+    opened = samples()
+    meta = opened[0].meta if len(opened) else {}
+    return bool(meta.get("credentialed")), str(meta.get("licence", "unknown"))

@@ -20,7 +20,8 @@ import torch
 
 from flamingo_lib.inference.batched import generate_in_batches
 from flamingo_lib.io import write_json_atomic, write_text_atomic
-from flamingo_lib.evaluation.metrics import NLG_METRICS, clinical_efficacy, most_common_observations, nlg_metrics
+from flamingo_lib.evaluation.metrics import (NLG_METRICS, clinical_efficacy, efficacy_columns, most_common_observations,
+                                             nlg_metrics)
 
 PROTOCOL = __doc__ + "\n" + (
     "Generation: the training prompt (one <image> per view, then 'Findings:'), decoding stops at <EOC>.\n"
@@ -79,22 +80,10 @@ def clinical_scores(hyp_labels: Sequence[dict], truths: dict[str, Sequence[dict]
                     observations_top5: Sequence[str], shown_observations: Sequence[str] | None = None
                     ) -> dict[str, float]:
     """Clinical efficacy of one system's labels against each named truth (skipped when None):
-    14 observations, the top 5 and, when given, the ``shown_observations`` the images can show."""
-    row: dict[str, float] = {}
-    for name, truth in truths.items():
-        if truth is None:
-            continue
-        ce14 = clinical_efficacy(truth, hyp_labels)
-        ce5 = clinical_efficacy(truth, hyp_labels, observations_top5)
-        row.update({f"CE micro-F1 (14, vs {name})": ce14["micro_f1"], f"CE macro-F1 (14, vs {name})": ce14["macro_f1"],
-                    f"CE micro-F1 (top 5, vs {name})": ce5["micro_f1"],
-                    f"CE precision (14, vs {name})": ce14["micro_precision"],
-                    f"CE recall (14, vs {name})": ce14["micro_recall"]})
-        if shown_observations:
-            ce_shown = clinical_efficacy(truth, hyp_labels, shown_observations)
-            row.update({f"CE micro-F1 (rendered findings, vs {name})": ce_shown["micro_f1"],
-                        f"CE macro-F1 (rendered findings, vs {name})": ce_shown["macro_f1"]})
-    return row
+    14 observations, the top 5 and, when given, the ``shown_observations`` the images can show
+    (:func:`~flamingo_lib.evaluation.metrics.efficacy_columns`)."""
+    return {column: clinical_efficacy(truth, hyp_labels, observations)[key]
+            for column, truth, observations, key in efficacy_columns(truths, observations_top5, shown_observations)}
 
 
 def score(references: Sequence[str], hypotheses: Sequence[str], labeler: Callable[[str], dict],

@@ -37,6 +37,14 @@ def normalise_report(text: str) -> str:
 NLG_METRICS: tuple[str, ...] = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
+def coco_inputs(references: Sequence[str], hypotheses: Sequence[str]
+                ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """pycocoevalcap's ``gts`` and ``res``: the texts normalised, one per study id. An empty text
+    would crash the scorers: it is scored as a token that matches nothing."""
+    return ({i: [normalise_report(r) or "<empty>"] for i, r in enumerate(references)},
+            {i: [normalise_report(h) or "<empty>"] for i, h in enumerate(hypotheses)})
+
+
 def nlg_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr over the corpus.
 
@@ -50,9 +58,7 @@ def nlg_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     if len(references) != len(hypotheses) or not references:
         raise ValueError(f"need as many hypotheses as references (got {len(hypotheses)} and {len(references)}, "
                          "at least one)")
-    # An empty hypothesis would crash the scorers: score a token that matches nothing instead.
-    gts = {i: [normalise_report(r) or "<empty>"] for i, r in enumerate(references)}
-    res = {i: [normalise_report(h) or "<empty>"] for i, h in enumerate(hypotheses)}
+    gts, res = coco_inputs(references, hypotheses)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores: dict[str, float | None] = {f"BLEU_{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores["METEOR"] = meteor(gts, res)
@@ -67,8 +73,7 @@ def sentence_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dic
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    gts = {i: [normalise_report(r) or "<empty>"] for i, r in enumerate(references)}
-    res = {i: [normalise_report(h) or "<empty>"] for i, h in enumerate(hypotheses)}
+    gts, res = coco_inputs(references, hypotheses)
     return {"ROUGE_L": [float(s) for s in Rouge().compute_score(gts, res)[1]],
             "CIDEr": [float(s) for s in Cider().compute_score(gts, res)[1]]}
 
@@ -136,6 +141,24 @@ def clinical_efficacy(
            "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2]}
     out.update({f"f1/{obs}": prf[2] for obs, prf in per_observation.items()})
     return out
+
+
+#: The results table's clinical-efficacy measures: (column title, observation set, clinical_efficacy key).
+_EFFICACY_MEASURES = (("micro-F1", "14", "micro_f1"), ("macro-F1", "14", "macro_f1"), ("micro-F1", "top 5", "micro_f1"),
+                      ("precision", "14", "micro_precision"), ("recall", "14", "micro_recall"),
+                      ("micro-F1", "rendered findings", "micro_f1"), ("macro-F1", "rendered findings", "macro_f1"))
+
+
+def efficacy_columns(truths: dict[str, Sequence[Labels] | None], observations_top5: Sequence[str],
+                     shown_observations: Sequence[str] | None = None
+                     ) -> list[tuple[str, Sequence[Labels], Sequence[str], str]]:
+    """The clinical-efficacy columns of the results table, in their order: ``(column, truth,
+    observations, clinical_efficacy key)`` per named truth (skipped when None) over the 14
+    observations, the top 5 and, when given, the ``shown_observations`` the images can show."""
+    sets = {"14": CHEXPERT_OBSERVATIONS, "top 5": observations_top5, "rendered findings": shown_observations}
+    return [(f"CE {title} ({label}, vs {name})", truth, sets[label], key)
+            for name, truth in truths.items() if truth is not None
+            for title, label, key in _EFFICACY_MEASURES if sets[label]]
 
 
 def most_common_observations(labels: Sequence[Labels], k: int = 5, exclude: Sequence[str] = ("No Finding",)) -> list[str]:

@@ -19,6 +19,7 @@ import contextlib
 import io
 import warnings
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 #: Metrics that need no weights.
@@ -48,15 +49,26 @@ def check_metrics(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
+def quiet_radeval() -> ModuleType:
+    """The ``radeval`` package, imported without its noise: radeval.utils tries to download NLTK
+    data when imported and prints the failure offline.
+
+    Raises:
+        ModuleNotFoundError: radeval is not installed (the ``eval`` extra).
+    """
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        import radeval
+
+    return radeval
+
+
 def _load(name: str) -> Any:
     """RadEval's scorer of one metric; raises what loading it raised."""
-    # radeval.utils tries to download NLTK data when imported (and prints the failure offline);
-    # RadEval() turns every warning off for the whole process: both are kept inside this call.
+    radeval = quiet_radeval()
+    # RadEval() turns every warning off for the whole process: kept inside this call
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
             warnings.catch_warnings():
-        from radeval import RadEval
-
-        return RadEval(metrics=[name], show_progress=False)
+        return radeval.RadEval(metrics=[name], show_progress=False)
 
 
 def _reason(name: str, error: BaseException) -> str:

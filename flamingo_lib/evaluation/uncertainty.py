@@ -94,11 +94,12 @@ def bleu_statistics(references: Sequence[str], hypotheses: Sequence[str], n: int
     pycocoevalcap's corpus BLEU ("closest" reference length), to the last digit."""
     from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 
-    from flamingo_lib.evaluation.metrics import normalise_report
+    from flamingo_lib.evaluation.metrics import coco_inputs
 
+    gts, res = coco_inputs(references, hypotheses)
     scorer = BleuScorer(n=n)
-    for reference, hypothesis in zip(references, hypotheses):
-        scorer += (normalise_report(hypothesis) or "<empty>", [normalise_report(reference) or "<empty>"])
+    for i in gts:  # as pycocoevalcap's Bleu adds them
+        scorer += (res[i][0], gts[i])
     counts = np.array([[c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]),  # noqa: SLF001
                         *c["guess"][:n], *c["correct"][:n]] for c in scorer.ctest], dtype=float)
 
@@ -135,8 +136,9 @@ def paired_p_values(statistics: Mapping[str, StudyStatistic], n_permutations: in
     """p-value of each system against the first (``statistics``' order), by paired approximate
     randomisation (RadEval's ``compare_systems``): how often swapping the two systems' outputs
     study by study changes the score by at least the observed difference."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        from radeval import compare_systems  # (it tries to download NLTK data on import)
+    from flamingo_lib.evaluation.radeval_metrics import quiet_radeval
+
+    compare_systems = quiet_radeval().compare_systems
 
     names = list(statistics)
     n = len(statistics[names[0]].per_study)
@@ -158,23 +160,12 @@ def efficacy_statistics(hyp_labels: Sequence[dict], truths: Mapping[str, Sequenc
                         observations_top5: Sequence[str], shown_observations: Sequence[str] | None = None
                         ) -> dict[str, StudyStatistic]:
     """The clinical-efficacy columns of :func:`~flamingo_lib.evaluation.evaluate.clinical_scores`
-    (same names, same values) as per-study statistics."""
-    from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
+    (:func:`~flamingo_lib.evaluation.metrics.efficacy_columns`: same names, same values) as per-study statistics."""
+    from flamingo_lib.evaluation.metrics import efficacy_columns
 
-    out: dict[str, StudyStatistic] = {}
-    for name, truth in truths.items():
-        if truth is None:
-            continue
-        sets = [("14", CHEXPERT_OBSERVATIONS, ("micro_f1", "macro_f1", "micro_precision", "micro_recall")),
-                ("top 5", observations_top5, ("micro_f1",))]
-        if shown_observations:
-            sets.append(("rendered findings", shown_observations, ("micro_f1", "macro_f1")))
-        for label, observations, measures in sets:
-            for measure in measures:
-                title = {"micro_f1": "micro-F1", "macro_f1": "macro-F1", "micro_precision": "precision",
-                         "micro_recall": "recall"}[measure]
-                out[f"CE {title} ({label}, vs {name})"] = efficacy_statistic(truth, hyp_labels, observations, measure)
-    return out
+    return {column: efficacy_statistic(truth, hyp_labels, observations, key)
+            for column, truth, observations, key in efficacy_columns(dict(truths), observations_top5,
+                                                                     shown_observations)}
 
 
 def uncertainty_table(statistics: Mapping[str, Mapping[str, StudyStatistic]], reference_system: str,

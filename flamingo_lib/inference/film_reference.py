@@ -41,7 +41,7 @@ DEFAULT_PERCENTILE = 99.0
 
 @torch.no_grad()
 def film_embeddings(model: Any, processor: Any, images: Iterable[Image.Image], *, batch_size: int = 32,
-                    feature_cache: Any = None, progress: bool = False, total: int | None = None) -> torch.Tensor:
+                    feature_cache: Any = None, progress: bool = False) -> torch.Tensor:
     """(N,) films -> (N, dim_visual) float32 unit vectors: the mean of each film's patch tokens.
 
     ``images`` may be a generator: films are read ``batch_size`` at a time, never all at once.
@@ -54,13 +54,13 @@ def film_embeddings(model: Any, processor: Any, images: Iterable[Image.Image], *
         ValueError: no films.
     """
     chunks = []
-    bar = tqdm(total=total, disable=not progress, desc="embedding films", unit="film")
+    device = next(model.parameters()).device
+    bar = tqdm(disable=not progress, desc="embedding films", unit="film")  # a generator's length is unknown
     for batch in _batches(images, batch_size):
         if feature_cache is not None:
             tokens = feature_cache.stack([[image] for image in batch])[:, 0]  # (B, P, D)
         else:
             pixels = processor.preprocess_images(batch).unsqueeze(1)  # (B, 1, 3, H, W)
-            device = next(model.parameters()).device
             tokens = model.flamingo.encode_visuals(pixels.to(device))[:, 0]
         chunks.append(torch.nn.functional.normalize(tokens.float().mean(1), dim=-1).cpu())
         bar.update(len(batch))

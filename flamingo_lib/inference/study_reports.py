@@ -136,3 +136,11 @@ def study_reports(model: Any, processor: Any, studies: Sequence[StudyFiles], **o
         ValueError: guided decoding asked of a model without a findings head.
     """
     return pd.DataFrame([row for rows in report_chunks(model, processor, studies, **options) for row in rows])
+
+
+def studies_unlike_training(table: pd.DataFrame) -> int | None:
+    """How many studies of a :func:`study_reports` table hold a film out of distribution (None when
+    no film was checked: the model had no film reference)."""
+    if "out_of_distribution" not in table:
+        return None
+    return int(table["out_of_distribution"].fillna(False).astype(bool).sum())

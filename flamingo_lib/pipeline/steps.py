@@ -61,15 +61,19 @@ class Pipeline:
     @property
     def credentialed(self) -> bool:
         """True when the data may not be shared: a credentialed source (MIMIC-CXR), or one of unknown
-        origin (:mod:`flamingo_lib.data.licence`)."""
-        return self.settings.data.source.startswith("mimic") or any(
-            self.splits["test"][i].meta.get("credentialed") for i in range(min(1, len(self.splits["test"]))))
+        origin (:func:`flamingo_lib.data.licence.source_privacy`)."""
+        return self._privacy[0]
 
     @property
     def licence(self) -> str:
-        """What the data's source says of sharing them (the first test sample's ``meta["licence"]``)."""
-        test = self.splits["test"]
-        return str(test[0].meta.get("licence", "unknown")) if len(test) else "no test samples"
+        """What the data's source says of sharing them."""
+        return self._privacy[1]
+
+    @property
+    def _privacy(self) -> tuple[bool, str]:
+        from flamingo_lib.data.licence import source_privacy
+
+        return source_privacy(self.settings.data.source, lambda: self.splits["test"])
 
     # ----------------------------------------------------------------------------- features
     @cached_property

@@ -152,14 +152,14 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
                              iu_text=settings.data.source in ("phantom", "phantom:iu") or settings.data.source.startswith("iu"))
 
 
-def _uncertain(rows: pd.DataFrame, system: str, metric: str, p: bool = True) -> str:
-    """" [low, high]" (and "; p=..." against the model) of a system's metric, or "" where there is none."""
+def _uncertain(rows: pd.DataFrame, system: str, metric: str) -> str:
+    """" [low, high]" (and " p=..." against the model) of a system's metric, or "" where there is none."""
     found = rows[(rows["system"] == system) & (rows["metric"] == metric)]
     if found.empty or pd.isna(found["low"].iloc[0]):
         return ""
     row = found.iloc[0]
     text = f" [{row['low']:.3f}, {row['high']:.3f}]"
-    if not p or pd.isna(row.get("p_vs_flamingo")):
+    if pd.isna(row.get("p_vs_flamingo")):
         return text
     value = row["p_vs_flamingo"]  # none of the trials as extreme: below one in their number
     return text + (f" p<{1 / row['permutations']:.0e}" if value == 0 and row.get("permutations") else f" p={value:.2g}")

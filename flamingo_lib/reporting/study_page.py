@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from flamingo_lib.data.study_files import StudyFiles, load_study
+from flamingo_lib.inference.study_reports import studies_unlike_training
 
 PRIVATE_FILMS_WARNING = ("This page shows the films it reports. Unless they come from a public dataset, they are "
                          "private (a clinic's studies, a credentialed dataset such as MIMIC-CXR): do not share it.")
@@ -102,8 +103,8 @@ def write_study_page(path: str | Path, model: Any, processor: Any, table: pd.Dat
 
     shown = min(limit, len(table))
     intro = f"<p>{html.escape(description)}</p><p>{shown} of {len(table)} studies shown.</p>"
-    if "out_of_distribution" in table:
-        unlike = int(table["out_of_distribution"].fillna(False).astype(bool).sum())
+    unlike = studies_unlike_training(table)
+    if unlike is not None:
         intro += (f"<p{' class=warn' * bool(unlike)}>{unlike} of {len(table)} studies hold a film unlike the films "
                   "the model was trained on (marked below): their reports are unreliable.</p>")
     else:
