@@ -134,6 +134,23 @@ def _wait_for_notebook(page, timeout_s: float) -> None:
     pytest.fail(f"notebook 04 did not finish in {timeout_s:.0f} s")
 
 
+def _run_all_cells(page, attempts: int = 3) -> None:
+    """Run > Run All Cells on the notebook, until a cell has started (JupyterLab may still be wiring
+    the kernel to the page when its status first reads idle, and then drop the request)."""
+    started = ("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")  # "[*]:" or "[1]:"
+    for _ in range(attempts):
+        page.locator(".jp-Notebook").first.click()  # the notebook is the current widget the command runs on
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            return
+        except sync_api.TimeoutError:
+            continue
+    pytest.fail(f"Run All Cells started no cell in {attempts} tries")
+
+
 def _heatmap_source(page) -> str:
     image = page.locator("img.widget-image").first
     image.wait_for(timeout=60_000)
@@ -154,8 +171,7 @@ def test_notebook_04_runs_in_jupyterlab_and_its_attention_browser_answers(browse
     page.goto(url)
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
     lap("kernel idle")
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    _run_all_cells(page)
     _wait_for_notebook(page, timeout_s=600)
     lap("all cells run")
     page.screenshot(path=str(folder / "notebook-04.png"), full_page=True)
