@@ -75,7 +75,7 @@ $(BASELINES_STAMP): bench/requirements-baselines.txt
 	$(PY) -m pip install -q --no-deps --target $(BASELINES) -r bench/requirements-baselines.txt
 	@touch $@
 
-.PHONY: bench-smoke
+.PHONY: bench-smoke bench-scale
 
 # Full CPU run (~8 min on a 2-core machine; one torch thread, timed by its CPU time: see
 # bench/README.md): writes bench/RESULTS.md and bench/results.json.
@@ -85,3 +85,9 @@ bench: $(STAMP) $(BASELINES_STAMP)
 # Toy sizes, one repetition (< 1 min): keeps the benchmark code working; writes bench/.smoke/.
 bench-smoke: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke --compile
+	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.scale --sizes 200 600 --out bench/.smoke/scale
+
+# The data path at MIMIC-CXR's size (~15 min, ~1.3 GB of temporary disk): synthetic trees of 1k, 10k,
+# 50k and 227,835 studies; CPU time, peak memory and films decoded per stage: bench/scale/RESULTS.md.
+bench-scale: $(STAMP)
+	BENCH_COMMAND="make bench-scale" $(PY) -m bench.scale

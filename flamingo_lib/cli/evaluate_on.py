@@ -51,7 +51,7 @@ def evaluation_dir(run_dir: Path, data: str, split: str, max_samples: int | None
 def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_samples: Sequence[Any],
                 out_dir: str | Path | None, *, trained_on: str, tested_on: str, guided: dict[str, Any] | None = None,
                 feature_cache: Any = None, max_new_tokens: int = 60, seed: int = 0,
-                progress: bool = True, metrics: Sequence[str] = ()) -> pd.DataFrame:
+                progress: bool = True, metrics: Sequence[str] = (), num_workers: int = 0) -> pd.DataFrame:
     """Score the model and the baselines on ``test_samples`` (:func:`flamingo_lib.evaluation.evaluate.evaluate`).
 
     Args:
@@ -61,6 +61,7 @@ def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_s
             findings-guided row.
         seed: of the guided candidates (the pipeline's: the run's seed).
         metrics: RadEval metrics scored beside the built-in ones (:mod:`flamingo_lib.evaluation.radeval_metrics`).
+        num_workers: processes decoding the training films of the nearest-neighbour baseline.
     """
     from flamingo_lib.evaluation.evaluate import evaluate
 
@@ -80,7 +81,7 @@ def evaluate_on(model: Any, processor: Any, train_samples: Sequence[Any], test_s
     is_phantom = tested_on.startswith("phantom")
     return evaluate(model, processor, train_samples, test_samples, out_dir=out_dir, max_new_tokens=max_new_tokens,
                     feature_cache=feature_cache, labels_are_image_truth=is_phantom, progress=progress,
-                    extra_systems=extra, protocol_notes="\n\n".join(notes), metrics=metrics)
+                    extra_systems=extra, protocol_notes="\n\n".join(notes), metrics=metrics, num_workers=num_workers)
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     from flamingo_lib.cache_dirs import cache_root
     from flamingo_lib.data.sources import open_source
     from flamingo_lib.data.feature_cache import FeatureCache
+    from flamingo_lib.data.study_index import image_counts, iter_films
     from flamingo_lib.pipeline.workbench import detect_device
 
     parser = argparse.ArgumentParser(prog="python -m flamingo_lib.cli.evaluate_on", description=__doc__.split("\n")[0])
@@ -107,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                         "baseline instead of reading (and filling) the shared feature cache")
     parser.add_argument("--metrics", nargs="+", default=[], metavar="METRIC",
                         help=EvalSettings.__dataclass_fields__["metrics"].metadata["help"])
+    parser.add_argument("--num-workers", type=int, default=0, help="processes decoding films (0: this one)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -138,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     cache = None
     if not args.no_feature_cache:
         cache = FeatureCache(cache_root("features"), model, processor)
-        images = [im for split in (train, test) for sample in split for im in sample.images]
-        cache.build(images, progress=not args.no_progress, total=len(images))
+        cache.build(iter_films((train, test), num_workers=args.num_workers), progress=not args.no_progress,
+                    total=sum(sum(image_counts(split)) for split in (train, test)))
     out = Path(args.out) if args.out else evaluation_dir(Path(args.run), args.data, args.split, args.max_samples)
     private, licence = source_privacy(args.data, lambda: test)
     if private:  # said before minutes of decoding, and written beside what it concerns
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
           f"results to {out}")
     table = evaluate_on(model, processor, train, test, out, trained_on=source["data"], tested_on=args.data,
                         guided=guided, feature_cache=cache, max_new_tokens=args.max_new_tokens, seed=source["seed"],
-                        progress=not args.no_progress, metrics=args.metrics)
+                        progress=not args.no_progress, metrics=args.metrics, num_workers=args.num_workers)
     print(table.astype(float).round(3).to_string())
     for name, why in table.attrs.get("not_computed", {}).items():
         print(f"not computed: {name}: {why}")

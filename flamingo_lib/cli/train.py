@@ -52,9 +52,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if options.cache_features:
         from flamingo_lib.data.feature_cache import FeatureCache
 
+        from flamingo_lib.data.study_index import image_counts, iter_films
+
         cache = FeatureCache(options.cache_features, model, processor)
-        stats = cache.build((im for ds in (train_set, val_set) for s in ds for im in s.images),
-                            total=sum(len(s.images) for ds in (train_set, val_set) for s in ds))
+        # one decoding pass, streamed; the total for the progress bar comes from the index
+        stats = cache.build(iter_films((train_set, val_set), num_workers=data.num_workers),
+                            total=sum(sum(image_counts(ds)) for ds in (train_set, val_set)))
         print(f"feature cache {cache.directory}: {stats.computed} computed, {stats.reused} reused")
     # how the data were opened: evaluate_on draws its baselines from the same training split
     record = {"preset": model_settings.preset, "data": data.source, "image_size": data.image_size,

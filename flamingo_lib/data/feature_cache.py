@@ -18,11 +18,13 @@ different encoder or a changed image can never be served stale features.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +89,9 @@ class FeatureCache:
             would go stale after the first optimiser step.
     """
 
+    #: shards kept open at once (a random read of a closed one reopens it: ~0.1 ms)
+    MAX_OPEN_SHARDS = 64
+
     def __init__(self, root: str | Path, model: torch.nn.Module, processor: object) -> None:
         if not model.flamingo.vision_frozen:
             raise ValueError(
@@ -103,7 +108,9 @@ class FeatureCache:
             write_json_atomic(self.directory / "encoder.json", info, indent=2, default=list)
         self.encoder_calls = 0  # images sent through the vision encoder by this object
         self._index: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}  # open (memory-mapped) shards, for fast reads
+        # open (memory-mapped) shards for fast reads, least recently read first; bounded, since MIMIC-CXR's
+        # ~870 shards of 256 biomed-size films would map ~70 GB of address space and as many descriptors
+        self._handles: dict[Path, object] = {}
         self._shards_written = 0
         self._scan()
 
@@ -172,12 +179,14 @@ class FeatureCache:
             shard_size: images per shard file (the unit of resumption).
             total: number of images, for the progress bar when ``images`` has no ``len``.
         """
+        total = total if total is not None else getattr(images, "__len__", lambda: None)()
+        if total is not None:
+            self._check_room(total, progress)
         start, computed, reused = time.perf_counter(), 0, 0
         pending: dict[str, Image.Image] = {}
         shard: dict[str, torch.Tensor] = {}
         device = next(self.model.parameters()).device
-        bar = tqdm(total=total if total is not None else getattr(images, "__len__", lambda: None)(),
-                   disable=not progress, desc="caching features", unit="img")
+        bar = tqdm(total=total, disable=not progress, desc="caching features", unit="img")
 
         def flush_pending() -> None:
             nonlocal computed
@@ -211,6 +220,36 @@ class FeatureCache:
         bar.close()
         return CacheStats(computed, reused, time.perf_counter() - start)
 
+    def bytes_per_image(self) -> int:
+        """Bytes one film's patch tokens take in a shard: (P, dim_visual) fp16 plus its header entry
+        (measured once by encoding a blank film)."""
+        if not hasattr(self, "_bytes_per_image"):
+            size = self.processor.image_config.size
+            blank = Image.new("L", (size, size))
+            with torch.no_grad():
+                pixels = self.processor.preprocess_images([blank]).to(next(self.model.parameters()).device)
+                tokens = self.model.flamingo.encode_visuals(pixels[:, None])[0, 0]
+            self._bytes_per_image = tokens.numel() * 2 + 120  # fp16; the JSON header's entry for its key
+        return self._bytes_per_image
+
+    def _check_room(self, total: int, progress: bool) -> None:
+        """Say what a build of ``total`` films may add to the disk, and refuse it before any work when
+        the disk lacks the room (a build that fills the disk hours in would stop there).
+
+        Raises:
+            OSError: ``ENOSPC``, naming the directory, the space needed and the space free.
+        """
+        films = max(total - len(self), 0)  # at most these are new (duplicates and cached films are not)
+        needed, free = films * self.bytes_per_image(), shutil.disk_usage(self.directory).free
+        message = (f"feature cache {self.directory}: up to {films:,} films to add at {self.bytes_per_image():,} bytes "
+                   f"each, ~{needed / 1e9:.2f} GB; {free / 1e9:.1f} GB free")
+        if needed > free:
+            raise OSError(errno.ENOSPC, f"{message}: not enough room. Free disk space, or put the cache on a larger "
+                          "disk (PipelineSettings.feature_root / FLAMINGO_CACHE_DIR)")
+        logger.info(message)
+        if progress:
+            tqdm.write(message)
+
     # ------------------------------------------------------------------------------- read
     def get(self, image: Image.Image) -> torch.Tensor:
         """The cached patch tokens (P, dim_visual) of ``image``, as float32.
@@ -224,9 +263,12 @@ class FeatureCache:
         shard = self._index.get(key)
         if shard is None:
             raise KeyError(f"image {key} is not in the feature cache {self.directory}; run build() on it first")
-        handle = self._handles.get(shard)
+        handle = self._handles.pop(shard, None)
         if handle is None:
-            handle = self._handles[shard] = safe_open(shard, framework="pt")
+            handle = safe_open(shard, framework="pt")
+            if len(self._handles) >= self.MAX_OPEN_SHARDS:  # the least recently read one is closed
+                del self._handles[next(iter(self._handles))]
+        self._handles[shard] = handle  # (re-)inserted as the most recently read
         return handle.get_tensor(key).float()
 
     def stack(self, images: Sequence[Sequence[Image.Image]]) -> torch.Tensor:

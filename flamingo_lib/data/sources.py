@@ -97,6 +97,22 @@ class Head:
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def reports(self) -> list[str]:
+        """The first ``n`` reports, from the dataset's index when it has one (:mod:`flamingo_lib.data.study_index`)."""
+        from flamingo_lib.data.study_index import study_reports
+
+        return study_reports(self.dataset)[: self.n] if hasattr(self.dataset, "reports") else \
+            [self[i].report for i in range(self.n)]
+
+    @property
+    def image_counts(self) -> list[int]:
+        """How many films each of the first ``n`` studies has."""
+        from flamingo_lib.data.study_index import image_counts
+
+        return image_counts(self.dataset)[: self.n] if hasattr(self.dataset, "image_counts") else \
+            [len(self[i].images) for i in range(self.n)]
+
     def __getitem__(self, index: int) -> Any:
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} samples")

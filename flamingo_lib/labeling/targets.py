@@ -25,11 +25,14 @@ class FindingTargets:
         labeler: report text -> labels; defaults to the rule-based labeler.
     """
 
+    #: readings kept (~100 bytes each with the text's key): the phantom's and IU X-Ray's reports all fit
+    MEMO_SIZE = 50_000
+
     def __init__(self, observations: Sequence[str], labeler: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         if labeler is None:
             labeler = label_report
         self.observations, self.labeler = tuple(observations), labeler
-        self._read: dict[str, torch.Tensor] = {}
+        self._read: dict[str, torch.Tensor] = {}  # report -> reading, least recently read first
 
     def __call__(self, reports: Sequence[str]) -> torch.Tensor:
         """(B,) reports -> (B, K) float targets."""
@@ -40,10 +43,15 @@ class FindingTargets:
         return torch.tensor([float(labels.get(obs) == 1.0) for obs in self.observations])
 
     def _reading(self, report: str) -> torch.Tensor:
-        """(K,) positives of the labeler's reading of ``report``, read once."""
-        if report not in self._read:
-            self._read[report] = self._positives(self.labeler(report))
-        return self._read[report]
+        """(K,) positives of the labeler's reading of ``report``, read once while it is among the
+        ``MEMO_SIZE`` most recently read (bounded: MIMIC-CXR has ~220k distinct reports)."""
+        reading = self._read.pop(report, None)
+        if reading is None:
+            reading = self._positives(self.labeler(report))
+            if len(self._read) >= self.MEMO_SIZE:
+                del self._read[next(iter(self._read))]  # the least recently read (dicts keep insertion order)
+        self._read[report] = reading  # re-inserted: now the most recent
+        return reading
 
     def _stack(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(rows)) if rows else torch.zeros(0, len(self.observations))

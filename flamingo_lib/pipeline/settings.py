@@ -107,11 +107,15 @@ class DataSettings:
     # the validation loss of every training eval (64 studies keep it quick)
     max_val_samples: int | None = 64
     max_test_samples: int | None = None  # None: the whole test split (phantom: 250 studies)
+    num_workers: int = field(default=0, metadata={"help": (
+        "processes decoding films for the feature cache and the nearest-neighbour baseline (0: this process; "
+        "on a large dataset of full-size JPEGs, the cores you can spare)")})
 
 
     def __post_init__(self) -> None:
         # image_size: each source knows its own smallest (the phantom's renderer, a film's downscaling)
-        check_ranges(self, at_least={"max_train_samples": 1, "max_val_samples": 1, "max_test_samples": 1})
+        check_ranges(self, at_least={"max_train_samples": 1, "max_val_samples": 1, "max_test_samples": 1,
+                                    "num_workers": 0})
 
 
 @dataclass

@@ -80,11 +80,15 @@ class Pipeline:
     def feature_cache(self) -> Any:
         """The frozen encoder's patch tokens of every image of every split (built if missing)."""
         from flamingo_lib.data.feature_cache import FeatureCache
+        from flamingo_lib.data.study_index import image_counts, iter_films
 
         model, processor = self.model_and_processor
         cache = FeatureCache(self.settings.feature_root, model, processor)
-        images = [im for split in self.splits.values() for sample in split for im in sample.images]
-        self.cache_stats = cache.build(images, progress=self.settings.train.progress, total=len(images))
+        splits = list(self.splits.values())
+        # streamed: a list of every decoded film of MIMIC-CXR would take ~9 GiB
+        films = iter_films(splits, num_workers=self.settings.data.num_workers)
+        total = sum(sum(image_counts(split)) for split in splits)
+        self.cache_stats = cache.build(films, progress=self.settings.train.progress, total=total)
         return cache
 
     # -------------------------------------------------------------------------------- train
@@ -225,7 +229,7 @@ class Pipeline:
         table = evaluate(model, processor, self.splits["train"], self.splits["test"], out_dir=out,
                          num_beams=s.eval.num_beams, max_new_tokens=s.eval.max_new_tokens,
                          feature_cache=self.feature_cache, labels_are_image_truth=s.data.source.startswith("phantom"),
-                         progress=s.train.progress,
+                         progress=s.train.progress, num_workers=s.data.num_workers,
                          extra_systems=extra, protocol_notes=notes, metrics=s.eval.metrics,
                          n_resamples=0, n_permutations=0)  # a step of its own: self.uncertainty()
         self._stamp(out / "results.csv", **self._evaluation_key())

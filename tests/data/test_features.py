@@ -94,6 +94,47 @@ def test_duplicate_images_are_computed_once(model_and_processor, tmp_path):
     assert (stats.computed, stats.reused, len(cache)) == (2, 1, 2)
 
 
+def test_reads_keep_a_bounded_number_of_shards_open_and_stay_exact(model_and_processor, tmp_path, monkeypatch):
+    model, processor = model_and_processor
+    monkeypatch.setattr(FeatureCache, "MAX_OPEN_SHARDS", 2)
+    films = [xray_like(i) for i in range(8)]
+    FeatureCache(tmp_path, model, processor).build(films, batch_size=2, shard_size=2, progress=False)
+    cache = FeatureCache(tmp_path, model, processor)  # a fresh reader: 4 shards on disk
+    expected = [processor_features(model, processor, film) for film in films]
+    for index in [0, 2, 4, 6, 1, 7, 3, 5, 0]:  # every shard, then again out of order
+        assert torch.allclose(cache.get(films[index]), expected[index], atol=2e-3)
+        assert len(cache._handles) <= 2
+    assert len(set(cache._index.values())) == 4
+
+
+def test_a_build_the_disk_cannot_hold_is_refused_before_any_work_naming_the_room(model_and_processor, tmp_path,
+                                                                                 monkeypatch):
+    from collections import namedtuple
+
+    import flamingo_lib.data.feature_cache as feature_cache
+
+    model, processor = model_and_processor
+    cache = FeatureCache(tmp_path, model, processor)
+    per_film = cache.bytes_per_image()
+    tokens = model.flamingo.encode_visuals(processor.preprocess_images([xray_like(0)])[:, None])[0, 0]
+    assert per_film == tokens.numel() * 2 + 120  # fp16 tokens and the header's entry
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: usage(10**9, 0, 3 * per_film))
+    films = [xray_like(i) for i in range(4)]
+    with pytest.raises(OSError, match=rf"{cache.directory}: up to 4 films to add at {per_film:,} bytes each.*not "
+                                      "enough room"):
+        cache.build(films, progress=False)
+    assert len(cache) == 0 and cache.encoder_calls == 0 and not list(cache.directory.glob("shard-*"))
+    assert cache.build(films[:3], progress=False).computed == 3  # what fits is built
+    assert cache.build(films, progress=False).computed == 1  # 3 cached: one more film, and room for it
+
+
+def processor_features(model, processor, film) -> torch.Tensor:
+    """(P, dim_visual) patch tokens of one film straight from the encoder."""
+    with torch.no_grad():
+        return model.flamingo.encode_visuals(processor.preprocess_images([film])[:, None])[0, 0].float()
+
+
 KILLED_BUILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})

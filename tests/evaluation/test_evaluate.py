@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import math
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import torch
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.data import CXRSample
 from toy_data import TOY_STUDIES, toy_radiograph
-from flamingo_lib.evaluation.evaluate import evaluate, generate_reports, most_frequent_report, nearest_neighbour_reports
+from flamingo_lib.evaluation.evaluate import (evaluate, generate_reports, most_frequent_report, nearest_neighbour_reports,
+                                              nearest_neighbours)
 from flamingo_lib.evaluation.metrics import NLG_METRICS, clinical_efficacy, most_common_observations, nlg_metrics, normalise_report
 
 
@@ -69,8 +71,47 @@ def test_retrieval_baselines():
     assert nearest_neighbour_reports(train, ["x", "y"], torch.tensor([[0.1, 0.9]])) == ["y"]
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 8192])
+def test_chunked_nearest_neighbours_pick_what_the_whole_similarity_matrix_picks_ties_included(chunk):
+    generator = torch.Generator().manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(50, 16, generator=generator), dim=-1)
+    train = torch.cat([train, train[:10]])  # exact ties: the first copy wins, as argmax's does
+    queries = torch.cat([torch.nn.functional.normalize(torch.randn(20, 16, generator=generator), dim=-1), train[:10]])
+    expected = (queries @ train.T).argmax(-1)
+    assert torch.equal(nearest_neighbours(train, queries, chunk=chunk), expected)
+    assert nearest_neighbours(train[:0], queries[:0]).tolist() == []
+
+
 SAMPLES = [CXRSample(id=f"s{i}", images=[toy_radiograph(kind, 160)], report=report)
            for i, (kind, report) in enumerate(TOY_STUDIES)]
+
+
+class IndexedStudies:
+    """A dataset with an index (its reports) that counts the studies it loads."""
+
+    def __init__(self, samples):
+        self.samples, self.loads = samples, Counter()
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        self.loads[index] += 1
+        return self.samples[index]
+
+    @property
+    def reports(self):
+        return [s.report for s in self.samples]
+
+
+def test_evaluation_loads_each_training_study_once_for_its_film_and_reads_reports_from_the_index():
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    train = IndexedStudies(SAMPLES)
+    table = evaluate(model, processor, train, SAMPLES[:2], max_new_tokens=2, progress=False, n_resamples=0,
+                     n_permutations=0)
+    assert train.loads == Counter(range(len(SAMPLES)))  # the nearest-neighbour descriptor's pass only
+    assert table.loc["nearest neighbour", "BLEU_4"] == pytest.approx(1.0)
 
 
 def test_evaluation_writes_every_system_and_the_protocol(tmp_path):

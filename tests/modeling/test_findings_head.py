@@ -128,6 +128,22 @@ def test_targets_are_the_labelers_positive_readings_read_once_per_report():
     assert "No Finding" not in FINDINGS_OBSERVATIONS and len(FINDINGS_OBSERVATIONS) == 13
 
 
+def test_the_memo_of_readings_keeps_the_most_recently_read_and_no_more(monkeypatch):
+    reads = []
+
+    def labeler(text):
+        reads.append(text)
+        return {"Edema": 1.0} if "edema" in text else {}
+
+    monkeypatch.setattr(FindingTargets, "MEMO_SIZE", 2)
+    targets = FindingTargets(["Edema"], labeler)
+    assert targets(["edema", "clear", "edema", "other"]).tolist() == [[1.0], [0.0], [1.0], [0.0]]
+    assert reads == ["edema", "clear", "other"] and list(targets._read) == ["edema", "other"]  # "clear": least recent
+    # "clear" is read again and pushes out "edema", the least recent then, which is read again too
+    assert targets(["clear", "edema"]).tolist() == [[0.0], [1.0]] and reads[3:] == ["clear", "edema"]
+    assert list(targets._read) == ["clear", "edema"]
+
+
 def test_targets_of_studies_are_their_own_labels_and_the_labelers_reading_only_without_any():
     from flamingo_lib.data.sample import CXRSample
 

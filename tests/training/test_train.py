@@ -248,3 +248,22 @@ def test_feedforward_gates_get_their_own_multiple_and_zero_holds_them_shut(tmp_p
     same = make_trainer(tmp_path / "same", max_steps=1, gate_lr_mult=7.0)
     gate_lrs = {g["initial_lr"] for g in same.optimiser.param_groups if all(p.numel() == 1 for p in g["params"])}
     assert gate_lrs == {same.config.lr * 7.0}
+
+
+def test_each_epochs_order_is_drawn_once_and_batches_walk_through_it(tmp_path, monkeypatch):
+    import flamingo_lib.training.trainer as trainer_module
+    from flamingo_lib.training.sampling import epoch_order
+
+    drawn = []
+    monkeypatch.setattr(trainer_module, "epoch_order",
+                        lambda n, seed, epoch, factors=None: drawn.append(epoch) or epoch_order(n, seed, epoch, factors))
+    trainer = make_trainer(tmp_path, repeat_factor_threshold=0.5)
+    batches = [trainer._next_indices() for _ in range(11)]  # 3 studies a batch: 5 per epoch of 16 or so
+    epochs = trainer.progress["epoch"]
+    assert epochs >= 2 and drawn == list(range(epochs + 1))  # one draw per epoch, however many batches
+    expected, epoch = [], 0
+    while len(expected) < 11:
+        order = epoch_order(len(trainer.train_set), 0, epoch, trainer.repeat_factors)
+        expected += [order[start:start + 3] for start in range(0, len(order) - 2, 3)]
+        epoch += 1
+    assert batches == expected[:11]

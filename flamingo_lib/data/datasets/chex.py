@@ -176,6 +176,16 @@ class ChexDataset(PolicyDataset):
     def __len__(self) -> int:
         return len(self._image_ids)
 
+    @property
+    def reports(self) -> list[str]:
+        """Each sample's report (its first non-empty caption), from the annotation: no image is decoded."""
+        return [next(a["caption"] for a in self.imgToAnns[i] if a["caption"].strip()) for i in self._image_ids]
+
+    @property
+    def image_counts(self) -> list[int]:
+        """How many images each sample holds, from the annotation."""
+        return [len(self.imgs[i].get("file_names") or [self.imgs[i]["file_name"]]) for i in self._image_ids]
+
     def _load(self, index: int) -> CXRSample:
         image_id = self._image_ids[index]
         entry = self.imgs[image_id]

@@ -164,6 +164,16 @@ class IUXray(PolicyDataset):
     def __len__(self) -> int:
         return len(self._reports)
 
+    @property
+    def reports(self) -> list[str]:
+        """The target text of every sample, from the parsed XML: no image is decoded."""
+        return [target_text(report["sections"]) for report in self._reports]
+
+    @property
+    def image_counts(self) -> list[int]:
+        """How many images each sample holds, from the XML."""
+        return [len(report["image_ids"]) for report in self._reports]
+
     def _load(self, index: int) -> CXRSample:
         report = self._reports[index]
         paths = [self.image_dir / f"{image_id}.png" for image_id in report["image_ids"]]
@@ -273,6 +283,16 @@ class R2GenAnnotation(PolicyDataset):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def reports(self) -> list[str]:
+        """The report of every sample as :meth:`_load` gives it, from the annotation: no image is decoded."""
+        return [" ".join(entry["report"].split()) for entry in self._entries]
+
+    @property
+    def image_counts(self) -> list[int]:
+        """How many images each sample holds, from the annotation."""
+        return [len(entry["_paths"]) for entry in self._entries]
 
     def _load(self, index: int) -> CXRSample:
         entry = self._entries[index]

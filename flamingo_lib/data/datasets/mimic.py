@@ -132,7 +132,7 @@ class MimicCXR(PolicyDataset):
     def _read_images(self) -> pd.DataFrame:
         """Metadata joined with the split file, filtered by split and view, sorted."""
         meta_path = find_table(self.root, METADATA_FILE)
-        meta = read_table(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+        meta = read_table(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"), optional=("StudyDate",))
         splits = read_table(find_table(self.root, SPLIT_FILE), ("dicom_id", "split"))
         self._all_studies = set(meta["study_id"])
         images = meta.merge(splits[["dicom_id", "split"]], on="dicom_id", how="inner")
@@ -281,6 +281,21 @@ class MimicCXR(PolicyDataset):
                 "report_path": str(self.report_path(entry.subject_id, entry.study_id)),
             },  # fmt: skip
         )
+
+    @property
+    def reports(self) -> list[str]:
+        """The target text of every sample, read from the report files: no image is decoded
+        (:mod:`flamingo_lib.data.study_index`). A study's report is read once for all its images."""
+        texts: dict[str, str] = {}
+        for entry in self._entries:
+            if entry.study_id not in texts:
+                texts[entry.study_id] = target_text(self._read_report(entry.subject_id, entry.study_id))
+        return [texts[entry.study_id] for entry in self._entries]
+
+    @property
+    def image_counts(self) -> list[int]:
+        """How many images each sample holds (1 unless ``all_views_per_study``), from the index."""
+        return [len(entry.dicom_ids) for entry in self._entries]
 
     def label_frame(self) -> pd.DataFrame:
         """The CheXpert labels of every sample without loading images.

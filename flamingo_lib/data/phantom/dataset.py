@@ -185,6 +185,11 @@ class PhantomCXR:
         """Report texts in index order, without rendering any film."""
         return [s.report for s in self._studies]
 
+    @property
+    def image_counts(self) -> list[int]:
+        """How many films each study has (one per view), without rendering any."""
+        return [len(self.views)] * len(self._studies)
+
     def text_samples(self) -> list[CXRSample]:
         """Every study without its films, in index order: report, findings and labels as
         ``self[i]`` carries them, ``images`` and ``masks`` empty; nothing is rendered."""
