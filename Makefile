@@ -87,7 +87,7 @@ bench-smoke: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke --compile
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.scale --sizes 200 600 --out bench/.smoke/scale
 
-# The data path at MIMIC-CXR's size (~15 min, ~1.3 GB of temporary disk): synthetic trees of 1k, 10k,
+# The data path at MIMIC-CXR's size (~8 min on 2 cores, ~1.5 GB of temporary disk): synthetic trees of 1k, 10k,
 # 50k and 227,835 studies; CPU time, peak memory and films decoded per stage: bench/scale/RESULTS.md.
 bench-scale: $(STAMP)
 	BENCH_COMMAND="make bench-scale" $(PY) -m bench.scale

@@ -4,7 +4,7 @@ Shaped like the release: ~3.5 studies per patient, ~1.65 films per study (every 
 film, PA or AP, about two in three a lateral too), 98% of the studies in train, 0.8% in validate,
 1.4% in test, gzipped index CSVs, the reports in their own root. Every film is a hard link to one
 of 16 small JPEGs and every report a hard link to one of 64 report texts, so that the full size
-(227,835 studies, ~376k films) takes ~1.3 GB of disk (the directories, mostly) and ~2 minutes.
+(227,835 studies, ~376k films) takes ~1.5 GB of disk (the directories, mostly) and ~35 s.
 """
 
 from __future__ import annotations

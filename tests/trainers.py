@@ -15,7 +15,7 @@ SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], r
            for i, (kind, report) in enumerate(TOY_STUDIES * 2)]
 
 
-def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
+def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, num_workers=0, **overrides):
     from flamingo_lib.observations import FINDINGS_OBSERVATIONS
 
     head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
@@ -29,4 +29,4 @@ def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, **overrides):
     knobs = dict(batch_size=3, lr=3e-3, warmup_steps=2, eval_every=3, save_every=3, progress=False,
                  findings_loss_weight=0.0, ff_gate_lr_mult=None) | overrides
     train_config = TrainConfig(out_dir=str(tmp_path), max_steps=max_steps, **knobs)
-    return Trainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), train_config)
+    return Trainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), train_config, num_workers=num_workers)

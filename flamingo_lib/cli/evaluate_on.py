@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         parser.error(f"--data {args.data}: {error}")
     train = open_source(source["data"], "train", source["image_size"], source["max_train_samples"], seed=source["seed"])
     device = detect_device()[0] if args.device == "auto" else args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # launched as one process per GPU: each its own
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     model = FlamingoModel.from_pretrained(model_dir).to(device)
     processor = FlamingoProcessor.from_pretrained(model_dir)
     cache = None

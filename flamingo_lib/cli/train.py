@@ -62,10 +62,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # how the data were opened: evaluate_on draws its baselines from the same training split
     record = {"preset": model_settings.preset, "data": data.source, "image_size": data.image_size,
               "max_train_samples": data.max_train_samples, "seed": train.seed}
-    trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train, record=record)
+    trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train, record=record,
+                      num_workers=data.num_workers)
     if options.resume:
         trainer.resume()
     summary = trainer.fit()
+    if not trainer.accelerator.is_main_process:  # under many processes, the first writes what is left
+        return summary
     # beside the weights, so that write_reports can tell films unlike the training films
     build_film_reference(model, processor, train_set, val_set, feature_cache=cache, seed=train.seed,
                          progress=train.progress).save(Path(train.out_dir) / "model")

@@ -89,8 +89,9 @@ class FeatureCache:
             would go stale after the first optimiser step.
     """
 
-    #: shards kept open at once (a random read of a closed one reopens it: ~0.1 ms)
-    MAX_OPEN_SHARDS = 64
+    #: bytes of shards kept open (memory-mapped) at once: 26 shards of 256 biomed-size films, every shard of a
+    #: small encoder's cache. A random read of a closed shard reopens it (~0.15 ms against ~15 us).
+    MAX_OPEN_BYTES = 2 * 2**30
 
     def __init__(self, root: str | Path, model: torch.nn.Module, processor: object) -> None:
         if not model.flamingo.vision_frozen:
@@ -108,9 +109,11 @@ class FeatureCache:
             write_json_atomic(self.directory / "encoder.json", info, indent=2, default=list)
         self.encoder_calls = 0  # images sent through the vision encoder by this object
         self._index: dict[str, Path] = {}
-        # open (memory-mapped) shards for fast reads, least recently read first; bounded, since MIMIC-CXR's
-        # ~870 shards of 256 biomed-size films would map ~70 GB of address space and as many descriptors
-        self._handles: dict[Path, object] = {}
+        # open (memory-mapped) shards for fast reads, with their sizes, least recently read first; bounded
+        # (MAX_OPEN_BYTES), since the pages read from a mapping stay resident: MIMIC-CXR's ~870 shards of 256
+        # biomed-size films would map its whole 67 GB cache over a long training
+        self._handles: dict[Path, tuple[object, int]] = {}
+        self._open_bytes = 0
         self._shards_written = 0
         self._scan()
 
@@ -119,6 +122,7 @@ class FeatureCache:
         """Index every readable shard; delete unreadable ones (their images get recomputed)."""
         self._index.clear()
         self._handles.clear()
+        self._open_bytes = 0
         for shard in sorted(self.directory.glob("shard-*.safetensors")):
             try:
                 with safe_open(shard, framework="pt") as handle:
@@ -263,13 +267,14 @@ class FeatureCache:
         shard = self._index.get(key)
         if shard is None:
             raise KeyError(f"image {key} is not in the feature cache {self.directory}; run build() on it first")
-        handle = self._handles.pop(shard, None)
-        if handle is None:
-            handle = safe_open(shard, framework="pt")
-            if len(self._handles) >= self.MAX_OPEN_SHARDS:  # the least recently read one is closed
-                del self._handles[next(iter(self._handles))]
-        self._handles[shard] = handle  # (re-)inserted as the most recently read
-        return handle.get_tensor(key).float()
+        entry = self._handles.pop(shard, None)
+        if entry is None:
+            entry = (safe_open(shard, framework="pt"), shard.stat().st_size)
+            self._open_bytes += entry[1]
+            while self._handles and self._open_bytes > self.MAX_OPEN_BYTES:  # close the least recently read
+                self._open_bytes -= self._handles.pop(next(iter(self._handles)))[1]
+        self._handles[shard] = entry  # (re-)inserted as the most recently read
+        return entry[0].get_tensor(key).float()
 
     def stack(self, images: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
         """Per-sample lists of images -> ``image_embeddings`` (B, T_max, P, dim_visual), zero-padded."""

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from flamingo_lib.inference.batched import generate_in_batches
+from flamingo_lib.inference.batched import generate_in_batches, process_share
 from flamingo_lib.io import write_json_atomic, write_text_atomic
 from flamingo_lib.evaluation.metrics import (NLG_METRICS, clinical_efficacy, efficacy_columns, most_common_observations,
                                              nlg_metrics)
@@ -230,7 +230,7 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     uncertainty = systems_uncertainty(systems, references, labeler, reference_labels, image_truth, top5, shown,
                                       n_resamples, n_permutations, seed)
     table.attrs["uncertainty"] = uncertainty
-    if out_dir is not None:
+    if out_dir is not None and process_share()[0] == 0:  # launched as several processes: the first writes
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # each file whole or not at all: a reader never scores a half-written table

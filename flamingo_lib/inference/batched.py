@@ -4,6 +4,7 @@ finding-usage measurement, findings-guided decoding and the reports for a reader
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,24 +48,52 @@ def generate_in_batches(model: Any, processor: Any, samples: Sequence[Any], *, b
     model.eval()
     device = next(model.parameters()).device
     observations = model.config.findings_head if heads else None
-    reports: list[str] = []
-    findings: list[torch.Tensor] = []
-    readings: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(samples), batch_size), disable=not progress, desc=desc):
+    starts = range(0, len(samples), batch_size)
+    rank, world = process_share(sampling=bool(generate_kwargs.get("do_sample")))
+    done: list[tuple[int, list[str], torch.Tensor | None, torch.Tensor | None]] = []
+    mine = [k for k in range(len(starts)) if k % world == rank]
+    for k in tqdm(mine, disable=not progress, desc=desc):
+        start = starts[k]
         images = [list(samples[i].images) for i in range(start, min(start + batch_size, len(samples)))]
         if not with_images:
-            reports += _without_images(model, processor, len(images), max_new_tokens, generate_kwargs)
+            done.append((k, _without_images(model, processor, len(images), max_new_tokens, generate_kwargs), None, None))
             continue
-        reports += model.generate_captions(processor, images, max_length=max_new_tokens, **generate_kwargs)
+        reports = model.generate_captions(processor, images, max_length=max_new_tokens, **generate_kwargs)
         if observations is None:
+            done.append((k, reports, None, None))
             continue
         pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
         head, stated = model.predict_heads(pixel_values=pixels.to(device), num_images=[len(v) for v in images])
-        findings.append(torch.stack([head[obs].cpu() for obs in observations], 1))
-        if stated is not None:
-            readings.append(torch.stack([stated[obs].cpu() for obs in observations], 1))
-    return BatchedReports(reports, torch.cat(findings) if findings else None,
+        done.append((k, reports, torch.stack([head[obs].cpu() for obs in observations], 1),
+                     None if stated is None else torch.stack([stated[obs].cpu() for obs in observations], 1)))
+    if world > 1:  # every process gets every batch, merged in batch order: the single process's result
+        from accelerate.utils import gather_object
+
+        done = sorted(gather_object(done), key=lambda batch: batch[0])
+    findings = [batch[2] for batch in done if batch[2] is not None]
+    readings = [batch[3] for batch in done if batch[3] is not None]
+    return BatchedReports([report for batch in done for report in batch[1]], torch.cat(findings) if findings else None,
                           torch.cat(readings) if readings else None)
+
+
+def process_share(sampling: bool = False) -> tuple[int, int]:
+    """(this process's rank, the number of processes) that share a generation: under ``torchrun`` or
+    ``accelerate launch`` each process decodes every ``world``-th batch, the batches a single process
+    would make (so the same padding, the same reports), and the batches are gathered in order.
+
+    Sampled decoding is not shared ((0, 1): every process decodes everything): its draws come from the
+    global RNG in batch order, and a share would draw them in another order.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or sampling:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # joins the launched processes (gloo without CUDA)
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _without_images(model: Any, processor: Any, count: int, max_new_tokens: int,

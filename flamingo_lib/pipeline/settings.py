@@ -108,8 +108,8 @@ class DataSettings:
     max_val_samples: int | None = 64
     max_test_samples: int | None = None  # None: the whole test split (phantom: 250 studies)
     num_workers: int = field(default=0, metadata={"help": (
-        "processes decoding films for the feature cache and the nearest-neighbour baseline (0: this process; "
-        "on a large dataset of full-size JPEGs, the cores you can spare)")})
+        "processes decoding films (the feature cache, training batches, the nearest-neighbour baseline; 0: this "
+        "process; on a large dataset of full-size JPEGs, the cores you can spare)")})
 
 
     def __post_init__(self) -> None:

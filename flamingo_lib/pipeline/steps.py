@@ -189,7 +189,8 @@ class Pipeline:
         config = replace(s.train, overwrite=True)
         trainer = Trainer(model, self.splits["train"], self.splits["val"],
                           ReportCollator(processor, self.feature_cache), config,
-                          record={"pipeline": s.training_key(), "encoder_builds": self._current_encoder_builds})
+                          record={"pipeline": s.training_key(), "encoder_builds": self._current_encoder_builds},
+                          num_workers=s.data.num_workers)
         if not force and self._interrupted_training():
             trainer.resume()  # a killed notebook or demo continues where its last checkpoint stands
         summary = trainer.fit()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -65,6 +66,16 @@ class ReportCollator:
         return batch
 
 
+class _Plan:
+    """An iterable over an endless iterator of index lists, as ``DataLoader(batch_sampler=...)`` takes it."""
+
+    def __init__(self, plan: Iterator[list[int]]) -> None:
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.plan
+
+
 class Trainer:
     """Trains a ``FlamingoModel`` on a train set, validating on a val set.
 
@@ -75,16 +86,24 @@ class Trainer:
         config: :class:`TrainConfig`.
         record: how the run was set up (e.g. the pipeline's training key), written with the
             config into ``summary.json`` under ``config.extra``.
+        num_workers: processes that load and collate the coming batches (films decoded, features read)
+            while the model trains on the current one; 0 does it between steps. The batches, and so
+            the run, are the same either way.
     """
 
     def __init__(self, model: Any, train_set: Sequence[Any], val_set: Sequence[Any] | None,
-                 collator: ReportCollator, config: TrainConfig, record: dict[str, Any] | None = None) -> None:
+                 collator: ReportCollator, config: TrainConfig, record: dict[str, Any] | None = None,
+                 num_workers: int = 0) -> None:
         from accelerate import Accelerator
 
-        self.config = config
+        self.config, self.num_workers = config, num_workers
         self.record = record or {}
         use_bf16 = torch.cuda.is_available() if config.bf16 is None else config.bf16
-        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+        # Launched as several processes (torchrun, accelerate launch) on a machine without CUDA: Accelerate
+        # joins them through gloo only when told the run is on CPU; otherwise each process would train
+        # alone on its own batches and overwrite the others' checkpoints.
+        many_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=many_on_cpu)
         if config.gradient_checkpointing:
             model.flamingo.lm.gradient_checkpointing_enable()
         if config.compile:
@@ -139,6 +158,31 @@ class Trainer:
         if getattr(self, "_order", (None,))[0] != epoch:
             self._order = (epoch, epoch_order(len(self.train_set), self.config.seed, epoch, self.repeat_factors))
         return self._order[1]
+
+    def _batch_plan(self) -> Iterator[list[int]]:
+        """The sample indices of every coming batch of this process, from the current data position on:
+        what :meth:`_next_indices` will return call after call, computed without moving the position
+        (the loader runs ahead of the training; the checkpoint records what was trained on)."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per_step = self.config.batch_size * world
+        epoch, position = self.progress["epoch"], self.progress["position"]
+        while True:
+            order = epoch_order(len(self.train_set), self.config.seed, epoch, self.repeat_factors)
+            while position + per_step <= len(order):
+                yield order[position:position + per_step][rank::world]
+                position += per_step
+            epoch, position = epoch + 1, 0
+
+    def _prefetched_batches(self) -> Iterator[dict[str, Any]]:
+        """Collated batches of :meth:`_batch_plan`, made by ``num_workers`` processes ahead of need
+        (pinned memory on CUDA, for an asynchronous copy)."""
+        from torch.utils.data import DataLoader
+
+        plan = self._batch_plan()
+        loader = DataLoader(self.train_set, batch_sampler=_Plan(plan), collate_fn=self.collator,
+                            num_workers=self.num_workers, pin_memory=self.accelerator.device.type == "cuda",
+                            prefetch_factor=2, persistent_workers=False)
+        return iter(loader)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -257,27 +301,41 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.progress["step"], disable=not cfg.progress, desc="training")
         window_start, window_samples = time.perf_counter(), 0
+        world = self.accelerator.num_processes
+        batches = self._prefetched_batches() if self.num_workers else None
         while self.progress["step"] < cfg.max_steps:
             step_loss, step_findings_loss, ids_seen, finite = 0.0, 0.0, [], True
             for micro in range(cfg.grad_accum):
-                batch = self._to_device(self.collator([self.train_set[i] for i in self._next_indices()]))
+                indices = self._next_indices()
+                batch = self._to_device(next(batches) if batches is not None
+                                        else self.collator([self.train_set[i] for i in indices]))
                 ids_seen += batch.pop("ids")
                 sync = micro == cfg.grad_accum - 1
                 context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
                 with context, self.accelerator.autocast():
-                    out = self.model(**batch)
-                    loss = out.loss / cfg.grad_accum
-                    if cfg.findings_loss_weight:
+                    if world > 1:
+                        out, lm_loss = self._global_token_mean(batch)
+                    else:
+                        out = self.model(**batch)
+                        lm_loss = out.loss
+                    loss = lm_loss / cfg.grad_accum
+                    if cfg.findings_loss_weight:  # a mean over studies: every process has as many
                         findings = out.findings_loss / cfg.grad_accum
                         loss = loss + cfg.findings_loss_weight * findings
-                        step_findings_loss += float(findings.detach())
-                if not torch.isfinite(loss):
+                        step_findings_loss += self._mean_over_processes(findings.detach())
+                if not self._finite_everywhere(loss):
                     finite = False
                     break
                 self.accelerator.backward(loss)
-                step_loss += float(out.loss.detach()) / cfg.grad_accum  # the LM loss, comparable to val_loss
+                # the LM loss, comparable to val_loss (under many processes: the whole global batch's)
+                step_loss += (float(self.accelerator.reduce(lm_loss.detach(), "sum")) / world if world > 1
+                              else float(lm_loss.detach())) / cfg.grad_accum
                 window_samples += len(batch["labels"]) * self.accelerator.num_processes
             if not finite:
+                if world > 1:  # every process's ids, so the message names the whole batch
+                    from accelerate.utils import gather_object
+
+                    ids_seen = gather_object(ids_seen)
                 self.optimiser.zero_grad(set_to_none=True)
                 self.progress["nonfinite"].append({"step": self.progress["step"], "ids": ids_seen})
                 if len(self.progress["nonfinite"]) > cfg.max_nonfinite:
@@ -307,7 +365,35 @@ class Trainer:
                 self.save()
             window_start, window_samples = time.perf_counter(), 0
         bar.close()
+        del batches  # shuts the workers down
         return self._summary()
+
+    def _global_token_mean(self, batch: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+        """The model's output on this process's part of the batch, and its LM loss scaled so that
+        DDP's mean over processes of the gradients is the gradient of the mean over *all* the global
+        batch's label tokens, as one process with the whole batch computes it (each process's own
+        mean would weigh a token of a short report in a process with few tokens more).
+
+        Returns:
+            (output, this process's token-loss sum x processes / the global batch's label tokens).
+        """
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        total = self.accelerator.reduce(tokens.detach().clone(), "sum")
+        out = self.model(**batch, loss_reduction="sum")
+        return out, out.loss * self.accelerator.num_processes / total.clamp(min=1)
+
+    def _mean_over_processes(self, value: torch.Tensor) -> float:
+        if self.accelerator.num_processes == 1:
+            return float(value)
+        return float(self.accelerator.reduce(value.clone(), "mean"))
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """The loss is finite on every process: all of them skip the batch together, or none does
+        (one process skipping its backward would leave the others waiting in DDP's all-reduce)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, "sum") == self.accelerator.num_processes
+        return bool(finite)
 
     def save(self) -> None:
         """Atomic training checkpoint (for resume) plus the model in ``save_pretrained`` form."""

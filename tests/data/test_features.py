@@ -96,15 +96,16 @@ def test_duplicate_images_are_computed_once(model_and_processor, tmp_path):
 
 def test_reads_keep_a_bounded_number_of_shards_open_and_stay_exact(model_and_processor, tmp_path, monkeypatch):
     model, processor = model_and_processor
-    monkeypatch.setattr(FeatureCache, "MAX_OPEN_SHARDS", 2)
     films = [xray_like(i) for i in range(8)]
     FeatureCache(tmp_path, model, processor).build(films, batch_size=2, shard_size=2, progress=False)
     cache = FeatureCache(tmp_path, model, processor)  # a fresh reader: 4 shards on disk
+    shard_bytes = max(path.stat().st_size for path in cache.directory.glob("shard-*"))
+    monkeypatch.setattr(FeatureCache, "MAX_OPEN_BYTES", 2 * shard_bytes)  # room for two
     expected = [processor_features(model, processor, film) for film in films]
     for index in [0, 2, 4, 6, 1, 7, 3, 5, 0]:  # every shard, then again out of order
         assert torch.allclose(cache.get(films[index]), expected[index], atol=2e-3)
-        assert len(cache._handles) <= 2
-    assert len(set(cache._index.values())) == 4
+        assert len(cache._handles) <= 2 and cache._open_bytes == sum(size for _, size in cache._handles.values())
+    assert len(set(cache._index.values())) == 4 and len(cache._handles) == 2
 
 
 def test_a_build_the_disk_cannot_hold_is_refused_before_any_work_naming_the_room(model_and_processor, tmp_path,

@@ -220,7 +220,7 @@ def test_compile_setting_reaches_the_trainer_without_changing_the_training_key(t
     seen = []
 
     class Recording(train_module.Trainer):
-        def __init__(self, model, train_set, val_set, collator, config, record=None):
+        def __init__(self, model, train_set, val_set, collator, config, record=None, num_workers=0):
             seen.append(config.compile)
             raise RuntimeError("stop before training")
 

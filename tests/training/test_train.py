@@ -59,6 +59,31 @@ def test_interrupted_then_resumed_training_is_bit_identical(tmp_path, recipe):
     assert steps == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_batches_made_by_worker_processes_train_what_the_main_process_trains_through_a_resume(tmp_path):
+    straight = make_trainer(tmp_path / "straight", max_steps=6, feature_cache_root=tmp_path / "features",
+                            repeat_factor_threshold=0.5)
+    straight.fit()
+    first = make_trainer(tmp_path / "workers", max_steps=6, feature_cache_root=tmp_path / "features", num_workers=2,
+                         repeat_factor_threshold=0.5)
+    save = first.save
+
+    def save_then_crash():
+        save()
+        raise KeyboardInterrupt  # the workers had batches past step 3 ready: the checkpoint must not count them
+
+    first.save = save_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    second = make_trainer(tmp_path / "workers", max_steps=6, feature_cache_root=tmp_path / "features", num_workers=2,
+                          repeat_factor_threshold=0.5)
+    second.resume()
+    second.fit()
+    expected, got = trainable(straight), trainable(second)
+    assert all(torch.equal(expected[k], got[k]) for k in expected) and second.progress["epoch"] >= 1
+    losses = [line.split(",")[2] for line in (tmp_path / "straight" / "metrics.csv").read_text().splitlines()[1:]]
+    assert [line.split(",")[2] for line in (tmp_path / "workers" / "metrics.csv").read_text().splitlines()[1:]] == losses
+
+
 def test_repeat_factor_sampling_reaches_the_trainers_batches(tmp_path):
     # four classes, each in 2 of 8 studies: at threshold 1 every study is repeated sqrt(4) = 2 times
     trainer = make_trainer(tmp_path, repeat_factor_threshold=1.0)
