@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         from flamingo_lib.data.study_index import image_counts, iter_films
 
-        cache = FeatureCache(options.cache_features, model, processor)
+        cache = FeatureCache(options.cache_features, model, processor, storage=data.feature_storage)
         # one decoding pass, streamed; the total for the progress bar comes from the index
         stats = cache.build(iter_films((train_set, val_set), num_workers=data.num_workers),
                             total=sum(sum(image_counts(ds)) for ds in (train_set, val_set)))

@@ -5,7 +5,7 @@ Layout on disk::
     <root>/<encoder fingerprint>/
         encoder.json                  what the fingerprint covers (for humans)
         shard-<time>-<pid>-<n>.safetensors   fp16 patch tokens (P, dim_visual), one tensor per image hash
-        ...
+        ...                                  (int8 storage: int8 tokens and "<hash>#scale" (P, 1) float32 scales)
 
 Each shard is written to a temporary file and renamed into place, so a shard on disk is always
 complete: interrupted caching resumes from the shards already there. Every writer names its
@@ -40,6 +40,11 @@ from tqdm.auto import tqdm
 from flamingo_lib.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
+#: How patch tokens are stored: float16, or int8 with a float32 scale per token (about half the bytes;
+#: the quality it costs is measured in docs/data.md).
+FEATURE_STORAGES: tuple[str, ...] = ("float16", "int8")
+SCALE_SUFFIX = "#scale"  # the key of an int8 film's per-token scales: <image hash>#scale
+
 # 2: features computed with the frozen encoder always in eval mode (version 1 caches built by a
 # freshly constructed model ran its BatchNorm layers in train mode: batch-dependent features)
 FEATURE_FORMAT_VERSION = 2
@@ -83,9 +88,10 @@ class FeatureCache:
         root: cache root; features live in ``root/<fingerprint>/``.
         model: a ``FlamingoModel`` whose vision encoder is frozen.
         processor: its ``FlamingoProcessor`` (the preprocessing is part of the key).
+        storage: ``"float16"`` or ``"int8"`` (:data:`FEATURE_STORAGES`; each has a cache of its own).
 
     Raises:
-        ValueError: the vision encoder trains (``freeze_vision_model=False``): cached features
+        ValueError: an unknown storage; the vision encoder trains (``freeze_vision_model=False``): cached features
             would go stale after the first optimiser step.
     """
 
@@ -93,7 +99,10 @@ class FeatureCache:
     #: small encoder's cache. A random read of a closed shard reopens it (~0.15 ms against ~15 us).
     MAX_OPEN_BYTES = 2 * 2**30
 
-    def __init__(self, root: str | Path, model: torch.nn.Module, processor: object) -> None:
+    def __init__(self, root: str | Path, model: torch.nn.Module, processor: object, storage: str = "float16") -> None:
+        if storage not in FEATURE_STORAGES:
+            raise ValueError(f"feature storage must be one of {FEATURE_STORAGES}, got {storage!r}")
+        self.storage = storage
         if not model.flamingo.vision_frozen:
             raise ValueError(
                 "the vision encoder is trainable (freeze_vision_model=False): cached features would go stale "
@@ -101,9 +110,12 @@ class FeatureCache:
             )
         self.model, self.processor = model, processor
         self.fingerprint = encoder_fingerprint(model, processor)
+        if storage != "float16":  # other values: a cache of its own (float16's key is unchanged)
+            self.fingerprint = hashlib.sha256(f"{self.fingerprint}|{storage}".encode()).hexdigest()[:24]
         self.directory = Path(root) / self.fingerprint
         self.directory.mkdir(parents=True, exist_ok=True)
         info = {"clip_model_type": model.config.clip_model_type, "dim_visual": model.config.dim_visual,
+                "storage": storage,
                 "image_config": processor.image_config.__dict__, "format_version": FEATURE_FORMAT_VERSION}
         with self._writers_lock(fcntl.LOCK_SH):  # its temporary file, too, is no stray for another's sweep
             write_json_atomic(self.directory / "encoder.json", info, indent=2, default=list)
@@ -133,7 +145,8 @@ class FeatureCache:
                 shard.unlink()
                 continue
             for key in keys:
-                self._index[key] = shard
+                if not key.endswith(SCALE_SUFFIX):
+                    self._index[key] = shard
         with self._writers_lock(fcntl.LOCK_EX | fcntl.LOCK_NB) as alone:
             if alone:  # no process is writing a shard: a temporary file is one an interrupted write left
                 for stray in self.directory.glob("*.tmp"):
@@ -162,14 +175,26 @@ class FeatureCache:
         return image_hash(image) in self._index
 
     # ------------------------------------------------------------------------------ build
-    def _write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
+    def _write_shard(self, films: dict[str, torch.Tensor]) -> None:
+        """Write ``films`` (image hash -> float (P, dim_visual) tokens) as one shard, in this cache's storage."""
+        tensors = {}
+        for key, tokens in films.items():
+            if self.storage == "int8":  # symmetric, one scale per token: (P, D) int8 and (P, 1) float32
+                scale = (tokens.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
+                tensors[key] = (tokens / scale).round().clamp(-127, 127).to(torch.int8)
+                tensors[key + SCALE_SUFFIX] = scale  # float32: an fp16 scale would add ~6% of a step of error
+            else:
+                tensors[key] = tokens.to(torch.float16)
+        self._write_tensors(films.keys(), tensors)
+
+    def _write_tensors(self, keys: Iterable[str], tensors: dict[str, torch.Tensor]) -> None:
         # A name no other writer can pick (time, process, a counter): two processes filling one
         # cache (a shared ~/.cache) never replace each other's shards. Names sort by time.
         self._shards_written += 1
         target = self.directory / f"shard-{time.time_ns():020d}-{os.getpid()}-{self._shards_written}.safetensors"
         with self._writers_lock(fcntl.LOCK_SH), atomic_path(target) as tmp:
-            save_file(tensors, tmp, metadata={"fingerprint": self.fingerprint})
-        for key in tensors:
+            save_file(tensors, tmp, metadata={"fingerprint": self.fingerprint, "storage": self.storage})
+        for key in keys:
             self._index[key] = target
 
     @torch.no_grad()
@@ -198,7 +223,7 @@ class FeatureCache:
             pixels = self.processor.preprocess_images([pending[k] for k in keys]).to(device)
             tokens = self.model.flamingo.encode_visuals(pixels[:, None])[:, 0]  # (N, P, Dv)
             self.encoder_calls += len(keys)
-            for key, value in zip(keys, tokens.to(torch.float16).cpu()):
+            for key, value in zip(keys, tokens.float().cpu()):
                 shard[key] = value.contiguous()
             computed += len(keys)
             pending.clear()
@@ -233,7 +258,10 @@ class FeatureCache:
             with torch.no_grad():
                 pixels = self.processor.preprocess_images([blank]).to(next(self.model.parameters()).device)
                 tokens = self.model.flamingo.encode_visuals(pixels[:, None])[0, 0]
-            self._bytes_per_image = tokens.numel() * 2 + 120  # fp16; the JSON header's entry for its key
+            if self.storage == "int8":  # a byte a value, a float32 scale a token, two header entries
+                self._bytes_per_image = tokens.numel() + tokens.shape[0] * 4 + 240
+            else:  # fp16; the JSON header's entry for its key
+                self._bytes_per_image = tokens.numel() * 2 + 120
         return self._bytes_per_image
 
     def _check_room(self, total: int, progress: bool) -> None:
@@ -274,7 +302,10 @@ class FeatureCache:
             while self._handles and self._open_bytes > self.MAX_OPEN_BYTES:  # close the least recently read
                 self._open_bytes -= self._handles.pop(next(iter(self._handles)))[1]
         self._handles[shard] = entry  # (re-)inserted as the most recently read
-        return entry[0].get_tensor(key).float()
+        tokens = entry[0].get_tensor(key)
+        if tokens.dtype == torch.int8:  # int8 storage: each token times its scale
+            return tokens.float() * entry[0].get_tensor(key + SCALE_SUFFIX).float()
+        return tokens.float()
 
     def stack(self, images: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
         """Per-sample lists of images -> ``image_embeddings`` (B, T_max, P, dim_visual), zero-padded."""

@@ -107,6 +107,9 @@ class DataSettings:
     # the validation loss of every training eval (64 studies keep it quick)
     max_val_samples: int | None = 64
     max_test_samples: int | None = None  # None: the whole test split (phantom: 250 studies)
+    feature_storage: str = field(default="float16", metadata={"help": (
+        "how the feature cache stores patch tokens: float16, or int8 with a scale per token (about half the disk; "
+        "its quality cost on the phantom: docs/data.md)"), "choices": ["float16", "int8"]})
     num_workers: int = field(default=0, metadata={"help": (
         "processes decoding films (the feature cache, training batches, the nearest-neighbour baseline; 0: this "
         "process; on a large dataset of full-size JPEGs, the cores you can spare)")})
@@ -116,6 +119,10 @@ class DataSettings:
         # image_size: each source knows its own smallest (the phantom's renderer, a film's downscaling)
         check_ranges(self, at_least={"max_train_samples": 1, "max_val_samples": 1, "max_test_samples": 1,
                                     "num_workers": 0})
+        from flamingo_lib.data.feature_cache import FEATURE_STORAGES
+
+        if self.feature_storage not in FEATURE_STORAGES:
+            raise ValueError(f"DataSettings.feature_storage must be one of {FEATURE_STORAGES}, got {self.feature_storage!r}")
 
 
 @dataclass
@@ -219,6 +226,7 @@ class PipelineSettings:
                "image_size": d.image_size,
                "max_train_samples": d.max_train_samples, **{k: getattr(t, k) for k in TrainConfig.WEIGHT_KNOBS},
                "frozen_dtype": m.frozen_dtype, "only_attend_immediate_media": m.only_attend_immediate_media,
+               "feature_storage": d.feature_storage,  # the model learns from the stored tokens
                # a model trained on features of another format reads other inputs
                "feature_format": FEATURE_FORMAT_VERSION}
         if t.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings

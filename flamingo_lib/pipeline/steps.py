@@ -83,7 +83,7 @@ class Pipeline:
         from flamingo_lib.data.study_index import image_counts, iter_films
 
         model, processor = self.model_and_processor
-        cache = FeatureCache(self.settings.feature_root, model, processor)
+        cache = FeatureCache(self.settings.feature_root, model, processor, storage=self.settings.data.feature_storage)
         splits = list(self.splits.values())
         # streamed: a list of every decoded film of MIMIC-CXR would take ~9 GiB
         films = iter_films(splits, num_workers=self.settings.data.num_workers)

@@ -130,6 +130,30 @@ def test_a_build_the_disk_cannot_hold_is_refused_before_any_work_naming_the_room
     assert cache.build(films, progress=False).computed == 1  # 3 cached: one more film, and room for it
 
 
+def test_int8_storage_keeps_each_token_to_half_a_step_of_its_scale_in_a_cache_of_its_own(model_and_processor,
+                                                                                         tmp_path):
+    model, processor = model_and_processor
+    films = [xray_like(i) for i in range(5)]
+    half = FeatureCache(tmp_path, model, processor)
+    small = FeatureCache(tmp_path, model, processor, storage="int8")
+    assert small.directory != half.directory
+    for cache in (half, small):
+        cache.build(films, batch_size=2, shard_size=8, progress=False)
+    again = FeatureCache(tmp_path, model, processor, storage="int8")  # read back from disk: scales are no films
+    assert len(again) == 5
+    for film in films:
+        exact = processor_features(model, processor, film)
+        step = exact.abs().amax(-1, keepdim=True) / 127  # the quantisation step of each token
+        error = (again.get(film) - exact).abs()
+        assert bool((error <= step / 2 * (1 + 1e-5) + 1e-7).all())  # half a step (and float32's rounding)
+        assert float(error.max()) > 0  # it is quantised, not a copy
+    (int8_shard,), (fp16_shard,) = small.directory.glob("shard-*"), half.directory.glob("shard-*")
+    assert int8_shard.stat().st_size < 0.75 * fp16_shard.stat().st_size
+    assert small.bytes_per_image() < half.bytes_per_image()
+    with pytest.raises(ValueError, match=r"feature storage must be one of \('float16', 'int8'\), got 'int4'"):
+        FeatureCache(tmp_path, model, processor, storage="int4")
+
+
 def processor_features(model, processor, film) -> torch.Tensor:
     """(P, dim_visual) patch tokens of one film straight from the encoder."""
     with torch.no_grad():

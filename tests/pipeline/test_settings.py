@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from flamingo_lib.pipeline import DataSettings, EvalSettings, PipelineSettings, TrainConfig
@@ -14,13 +16,15 @@ from flamingo_lib.pipeline import DataSettings, EvalSettings, PipelineSettings, 
     (TrainConfig, "lr", 0.0, "TrainConfig.lr must be > 0, got 0.0"),
     (TrainConfig, "findings_loss_weight", -1.0, "TrainConfig.findings_loss_weight must be >= 0, got -1.0"),
     (DataSettings, "max_train_samples", 0, "DataSettings.max_train_samples must be >= 1, got 0"),
+    (DataSettings, "num_workers", -1, "DataSettings.num_workers must be >= 0, got -1"),
+    (DataSettings, "feature_storage", "int4", "DataSettings.feature_storage must be one of ('float16', 'int8'), got 'int4'"),
     (EvalSettings, "max_new_tokens", 0, "EvalSettings.max_new_tokens must be >= 1, got 0"),
     (EvalSettings, "guided_temperature", 0.0, "EvalSettings.guided_temperature must be > 0, got 0.0"),
 ])
 def test_an_impossible_value_is_refused_naming_the_field(kind, field, value, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         kind(**{field: value})
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):  # the same through the flat names
+    with pytest.raises(ValueError, match=re.escape(message)):  # the same through the flat names
         PipelineSettings.from_flat(**{field: value})
 
 
@@ -49,3 +53,13 @@ def test_a_declared_licence_changes_who_may_see_a_run_not_its_training_key():
     declared = PipelineSettings.from_flat(source="chex:/data/x.json;licence=open")
     assert declared.training_key() == plain.training_key()
     assert PipelineSettings.from_flat(source="chex:/data/y.json").training_key() != plain.training_key()
+
+
+def test_int8_features_retrain_the_model_worker_count_does_not_and_a_run_saved_before_keeps_float16():
+    from flamingo_lib.pipeline.steps import Pipeline
+
+    plain = PipelineSettings()
+    assert PipelineSettings.from_flat(feature_storage="int8").training_key() != plain.training_key()
+    assert PipelineSettings.from_flat(num_workers=4).training_key() == plain.training_key()
+    saved = {k: v for k, v in plain.training_key().items() if k != "feature_storage"}  # a key from before the knob
+    assert Pipeline._saved_training_key(saved) == plain.training_key()
