@@ -141,16 +141,23 @@ class Trainer:
     # -------------------------------------------------------------------------- batches
     def _next_indices(self) -> list[int]:
         """The next batch's sample indices for this process; advances the data position."""
+        epoch, position, indices = next(self._batch_plan(self.progress["epoch"], self.progress["position"]))
+        self.progress["epoch"], self.progress["position"] = epoch, position
+        return indices
+
+    def _batch_plan(self, epoch: int, position: int) -> Iterator[tuple[int, int, list[int]]]:
+        """Every coming batch of this process from data position (``epoch``, ``position``) on: the epoch and
+        position after it, and its sample indices. A batch that would run past the epoch's order starts
+        the next epoch instead (the order's tail is dropped)."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         per_step = self.config.batch_size * world
-        order = self._epoch_order(self.progress["epoch"])
-        if self.progress["position"] + per_step > len(order):
-            self.progress["epoch"] += 1
-            self.progress["position"] = 0
-            order = self._epoch_order(self.progress["epoch"])
-        start = self.progress["position"]
-        self.progress["position"] += per_step
-        return order[start:start + per_step][rank::world]
+        while True:
+            order = self._epoch_order(epoch)
+            if position + per_step > len(order):
+                epoch, position = epoch + 1, 0
+                order = self._epoch_order(epoch)
+            yield epoch, position + per_step, order[position:position + per_step][rank::world]
+            position += per_step
 
     def _epoch_order(self, epoch: int) -> list[int]:
         """:func:`epoch_order` of ``epoch``, drawn once per epoch (25 ms a draw with repeat factors at
@@ -159,26 +166,14 @@ class Trainer:
             self._order = (epoch, epoch_order(len(self.train_set), self.config.seed, epoch, self.repeat_factors))
         return self._order[1]
 
-    def _batch_plan(self) -> Iterator[list[int]]:
-        """The sample indices of every coming batch of this process, from the current data position on:
-        what :meth:`_next_indices` will return call after call, computed without moving the position
-        (the loader runs ahead of the training; the checkpoint records what was trained on)."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        per_step = self.config.batch_size * world
-        epoch, position = self.progress["epoch"], self.progress["position"]
-        while True:
-            order = epoch_order(len(self.train_set), self.config.seed, epoch, self.repeat_factors)
-            while position + per_step <= len(order):
-                yield order[position:position + per_step][rank::world]
-                position += per_step
-            epoch, position = epoch + 1, 0
-
     def _prefetched_batches(self) -> Iterator[dict[str, Any]]:
         """Collated batches of :meth:`_batch_plan`, made by ``num_workers`` processes ahead of need
         (pinned memory on CUDA, for an asynchronous copy)."""
         from torch.utils.data import DataLoader
 
-        plan = self._batch_plan()
+        # the batches _next_indices will name, from the current position on, without moving it: the loader
+        # runs ahead of the training, and the checkpoint records what was trained on
+        plan = (indices for _, _, indices in self._batch_plan(self.progress["epoch"], self.progress["position"]))
         loader = DataLoader(self.train_set, batch_sampler=_Plan(plan), collate_fn=self.collator,
                             num_workers=self.num_workers, pin_memory=self.accelerator.device.type == "cuda",
                             prefetch_factor=2, persistent_workers=False)
