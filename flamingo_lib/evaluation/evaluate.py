@@ -252,10 +252,11 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
 def systems_uncertainty(systems: Mapping[str, Sequence[str]], references: Sequence[str],
                         labeler: Callable[[str], dict], reference_labels: Sequence[dict],
                         image_truth: Sequence[dict] | None, top5: Sequence[str], shown: Sequence[str] | None,
-                        n_resamples: int = 1000, n_permutations: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """Intervals and paired p-values (against "flamingo") of every column that per-study statistics
-    give exactly: clinical efficacy, BLEU, ROUGE-L, CIDEr; the reference ceiling joins the image-truth ones
-    (:func:`flamingo_lib.evaluation.uncertainty.uncertainty_table`'s rows)."""
+                        n_resamples: int = 1000, n_permutations: int = 10_000, seed: int = 0,
+                        against: str = "flamingo") -> pd.DataFrame:
+    """Intervals and paired p-values (against the system ``against``) of every column that per-study
+    statistics give exactly: clinical efficacy, BLEU, ROUGE-L, CIDEr; the reference ceiling joins the
+    image-truth ones (:func:`flamingo_lib.evaluation.uncertainty.uncertainty_table`'s rows)."""
     from flamingo_lib.evaluation.metrics import sentence_scores
     from flamingo_lib.evaluation.uncertainty import (bleu_statistics, efficacy_statistics, mean_statistic,
                                                      uncertainty_table)
@@ -272,7 +273,7 @@ def systems_uncertainty(systems: Mapping[str, Sequence[str]], references: Sequen
         ceiling = efficacy_statistics(reference_labels, {"image truth": image_truth}, top5, shown)
         for metric, statistic in ceiling.items():
             statistics[metric][REFERENCE_CEILING] = statistic
-    return uncertainty_table(statistics, "flamingo", n_resamples, n_permutations, seed)
+    return uncertainty_table(statistics, against, n_resamples, n_permutations, seed)
 
 
 def _not_computed(metrics: Sequence[str]) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Do the attention maps point at the findings? The pointing game on data with ground-truth masks.
+"""Do the attention maps point at the findings? The pointing game on data with ground-truth masks,
+and the box measures of :mod:`flamingo_lib.evaluation.box_grounding` beside it.
 
 For each study and each rendered finding named in its reference report, the report is fed
 teacher-forced; the heatmap of the tokens that name the finding (``FINDING_WORDS``) is averaged
@@ -17,7 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flamingo_lib.evaluation.box_grounding import box_scores
 from flamingo_lib.modeling.attention_maps import AttentionMaps, capture_attention, relevance_to_heatmap
+
+#: The box-level columns of :func:`pointing_game` (:mod:`flamingo_lib.evaluation.box_grounding`).
+BOX_COLUMNS = ("iou", "iou_chance", "mass_in_box", "box_area", "shuffled_iou", "shuffled_mass")
 
 # Words in a report that name a rendered finding (mask names as PhantomCXR writes them).
 FINDING_WORDS: dict[str, tuple[str, ...]] = {
@@ -68,10 +73,12 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
         seed: picks the other study used for the shuffled-image control.
 
     Returns:
-        DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit.
+        DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit, and the box
+        measures of :func:`~flamingo_lib.evaluation.box_grounding.box_scores` (:data:`BOX_COLUMNS`).
     """
     rows = []
     rng = np.random.default_rng(seed)
+    placements = np.random.default_rng([seed, 1])  # the box IoU's chance placements: apart from rng's draws
     prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
     for index, sample in enumerate(samples):
         named = [(f, FINDING_WORDS[f]) for f in sample.masks if f in FINDING_WORDS]
@@ -86,13 +93,11 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
         _, shuffled_maps = capture_attention(model, shuffled_batch)
         for finding, token_positions in positions.items():
             mask = sample.masks[finding]
-            rows.append({
-                "id": sample.id, "finding": finding,
-                "hit": _hit(tokens_heatmap(maps, token_positions, mask.shape), mask),
-                "chance": float(mask.mean()),
-                "shuffled_hit": _hit(tokens_heatmap(shuffled_maps, token_positions, mask.shape), mask),
-            })
-    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit"])
+            heatmap = tokens_heatmap(maps, token_positions, mask.shape)
+            shuffled = tokens_heatmap(shuffled_maps, token_positions, mask.shape)
+            rows.append({"id": sample.id, "finding": finding, "hit": _hit(heatmap, mask), "chance": float(mask.mean()),
+                         "shuffled_hit": _hit(shuffled, mask), **box_scores(heatmap, shuffled, mask, placements)})
+    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *BOX_COLUMNS])
 
 
 def pointing_summary(results: pd.DataFrame) -> pd.DataFrame:

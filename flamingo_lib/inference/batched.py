@@ -4,7 +4,6 @@ finding-usage measurement, findings-guided decoding and the reports for a reader
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,16 +83,11 @@ def process_share(sampling: bool = False) -> tuple[int, int]:
     Sampled decoding is not shared ((0, 1): every process decodes everything): its draws come from the
     global RNG in batch order, and a share would draw them in another order.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 or sampling:
+    from flamingo_lib.processes import join_group, launched_world_size
+
+    if launched_world_size() == 1 or sampling:
         return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():  # joins the launched processes (gloo without CUDA)
-        from accelerate import PartialState
-
-        PartialState(cpu=not torch.cuda.is_available())
-    return dist.get_rank(), dist.get_world_size()
+    return join_group()
 
 
 def _without_images(model: Any, processor: Any, count: int, max_new_tokens: int,

@@ -159,23 +159,26 @@ def _uncertain(rows: pd.DataFrame, system: str, metric: str) -> str:
         return ""
     row = found.iloc[0]
     text = f" [{row['low']:.3f}, {row['high']:.3f}]"
-    if pd.isna(row.get("p_vs_flamingo")):
+    column = next((c for c in rows.columns if c.startswith("p_vs_")), None)  # against the table's reference system
+    if column is None or pd.isna(row.get(column)):
         return text
-    value = row["p_vs_flamingo"]  # none of the trials as extreme: below one in their number
+    value = row[column]  # none of the trials as extreme: below one in their number
     return text + (f" p<{1 / row['permutations']:.0e}" if value == 0 and row.get("permutations") else f" p={value:.2g}")
 
 
-def uncertainty_html(rows: pd.DataFrame, columns: list[str], systems: list[str]) -> str:
-    """The 95% intervals and p-values of ``columns`` as a table (systems in the results' order)."""
+def uncertainty_html(rows: pd.DataFrame, columns: list[str], systems: list[str], against: str = "flamingo") -> str:
+    """The 95% intervals and p-values (against the system ``against``) of ``columns`` as a table (systems
+    in the results' order)."""
     shown = [c for c in columns if c in set(rows["metric"])]
     if rows.empty or not shown:
         return ""
     cells = {metric: {system: (f"{v:.3f}" + _uncertain(rows, system, metric)) for system in systems
                       for v in rows[(rows["system"] == system) & (rows["metric"] == metric)]["value"]}
              for metric in shown}
-    return ("<p>95% bootstrap intervals over test studies; p: paired approximate randomisation against "
-            "flamingo (greedy), so the findings-guided row's p compares the two decodings. METEOR is a corpus "
-            "statistic computed in Java: no interval.</p>"
+    why = (" (greedy), so the findings-guided row's p compares the two decodings" if against == "flamingo"
+           else " (greedy decoding)")
+    return (f"<p>95% bootstrap intervals over test studies; p: paired approximate randomisation against "
+            f"{html.escape(against)}{why}. METEOR is a corpus statistic computed in Java: no interval.</p>"
             + pd.DataFrame(cells).reindex(systems).dropna(how="all").fillna("-").to_html())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -29,6 +28,7 @@ from flamingo_lib.training.checkpoint import (
     save_training_state,
 )
 from flamingo_lib.labeling.targets import FindingTargets
+from flamingo_lib.processes import launched_world_size, leave_group_at_exit
 from flamingo_lib.training.optimisation import lr_schedule, parameter_groups
 from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
 from flamingo_lib.training.config import TrainConfig
@@ -102,8 +102,11 @@ class Trainer:
         # Launched as several processes (torchrun, accelerate launch) on a machine without CUDA: Accelerate
         # joins them through gloo only when told the run is on CPU; otherwise each process would train
         # alone on its own batches and overwrite the others' checkpoints.
-        many_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=many_on_cpu)
+        many = launched_world_size() > 1
+        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no",
+                                       cpu=many and not torch.cuda.is_available())
+        if many:
+            leave_group_at_exit()
         if config.gradient_checkpointing:
             model.flamingo.lm.gradient_checkpointing_enable()
         if config.compile:
