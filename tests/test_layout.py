@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flamingo_lib"
 #: the pipeline or the embedded encoders' pretraining.
 LAYERS = ["cli", "pipeline", "reporting", "evaluation", "inference", "encoders", "training", "labeling", "data",
           "processing", "modeling"]
-TOP_LEVEL_HELPERS = {"io", "cache_dirs", "observations"}
+TOP_LEVEL_HELPERS = {"io", "cache_dirs", "observations", "processes"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -65,14 +65,19 @@ def test_finding_words_map_to_their_report_tokens(tiny):
 
 def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_control(tiny_open):
     from flamingo_lib.data.phantom.dataset import PhantomCXR
+    from flamingo_lib.evaluation.box_grounding import bounding_box
+    from flamingo_lib.evaluation.grounding import BOX_COLUMNS
 
     model, processor = tiny_open
     samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=12) if s.masks]
     results = pointing_game(model, processor, samples)
-    assert not results.empty and set(results.columns) == {"id", "finding", "hit", "chance", "shuffled_hit"}
+    assert not results.empty and list(results.columns) == ["id", "finding", "hit", "chance", "shuffled_hit",
+                                                           *BOX_COLUMNS]
     for row in results.itertuples():
         sample = next(s for s in samples if s.id == row.id)
         assert row.chance == pytest.approx(sample.masks[row.finding].mean())
+        box = bounding_box(sample.masks[row.finding])  # the box's share of the film: the mass's chance
+        assert row.box_area == pytest.approx((box[2] - box[0]) * (box[3] - box[1]) / sample.masks[row.finding].size)
     summary = pointing_summary(results)
     assert summary.loc["all", "n"] == len(results)
 
