@@ -184,7 +184,9 @@ def _report(results: dict[str, Any]) -> str:
     sizes = [int(n) for n in results["sizes"]]
     lines = ["# The data path at MIMIC-CXR's size", "", f"Command: `{results['command']}`; {results['machine']}.",
              "One process per stage, one torch thread; CPU seconds of the stage's own work (train_step: per step; "
-             "cache_open: opening the cache, with the mean CPU time of a random read beside it).", "",
+             "cache_open: opening the cache, with the mean CPU time of a random read beside it). A film is used "
+             "when the stage needs its pixels or its cached features (which are found by the film's content hash, "
+             "so train_step decodes the films of its batches).", "",
              "| stage | " + " | ".join(f"N={n:,}" for n in sizes) + " | exponent | peak RSS above imports at "
              f"N={sizes[-1]:,} | films decoded / used |", "|---|" + "---|" * (len(sizes) + 3)]
     verdicts = []
