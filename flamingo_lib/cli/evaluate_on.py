@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     processor = FlamingoProcessor.from_pretrained(model_dir)
     cache = None
     if not args.no_feature_cache:
-        cache = FeatureCache(cache_root("features"), model, processor)
+        # the run's own storage: the nearest neighbour then reads the features the model was trained on
+        cache = FeatureCache(cache_root("features"), model, processor, storage=source["feature_storage"])
         cache.build(iter_films((train, test), num_workers=args.num_workers), progress=not args.no_progress,
                     total=sum(sum(image_counts(split)) for split in (train, test)))
     out = Path(args.out) if args.out else evaluation_dir(Path(args.run), args.data, args.split, args.max_samples)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"feature cache {cache.directory}: {stats.computed} computed, {stats.reused} reused")
     # how the data were opened: evaluate_on draws its baselines from the same training split
     record = {"preset": model_settings.preset, "data": data.source, "image_size": data.image_size,
-              "max_train_samples": data.max_train_samples, "seed": train.seed}
+              "max_train_samples": data.max_train_samples, "seed": train.seed, "feature_storage": data.feature_storage}
     trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train, record=record,
                       num_workers=data.num_workers)
     if options.resume:

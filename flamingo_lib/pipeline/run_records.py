@@ -19,6 +19,8 @@ _GUIDED_FIELDS = {"threshold": (_NUMBER, lambda v: 0 <= v <= 1, "in [0, 1]"),
                   "temperature": (_NUMBER, lambda v: v > 0, "> 0"),
                   "top_p": (_NUMBER, lambda v: 0 < v <= 1, "in (0, 1]")}
 _RECORD_FIELDS = {"data": (((str,), "a data source spec"), lambda v: bool(v), "not empty"),
+                  "feature_storage": (((str,), "a feature storage"), lambda v: v in ("float16", "int8"),
+                                      "float16 or int8"),
                   "image_size": (((int,), "an integer"), lambda v: v >= 1, ">= 1"),
                   "seed": (((int,), "an integer"), lambda v: True, "")}
 
@@ -59,7 +61,7 @@ def model_directory(path: str | Path) -> Path:
 
 def training_record(model_dir: Path) -> dict[str, Any] | None:
     """How the model's run opened its training data: ``data``, ``image_size``, ``max_train_samples``,
-    ``seed`` (from the training summary beside the model), or None for a model without a run or a
+    ``seed``, ``feature_storage`` (from the training summary beside the model), or None for a model without a run or a
     run that did not record its data."""
     summary = model_dir.parent / "summary.json"
     if not summary.is_file():
@@ -71,7 +73,8 @@ def training_record(model_dir: Path) -> dict[str, Any] | None:
     if not isinstance(key, dict) or "data" not in key:
         return None
     record = {"data": key["data"], "image_size": key.get("image_size", 224),
-              "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0))}
+              "max_train_samples": key.get("max_train_samples"), "seed": key.get("seed", config.get("seed", 0)),
+              "feature_storage": key.get("feature_storage", "float16")}  # recorded since int8 storage exists
     _check_fields(summary, record, _RECORD_FIELDS)
     return record
 

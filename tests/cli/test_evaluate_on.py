@@ -30,7 +30,7 @@ def test_on_its_own_test_split_it_scores_what_the_pipeline_scored(evaluated_run)
     run, pipeline = evaluated_run
     assert training_record(run / "train" / "model") == {
         "data": SMALL["source"], "image_size": SMALL["image_size"], "max_train_samples": SMALL["max_train_samples"],
-        "seed": 0}
+        "seed": 0, "feature_storage": "float16"}
     table = main([str(run), "--data", SMALL["source"], "--max-samples", str(SMALL["max_test_samples"]), "--guided",
                   *COMMON])
     expected = pipeline.evaluate()

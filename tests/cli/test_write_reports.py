@@ -276,3 +276,9 @@ def test_a_run_folders_mistyped_records_are_refused_naming_the_file_and_field(sa
     with pytest.raises(SystemExit):
         main(args)
     assert "summary.json: image_size must be an integer >= 1, got True" in capsys.readouterr().err
+    (copy / "train" / "summary.json").write_text(json.dumps({"config": {"extra": {"data": "phantom",
+                                                                                  "feature_storage": "int4"}}}))
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "summary.json: feature_storage must be a feature storage float16 or int8, got 'int4'" in \
+        capsys.readouterr().err

@@ -224,7 +224,8 @@ def test_command_line_trains_with_the_findings_and_reading_head_and_resumes_on_t
 
     assert model_directory(tmp_path / "run") == tmp_path / "run" / "model"
     assert training_record(tmp_path / "run" / "model") == {"data": "phantom:templated", "image_size": 160,
-                                                           "max_train_samples": 12, "seed": 0}
+                                                           "max_train_samples": 12, "seed": 0,
+                                                           "feature_storage": "float16"}
     assert reloaded.config.only_attend_immediate_media  # the default: the latest image only
     every_view = [*common[:4], "--out", str(tmp_path / "every"), *common[6:], "--max-steps", "1",
                   "--no-only-attend-immediate-media"]
