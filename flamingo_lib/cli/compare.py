@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from flamingo_lib.cli import console_command
-from flamingo_lib.evaluation.compare import Comparison, compare_runs, generations_file, phantom_truth
+from flamingo_lib.evaluation.compare import Comparison, compare_runs, generations_file
 from flamingo_lib.io import write_text_atomic
+from flamingo_lib.pipeline.run_records import phantom_test_truth
 
 #: The columns the page and the terminal show (the CSV has every one).
 SHOWN = ("CE micro-F1 (rendered findings, vs image truth)", "CE micro-F1 (rendered findings, vs reference)",
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
     try:
         for run in runs:
             generations_file(run)
-        truth, shown = phantom_truth(runs)
+        truth, shown = phantom_test_truth(runs)
         comparison = compare_runs(runs, args.names, image_truth=truth, shown_observations=shown,
                                   n_resamples=args.n_resamples, n_permutations=args.n_permutations, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:

@@ -99,13 +99,20 @@ def check_same_studies(runs: dict[str, pd.DataFrame]) -> None:
                              f"({len(differ)} differ, first: study {ids[differ[0]]!r}): they were scored on other data")
 
 
+def generation_systems(generations: pd.DataFrame) -> dict[str, list[str]]:
+    """Each system's reports in a ``generations.jsonl`` frame (every column but ``id`` and ``reference``; a
+    missing report reads as empty)."""
+    return {column: generations[column].fillna("").astype(str).tolist() for column in generations.columns
+            if column not in ("id", "reference")}
+
+
 def _systems(runs: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
     """Every run's systems as ``"<run>: <system>"``; a system whose reports are the same in every run (a
     baseline of the same data) once, under its own name."""
     systems: dict[str, list[str]] = {}
-    columns = [c for frame in runs.values() for c in frame.columns if c not in ("id", "reference")]
-    for column in dict.fromkeys(columns):
-        reports = [frame[column].fillna("").astype(str).tolist() if column in frame else None for frame in runs.values()]
+    per_run = [generation_systems(frame) for frame in runs.values()]
+    for column in dict.fromkeys(column for run in per_run for column in run):
+        reports = [run.get(column) for run in per_run]
         if all(r is not None and r == reports[0] for r in reports) and not column.startswith("flamingo"):
             systems[column] = reports[0]
             continue
@@ -161,28 +168,3 @@ def compare_runs(runs: Sequence[str | Path], names: Sequence[str] | None = None,
                                n_resamples, n_permutations, seed, against=reference_system)
     return Comparison(table, rows, reference_system, dict(zip(names, paths, strict=True)), len(base))
 
-
-def phantom_truth(runs: Sequence[Path]) -> tuple[list[dict] | None, tuple[str, ...] | None]:
-    """The image truth of the runs' test studies and the observations the films can show, when every run is
-    a pipeline run on the phantom with the same test studies; (None, None) otherwise."""
-    from flamingo_lib.data.phantom.dataset import PhantomCXR
-    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
-
-    keys = []
-    for run in runs:
-        summary, stamp = run / "train" / "summary.json", run / "eval" / "results.csv.key.json"
-        if not (summary.is_file() and stamp.is_file()):
-            return None, None
-        key = json.loads(summary.read_text())["config"]["extra"].get("pipeline") or {}
-        source = str(key.get("data", "")).partition(";")[0]
-        if not source.startswith("phantom"):
-            return None, None
-        keys.append((source, key.get("seed", 0), json.loads(stamp.read_text()).get("max_test_samples")))
-    if len(set(keys)) != 1:
-        return None, None
-    source, seed, max_samples = keys[0]
-    test = PhantomCXR("test", text=source.partition(":")[2] or "iu", seed=seed, max_samples=max_samples, cache=False)
-    ids = read_generations(runs[0])["id"].tolist()
-    if test.ids != ids:
-        return None, None
-    return [sample.labels for sample in test.text_samples()], RENDERED_OBSERVATIONS

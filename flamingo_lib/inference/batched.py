@@ -83,11 +83,9 @@ def process_share(sampling: bool = False) -> tuple[int, int]:
     Sampled decoding is not shared ((0, 1): every process decodes everything): its draws come from the
     global RNG in batch order, and a share would draw them in another order.
     """
-    from flamingo_lib.processes import join_group, launched_world_size
+    from flamingo_lib.processes import join_group
 
-    if launched_world_size() == 1 or sampling:
-        return 0, 1
-    return join_group()
+    return (0, 1) if sampling else join_group()
 
 
 def _without_images(model: Any, processor: Any, count: int, max_new_tokens: int,

@@ -7,6 +7,7 @@ and the findings-guided setup its evaluation picked. Two layouts are runs: the p
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,30 @@ def guided_setup(model_dir: Path, threshold: float | None = None, candidates: in
     if setup.get("threshold") is None:
         return None
     return setup | ({"threshold_from": "given on the command line"} if threshold is not None else {})
+
+
+def phantom_test_truth(runs: Sequence[str | Path]) -> tuple[list[dict] | None, tuple[str, ...] | None]:
+    """The image truth of the test studies the pipeline runs ``runs`` were scored on, and the observations
+    the films can show, when every run trained on the phantom and was scored on the same test studies
+    (read without rendering a film); (None, None) otherwise (:mod:`flamingo_lib.evaluation.compare`)."""
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.data.sources import open_source
+    from flamingo_lib.evaluation.compare import read_generations
+
+    keys = []
+    for run in map(Path, runs):
+        stamp = run / "eval" / "results.csv.key.json"
+        try:
+            record = training_record(model_directory(run))
+        except FileNotFoundError:  # a flamingo-evaluate folder: no run of its own
+            return None, None
+        if record is None or not stamp.is_file() or not record["data"].startswith("phantom"):
+            return None, None
+        keys.append((record["data"].partition(";")[0], record["seed"], _read_json(stamp).get("max_test_samples")))
+    if len(set(keys)) != 1:
+        return None, None
+    source, seed, max_samples = keys[0]
+    test = open_source(source, "test", None, max_samples, seed=seed)
+    if test.ids != read_generations(runs[0])["id"].tolist():
+        return None, None
+    return [sample.labels for sample in test.text_samples()], RENDERED_OBSERVATIONS

@@ -301,6 +301,7 @@ class Pipeline:
         """95% bootstrap intervals over test studies and paired p-values against the model for each
         column of the results table that per-study statistics give (``eval/uncertainty.csv``;
         :mod:`flamingo_lib.evaluation.uncertainty`), from the reports in ``generations.jsonl``: no decoding."""
+        from flamingo_lib.evaluation.compare import generation_systems
         from flamingo_lib.evaluation.evaluate import systems_uncertainty
         from flamingo_lib.labeling.labeler import label_report
 
@@ -309,7 +310,8 @@ class Pipeline:
         if not force and self._up_to_date(out, **key):
             return pd.read_csv(out)
         generations = self.generations()
-        test = self.samples("test")
+        split = self.splits["test"]  # ids, reports and labels: the phantom gives them without rendering a film
+        test = split.text_samples() if hasattr(split, "text_samples") else self.samples("test")
         if generations["id"].astype(str).tolist() != [str(s.id) for s in test]:
             raise ValueError(f"{out.parent / 'generations.jsonl'} holds other studies than the test split; "
                              "evaluate again (Pipeline.evaluate(force=True))")
@@ -321,9 +323,7 @@ class Pipeline:
 
             shown = RENDERED_OBSERVATIONS
         top5 = json.loads((out.parent / "results.json").read_text())["top5"]
-        systems = {c: generations[c].fillna("").astype(str).tolist() for c in generations.columns
-                   if c not in ("id", "reference")}
-        table = systems_uncertainty(systems, references, label_report, [label_report(r) for r in references],
+        table = systems_uncertainty(generation_systems(generations), references, label_report, [label_report(r) for r in references],
                                     [s.labels for s in test] if phantom else None, top5, shown,
                                     e.n_resamples, e.n_permutations, self.settings.train.seed)
         write_text_atomic(out, table.to_csv(index=False))

@@ -66,16 +66,6 @@ class ReportCollator:
         return batch
 
 
-class _Plan:
-    """An iterable over an endless iterator of index lists, as ``DataLoader(batch_sampler=...)`` takes it."""
-
-    def __init__(self, plan: Iterator[list[int]]) -> None:
-        self.plan = plan
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self.plan
-
-
 class Trainer:
     """Trains a ``FlamingoModel`` on a train set, validating on a val set.
 
@@ -177,7 +167,7 @@ class Trainer:
         # the batches _next_indices will name, from the current position on, without moving it: the loader
         # runs ahead of the training, and the checkpoint records what was trained on
         plan = (indices for _, _, indices in self._batch_plan(self.progress["epoch"], self.progress["position"]))
-        loader = DataLoader(self.train_set, batch_sampler=_Plan(plan), collate_fn=self.collator,
+        loader = DataLoader(self.train_set, batch_sampler=plan, collate_fn=self.collator,
                             num_workers=self.num_workers, pin_memory=self.accelerator.device.type == "cuda",
                             prefetch_factor=2, persistent_workers=False)
         return iter(loader)

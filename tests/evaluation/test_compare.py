@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flamingo_lib.evaluation.compare import compare_runs, phantom_truth
+from flamingo_lib.evaluation.compare import compare_runs
+from flamingo_lib.pipeline.run_records import phantom_test_truth
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "flat-settings-run"
 TEXTS = ["The heart is enlarged.", "Small left pleural effusion.", "The lungs are clear.", "Mild pulmonary edema.",
@@ -28,7 +29,7 @@ def write_run(folder: Path, ids, references, **systems) -> Path:
 def test_the_comparison_of_a_run_gives_back_the_table_its_evaluation_wrote(tmp_path):
     other = tmp_path / "other"
     shutil.copytree(FIXTURE, other)
-    truth, shown = phantom_truth([FIXTURE, other])
+    truth, shown = phantom_test_truth([FIXTURE, other])
     assert truth is not None and len(truth) == 6  # the phantom's test labels, no film rendered
     comparison = compare_runs([FIXTURE, other], ["a", "b"], image_truth=truth, shown_observations=shown,
                               n_resamples=0, n_permutations=0)

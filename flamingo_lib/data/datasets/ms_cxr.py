@@ -119,9 +119,9 @@ class MSCXRPhrases(PolicyDataset):
         dicom_id, film = self._films[index]
         image = load_image(film["path"], self.image_size)
         masks = finding_masks(film["boxes"], film["size"], image.size)
+        report = _report(film["boxes"])
         return CXRSample(
-            id=dicom_id, images=[image], report=_report(film["boxes"]),
-            sections={"FINDINGS": _report(film["boxes"])},
+            id=dicom_id, images=[image], report=report, sections={"FINDINGS": report},
             labels={box["category"]: 1.0 for box in film["boxes"]}, masks=masks, views=["UNKNOWN"],
             meta={"source": "ms-cxr", **licence_meta(True, None, MIMIC_LICENCE), "paths": [str(film["path"])],
                   "boxes": [dict(box) for box in film["boxes"]], "annotation_csv": str(self.annotation_csv)},
