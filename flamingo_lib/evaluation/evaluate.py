@@ -228,7 +228,7 @@ def evaluate(model: Any, processor: Any, train_samples: Sequence[Any], test_samp
     table.index.name = "system"
     table.attrs["not_computed"] = not_computed
     uncertainty = systems_uncertainty(systems, references, labeler, reference_labels, image_truth, top5, shown,
-                                      n_resamples, n_permutations, seed)
+                                      n_resamples, n_permutations, seed, metrics=metrics)
     table.attrs["uncertainty"] = uncertainty
     if out_dir is not None and process_share()[0] == 0:  # launched as several processes: the first writes
         out = Path(out_dir)
@@ -253,11 +253,14 @@ def systems_uncertainty(systems: Mapping[str, Sequence[str]], references: Sequen
                         labeler: Callable[[str], dict], reference_labels: Sequence[dict],
                         image_truth: Sequence[dict] | None, top5: Sequence[str], shown: Sequence[str] | None,
                         n_resamples: int = 1000, n_permutations: int = 10_000, seed: int = 0,
-                        against: str = "flamingo") -> pd.DataFrame:
+                        against: str = "flamingo", metrics: Sequence[str] = ()) -> pd.DataFrame:
     """Intervals and paired p-values (against the system ``against``) of every column that per-study
-    statistics give exactly: clinical efficacy, BLEU, ROUGE-L, CIDEr; the reference ceiling joins the
-    image-truth ones (:func:`flamingo_lib.evaluation.uncertainty.uncertainty_table`'s rows)."""
+    statistics give exactly: clinical efficacy, BLEU, METEOR (with Java), ROUGE-L, CIDEr and the
+    RadEval ``metrics``' columns that allow it (:func:`~flamingo_lib.evaluation.study_statistics.radeval_statistics`);
+    the reference ceiling joins the image-truth ones
+    (:func:`flamingo_lib.evaluation.uncertainty.uncertainty_table`'s rows)."""
     from flamingo_lib.evaluation.metrics import sentence_scores
+    from flamingo_lib.evaluation.study_statistics import meteor_statistic, radeval_statistics
     from flamingo_lib.evaluation.uncertainty import (bleu_statistics, efficacy_statistics, mean_statistic,
                                                      uncertainty_table)
 
@@ -267,6 +270,10 @@ def systems_uncertainty(systems: Mapping[str, Sequence[str]], references: Sequen
                                                                      "image truth": image_truth}, top5, shown)
         per_metric |= {metric: mean_statistic(scores) for metric, scores in sentence_scores(references, hyps).items()}
         per_metric |= bleu_statistics(references, hyps)
+        if (meteor := meteor_statistic(references, hyps)) is not None:  # None without Java: no METEOR column
+            per_metric["METEOR"] = meteor
+        if metrics:
+            per_metric |= radeval_statistics(references, hyps, metrics)
         for metric, statistic in per_metric.items():
             statistics.setdefault(metric, {})[name] = statistic
     if image_truth is not None:

@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS
 from flamingo_lib.labeling.scores import precision_recall_f1
@@ -80,16 +81,26 @@ def sentence_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dic
 
 def meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None:
     """METEOR 1.5 through pycocoevalcap's Java jar; ``None`` (with a warning) without Java."""
-    if shutil.which("java") is None:
+    process = meteor_process()
+    if process is None:
         logger.warning("METEOR skipped: no Java runtime (install Debian's default-jre-headless)")
         return None
+    return float(process.compute_score(gts, res)[0])
+
+
+def meteor_process() -> Any | None:
+    """The process's one pycocoevalcap ``Meteor`` (its Java jar, started on first use), or None
+    without Java. Shared by :func:`meteor` and the METEOR per-study statistic
+    (:func:`~flamingo_lib.evaluation.study_statistics.meteor_statistic`); its ``lock`` guards each exchange."""
     global _METEOR
+    if shutil.which("java") is None:
+        return None
     if _METEOR is None:
         from pycocoevalcap.meteor.meteor import Meteor
 
         _METEOR = Meteor()  # one Java process per Python process: starting it takes seconds
         atexit.register(close_meteor)
-    return float(_METEOR.compute_score(gts, res)[0])
+    return _METEOR
 
 
 _METEOR = None
@@ -98,7 +109,7 @@ _METEOR = None
 def close_meteor() -> None:
     """Stop the METEOR Java process, closing all three of its pipes (pycocoevalcap's own
     ``__del__`` closes stdin only, which left two unclosed-file ResourceWarnings at exit).
-    Runs at interpreter exit; the next :func:`meteor` call starts a new process."""
+    Runs at interpreter exit; the next :func:`meteor_process` call starts a new process."""
     global _METEOR
     if _METEOR is None:
         return

@@ -9,6 +9,22 @@ Two kinds:
   weights are in the local cache; otherwise they are *not computed*, with the reason (and how to
   fetch the weights): never estimated, never a crash.
 
+Intervals and p-values (:func:`~flamingo_lib.evaluation.study_statistics.radeval_statistics`) need
+per-study statistics of which the corpus score is an exact function; what RadEval computes gives them
+for some metrics only:
+
+* ``bleu``: pycocoevalcap's BLEU-4 scorer (RadEval's copy, on the raw texts): each study's n-gram
+  counts, pooled as the corpus score pools them (its per-sample BLEU is *not* what the corpus pools);
+* ``rouge`` (``rouge1``, ``rouge2``, ``rougeL``), ``radgraph`` (``radgraph_simple``, ``_partial``,
+  ``_complete``), ``bertscore``, ``ratescore`` and ``green``: the corpus score is the mean of the
+  per-sample scores RadEval returns with ``per_sample=True`` (:data:`PER_SAMPLE_METRICS`; BERTScore
+  takes that mean in float32, so the two agree to about 1e-7 before RadEval's rounding);
+* ``radcliq`` (``radcliq_v1``): the corpus score is the reciprocal of the mean of its per-sample scores;
+* ``f1chexbert`` and ``srrbert``: no interval. Their corpus F1s pool labels over all studies
+  (classification reports), and their per-sample outputs (accuracies, per-study F1s) do not give them.
+
+Every corpus score is rounded by RadEval to 4 places; the statistics round as it does.
+
 METEOR and CIDEr stay with pycocoevalcap (:mod:`flamingo_lib.evaluation.metrics`), and the offline
 labeler's clinical efficacy stays beside CheXbert's (``f1chexbert``) where that runs.
 """
@@ -16,17 +32,26 @@ labeler's clinical efficacy stays beside CheXbert's (``f1chexbert``) where that 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 #: Metrics that need no weights.
 OFFLINE_METRICS = ("bleu", "rouge")
 #: Metrics that load a model from the hub (or the local cache).
 MODEL_METRICS = ("radgraph", "f1chexbert", "bertscore", "ratescore", "radcliq", "green", "srrbert")
 KNOWN_METRICS = OFFLINE_METRICS + MODEL_METRICS
+#: Metrics whose corpus score is a function of the mean of RadEval's per-sample scores: metric ->
+#: that function ("mean": the mean itself; "reciprocal": 1 / mean, RadCliQ-v1's) and the scalar type
+#: RadEval rounds the corpus score as (Python's ``round`` of a float and numpy's of a float64 can differ).
+PER_SAMPLE_METRICS: dict[str, tuple[str, type]] = {
+    "rouge": ("mean", float), "radgraph": ("mean", np.float64), "bertscore": ("mean", float),
+    "ratescore": ("mean", float), "green": ("mean", float), "radcliq": ("reciprocal", np.float64)}
 #: The column prefix: RadEval's BLEU is not pycocoevalcap's (tokenisation, smoothing).
 PREFIX = "RadEval "
 
@@ -121,3 +146,17 @@ def radeval_scores(references: Sequence[str], hypotheses: Sequence[str], metrics
         scores |= {f"{PREFIX}{key}": float(value) for key, value in result.items()
                    if isinstance(value, (int, float))}
     return scores, missing
+
+
+def per_sample_scores(references: Sequence[str], hypotheses: Sequence[str], name: str) -> dict[str, list[float]]:
+    """RadEval's per-sample scores of one metric (``per_sample=True``), keyed like its corpus scores
+    (``rouge1`` ...): one list of len(hypotheses) per key; empty when the metric cannot be computed.
+    Runs the metric again (its loaded model is reused)."""
+    loaded = scorer(name)
+    if loaded is None:
+        return {}
+    view = copy.copy(loaded)  # shares the loaded metric; only the output mode differs
+    view.per_sample = True
+    with warnings.catch_warnings():
+        result = view(refs=list(references), hyps=list(hypotheses))
+    return {key: list(value) for key, value in result.items() if isinstance(value, list)}

@@ -10,9 +10,13 @@ Both work on *per-study statistics* from which a metric is computed exactly:
 * ROUGE-L and CIDEr: each study's sentence score from pycocoevalcap, whose corpus score is their
   mean (CIDEr's document frequencies are those of the whole test split, held fixed when resampling);
 * BLEU-1..4: each study's n-gram counts as pycocoevalcap's ``BleuScorer`` cooks them (candidate
-  length, closest reference length, n-gram guesses and matches), pooled as its corpus score pools them.
-
-METEOR is a corpus statistic computed inside Java; it gets no interval rather than an approximation.
+  length, closest reference length, n-gram guesses and matches), pooled as its corpus score pools them;
+* METEOR: each study's statistics line from pycocoevalcap's METEOR 1.5 jar, summed as the jar sums
+  them, the jar scoring each summed row (:func:`~flamingo_lib.evaluation.study_statistics.meteor_statistic`);
+* the RadEval columns: BLEU as counts (as above), ROUGE and the model-based metrics whose corpus score
+  is a function of the mean of RadEval's per-sample scores
+  (:func:`~flamingo_lib.evaluation.study_statistics.radeval_statistics`); CheXbert's and SRR-BERT's
+  F1s are not, and get no interval.
 
 Resamples draw the same studies for every system (a paired bootstrap), seeded.
 """
@@ -24,6 +28,7 @@ import importlib.util
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -100,8 +105,18 @@ def bleu_statistics(references: Sequence[str], hypotheses: Sequence[str], n: int
     scorer = BleuScorer(n=n)
     for i in gts:  # as pycocoevalcap's Bleu adds them
         scorer += (res[i][0], gts[i])
+    return {f"BLEU_{k}": statistic for k, statistic in bleu_count_statistics(scorer, n).items()}
+
+
+def bleu_count_statistics(scorer: Any, n: int = 4) -> dict[int, StudyStatistic]:
+    """BLEU of each order 1..n as the per-study counts of a filled ``BleuScorer`` (pycocoevalcap's,
+    or RadEval's copy of it: the same cooking), pooled as its corpus score pools them.
+
+    Per-study rows (n_studies, 2 + 2n): candidate length, closest reference length, the n-gram
+    guesses of each order, then the n-gram matches of each order.
+    """
     counts = np.array([[c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]),  # noqa: SLF001
-                        *c["guess"][:n], *c["correct"][:n]] for c in scorer.ctest], dtype=float)
+                        *c["guess"][:n], *c["correct"][:n]] for c in scorer.ctest], dtype=float).reshape(-1, 2 + 2 * n)
 
     def reduce_for(order: int) -> Callable[[np.ndarray, int], np.ndarray]:
         def reduce(summed: np.ndarray, _: int) -> np.ndarray:
@@ -115,7 +130,7 @@ def bleu_statistics(references: Sequence[str], hypotheses: Sequence[str], n: int
             return np.where(ratio < 1, score * np.exp(1 - 1 / ratio), score)
         return reduce
 
-    return {f"BLEU_{k}": StudyStatistic(counts, reduce_for(k)) for k in range(1, n + 1)}
+    return {k: StudyStatistic(counts, reduce_for(k)) for k in range(1, n + 1)}
 
 
 def bootstrap_rows(n_studies: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
