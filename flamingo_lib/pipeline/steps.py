@@ -325,7 +325,7 @@ class Pipeline:
         top5 = json.loads((out.parent / "results.json").read_text())["top5"]
         table = systems_uncertainty(generation_systems(generations), references, label_report, [label_report(r) for r in references],
                                     [s.labels for s in test] if phantom else None, top5, shown,
-                                    e.n_resamples, e.n_permutations, self.settings.train.seed)
+                                    e.n_resamples, e.n_permutations, self.settings.train.seed, metrics=e.metrics)
         write_text_atomic(out, table.to_csv(index=False))
         self._stamp(out, **key)
         return table

@@ -178,7 +178,7 @@ def uncertainty_html(rows: pd.DataFrame, columns: list[str], systems: list[str],
     why = (" (greedy), so the findings-guided row's p compares the two decodings" if against == "flamingo"
            else " (greedy decoding)")
     return (f"<p>95% bootstrap intervals over test studies; p: paired approximate randomisation against "
-            f"{html.escape(against)}{why}. METEOR is a corpus statistic computed in Java: no interval.</p>"
+            f"{html.escape(against)}{why}.</p>"
             + pd.DataFrame(cells).reindex(systems).dropna(how="all").fillna("-").to_html())
 
 
