@@ -2,10 +2,19 @@
 and the box measures of :mod:`flamingo_lib.evaluation.box_grounding` beside it.
 
 For each study and each rendered finding named in its reference report, the report is fed
-teacher-forced; the heatmap of the tokens that name the finding (``FINDING_WORDS``) is averaged
-over those tokens; a hit is a heatmap peak inside the finding's mask. Two references: chance
-(the mask's share of the image, the hit rate of a random point) and a shuffled-image control
-(the same tokens' map computed with another study's image, scored against this study's mask).
+teacher-forced and the words that name the finding (``FINDING_WORDS``) get one heatmap: by default
+their *evidence* map (the attention weighted by how much it moved those words' log-probability,
+:func:`~flamingo_lib.modeling.attention_maps.capture_evidence`), or with ``method="attention"`` the
+raw attention of their tokens, averaged. A hit is a heatmap peak inside the finding's mask. Two
+references: chance (the mask's share of the image, the hit rate of a random point) and a
+shuffled-image control (the same words' map computed with another study's image, scored against
+this study's mask).
+
+The same game is also played at the map's own resolution: a map is made on the encoder's patch
+grid and upsampled, so its peak pixel sits near a cell's centre, and a lesion smaller than a cell
+can only be hit where a centre falls on it. The *cell* game counts a hit when the map's peak cell
+overlaps the mask, against the share of cells the mask overlaps (its chance at that resolution) and
+the shuffled film's peak cell: the pointing game's usual tolerance of about one map cell, made exact.
 """
 
 from __future__ import annotations
@@ -17,10 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from flamingo_lib.evaluation.box_grounding import box_scores
-from flamingo_lib.modeling.attention_maps import AttentionMaps, capture_attention, relevance_to_heatmap
+from flamingo_lib.modeling.attention_maps import (AttentionMaps, capture_attention, capture_evidence, patch_grid,
+                                                  relevance_to_heatmap)
 
+#: The cell game's columns of :func:`pointing_game` (module docstring).
+CELL_COLUMNS = ("cell_hit", "cell_chance", "shuffled_cell_hit")
 #: The box-level columns of :func:`pointing_game` (:mod:`flamingo_lib.evaluation.box_grounding`).
 BOX_COLUMNS = ("iou", "iou_chance", "mass_in_box", "box_area", "shuffled_iou", "shuffled_mass")
 
@@ -59,21 +72,61 @@ def tokens_heatmap(maps: AttentionMaps, positions: Sequence[int], size: tuple[in
     return relevance_to_heatmap(relevance, size)
 
 
+#: How a word's map is made: ``evidence`` (gradient-weighted attention) or ``attention`` (raw).
+MAP_METHODS = ("evidence", "attention")
+
+
+def words_relevance(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int],
+                    method: str = "evidence") -> torch.Tensor:
+    """(P,) the map over the patches of the words at ``positions`` of sample 0 of ``batch``: their
+    evidence, or the mean of their tokens' raw attention maps (``method``, :data:`MAP_METHODS`).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method == "evidence":
+        return capture_evidence(model, batch, positions).evidence()
+    if method == "attention":
+        maps = capture_attention(model, batch)[1]
+        return torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
+    raise ValueError(f"unknown map method {method!r}; expected one of {MAP_METHODS}")
+
+
+def words_heatmap(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], size: tuple[int, int],
+                  method: str = "evidence") -> np.ndarray:
+    """:func:`words_relevance` as an (H, W) heatmap of ``size``, summing to 1."""
+    return relevance_to_heatmap(words_relevance(model, batch, positions, method), size)
+
+
+def cells_overlapped(mask: np.ndarray, side: int) -> np.ndarray:
+    """(side, side) bool: the cells of a side x side grid over the (H, W) ``mask`` that it overlaps
+    (cell i spans rows i*H/side to (i+1)*H/side, as the upsampled heatmap places it)."""
+    pooled = F.adaptive_max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None], side)[0, 0]
+    return pooled.numpy() > 0
+
+
+def _cell_hit(relevance: torch.Tensor, cells: np.ndarray) -> bool:
+    offset, side = patch_grid(relevance.numel())
+    return bool(cells.flat[int(torch.argmax(relevance[offset:]))])
+
+
 def _hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
     peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     return bool(mask[peak])
 
 
-@torch.no_grad()
-def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int = 0) -> pd.DataFrame:
+def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int = 0,
+                  method: str = "evidence") -> pd.DataFrame:
     """One row per (study, finding named in its report with a mask): hit, chance, shuffled hit.
 
     Args:
         samples: studies with ``masks`` (finding -> bool (H, W) of the first image), e.g. PhantomCXR.
         seed: picks the other study used for the shuffled-image control.
+        method: how the words' map is made (:func:`words_heatmap`).
 
     Returns:
-        DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit, and the box
+        DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit, the cell
+        game's (:data:`CELL_COLUMNS`: hit, share of cells the mask overlaps, shuffled hit) and the box
         measures of :func:`~flamingo_lib.evaluation.box_grounding.box_scores` (:data:`BOX_COLUMNS`).
     """
     rows = []
@@ -88,22 +141,36 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
             continue
         other = samples[(index + 1 + int(rng.integers(len(samples) - 1))) % len(samples)] if len(samples) > 1 else sample
         batch = processor.training_batch([sample.report], [[sample.images[0]]])
-        _, maps = capture_attention(model, batch)
         shuffled_batch = processor.training_batch([sample.report], [[other.images[0]]])
-        _, shuffled_maps = capture_attention(model, shuffled_batch)
         for finding, token_positions in positions.items():
             mask = sample.masks[finding]
-            heatmap = tokens_heatmap(maps, token_positions, mask.shape)
-            shuffled = tokens_heatmap(shuffled_maps, token_positions, mask.shape)
+            own = words_relevance(model, batch, token_positions, method)
+            shuffled = words_relevance(model, shuffled_batch, token_positions, method)
+            cells = cells_overlapped(mask, patch_grid(own.numel())[1])
+            heatmap, shuffled_heatmap = relevance_to_heatmap(own, mask.shape), relevance_to_heatmap(shuffled, mask.shape)
             rows.append({"id": sample.id, "finding": finding, "hit": _hit(heatmap, mask), "chance": float(mask.mean()),
-                         "shuffled_hit": _hit(shuffled, mask), **box_scores(heatmap, shuffled, mask, placements)})
-    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *BOX_COLUMNS])
+                         "shuffled_hit": _hit(shuffled_heatmap, mask), "cell_hit": _cell_hit(own, cells),
+                         "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled, cells),
+                         **box_scores(heatmap, shuffled_heatmap, mask, placements)})
+    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *CELL_COLUMNS, *BOX_COLUMNS])
 
 
-def pointing_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy, chance and shuffled-image accuracy per finding and overall."""
+def _level(results: pd.DataFrame, level: str) -> pd.DataFrame:
+    """The game of ``level`` ("pixel" or "cell") as columns hit, chance, shuffled_hit."""
+    if level == "pixel":
+        return results
+    if level == "cell":
+        return results.drop(columns=["hit", "chance", "shuffled_hit"]).rename(
+            columns={"cell_hit": "hit", "cell_chance": "chance", "shuffled_cell_hit": "shuffled_hit"})
+    raise ValueError(f"unknown pointing level {level!r}; expected 'pixel' or 'cell'")
+
+
+def pointing_summary(results: pd.DataFrame, level: str = "pixel") -> pd.DataFrame:
+    """Accuracy, chance and shuffled-image accuracy per finding and overall, of the pixel game or
+    of the ``cell`` game (module docstring)."""
     if results.empty:
         return pd.DataFrame(columns=["n", "accuracy", "chance", "shuffled"])
+    results = _level(results, level)
     grouped = results.groupby("finding").agg(n=("hit", "size"), accuracy=("hit", "mean"), chance=("chance", "mean"),
                                              shuffled=("shuffled_hit", "mean"))
     overall = pd.DataFrame({"n": [len(results)], "accuracy": [results["hit"].mean()],
@@ -112,16 +179,17 @@ def pointing_summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([grouped, overall])
 
 
-def pointing_sentence(results: pd.DataFrame) -> str:
+def pointing_sentence(results: pd.DataFrame, level: str = "pixel") -> str:
     """The pointing game in one line, as the docs quote a run: hits, accuracy, chance and the
     shuffled-image control with their p-values (:func:`pointing_tests`)."""
-    summary, tests = pointing_summary(results).loc["all"], pointing_tests(results)
+    summary, tests = pointing_summary(results, level).loc["all"], pointing_tests(results, level)
     return (f"{tests['hits']} of {tests['n']} findings ({summary.accuracy:.3f}; chance {summary.chance:.3f}, "
             f"p = {tests['p_vs_chance']:.2g}; shuffled {summary.shuffled:.3f}, p = {tests['p_vs_shuffled']:.2g})")
 
 
-def pointing_tests(results: pd.DataFrame) -> dict[str, float]:
-    """Is the pointing game better than chance and than the shuffled-image control, beyond luck?
+def pointing_tests(results: pd.DataFrame, level: str = "pixel") -> dict[str, float]:
+    """Is the pointing game (of ``level``: "pixel" or "cell") better than chance and than the
+    shuffled-image control, beyond luck?
 
     * vs chance: exact one-sided p-value of at least this many hits if each finding's peak fell
       at a random point (a hit with probability = its mask's area fraction: a Poisson-binomial
@@ -136,6 +204,7 @@ def pointing_tests(results: pd.DataFrame) -> dict[str, float]:
 
     if results.empty:
         return {"n": 0, "hits": 0, "p_vs_chance": 1.0, "p_vs_shuffled": 1.0}
+    results = _level(results, level)
     hits = results["hit"].astype(bool).to_numpy()
     shuffled = results["shuffled_hit"].astype(bool).to_numpy()
     distribution = np.array([1.0])  # P(k hits) by chance, one finding at a time

@@ -9,12 +9,21 @@ dependence on the patches is the resampler's attention rolled out through its la
 keeps what earlier layers gathered):
 ``R_k = R_{k-1} + A_k[:, patches] + A_k[:, latents] @ R_{k-1}``, rows normalised at the end.
 The token's map over patches is ``xattn_weights @ R``.
+
+These raw maps say where a token's query looks, and they barely depend on the token: every latent
+gathers from much of the film, with hotspots the latents share, so any mix of latents gives nearly
+the same map (measured in docs/evaluation.md). The *evidence* map of a word (:func:`capture_evidence`,
+:meth:`AttentionMaps.evidence`) weights each attention by how much it moved the word's
+log-probability, as Chefer, Gur and Wolf (ICCV 2021) do for bi-modal transformers: per layer
+``Ā = mean_h (A ⊙ ∂y/∂A)⁺`` in place of ``A``, in both the rollout and the cross-attention, the
+latter summed over every text row (all of them feed the word through the LM). It follows the word
+and the film.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +49,7 @@ def keep_attention(model: Any) -> Iterator[None]:
         for module in modules:
             module.keep_attention = False
             module.last_attention = None
+            module.last_attention_grad = None
 
 
 @dataclass
@@ -49,6 +59,7 @@ class AttentionMaps:
     Attributes:
         xattn: per cross-attention layer, (B, H, L, T*m).
         resampler: per resampler layer, (B, T, H_r, n, P + n).
+        xattn_grad, resampler_grad: their gradients, when captured by :func:`capture_evidence`.
         num_latents: n.
         num_findings_tokens: K, the findings tokens after each image's latents (m = n + K).
     """
@@ -57,6 +68,10 @@ class AttentionMaps:
     resampler: list[torch.Tensor]
     num_latents: int
     num_findings_tokens: int = 0
+    #: The gradients of one target (:func:`capture_evidence`) with respect to ``xattn`` and
+    #: ``resampler``, in their layouts; None for a plain forward pass.
+    xattn_grad: list[torch.Tensor] | None = None
+    resampler_grad: list[torch.Tensor] | None = None
 
     @property
     def media_per_image(self) -> int:
@@ -85,6 +100,42 @@ class AttentionMaps:
             rollout = rollout + weights[:, :p] + weights[:, p:] @ rollout
         return rollout / rollout.sum(-1, keepdim=True).clamp(min=1e-12)
 
+    def _weighted_rollout(self, sample: int, image: int) -> torch.Tensor:
+        """(n, P): :meth:`latent_to_patch` with each layer's heads-averaged ``(A ⊙ ∂y/∂A)⁺``,
+        rows renormalised, in place of its attention (a latent that did not move the target: 0)."""
+        n, p = self.num_latents, self.num_patches
+        rollout = torch.zeros(n, p)
+        for weights, grad in zip(self.resampler, self.resampler_grad, strict=True):
+            layer = (weights[sample, image] * grad[sample, image]).float().clamp(min=0).mean(0).cpu()  # (n, P + n)
+            layer = layer / layer.sum(-1, keepdim=True).clamp(min=1e-30)
+            rollout = rollout + layer[:, :p] + layer[:, p:] @ rollout
+        return rollout / rollout.sum(-1, keepdim=True).clamp(min=1e-30)
+
+    def evidence(self, sample: int = 0, image: int = 0, layer: int | None = None, head: int | None = None
+                 ) -> torch.Tensor:
+        """(P,) how much each patch of ``image`` moved the target of :func:`capture_evidence`: the
+        gradient-weighted cross-attention on the image's latents, summed over the text rows (and the
+        chosen ``layer`` / ``head``, all when None), times the gradient-weighted rollout; sums to 1,
+        or all zeros when no attention on the image moved the target.
+
+        Raises:
+            ValueError: the maps hold no gradients (captured by :func:`capture_attention`).
+        """
+        if self.xattn_grad is None or self.resampler_grad is None:
+            raise ValueError("these maps hold no gradients: capture them with capture_evidence(model, batch, positions)")
+        layers = range(len(self.xattn)) if layer is None else [layer]
+        offset = image * self.media_per_image
+        on_latents = torch.zeros(self.num_latents)
+        for index in layers:
+            span = slice(offset, offset + self.num_latents)
+            weighted = (self.xattn[index][sample, ..., span] * self.xattn_grad[index][sample, ..., span])
+            weighted = weighted.float().clamp(min=0).cpu()  # (H, L, n)
+            on_latents += (weighted.mean(0) if head is None else weighted[head]).sum(0)
+        total = on_latents.sum()
+        if total <= 0:
+            return torch.zeros(self.num_patches)
+        return (on_latents / total) @ self._weighted_rollout(sample, image)
+
     def token_relevance(self, sample: int, position: int, image: int = 0, layer: int | None = None,
                         head: int | None = None) -> torch.Tensor:
         """(P,) relevance of each patch to text ``position`` (sums to the attention mass on that
@@ -109,6 +160,56 @@ def capture_attention(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
         resampler = [attn.last_attention for attn, _ in model.flamingo.perceiver.layers]
     findings = len(model.config.findings_head) if model.config.findings_tokens else 0
     return logits, AttentionMaps(xattn, resampler, model.config.resampler_num_latents, findings)
+
+
+def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], sample: int = 0
+                     ) -> AttentionMaps:
+    """One forward and one backward pass for the words at ``positions`` of ``sample``: the target is
+    the sum of their log-probabilities (each predicted from the position before), and the maps keep
+    every attention's gradient with respect to it (:meth:`AttentionMaps.evidence`). No parameter's
+    gradient is touched.
+
+    Args:
+        batch: ``pixel_values`` (B, T, 3, H, W) or ``image_embeddings`` (B, T, P, D), ``input_ids`` and
+            ``attention_mask`` (B, L), as :meth:`~flamingo_lib.processing.processor.FlamingoProcessor.training_batch` builds them.
+        positions: text positions, each >= 1.
+
+    Raises:
+        ValueError: no position, a position outside 1..L-1, or a batch of resampled
+            ``visual_features`` (the patches' part of the path is gone).
+    """
+    length = batch["input_ids"].shape[1]
+    if not positions or not all(1 <= p < length for p in positions):
+        raise ValueError(f"evidence needs text positions in 1..{length - 1}; got {list(positions)}")
+    if "visual_features" in batch:
+        raise ValueError("evidence maps need the patch tokens: pass pixel_values or image_embeddings, "
+                         "not resampled visual_features")
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        embeddings = (inputs.pop("image_embeddings") if "image_embeddings" in inputs
+                      else model.flamingo.encode_visuals(inputs.pop("pixel_values")))
+    embeddings = embeddings.detach().requires_grad_(True)  # the graph reaches every attention, frozen or not
+    with keep_attention(model), torch.enable_grad():
+        logits = model(**inputs, image_embeddings=embeddings).logits[sample]
+        targets = torch.as_tensor(list(positions), device=logits.device)
+        words = batch["input_ids"][sample, targets].to(logits.device)
+        score = logits[targets - 1].float().log_softmax(-1).gather(-1, words[:, None]).sum()
+        torch.autograd.grad(score, embeddings)  # fills each attention's last_attention_grad
+        layers = [layer.gated_cross_attn.attn for layer in flamingo_layers(model)]
+        perceiver = [attn for attn, _ in model.flamingo.perceiver.layers]
+        maps = AttentionMaps([a.last_attention.detach() for a in layers], [a.last_attention.detach() for a in perceiver],
+                             model.config.resampler_num_latents,
+                             len(model.config.findings_head) if model.config.findings_tokens else 0,
+                             [_grad_or_zeros(a) for a in layers], [_grad_or_zeros(a) for a in perceiver])
+    return maps
+
+
+def _grad_or_zeros(attn: Any) -> torch.Tensor:
+    """The attention's kept gradient; zeros when the backward pass did not reach it (the target
+    does not depend on it)."""
+    grad = attn.last_attention_grad
+    return torch.zeros_like(attn.last_attention) if grad is None else grad.detach()
 
 
 def patch_grid(num_patches: int) -> tuple[int, int]:

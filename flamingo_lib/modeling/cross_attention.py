@@ -8,6 +8,7 @@ frozen LM would (docs/prior-art.md, 9 and 11).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -105,6 +106,7 @@ class MaskedCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.keep_attention = False  # set True to keep `last_attention` for visualisation
         self.last_attention: torch.Tensor | None = None
+        self.last_attention_grad: torch.Tensor | None = None  # its gradient, after a backward pass
 
     def media_kv(self, media: torch.Tensor) -> MediaKV:
         """Keys and values of the media, (B, H, T*n, Dh) each, in this layer's dtype (media given
@@ -112,6 +114,13 @@ class MaskedCrossAttention(nn.Module):
         media = media.to(self.to_kv.weight.dtype)
         k, v = self.to_kv(rearrange(media, "b t n d -> b (t n) d")).chunk(2, dim=-1)
         return tuple(rearrange(z, "b j (h d) -> b h j d", h=self.heads) for z in (k, v))  # type: ignore[return-value]
+
+    def _keep_gradient(self, weights: torch.Tensor, layout: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """When a backward pass reaches ``weights``, keep their gradient as ``last_attention_grad``
+        in ``last_attention``'s layout (gradient-weighted maps: :mod:`flamingo_lib.modeling.attention_maps`)."""
+        self.last_attention_grad = None
+        if weights.requires_grad:
+            weights.register_hook(lambda grad: setattr(self, "last_attention_grad", layout(grad)))
 
     def masks(self, media: torch.Tensor, media_time: torch.Tensor, masks: MediaMasks | None = None) -> MediaMasks:
         """``masks`` when they were built for this layer's rule, else built here."""
@@ -133,7 +142,8 @@ class MaskedCrossAttention(nn.Module):
 
         Returns:
             (B, L, D); rows of text with no image before them are exactly zero. When
-            ``keep_attention``, ``last_attention`` holds the weights (B, H, L, T*n).
+            ``keep_attention``, ``last_attention`` holds the weights (B, H, L, T*n), and a backward
+            pass through them leaves their gradient in ``last_attention_grad``.
         """
         masks = self.masks(media, media_time, masks)
         b, length, _ = x.shape
@@ -144,9 +154,12 @@ class MaskedCrossAttention(nn.Module):
             start, stop = masks.window
             out, weights = attend(q, k[:, :, start:stop], v[:, :, start:stop], None, self.keep_attention)
             if weights is not None:  # report the weights over all T * n latents, as the masked path does
+                self._keep_gradient(weights, lambda g: F.pad(g, (start, k.shape[2] - stop)))
                 weights = F.pad(weights, (start, k.shape[2] - stop))
         else:
             out, weights = attend(q, k, v, masks.attend, self.keep_attention)
+            if weights is not None:
+                self._keep_gradient(weights, lambda g: g)
             blind = masks.blind[:, None]  # (B, 1, L, 1)
             out = out.masked_fill(blind, 0.0)  # text with no image before it gets nothing
             weights = None if weights is None else weights.masked_fill(blind, 0.0)

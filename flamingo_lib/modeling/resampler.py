@@ -73,6 +73,7 @@ class PerceiverAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.keep_attention = False  # set True to keep `last_attention` for visualisation
         self.last_attention: torch.Tensor | None = None
+        self.last_attention_grad: torch.Tensor | None = None  # its gradient, after a backward pass
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """
@@ -82,7 +83,8 @@ class PerceiverAttention(nn.Module):
 
         Returns:
             (B, T, n, D). When ``keep_attention``, ``last_attention`` holds (B, T, H, n, N + n):
-            the weights over [media tokens, latents].
+            the weights over [media tokens, latents]; a backward pass through them leaves their
+            gradient in ``last_attention_grad``.
         """
         b, t = x.shape[:2]
         x = self.norm_media(x)
@@ -92,6 +94,10 @@ class PerceiverAttention(nn.Module):
         q, k, v = (rearrange(z, "b t n (h d) -> (b t) h n d", h=self.heads) for z in (q, k, v))
         out, weights = attend(q, k, v, None, self.keep_attention)
         self.last_attention = None if weights is None else rearrange(weights, "(b t) ... -> b t ...", b=b, t=t)
+        self.last_attention_grad = None
+        if weights is not None and weights.requires_grad:  # for gradient-weighted maps
+            weights.register_hook(lambda grad: setattr(self, "last_attention_grad",
+                                                       rearrange(grad, "(b t) ... -> b t ...", b=b, t=t)))
         return self.to_out(rearrange(out, "(b t) h n d -> b t n (h d)", b=b, t=t))
 
 

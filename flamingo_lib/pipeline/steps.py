@@ -377,19 +377,27 @@ class Pipeline:
         return table
 
     # ---------------------------------------------------------------------------- grounding
-    def grounding(self, force: bool = False) -> pd.DataFrame:
-        """Pointing-game rows for the test split (cached in grounding.csv)."""
-        from flamingo_lib.evaluation.grounding import pointing_game
+    def grounding(self, force: bool = False, method: str = "evidence") -> pd.DataFrame:
+        """Pointing-game rows for the test split with the words' ``method`` maps
+        (:func:`~flamingo_lib.evaluation.grounding.pointing_game`), cached in ``grounding.csv``
+        (``grounding-attention.csv`` for the raw attention)."""
+        from flamingo_lib.evaluation.grounding import MAP_METHODS, pointing_game
 
-        path = self.run_dir / "grounding.csv"
-        if not force and self._up_to_date(path, box_measures=True):  # a table from before them lacks their columns
+        if method not in MAP_METHODS:
+            raise ValueError(f"unknown map method {method!r}; expected one of {MAP_METHODS}")
+        path = self.run_dir / ("grounding.csv" if method == "evidence" else f"grounding-{method}.csv")
+        # a table from before the box measures or the cell game lacks their columns; one from before
+        # the map method, its maps
+        stamp = {"box_measures": True, "cell_game": True, "map_method": method}
+        if not force and self._up_to_date(path, **stamp):
             return pd.read_csv(path)
         self.train()
         model, processor = self.model_and_processor
-        results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.train.seed)
+        results = pointing_game(model, processor, list(self.splits["test"]), seed=self.settings.train.seed,
+                                method=method)
         with atomic_path(path) as tmp:
             results.to_csv(tmp, index=False)
-        self._stamp(path, box_measures=True)
+        self._stamp(path, **stamp)
         return results
 
     def settings_dict(self) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""The notebooks' attention browser: pick a token, a layer and a head, and see where that token
-looked on the film (:mod:`flamingo_lib.modeling.attention_maps`), beside the film itself.
+"""The notebooks' attention browser: pick a token, a layer, a head and the kind of map, and see
+which parts of the film that token drew on (:mod:`flamingo_lib.modeling.attention_maps`), beside
+the film itself. "evidence" (the default) weights the attention by how much it moved the token's
+log-probability; "attention" is where the token's query looked, which barely depends on the token.
 
 The pickers' "mean" is a real option value (``"mean"``), not ``None``: ipywidgets reads ``None``
 as "nothing selected" and shows an empty box. The figure is an ``Image`` widget whose PNG is
@@ -18,14 +20,15 @@ MEAN = "mean"
 
 
 class AttentionBrowser:
-    """Token slider, layer and head pickers, and the film beside the token's heatmap.
+    """Token slider, layer, head and map pickers, and the film beside the token's heatmap.
 
     Args:
         sample: a study (its first film and its report are shown).
         outline: the finding whose ground-truth mask is outlined and named (None: no outline).
 
     Attributes:
-        position, layer, head: the controls (``layer.value``: an int or :data:`MEAN`).
+        position, layer, head, method: the controls (``layer.value``: an int or :data:`MEAN`;
+            ``method.value``: ``"evidence"`` or ``"attention"``, :data:`~flamingo_lib.evaluation.grounding.MAP_METHODS`).
         heatmap: the (H, W) map drawn last, of the film's size, summing to 1. title: its title.
         image: the ``Image`` widget showing the film and the heatmap (PNG).
         widget: the box to display.
@@ -34,10 +37,13 @@ class AttentionBrowser:
     def __init__(self, model: Any, processor: Any, sample: Any, outline: str | None = None) -> None:
         import ipywidgets as widgets
 
+        from flamingo_lib.evaluation.grounding import MAP_METHODS
         from flamingo_lib.modeling.attention_maps import capture_attention
 
         batch = processor.training_batch([sample.report], [[sample.images[0]]])
         _, self.maps = capture_attention(model, batch)
+        self.model, self.batch = model, batch
+        self._evidence: dict[int, Any] = {}  # position -> its evidence maps, computed when first shown
         ids = batch["input_ids"][0].tolist()
         first = int(batch["media_locations"][0].nonzero()[0]) + 1  # the first token after the film
         self.tokens = [processor.tokenizer.decode([i]) for i in ids]
@@ -49,22 +55,31 @@ class AttentionBrowser:
                                       value=MEAN, description="layer")
         self.head = widgets.Dropdown(options=[(MEAN, MEAN)] + [(str(i), i) for i in range(n_heads)],
                                      value=MEAN, description="head")
+        self.method = widgets.Dropdown(options=list(MAP_METHODS), value=MAP_METHODS[0], description="map")
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
-        for control in (self.position, self.layer, self.head):
+        for control in (self.position, self.layer, self.head, self.method):
             control.observe(self.draw, names="value")
         self.heatmap, self.title = np.zeros(0), ""
-        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head]), self.image])
+        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head, self.method]), self.image])
         self.draw()
 
     def current_heatmap(self) -> tuple[np.ndarray, str]:
-        """The heatmap (H, W) of the chosen token, layer and head over the film, and its title."""
-        from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
+        """The heatmap (H, W) of the chosen token, layer, head and map over the film, and its title."""
+        from flamingo_lib.modeling.attention_maps import capture_evidence, relevance_to_heatmap
 
         layer = None if self.layer.value == MEAN else self.layer.value
         head = None if self.head.value == MEAN else self.head.value
-        relevance = self.maps.token_relevance(0, self.position.value, layer=layer, head=head)
+        position = self.position.value
+        if self.method.value == "evidence":
+            if position not in self._evidence:
+                self._evidence[position] = capture_evidence(self.model, self.batch, [position])
+            relevance = self._evidence[position].evidence(layer=layer, head=head)
+            kind = "evidence for"
+        else:
+            relevance = self.maps.token_relevance(0, position, layer=layer, head=head)
+            kind = "attention of"
         heatmap = relevance_to_heatmap(relevance, self.sample.images[0].size[::-1])
-        title = (f"token {self.tokens[self.position.value]!r} (position {self.position.value}), "
+        title = (f"{kind} token {self.tokens[position]!r} (position {position}), "
                  f"layer {self.layer.value}, head {self.head.value}")
         return heatmap, title
 

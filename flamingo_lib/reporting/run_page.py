@@ -36,26 +36,25 @@ class CaseMap(NamedTuple):
 
 
 def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
-    """Attention heatmap over the sample's first image, teacher-forced on its reference report.
+    """Evidence heatmap over the sample's first image, teacher-forced on its reference report
+    (:func:`~flamingo_lib.evaluation.grounding.words_heatmap`).
 
-    The relevance of the tokens that name the sample's first finding with a ground-truth mask
-    (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), averaged; without such tokens, of the whole
+    Of the words that name the sample's first finding with a ground-truth mask
+    (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`); without such words, of the whole
     report (a mask whose finding the report does not name, scoliosis say, is then not outlined).
     """
-    from flamingo_lib.modeling.attention_maps import capture_attention
-    from flamingo_lib.evaluation.grounding import FINDING_WORDS, tokens_heatmap, word_token_positions
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_heatmap
 
     model, processor = pipeline.model_and_processor
     batch = processor.training_batch([sample.report], [[sample.images[0]]])
-    _, maps = capture_attention(model, batch)
     prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
     size = sample.images[0].size[::-1]
     for finding, mask in sample.masks.items():
         positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
         if positions:
-            return CaseMap(tokens_heatmap(maps, positions, size), mask, f"attention of '{finding}' tokens", finding)
+            return CaseMap(words_heatmap(model, batch, positions, size), mask, f"evidence for '{finding}'", finding)
     report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
-    return CaseMap(tokens_heatmap(maps, report_positions, size), None, "attention of the report's tokens", None)
+    return CaseMap(words_heatmap(model, batch, report_positions, size), None, "evidence for the report's words", None)
 
 
 def named_finding_case(pipeline: Any) -> tuple[Any, CaseMap]:

@@ -28,26 +28,25 @@ SHOWN_PROBABILITY = 0.5
 
 @torch.no_grad()
 def report_heatmap(model: Any, processor: Any, images: Sequence[Any], report: str) -> tuple[np.ndarray, str]:
-    """Where a report looked on the study's first film: the report teacher-forced on the study's
-    images, the attention of its tokens that name findings (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`)
-    averaged, or of all its tokens when it names none.
+    """Which parts of the study's first film the report's words draw on: the report teacher-forced on
+    the study's images, the evidence map (:func:`~flamingo_lib.evaluation.grounding.words_heatmap`) of its
+    words that name findings (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), or of all its
+    words when it names none.
 
     Returns:
-        heatmap (H, W) of the first film's size, non-negative, summing to 1; which tokens it shows.
+        heatmap (H, W) of the first film's size, non-negative, summing to 1; which words it shows.
     """
-    from flamingo_lib.modeling.attention_maps import capture_attention
-    from flamingo_lib.evaluation.grounding import FINDING_WORDS, tokens_heatmap, word_token_positions
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_heatmap
 
     batch = processor.training_batch([report], [list(images)])
-    _, maps = capture_attention(model, batch)
     prompt_length = len(processor.tokenizer(processor.study_prompt(len(images)))["input_ids"])
     words = sorted({word for group in FINDING_WORDS.values() for word in group})
     positions = word_token_positions(processor, report, words, prompt_length)
     size = images[0].size[::-1]
     if positions:
-        return tokens_heatmap(maps, positions, size), "attention of the words naming findings"
-    return tokens_heatmap(maps, range(prompt_length, int(batch["attention_mask"].sum())), size), \
-        "attention of the report's words"
+        return words_heatmap(model, batch, positions, size), "evidence for the words naming findings"
+    return words_heatmap(model, batch, range(prompt_length, int(batch["attention_mask"].sum())), size), \
+        "evidence for the report's words"
 
 
 def _believed(row: pd.Series) -> str:

@@ -66,13 +66,13 @@ def test_finding_words_map_to_their_report_tokens(tiny):
 def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_control(tiny_open):
     from flamingo_lib.data.phantom.dataset import PhantomCXR
     from flamingo_lib.evaluation.box_grounding import bounding_box
-    from flamingo_lib.evaluation.grounding import BOX_COLUMNS
+    from flamingo_lib.evaluation.grounding import BOX_COLUMNS, CELL_COLUMNS
 
     model, processor = tiny_open
     samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=12) if s.masks]
     results = pointing_game(model, processor, samples)
     assert not results.empty and list(results.columns) == ["id", "finding", "hit", "chance", "shuffled_hit",
-                                                           *BOX_COLUMNS]
+                                                           *CELL_COLUMNS, *BOX_COLUMNS]
     for row in results.itertuples():
         sample = next(s for s in samples if s.id == row.id)
         assert row.chance == pytest.approx(sample.masks[row.finding].mean())
@@ -80,6 +80,12 @@ def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_contr
         assert row.box_area == pytest.approx((box[2] - box[0]) * (box[3] - box[1]) / sample.masks[row.finding].size)
     summary = pointing_summary(results)
     assert summary.loc["all", "n"] == len(results)
+    # the raw attention's game scores the same findings, with its own maps
+    attention = pointing_game(model, processor, samples, method="attention")
+    assert attention[["id", "finding", "chance"]].equals(results[["id", "finding", "chance"]])
+    assert not attention["mass_in_box"].equals(results["mass_in_box"])
+    with pytest.raises(ValueError, match="unknown map method 'peak'"):
+        pointing_game(model, processor, samples, method="peak")
 
 
 def test_pointing_tests_are_exact_against_chance_and_paired_against_the_shuffled_control():
@@ -100,3 +106,112 @@ def test_pointing_tests_are_exact_against_chance_and_paired_against_the_shuffled
     # chance of 1 per finding: hits are certain, no evidence above chance
     assert pointing_tests(rows.assign(chance=1.0))["p_vs_chance"] == pytest.approx(1.0)
     assert pointing_tests(rows.iloc[:0])["n"] == 0
+
+
+def _report_batch(processor, image_embeddings=None):
+    batch = processor.training_batch(["Small left pleural effusion. Heart size normal."], [[xray_like(3)]])
+    if image_embeddings is not None:
+        batch = {k: v for k, v in batch.items() if k != "pixel_values"} | {"image_embeddings": image_embeddings}
+    return batch
+
+
+def test_evidence_is_the_gradient_weighted_attention_computed_by_hand(tiny_open, monkeypatch):
+    """Per layer mean_h (A * dy/dA)+ in the rollout and on the latents, from weights kept by hand."""
+    import flamingo_lib.modeling.cross_attention as cross_attention
+    import flamingo_lib.modeling.resampler as resampler
+    from flamingo_lib.modeling.attention_maps import capture_evidence
+
+    model, processor = tiny_open
+    batch = _report_batch(processor)
+    positions = [int(batch["attention_mask"][0].sum()) - 3, int(batch["attention_mask"][0].sum()) - 2]
+    maps = capture_evidence(model, batch, positions)
+
+    kept, attend = [], resampler.attend
+    def keeping(q, k, v, mask, keep_weights):  # noqa: E306
+        out, weights = attend(q, k, v, mask, True)
+        kept.append(weights)
+        return out, weights
+    monkeypatch.setattr(resampler, "attend", keeping)
+    monkeypatch.setattr(cross_attention, "attend", keeping)
+    with torch.no_grad():
+        tokens = model.flamingo.encode_visuals(batch["pixel_values"])
+    tokens.requires_grad_(True)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "pixel_values")}
+    logits = model(**inputs, image_embeddings=tokens).logits[0].log_softmax(-1)
+    score = sum(logits[p - 1, batch["input_ids"][0, p]] for p in positions)
+    grads = torch.autograd.grad(score, kept)
+    depth, n = len(model.flamingo.perceiver.layers), model.config.resampler_num_latents
+    rollout = torch.zeros(n, maps.num_patches)
+    for weights, grad in zip(kept[:depth], grads[:depth]):
+        layer = (weights * grad)[0].clamp(min=0).mean(0)
+        layer = layer / layer.sum(-1, keepdim=True)
+        rollout = rollout + layer[:, :maps.num_patches] + layer[:, maps.num_patches:] @ rollout
+    rollout = rollout / rollout.sum(-1, keepdim=True)
+    on_latents = sum((w * g)[0, ..., :n].clamp(min=0).mean(0).sum(0) for w, g in zip(kept[depth:], grads[depth:]))
+    expected = (on_latents / on_latents.sum()) @ rollout
+    assert torch.allclose(maps.evidence(), expected.detach(), atol=1e-6)
+    assert maps.evidence().sum() == pytest.approx(1.0, abs=1e-5) and maps.evidence().min() >= 0
+    assert all(p.grad is None for p in model.parameters()), "no parameter's gradient is touched"
+
+
+def test_evidence_moves_with_the_patches_it_came_from(tiny_open):
+    """The resampler has no position of its own: the same patch tokens in another order are the same
+    film rearranged, and each patch keeps its evidence."""
+    from flamingo_lib.modeling.attention_maps import capture_evidence
+
+    model, processor = tiny_open
+    with torch.no_grad():
+        tokens = model.flamingo.encode_visuals(_report_batch(processor)["pixel_values"])
+    order = torch.randperm(tokens.shape[2], generator=torch.Generator().manual_seed(0))
+    positions = [int(_report_batch(processor)["attention_mask"][0].sum()) - 2]
+    own = capture_evidence(model, _report_batch(processor, tokens), positions).evidence()
+    moved = capture_evidence(model, _report_batch(processor, tokens[:, :, order]), positions).evidence()
+    assert torch.allclose(moved, own[order], atol=1e-6)
+    assert not torch.allclose(own, own[order], atol=1e-6)  # the test can tell a moved map from the same one
+
+
+def test_words_before_the_film_draw_no_evidence_and_plain_maps_have_none(tiny_open):
+    from flamingo_lib.modeling.attention_maps import capture_evidence
+
+    model, processor = tiny_open
+    batch = processor(["Prior film compared.<image>Findings: effusion."], [[xray_like(0)]])
+    image_pos = int(batch["media_locations"][0].nonzero()[0])
+    before = capture_evidence(model, batch, [image_pos - 1]).evidence()
+    assert torch.equal(before, torch.zeros_like(before))
+    after = capture_evidence(model, batch, [image_pos + 2])
+    assert after.evidence().sum() == pytest.approx(1.0, abs=1e-5)
+    assert not torch.allclose(after.evidence(layer=0, head=1), after.evidence(), atol=1e-6)
+    with pytest.raises(ValueError, match="hold no gradients"):
+        capture_attention(model, batch)[1].evidence()
+    with pytest.raises(ValueError, match=r"positions in 1\.\."):
+        capture_evidence(model, batch, [0])
+    with pytest.raises(ValueError, match="not resampled visual_features"):
+        capture_evidence(model, {**batch, "visual_features": torch.zeros(1)}, [image_pos + 2])
+    assert all(m.last_attention_grad is None for m in model.modules() if hasattr(m, "last_attention_grad"))
+
+
+def test_the_cell_game_counts_the_cells_a_mask_overlaps_and_the_peak_cell():
+    import pandas as pd
+
+    from flamingo_lib.evaluation.grounding import _cell_hit, cells_overlapped, pointing_tests
+
+    mask = np.zeros((224, 224), bool)
+    mask[20:23, 20:23] = True  # a 3 x 3 px lesion inside cell (1, 1) of a 14 x 14 grid of 16 px cells
+    cells = cells_overlapped(mask, 14)
+    assert cells.sum() == 1 and cells[1, 1]
+    mask[30:34, 20:23] = True  # reaches across row 32, into cell (2, 1)
+    assert cells_overlapped(mask, 14).sum() == 2
+    relevance = torch.zeros(196)
+    relevance[1 * 14 + 1] = 1.0
+    assert _cell_hit(relevance, cells) and not _cell_hit(relevance.roll(1), cells)
+    # the upsampled map peaks at the cell's centre (24, 24), which a lesion in the cell's corner misses:
+    # only the cell game hits it
+    corner = np.zeros((224, 224), bool)
+    corner[17:20, 17:20] = True
+    assert not _hit(relevance_to_heatmap(relevance, (224, 224)), corner)
+    assert _cell_hit(relevance, cells_overlapped(corner, 14))
+    rows = pd.DataFrame({"hit": [False, False], "chance": [0.01, 0.01], "shuffled_hit": [False, False],
+                         "cell_hit": [True, True], "cell_chance": [0.1, 0.1], "shuffled_cell_hit": [False, True]})
+    assert pointing_tests(rows)["hits"] == 0 and pointing_tests(rows, "cell")["hits"] == 2
+    with pytest.raises(ValueError, match="unknown pointing level 'patch'"):
+        pointing_tests(rows, "patch")

@@ -376,7 +376,7 @@ def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
 
     normal = next(s for s in test if not s.masks)
     heatmap, mask, title, finding = case_heatmap(pipeline, normal)
-    assert mask is None and finding is None and title == "attention of the report's tokens"
+    assert mask is None and finding is None and title == "evidence for the report's words"
     assert abs(heatmap.sum() - 1) < 1e-4
     # a study with a mask whose finding its report does not name is mapped over the whole report,
     # so the figure of grounding is the first study whose report names a masked finding

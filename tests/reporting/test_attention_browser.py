@@ -46,3 +46,12 @@ def test_moving_the_token_or_picking_a_head_redraws_the_map(browser):
     assert not np.allclose(browser.heatmap, one_head)
     assert browser.mask is not None and browser.outline == "Cardiomegaly"
     assert browser.image.value[:8] == b"\x89PNG\r\n\x1a\n"  # the figure the widget shows
+
+
+def test_the_map_picker_switches_between_the_evidence_and_the_raw_attention(browser):
+    assert browser.method.value == "evidence" and browser.title.startswith("evidence for token")
+    evidence = browser.heatmap.copy()
+    browser.method.value = "attention"
+    assert browser.title.startswith("attention of token") and not np.allclose(browser.heatmap, evidence)
+    browser.method.value = "evidence"
+    assert np.allclose(browser.heatmap, evidence)  # the same token's evidence, drawn again
