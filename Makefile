@@ -78,13 +78,16 @@ $(BASELINES_STAMP): bench/requirements-baselines.txt
 .PHONY: bench-smoke bench-scale
 
 # Full CPU run (~8 min on a 2-core machine; one torch thread, timed by its CPU time: see
-# bench/README.md): writes bench/RESULTS.md and bench/results.json.
+# bench/README.md): writes bench/RESULTS.md and bench/results.json; then the op-call counts
+# (~2 min, deterministic): bench/op_counts.md.
 bench: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench" $(PY) -m bench.run
+	$(PY) -m bench.op_counts
 
 # Toy sizes, one repetition (< 1 min): keeps the benchmark code working; writes bench/.smoke/.
 bench-smoke: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke --compile
+	$(PY) -m bench.op_counts --smoke
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.scale --sizes 200 600 --out bench/.smoke/scale
 
 # The data path at MIMIC-CXR's size (~8 min on 2 cores, ~1.5 GB of temporary disk): synthetic trees of 1k, 10k,

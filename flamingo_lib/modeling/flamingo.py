@@ -188,8 +188,10 @@ class Flamingo(nn.Module):
         for layer in layers:
             state = layer.conditioning
             same_media = reuse_media_kv and state.reuse_media_kv and state.media is visual_features
-            # keep the cached media K/V while the media are the same tensor
-            layer.condition(visual_features, media_time, reuse_media_kv, masks, state.media_kv if same_media else None)
+            # keep the cached media K/V (and the decoding-step weights prepared with them) while
+            # the media are the same tensor: within one generate call
+            layer.condition(visual_features, media_time, reuse_media_kv, masks,
+                            state.media_kv if same_media else None, state.decode if same_media else None)
 
     def forward(
         self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor | None,

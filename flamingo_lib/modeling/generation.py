@@ -27,8 +27,11 @@ class FlamingoGenerationMixin(GenerationMixin):
         ``all_media_seen`` instead: the step then needs no masks (``<image>`` is never generated)."""
         kwargs.pop("media_locations", None)
         inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
-        # input_ids is the whole sequence so far: it counts each study's images (padding is none)
-        inputs["num_images"] = (input_ids == self.config.image_token_id).sum(-1)
+        # input_ids is the whole sequence so far: it counts each study's images (padding is none);
+        # needed only until the call's conditioning media are memoised (two ops a step saved)
+        memo = self._media_memo
+        if memo is None or memo[0] is not inputs.get("visual_features"):
+            inputs["num_images"] = (input_ids == self.config.image_token_id).sum(-1)
         fed = inputs["input_ids"].shape[1]
         if self._all_media_seen_from is not None and input_ids.shape[1] - fed >= self._all_media_seen_from:
             inputs["all_media_seen"] = True

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flamingo_lib.modeling.cross_attention import GatedCrossAttentionBlock, MediaKV, MediaMasks
+from flamingo_lib.modeling.cross_attention import DecodeWeights, GatedCrossAttentionBlock, MediaKV, MediaMasks
 
 
 @dataclass
@@ -33,6 +33,8 @@ class LayerConditioning:
         reuse_media_kv: keep ``media_kv`` once computed (one ``generate`` call).
         media_kv: the media keys/values, when computed and reusable.
         masks: cross-attention masks of ``media_time`` shared by all layers of one pass.
+        decode: the block's prepared decoding-step weights of this ``generate`` call (built
+            at its first step that attends without masks, kept with ``media_kv``).
     """
 
     media: torch.Tensor | None = None
@@ -40,6 +42,7 @@ class LayerConditioning:
     reuse_media_kv: bool = False
     media_kv: MediaKV | None = None
     masks: MediaMasks | None = None
+    decode: DecodeWeights | None = None
 
 
 class FlamingoLayer(nn.Module):
@@ -53,38 +56,65 @@ class FlamingoLayer(nn.Module):
         self.gated_cross_attn = gated_cross_attn
         self.decoder_layer = decoder_layer
         self.conditioning = LayerConditioning()
+        # decoding steps after all images through the prepared weights (:meth:`_decode_step`);
+        # False runs the block's general forward at every step (for comparisons and debugging)
+        self.fuse_decode_steps = True
 
     def condition(self, media: torch.Tensor | None, media_time: torch.Tensor | None, reuse_media_kv: bool = False,
-                  masks: MediaMasks | None = None, media_kv: MediaKV | None = None) -> None:
+                  masks: MediaMasks | None = None, media_kv: MediaKV | None = None,
+                  decode: DecodeWeights | None = None) -> None:
         """Set the media (B, T, n, Dv) and per-token image counts (B, L) for the next forward.
 
         With ``reuse_media_kv`` the media keys/values are computed once and kept until the
         next :meth:`condition` call (one ``generate`` call); ``media_kv`` hands in keys/values
         already computed for these media. ``masks``: the cross-attention masks of
         ``media_time``, built once for all layers (else each layer builds its own).
+        ``decode``: decoding-step weights already prepared for these media (kept like
+        ``media_kv``, and only with it).
         """
         state = self.conditioning
         state.media, state.media_time, state.reuse_media_kv = media, media_time, reuse_media_kv
-        state.media_kv, state.masks = media_kv, masks
+        state.media_kv, state.masks, state.decode = media_kv, masks, decode if media_kv is not None else None
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """``hidden_states`` (B, L, D) plus whatever the wrapped layer takes."""
         state = self.conditioning
         if state.media is not None and state.media.shape[1] > 0:  # no images at all: nothing to attend
-            all_seen = state.masks is not None and state.masks.window is not None  # needs no media_time
+            masks = state.masks
+            all_seen = masks is not None and masks.window is not None  # needs no media_time
             if not all_seen and (state.media_time is None or state.media_time.shape != hidden_states.shape[:2]):
                 got = None if state.media_time is None else tuple(state.media_time.shape)
                 raise ValueError(f"media_time has shape {got}, expected {tuple(hidden_states.shape[:2])}")
+            block = self.gated_cross_attn
             kv = state.media_kv
             if kv is None and state.reuse_media_kv:
-                kv = state.media_kv = self.gated_cross_attn.attn.media_kv(state.media)
-            # The block computes in its own (float32) dtype and hands back the LM's: a no-op for
-            # a float32 LM, and exact for text a shut gate leaves alone (bf16 -> fp32 -> bf16).
-            block_dtype = self.gated_cross_attn.attn_gate.dtype
-            hidden_states = self.gated_cross_attn(
-                hidden_states.to(block_dtype), state.media, state.media_time, kv, state.masks
-            ).to(hidden_states.dtype)
+                kv = state.media_kv = block.attn.media_kv(state.media)
+            if (all_seen and state.reuse_media_kv and self.fuse_decode_steps and hidden_states.shape[1] == 1
+                    and not block.attn.keep_attention and not torch.is_grad_enabled()):
+                hidden_states = self._decode_step(hidden_states, kv, masks.window)
+            else:
+                # The block computes in its own (float32) dtype and hands back the LM's: exact
+                # for text a shut gate leaves alone (bf16 -> fp32 -> bf16). Casts only where the
+                # dtypes differ: a same-dtype ``.to`` is still an op call per layer and step.
+                block_dtype, lm_dtype = block.attn_gate.dtype, hidden_states.dtype
+                x = hidden_states if lm_dtype == block_dtype else hidden_states.to(block_dtype)
+                x = block(x, state.media, state.media_time, kv, masks)
+                hidden_states = x if x.dtype == lm_dtype else x.to(lm_dtype)
         return self.decoder_layer(hidden_states, *args, **kwargs)
+
+    def _decode_step(self, hidden_states: torch.Tensor, kv: MediaKV, window: tuple[int, int]) -> torch.Tensor:
+        """The block on one new token per sample of a ``generate`` call (B, 1, D), through
+        :meth:`GatedCrossAttentionBlock.decode_step` with the weights prepared at the call's
+        first such step (~45 op calls a step, where :meth:`forward` takes ~95)."""
+        state, block = self.conditioning, self.gated_cross_attn
+        decode = state.decode
+        if decode is None or decode.window != window:
+            decode = state.decode = block.decode_weights(kv, window, hidden_states.device.type)
+        b, _, d = hidden_states.shape
+        block_dtype, lm_dtype = block.attn_gate.dtype, hidden_states.dtype
+        x = hidden_states.view(b, d)
+        x = block.decode_step(x if lm_dtype == block_dtype else x.to(block_dtype), decode)
+        return (x if x.dtype == lm_dtype else x.to(lm_dtype)).view(b, 1, d)
 
     def __getattr__(self, name: str) -> Any:
         # Some LMs read attributes of their layers (e.g. `attention_type`): delegate them.

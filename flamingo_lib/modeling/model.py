@@ -23,6 +23,7 @@ from flamingo_lib.modeling.heads.findings import findings_loss
 from flamingo_lib.modeling.heads.predictions import FindingsPredictionMixin
 from flamingo_lib.modeling.flamingo import Flamingo
 from flamingo_lib.modeling.generation import FlamingoGenerationMixin
+from flamingo_lib.modeling.lm_injection import lm_flamingo_layers
 from flamingo_lib.modeling.loss import LOSS_REDUCTIONS, causal_lm_loss
 from flamingo_lib.io import atomic_path, write_text_atomic
 from flamingo_lib.modeling.saved_files import check_complete, saving
@@ -95,6 +96,20 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             for block in (m for m in self.flamingo.lm.modules() if hasattr(m, "gated_cross_attn")):
                 block.gated_cross_attn.train()
         return self
+
+    @property
+    def fuse_decode_steps(self) -> bool:
+        """Whether ``generate``'s decoding steps after all images run each cross-attention block
+        through weights prepared once per call (~45 op calls a block and step instead of
+        ~95: :meth:`~flamingo_lib.modeling.cross_attention.GatedCrossAttentionBlock.decode_step`);
+        the same tokens up to float rounding. False runs the blocks' general forward at every
+        step, as before that path existed: kept switchable for benchmarks and tests."""
+        return all(layer.fuse_decode_steps for layer in lm_flamingo_layers(self.flamingo.lm))
+
+    @fuse_decode_steps.setter
+    def fuse_decode_steps(self, value: bool) -> None:
+        for layer in lm_flamingo_layers(self.flamingo.lm):
+            layer.fuse_decode_steps = value
 
     # ------------------------------------------------------------------ parts and freezing
     def freeze_lm(self) -> None:

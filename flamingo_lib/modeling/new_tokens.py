@@ -44,7 +44,8 @@ class DecoupledEmbedding(nn.Module):
         # GPU wait for the host at every forward, every decoding step included.
         rows = torch.searchsorted(self.new_token_ids, input_ids.contiguous()).clamp(max=len(self.new_token_ids) - 1)
         new = F.embedding(rows, self.new_rows) * getattr(self.base, "embed_scale", 1.0)
-        return torch.where(is_new[..., None], new.to(out.dtype), out)
+        # cast only where the dtypes differ: a same-dtype ``.to`` is still an op call per step
+        return torch.where(is_new[..., None], new if new.dtype == out.dtype else new.to(out.dtype), out)
 
 
 class DecoupledLMHead(nn.Module):
@@ -77,9 +78,11 @@ class DecoupledLMHead(nn.Module):
         extra = self.num_logits - logits.shape[-1]
         if extra > 0:
             logits = F.pad(logits, (0, extra))
-        bias = None if self.new_logit_bias is None else self.new_logit_bias.to(hidden_states.dtype)
-        new = F.linear(hidden_states, self.new_rows.to(hidden_states.dtype), bias).to(logits.dtype)
-        return logits.index_copy(-1, self.new_token_ids, new)
+        dtype = hidden_states.dtype  # (casts only where the dtypes differ: each ``.to`` is an op call per step)
+        bias, rows = self.new_logit_bias, self.new_rows
+        bias = bias if bias is None or bias.dtype == dtype else bias.to(dtype)
+        new = F.linear(hidden_states, rows if rows.dtype == dtype else rows.to(dtype), bias)
+        return logits.index_copy(-1, self.new_token_ids, new if new.dtype == logits.dtype else new.to(logits.dtype))
 
 
 def add_token_rows(lm: nn.Module, new_token_ids: list[int], generator: torch.Generator) -> nn.Parameter:
