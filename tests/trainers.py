@@ -30,3 +30,20 @@ def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, num_workers=0, 
                  findings_loss_weight=0.0, ff_gate_lr_mult=None) | overrides
     train_config = TrainConfig(out_dir=str(tmp_path), max_steps=max_steps, **knobs)
     return Trainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), train_config, num_workers=num_workers)
+
+
+def make_reward_trainer(tmp_path, max_steps=4, labeler=None, feature_cache_root=None, **overrides):
+    """The reward stage on the toy studies: a tiny-random model, 2 samples per study, short reports."""
+    from flamingo_lib.training.reward_trainer import RewardConfig, RewardTrainer
+
+    config = FlamingoConfig.from_preset("tiny-random")
+    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    cache = None
+    if feature_cache_root is not None:
+        cache = FeatureCache(feature_cache_root, model, processor)
+        cache.build([s.images[0] for s in SAMPLES], progress=False)
+    knobs = dict(batch_size=2, samples_per_study=2, max_new_tokens=6, lr=3e-3, eval_every=2, save_every=2,
+                 progress=False, findings_loss_weight=0.0, ff_gate_lr_mult=None) | overrides
+    reward_config = RewardConfig(out_dir=str(tmp_path), max_steps=max_steps, **knobs)
+    return RewardTrainer(model, SAMPLES, SAMPLES[:2], ReportCollator(processor, cache), reward_config,
+                         labeler=labeler)

@@ -46,6 +46,16 @@ def coco_inputs(references: Sequence[str], hypotheses: Sequence[str]
             {i: [normalise_report(h) or "<empty>"] for i, h in enumerate(hypotheses)})
 
 
+def sentence_bleu(references: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
+    """BLEU-4 of each hypothesis against its reference (pycocoevalcap's per-sentence scores, the texts
+    normalised as :func:`nlg_metrics` normalises them): the reward stage's fluency term."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    gts, res = coco_inputs(references, hypotheses)
+    _, per_sentence = Bleu(4).compute_score(gts, res, verbose=0)
+    return [float(v) for v in per_sentence[3]]
+
+
 def nlg_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr over the corpus.
 

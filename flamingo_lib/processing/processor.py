@@ -170,10 +170,19 @@ class FlamingoProcessor:
         images = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
         if prompts is None:
             prompts = [self.study_prompt(len(views)) for views in images]
-        elif isinstance(prompts, str):
+        if len(images) != len(reports):
+            raise ValueError(f"got {len(reports)} reports and {len(images)} image lists")
+        batch = self.text_batch(reports, prompts)
+        labels = batch.pop("labels")
+        return {**self._attach_images(batch, images), "labels": labels}
+
+    def text_batch(self, reports: Sequence[str], prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """:meth:`training_batch` without the images (for media given another way, e.g. a feature
+        cache's patch tokens): input_ids, attention_mask, media_locations and labels, (B, L) each."""
+        if isinstance(prompts, str):
             prompts = [prompts] * len(reports)
-        if not (len(prompts) == len(reports) == len(images)):
-            raise ValueError(f"got {len(reports)} reports, {len(images)} image lists and {len(prompts)} prompts")
+        if len(prompts) != len(reports):
+            raise ValueError(f"got {len(reports)} reports and {len(prompts)} prompts")
         ids, prompt_lengths = [], []
         for prompt, report in zip(prompts, reports):
             prompt_ids = self.tokenizer(prompt)["input_ids"]
@@ -181,14 +190,12 @@ class FlamingoProcessor:
             ids.append(prompt_ids + target_ids)
             prompt_lengths.append(len(prompt_ids))
         padded = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt", padding_side="right")
-        batch = {
+        return {
             "input_ids": padded["input_ids"],
             "attention_mask": padded["attention_mask"],
             "media_locations": self.get_media_locations(padded["input_ids"]),
+            "labels": self.build_labels(padded["input_ids"], padded["attention_mask"], prompt_lengths),
         }
-        with_images = self._attach_images(batch, images)
-        with_images["labels"] = self.build_labels(batch["input_ids"], batch["attention_mask"], prompt_lengths)
-        return with_images
 
     def _attach_images(self, batch: dict, images: Any) -> dict:
         """Check one image per ``<image>`` token in each sample; add pixel_values (B, T, 3, H, W)."""

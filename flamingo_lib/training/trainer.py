@@ -52,6 +52,7 @@ class ReportCollator:
         self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
         self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
         self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
+        self.with_reports = False  # the reward stage sets it: the batch then also holds the report texts
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         images = [list(s.images) for s in samples]
@@ -63,6 +64,8 @@ class ReportCollator:
             targets = self.finding_targets.with_readings if self.reading_targets else self.finding_targets.for_samples
             batch["finding_labels"] = targets(samples, self.findings_targets)
         batch["ids"] = [s.id for s in samples]
+        if self.with_reports:
+            batch["reports"] = [s.report for s in samples]
         return batch
 
 
@@ -126,6 +129,9 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.progress: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "history": [], "nonfinite": []}
         self.resumed = False
+        # what a subclass logs per step beside the losses (metrics.csv columns, filled by _batch_loss)
+        self.extra_metrics: tuple[str, ...] = ()
+        self.step_logs: dict[str, float] = {}
 
     @property
     def unwrapped(self) -> Any:
@@ -188,6 +194,7 @@ class Trainer:
         for start in starts:
             batch = self._to_device(self.collator([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))]))
             batch.pop("ids")
+            batch.pop("reports", None)
             batch.pop("finding_labels", None)  # the LM loss only: the head's loss would be computed for nothing
             with self.accelerator.autocast():
                 loss = self.model(**batch, loss_reduction="sum").loss
@@ -239,7 +246,7 @@ class Trainer:
                     self.tensorboard.add_scalar(key, row[key], row["step"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "metrics.csv"
-        fields = ["step", "epoch", "train_loss", "val_loss", "lr", "samples_per_s"]
+        fields = ["step", "epoch", "train_loss", "val_loss", "lr", "samples_per_s", *self.extra_metrics]
         if self.config.findings_loss_weight:  # only then: a run resumed from before it keeps its columns
             fields.insert(4, "findings_loss")
         new = not path.exists()
@@ -301,16 +308,10 @@ class Trainer:
                 sync = micro == cfg.grad_accum - 1
                 context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
                 with context, self.accelerator.autocast():
-                    if world > 1:
-                        out, lm_loss = self._global_token_mean(batch)
-                    else:
-                        out = self.model(**batch)
-                        lm_loss = out.loss
-                    loss = lm_loss / cfg.grad_accum
-                    if cfg.findings_loss_weight:  # a mean over studies: every process has as many
-                        findings = out.findings_loss / cfg.grad_accum
-                        loss = loss + cfg.findings_loss_weight * findings
-                        step_findings_loss += self._mean_over_processes(findings.detach())
+                    total, lm_loss, findings = self._batch_loss(batch, indices)
+                    loss = total / cfg.grad_accum
+                    if findings is not None:
+                        step_findings_loss += self._mean_over_processes(findings.detach()) / cfg.grad_accum
                 if not self._finite_everywhere(loss):
                     finite = False
                     break
@@ -344,6 +345,8 @@ class Trainer:
                    "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
             if cfg.findings_loss_weight:
                 row["findings_loss"] = step_findings_loss
+            row |= self.step_logs
+            self.step_logs = {}
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 row["val_loss"] = self.validation_loss()
             self._write_metrics(row)
@@ -355,6 +358,20 @@ class Trainer:
         bar.close()
         del batches  # shuts the workers down
         return self._summary()
+
+    def _batch_loss(self, batch: dict[str, Any], indices: Sequence[int]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The loss to minimise on one (micro-)batch of the samples at ``indices``, the LM loss (logged,
+        comparable to ``val_loss``) and the findings head's (None without it)."""
+        if self.accelerator.num_processes > 1:
+            out, lm_loss = self._global_token_mean(batch)
+        else:
+            out = self.model(**batch)
+            lm_loss = out.loss
+        if not self.config.findings_loss_weight:
+            return lm_loss, lm_loss, None
+        # the findings loss is a mean over studies: every process has as many
+        return lm_loss + self.config.findings_loss_weight * out.findings_loss, lm_loss, out.findings_loss
 
     def _global_token_mean(self, batch: dict[str, Any]) -> tuple[Any, torch.Tensor]:
         """The model's output on this process's part of the batch, and its LM loss scaled so that
