@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 
 from flamingo_lib.cli import console_command
 from flamingo_lib.io import atomic_path
-from flamingo_lib.pipeline.settings import DataSettings, EvalSettings, ModelSettings, PipelineSettings
+from flamingo_lib.pipeline.settings import DataSettings, EvalSettings, ModelSettings, PipelineSettings, RewardSettings
 from flamingo_lib.pipeline.steps import Pipeline
 from flamingo_lib.reporting.run_page import build_run_report, headline
 from flamingo_lib.training.config import TrainConfig
@@ -36,12 +36,14 @@ class DemoOptions:
 
 def parse(argv: list[str] | None = None) -> tuple[PipelineSettings, DemoOptions]:
     """The command line as the pipeline's settings and the demo's options."""
-    parser = HfArgumentParser((ModelSettings, DataSettings, TrainConfig, EvalSettings, DemoOptions),
+    parser = HfArgumentParser((ModelSettings, DataSettings, TrainConfig, RewardSettings, EvalSettings, DemoOptions),
                               prog="flamingo-demo", description=__doc__)
-    model, data, train, evaluation, options = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    model, data, train, reward, evaluation, options = parser.parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False)
     if train.out_dir != TrainConfig.out_dir:
         parser.error("--out_dir: the demo trains into RUN_DIR/train; set --run_dir instead")
-    return PipelineSettings(run_dir=options.run_dir, model=model, data=data, train=train, eval=evaluation), options
+    return PipelineSettings(run_dir=options.run_dir, model=model, data=data, train=train, reward=reward,
+                            eval=evaluation), options
 
 
 def main(argv: list[str] | None = None) -> Path:

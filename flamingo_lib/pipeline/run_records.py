@@ -1,6 +1,7 @@
 """What a trained run left behind, read back: its saved model, how it loaded its training data,
 and the findings-guided setup its evaluation picked. Two layouts are runs: the pipeline's
-(``RUN/train/model``, ``RUN/train/summary.json``, ``RUN/eval/``) and ``python -m flamingo_lib.cli.train``'s
+(``RUN/train/model``, ``RUN/train/summary.json``, ``RUN/eval/``; ``RUN/reward/`` likewise after the
+reward stage) and ``python -m flamingo_lib.cli.train``'s
 (``OUT/model``, ``OUT/summary.json``); a bare ``save_pretrained`` directory is a model without a run.
 """
 
@@ -45,13 +46,14 @@ def _check_fields(path: Path, record: dict[str, Any], fields: dict[str, Any]) ->
 
 def model_directory(path: str | Path) -> Path:
     """The saved model a path names: itself when it holds ``config.json`` and ``model.safetensors``,
-    else a run directory's ``train/model`` (the pipeline's) or ``model`` (the training command's).
+    else a run directory's ``reward/model`` (the pipeline's reward stage, the run's model when it
+    ran), ``train/model`` (the pipeline's) or ``model`` (the training command's).
 
     Raises:
         FileNotFoundError: none of them, naming the places looked at.
     """
     path = Path(path)
-    candidates = (path, path / "train" / "model", path / "model")
+    candidates = (path, path / "reward" / "model", path / "train" / "model", path / "model")
     for candidate in candidates:
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
@@ -97,7 +99,7 @@ def recorded_guided_setup(model_dir: Path) -> dict[str, Any] | None:
     """The findings-guided setup the model's run picked on its val split (``eval/guided_decoding.json``
     of a pipeline run: threshold, candidates, temperature, top_p), or None when it recorded none."""
     path = model_dir.parent.parent / "eval" / GUIDED_SETUP_FILE
-    if not (model_dir.parent.name == "train" and path.is_file()):
+    if not (model_dir.parent.name in ("train", "reward") and path.is_file()):
         return None
     setup = _read_json(path)
     if not isinstance(setup, dict):

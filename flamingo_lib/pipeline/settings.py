@@ -4,6 +4,7 @@ layer, each field declared once with its default.
 - :class:`ModelSettings`: the preset and what the workbench sets on its ``FlamingoConfig``;
 - :class:`DataSettings`: the data source and how much of each split is read;
 - :class:`~flamingo_lib.training.config.TrainConfig`: the training recipe;
+- :class:`RewardSettings`: the optional reward fine-tuning after the supervised training;
 - :class:`EvalSettings`: decoding, findings-guided decoding and the finding-usage measurement.
 
 :meth:`PipelineSettings.training_key` names the settings a trained model depends on; the pipeline
@@ -164,8 +165,47 @@ class EvalSettings:
                      above={"guided_temperature": 0})
 
 
+@dataclass
+class RewardSettings:
+    """The reward fine-tuning stage after the supervised one
+    (:mod:`flamingo_lib.training.reward_trainer`); off at 0 steps. Its other knobs (clipping, weight
+    decay, gates' learning rates, findings loss, seed) are the supervised recipe's."""
+
+    reward_steps: int = field(default=0, metadata={"help": (
+        "reward fine-tuning steps after the supervised training (0: none); the run's model is then RUN/reward/model")})
+    reward_lr: float = field(default=3e-4, metadata={"help": "the reward stage's learning rate"})
+    reward_batch_size: int = field(default=8, metadata={"help": "studies per reward step"})
+    reward_samples: int = field(default=4, metadata={"help": "reports sampled per study and reward step"})
+    reward_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of those reports"})
+    reward_baseline: str = field(default="greedy", metadata={"help": (
+        "'greedy' (self-critical) or 'group' (GRPO's mean over the study's samples)")})
+    reward_anchor: float = field(default=1.0, metadata={"help": "weight of the supervised loss on the references"})
+    reward_fluency: float = field(default=0.0, metadata={"help": "weight of sentence BLEU-4 in the reward"})
+
+    def reward_config(self, train: TrainConfig, out_dir: str | Path) -> Any:
+        """The stage's :class:`~flamingo_lib.training.reward_trainer.RewardConfig` (checked here)."""
+        from flamingo_lib.training.reward_trainer import RewardConfig
+
+        shared = {k: v for k, v in dataclasses.asdict(train).items()
+                  if k not in ("out_dir", "max_steps", "lr", "batch_size", "warmup_steps", "grad_accum")}
+        return RewardConfig(**shared, out_dir=str(out_dir), max_steps=self.reward_steps, lr=self.reward_lr,
+                            batch_size=self.reward_batch_size, samples_per_study=self.reward_samples,
+                            temperature=self.reward_temperature, baseline=self.reward_baseline,
+                            anchor_weight=self.reward_anchor, fluency_weight=self.reward_fluency,
+                            max_new_tokens=60)
+
+    def __post_init__(self) -> None:  # before minutes of training, not after them
+        if self.reward_steps:
+            self.reward_config(TrainConfig(), "unused")
+
+    def key(self) -> dict[str, Any]:
+        """The settings the stage's weights depend on (empty when the stage is off)."""
+        return dataclasses.asdict(self) if self.reward_steps else {}
+
+
 #: The members of :class:`PipelineSettings` and the class of each.
-MEMBERS = {"model": ModelSettings, "data": DataSettings, "train": TrainConfig, "eval": EvalSettings}
+MEMBERS = {"model": ModelSettings, "data": DataSettings, "train": TrainConfig, "reward": RewardSettings,
+           "eval": EvalSettings}
 
 
 @dataclass
@@ -180,6 +220,7 @@ class PipelineSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardSettings = field(default_factory=RewardSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     @classmethod

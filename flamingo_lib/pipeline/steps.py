@@ -2,7 +2,8 @@
 -> evaluate -> attention maps -> report. ``make demo``, the notebooks and scripts all call it, so
 a notebook run on its own rebuilds whatever upstream artefact is missing and reuses the rest.
 
-Artefacts live in ``run_dir``: ``train/`` (checkpoint, metrics, ``model/``), ``eval/`` (results,
+Artefacts live in ``run_dir``: ``train/`` (checkpoint, metrics, ``model/``), ``reward/`` (the same, of
+the optional reward fine-tuning; its ``model/`` is then the run's model), ``eval/`` (results,
 generations, protocol), ``grounding.csv`` and ``report.html``.
 """
 
@@ -43,7 +44,7 @@ class Pipeline:
         from flamingo_lib.modeling.model import FlamingoModel
         from flamingo_lib.processing.processor import FlamingoProcessor
 
-        model_dir = self.run_dir / "train" / "model"
+        model_dir = self.model_dir
         if self.is_trained():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
         config = self.settings.flamingo_config()
@@ -100,12 +101,28 @@ class Pipeline:
         m = self.settings.model
         return embedded_builds(FlamingoConfig.from_preset(m.preset, m.pretrain_scale, seed=self.settings.train.seed))
 
+    @property
+    def model_dir(self) -> Path:
+        """The run's model: the reward stage's (``reward/model``) when it is on, else the supervised one's."""
+        return self.run_dir / ("reward" if self.settings.reward.reward_steps else "train") / "model"
+
+    def _model_key(self) -> dict[str, Any]:
+        """The settings the run's model depends on: the training key, and the reward stage's when it is on."""
+        reward = self.settings.reward.key()
+        return self.settings.training_key() | ({"reward": reward} if reward else {})
+
     def is_trained(self) -> bool:
         """The saved model was trained with these settings *and* on the encoder builds the preset
         resolves to now: after a change of the build code or the phantom data, the same settings
-        would otherwise serve a model whose cross-attention sits on other frozen features."""
-        model_dir = self.run_dir / "train" / "model"
-        summary = self.run_dir / "train" / "summary.json"
+        would otherwise serve a model whose cross-attention sits on other frozen features. With
+        the reward stage on, both stages were."""
+        if not self._stage_trained("train", self.settings.training_key()):
+            return False
+        return not self.settings.reward.reward_steps or self._stage_trained("reward", self._model_key())
+
+    def _stage_trained(self, stage: str, key: dict[str, Any]) -> bool:
+        """``RUN/stage`` holds a complete model whose summary records ``key`` and the current encoder builds."""
+        model_dir, summary = self.run_dir / stage / "model", self.run_dir / stage / "summary.json"
         if not (summary.exists() and (model_dir / "model.safetensors").exists()):
             return False
         try:
@@ -113,21 +130,22 @@ class Pipeline:
         except ValueError:  # a save interrupted midway: train again (from the checkpoint if it is unfinished)
             return False
         saved_key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
-        if saved_key is None or self._saved_training_key(saved_key) != self.settings.training_key():
+        if saved_key is None or self._saved_training_key(saved_key) != key:
             return False
         trained_on = json.loads((model_dir / "config.json").read_text()).get("embedded_builds") or {}
         return trained_on == self._current_encoder_builds
 
-    def _interrupted_training(self) -> bool:
-        """``train/`` holds a checkpoint of a training under these very settings and encoder builds
+    def _interrupted_training(self, stage: str = "train") -> bool:
+        """``RUN/stage`` holds a checkpoint of a training under these very settings and encoder builds
         that did not finish."""
         from flamingo_lib.training.checkpoint import checkpoint_record
 
-        checkpoint = checkpoint_record(self.run_dir / "train") or {"settings": {}, "step": 0}
+        key, steps = ((self.settings.training_key(), self.settings.train.max_steps) if stage == "train"
+                      else (self._model_key(), self.settings.reward.reward_steps))
+        checkpoint = checkpoint_record(self.run_dir / stage) or {"settings": {}, "step": 0}
         record = checkpoint["settings"].get("extra", {})
         saved = record.get("pipeline")
-        return (saved is not None and checkpoint["step"] < self.settings.train.max_steps
-                and self._saved_training_key(saved) == self.settings.training_key()
+        return (saved is not None and checkpoint["step"] < steps and self._saved_training_key(saved) == key
                 and record.get("encoder_builds") == self._current_encoder_builds)
 
     @staticmethod
@@ -154,7 +172,7 @@ class Pipeline:
         s = self.settings
         from flamingo_lib.labeling.version import rules_version
 
-        return {"training": s.training_key(), "max_test_samples": s.data.max_test_samples,
+        return {"training": self._model_key(), "max_test_samples": s.data.max_test_samples,
                 "num_beams": s.eval.num_beams, "max_new_tokens": s.eval.max_new_tokens,
                 "labeler": rules_version()}  # it scores every result
 
@@ -175,35 +193,57 @@ class Pipeline:
         write_json_atomic(result.with_name(result.name + ".key.json"), self._result_key() | extra, indent=1)
 
     def train(self, force: bool = False) -> dict[str, Any]:
-        """Train on cached features (skipped when this run already trained with these settings)."""
+        """Train on cached features, then fine-tune on the reward when the stage is on (each stage
+        skipped when this run already trained it with these settings); returns the last stage's summary."""
         from flamingo_lib.training.trainer import ReportCollator, Trainer
 
-        summary_path = self.run_dir / "train" / "summary.json"
+        s = self.settings
+        last = self.model_dir.parent / "summary.json"
         if not force and self.is_trained():
             self._film_reference(rebuild=False)  # a run trained before references were kept gets one
-            return json.loads(summary_path.read_text())
-        s = self.settings
+            return json.loads(last.read_text())
         self.__dict__.pop("model_and_processor", None)
-        model, processor = self.model_and_processor
-        # RUN_DIR/train holds the model of other settings, if any: the pipeline replaces it
-        config = replace(s.train, overwrite=True)
-        trainer = Trainer(model, self.splits["train"], self.splits["val"],
-                          ReportCollator(processor, self.feature_cache), config,
-                          record={"pipeline": s.training_key(), "encoder_builds": self._current_encoder_builds},
-                          num_workers=s.data.num_workers)
-        if not force and self._interrupted_training():
-            trainer.resume()  # a killed notebook or demo continues where its last checkpoint stands
-        summary = trainer.fit()
+        if force or not self._stage_trained("train", s.training_key()):
+            model, processor = self.model_and_processor  # untrained: freshly built from the settings
+            # RUN_DIR/train holds the model of other settings, if any: the pipeline replaces it
+            trainer = Trainer(model, self.splits["train"], self.splits["val"],
+                              ReportCollator(processor, self.feature_cache), replace(s.train, overwrite=True),
+                              record={"pipeline": s.training_key(), "encoder_builds": self._current_encoder_builds},
+                              num_workers=s.data.num_workers)
+            if not force and self._interrupted_training():
+                trainer.resume()  # a killed notebook or demo continues where its last checkpoint stands
+            summary = trainer.fit()
+        if s.reward.reward_steps:
+            summary = self._reward_finetune(force)
         self.__dict__.pop("model_and_processor", None)  # reload the saved, trained model next time
         self._film_reference(rebuild=True)  # the one beside an earlier model may be another encoder's
         return summary
+
+    def _reward_finetune(self, force: bool) -> dict[str, Any]:
+        """The reward stage (:mod:`flamingo_lib.training.reward_trainer`) from the supervised model, into ``RUN/reward``."""
+        from flamingo_lib.evaluation.metrics import sentence_bleu
+        from flamingo_lib.modeling.model import FlamingoModel
+        from flamingo_lib.processing.processor import FlamingoProcessor
+        from flamingo_lib.training.reward_trainer import RewardTrainer
+        from flamingo_lib.training.trainer import ReportCollator
+
+        s, supervised = self.settings, self.run_dir / "train" / "model"
+        model, processor = FlamingoModel.from_pretrained(supervised), FlamingoProcessor.from_pretrained(supervised)
+        config = replace(s.reward.reward_config(s.train, self.run_dir / "reward"), overwrite=True)
+        trainer = RewardTrainer(model, self.splits["train"], self.splits["val"],
+                                ReportCollator(processor, self.feature_cache), config,
+                                record={"pipeline": self._model_key(), "encoder_builds": self._current_encoder_builds},
+                                num_workers=s.data.num_workers, fluency=sentence_bleu if config.fluency_weight else None)
+        if not force and self._interrupted_training("reward"):
+            trainer.resume()
+        return trainer.fit()
 
     def _film_reference(self, rebuild: bool) -> None:
         """Save the training films' reference beside the model (:mod:`flamingo_lib.inference.film_reference`),
         from the cached features of the train and val splits, when missing or when ``rebuild``."""
         from flamingo_lib.inference.film_reference import REFERENCE_FILE, build_film_reference
 
-        model_dir = self.run_dir / "train" / "model"
+        model_dir = self.model_dir
         if not rebuild and (model_dir / REFERENCE_FILE).exists():
             return
         model, processor = self.model_and_processor
@@ -211,9 +251,12 @@ class Pipeline:
                              feature_cache=self.feature_cache, seed=self.settings.train.seed,
                              progress=self.settings.train.progress).save(model_dir)
 
-    def training_curves(self) -> pd.DataFrame:
-        """metrics.csv of the training run (step, train_loss, val_loss, lr, samples_per_s)."""
-        return pd.read_csv(self.run_dir / "train" / "metrics.csv")
+    def training_curves(self, stage: str = "train") -> pd.DataFrame:
+        """metrics.csv of the supervised run (step, train_loss, val_loss, lr, samples_per_s), or with
+        ``stage="reward"`` of the reward stage (also reward, baseline_reward, greedy_reward)."""
+        if stage not in ("train", "reward"):
+            raise ValueError(f"stage must be 'train' or 'reward', got {stage!r}")
+        return pd.read_csv(self.run_dir / stage / "metrics.csv")
 
     # ----------------------------------------------------------------------------- evaluate
     def evaluate(self, force: bool = False) -> pd.DataFrame:
