@@ -235,7 +235,7 @@ def relevance_to_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -
 
 def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = None, mask: np.ndarray | None = None,
                  mask_label: str | None = None, colorbar: bool = True) -> Any:
-    """The X-ray with the (H, W) heatmap over it, its colour bar (the share of the attention each
+    """The X-ray with the (H, W) heatmap over it, its colour bar (the share of the map each
     pixel holds) and a ground-truth mask outline, named by ``mask_label`` in the title; returns the Axes."""
     import matplotlib.pyplot as plt
 
@@ -249,7 +249,7 @@ def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = Non
             title = f"{title}\nwhite outline: {mask_label} (ground-truth mask)"
     if colorbar:
         bar = ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
-        bar.set_label("share of attention per pixel", fontsize=7)
+        bar.set_label("share of the map per pixel", fontsize=7)
         bar.ax.tick_params(labelsize=6)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
