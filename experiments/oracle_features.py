@@ -78,8 +78,7 @@ def greedy_reports(model: Any, processor: Any, samples: Sequence[Any], oracle: O
                           padding_side="left")
         batch.pop("pixel_values")
         ids = model.generate(**batch, image_embeddings=oracle(chunk), max_new_tokens=60)
-        texts = processor.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:])
-        reports += [processor.remove_tags(t.split(model.config.eoc_token)[0]) for t in texts]
+        reports += model.new_reports(processor, ids, batch["input_ids"].shape[1])
     return reports
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from flamingo_lib.evaluation.box_grounding import box_scores
-from flamingo_lib.modeling.attention_maps import (AttentionMaps, capture_attention, capture_evidence, patch_grid,
+from flamingo_lib.modeling.attention_maps import (capture_attention, capture_evidence, patch_grid,
                                                   relevance_to_heatmap)
 
 #: The cell game's columns of :func:`pointing_game` (module docstring).
@@ -63,13 +63,6 @@ def word_token_positions(processor: Any, report: str, words: Sequence[str], offs
     spans = [m.span() for w in words for m in re.finditer(rf"\b{re.escape(w)}\b", text, flags=re.IGNORECASE)]
     return [offset + i for i, (start, end) in enumerate(encoding["offset_mapping"])
             if any(start < s_end and end > s_start for s_start, s_end in spans)]
-
-
-def tokens_heatmap(maps: AttentionMaps, positions: Sequence[int], size: tuple[int, int]) -> np.ndarray:
-    """The (H, W) heatmap of ``size`` of the tokens at ``positions`` of sample 0: their patch
-    relevance averaged, upsampled, summing to 1 (:func:`~flamingo_lib.modeling.attention_maps.relevance_to_heatmap`)."""
-    relevance = torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
-    return relevance_to_heatmap(relevance, size)
 
 
 #: How a word's map is made: ``evidence`` (gradient-weighted attention) or ``attention`` (raw).

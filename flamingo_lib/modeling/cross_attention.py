@@ -8,7 +8,6 @@ frozen LM would (docs/prior-art.md, 9 and 11).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from flamingo_lib.modeling.resampler import FeedForward, attend
+from flamingo_lib.modeling.resampler import FeedForward, attend, keep_gradient
 
 MediaKV = tuple[torch.Tensor, torch.Tensor]
 
@@ -151,13 +150,6 @@ class MaskedCrossAttention(nn.Module):
         k, v = self.to_kv(rearrange(media, "b t n d -> b (t n) d")).chunk(2, dim=-1)
         return tuple(rearrange(z, "b j (h d) -> b h j d", h=self.heads) for z in (k, v))  # type: ignore[return-value]
 
-    def _keep_gradient(self, weights: torch.Tensor, layout: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """When a backward pass reaches ``weights``, keep their gradient as ``last_attention_grad``
-        in ``last_attention``'s layout (gradient-weighted maps: :mod:`flamingo_lib.modeling.attention_maps`)."""
-        self.last_attention_grad = None
-        if weights.requires_grad:
-            weights.register_hook(lambda grad: setattr(self, "last_attention_grad", layout(grad)))
-
     def masks(self, media: torch.Tensor, media_time: torch.Tensor, masks: MediaMasks | None = None) -> MediaMasks:
         """``masks`` when they were built for this layer's rule, else built here."""
         if masks is not None and masks.only_immediate == self.only_attend_immediate_media:
@@ -190,12 +182,12 @@ class MaskedCrossAttention(nn.Module):
             start, stop = masks.window
             out, weights = attend(q, k[:, :, start:stop], v[:, :, start:stop], None, self.keep_attention)
             if weights is not None:  # report the weights over all T * n latents, as the masked path does
-                self._keep_gradient(weights, lambda g: F.pad(g, (start, k.shape[2] - stop)))
+                keep_gradient(self, weights, lambda g: F.pad(g, (start, k.shape[2] - stop)))
                 weights = F.pad(weights, (start, k.shape[2] - stop))
         else:
             out, weights = attend(q, k, v, masks.attend, self.keep_attention)
             if weights is not None:
-                self._keep_gradient(weights, lambda g: g)
+                keep_gradient(self, weights, lambda g: g)
             blind = masks.blind[:, None]  # (B, 1, L, 1)
             out = out.masked_fill(blind, 0.0)  # text with no image before it gets nothing
             weights = None if weights is None else weights.masked_fill(blind, 0.0)

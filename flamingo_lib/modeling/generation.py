@@ -118,6 +118,10 @@ class FlamingoGenerationMixin(GenerationMixin):
         device = next(self.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         out = self.generate(**batch, max_new_tokens=max_length, num_beams=num_beams, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        return self.new_reports(processor, out, batch["input_ids"].shape[1])
+
+    def new_reports(self, processor: Any, ids: torch.Tensor, prompt_length: int) -> list[str]:
+        """The reports ``generate`` wrote after a (left-padded) prompt of ``prompt_length`` tokens:
+        ids (N, L) -> N texts, cut at ``<EOC>``, tags removed."""
+        texts = processor.tokenizer.batch_decode(ids[:, prompt_length:], skip_special_tokens=False)
         return [processor.remove_tags(t.split(self.config.eoc_token)[0]) for t in texts]

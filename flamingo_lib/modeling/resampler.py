@@ -6,6 +6,8 @@ embeddings are added to the media, and each layer is attention + feed-forward wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -59,6 +61,15 @@ def attend(
     return torch.einsum("bhij,bhjd->bhid", weights, v), weights
 
 
+def keep_gradient(module: nn.Module, weights: torch.Tensor, layout: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """When a backward pass reaches the attention ``weights`` a module kept, keep their gradient as
+    ``module.last_attention_grad`` in ``layout`` (that of its ``last_attention``): the
+    gradient-weighted maps of :mod:`flamingo_lib.modeling.attention_maps`."""
+    module.last_attention_grad = None
+    if weights.requires_grad:
+        weights.register_hook(lambda grad: setattr(module, "last_attention_grad", layout(grad)))
+
+
 class PerceiverAttention(nn.Module):
     """Latents attend to concat(media, latents)."""
 
@@ -94,10 +105,8 @@ class PerceiverAttention(nn.Module):
         q, k, v = (rearrange(z, "b t n (h d) -> (b t) h n d", h=self.heads) for z in (q, k, v))
         out, weights = attend(q, k, v, None, self.keep_attention)
         self.last_attention = None if weights is None else rearrange(weights, "(b t) ... -> b t ...", b=b, t=t)
-        self.last_attention_grad = None
-        if weights is not None and weights.requires_grad:  # for gradient-weighted maps
-            weights.register_hook(lambda grad: setattr(self, "last_attention_grad",
-                                                       rearrange(grad, "(b t) ... -> b t ...", b=b, t=t)))
+        if weights is not None:
+            keep_gradient(self, weights, lambda grad: rearrange(grad, "(b t) ... -> b t ...", b=b, t=t))
         return self.to_out(rearrange(out, "(b t) h n d -> b t n (h d)", b=b, t=t))
 
 

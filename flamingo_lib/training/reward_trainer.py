@@ -107,8 +107,7 @@ class RewardTrainer(Trainer):
                                  **generate_kwargs)
         finally:
             model.train()
-        texts = processor.tokenizer.batch_decode(ids[:, prompts["input_ids"].shape[1]:], skip_special_tokens=False)
-        return [processor.remove_tags(t.split(model.config.eoc_token)[0]) for t in texts]
+        return model.new_reports(processor, ids, prompts["input_ids"].shape[1])
 
     def _batch_loss(self, batch: dict[str, Any], indices: Sequence[int]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
