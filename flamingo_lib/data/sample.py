@@ -10,6 +10,9 @@ from PIL import Image
 
 from flamingo_lib.observations import CHEXPERT_OBSERVATIONS  # noqa: F401  (re-exported: the label vocabulary)
 
+# Report sections that state why the film was taken, in order of preference.
+INDICATION_SECTIONS = ("INDICATION", "HISTORY", "CLINICAL HISTORY", "REASON FOR EXAM")
+
 # A CheXpert label value: 1.0 positive, 0.0 negative, -1.0 uncertain, None not mentioned.
 Label = float | None
 
@@ -48,6 +51,8 @@ class CXRSample:
         masks: finding name -> boolean array (H, W) of the first image, when known.
         views: view position per image (``"PA"``, ``"AP"``, ``"LATERAL"``, ...).
         meta: anything else the source knows (subject id, paths, dates, ...).
+        prior: the same patient's most recent earlier study, when the source knows it (its own
+            ``prior`` is left None: one study back is what a prompt reads), else None.
     """
 
     id: str
@@ -59,3 +64,14 @@ class CXRSample:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    prior: "CXRSample | None" = None
+
+    @property
+    def indication(self) -> str:
+        """The clinical question: the report's INDICATION section, else its HISTORY (or
+        CLINICAL HISTORY / REASON FOR EXAM), else ""; never text from FINDINGS or IMPRESSION."""
+        for name in INDICATION_SECTIONS:
+            text = self.sections.get(name, "").strip()
+            if text:
+                return text
+        return ""

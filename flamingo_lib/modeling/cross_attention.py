@@ -56,8 +56,34 @@ class DecodeWeights(NamedTuple):
     autocast: str | None
 
 
+def media_groups(media_locations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each text position stands among the images: ``media_time`` and ``media_first``.
+
+    Consecutive ``<image>`` tokens form one media group (a study's views: frontal and lateral),
+    so text after them reads the whole study under the immediate rule, while a study whose
+    films are followed by its text (a prior study and its report) is a group of its own.
+
+    Args:
+        media_locations: bool (B, L), True at ``<image>``.
+
+    Returns:
+        media_time: (B, L) long, images at or before each position (0 = none yet);
+        media_first: (B, L) long, the 1-based index of the first image of the group the latest
+            image belongs to (0 = none yet). With single images between text, equal to
+            ``media_time``.
+    """
+    locations = media_locations.bool()
+    media_time = locations.long().cumsum(-1)
+    previous = F.pad(locations[:, :-1], (1, 0), value=False)
+    opens = locations & ~previous  # an image right after text opens a group
+    # media_time never decreases, so the latest group's first index is a running maximum
+    media_first = torch.where(opens, media_time, torch.zeros_like(media_time)).cummax(-1).values
+    return media_time, media_first
+
+
 def text_to_media_mask(
-    media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool
+    media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool,
+    media_first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which media latents each text token may attend to.
 
@@ -66,14 +92,22 @@ def text_to_media_mask(
             (``media_locations.cumsum(-1)``); 0 means no image yet.
         num_media: T, images per sample.
         num_latents: n, latents per image.
-        only_immediate: attend only to the latest image (``==``) or to all earlier ones (``>=``).
+        only_immediate: attend only to the latest media group (the images from ``media_first``
+            to ``media_time``) or to all earlier images.
+        media_first: (B, L) long, see :func:`media_groups`; None: every image is a group of its
+            own (the latest image alone).
 
     Returns:
         bool (B, 1, L, T * n), True where attention is allowed.
     """
     image_index = torch.arange(1, num_media + 1, device=media_time.device)  # (T,)
     text_time = media_time[:, :, None]  # (B, L, 1)
-    allowed = text_time == image_index if only_immediate else text_time >= image_index  # (B, L, T)
+    if not only_immediate:
+        allowed = text_time >= image_index  # (B, L, T)
+    elif media_first is None:
+        allowed = text_time == image_index
+    else:
+        allowed = (text_time >= image_index) & (media_first[:, :, None] <= image_index)
     return allowed.repeat_interleave(num_latents, dim=-1)[:, None]
 
 
@@ -101,20 +135,26 @@ class MediaMasks(NamedTuple):
     window: tuple[int, int] | None = None
 
 
-def media_masks(media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
-    """:class:`MediaMasks` for ``media_time`` (B, L) long (see :func:`text_to_media_mask`)."""
+def media_masks(media_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool,
+                media_first: torch.Tensor | None = None) -> MediaMasks:
+    """:class:`MediaMasks` for ``media_time`` (B, L) long and its media groups ``media_first``
+    (see :func:`text_to_media_mask`)."""
     blind = (media_time == 0)[..., None]  # no image yet; media_time never exceeds num_media
-    allowed = text_to_media_mask(media_time, num_media, num_latents, only_immediate)
+    allowed = text_to_media_mask(media_time, num_media, num_latents, only_immediate, media_first)
     return MediaMasks(allowed | blind[:, None], blind, only_immediate)
 
 
-def all_seen_masks(num_media: int, num_latents: int, only_immediate: bool) -> MediaMasks:
+def all_seen_masks(num_media: int, num_latents: int, only_immediate: bool, last_group_first: int | None = None
+                   ) -> MediaMasks:
     """:class:`MediaMasks` for a pass in which every text token comes after all ``num_media``
     images of its sample (a decoding step after a prompt holding every image): each attends to
-    the last image's latents (``only_immediate``) or to all of them, with no mask and no blind
-    rows, the same result as :func:`media_masks` gives for ``media_time == num_media`` without
-    its per-layer masking ops (they set a decoding step's cost where it is host-bound)."""
-    start = (num_media - 1) * num_latents if only_immediate else 0
+    the last media group's latents (``only_immediate``; the group opens at the 1-based image
+    ``last_group_first``, every sample's the same; None: the last image alone) or to all of them,
+    with no mask and no blind rows, the same result as :func:`media_masks` gives for
+    ``media_time == num_media`` without its per-layer masking ops (they set a decoding step's
+    cost where it is host-bound)."""
+    first = num_media if last_group_first is None else last_group_first
+    start = (first - 1) * num_latents if only_immediate else 0
     return MediaMasks(None, None, only_immediate, (start, num_media * num_latents))
 
 

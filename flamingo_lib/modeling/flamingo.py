@@ -169,22 +169,27 @@ class Flamingo(nn.Module):
 
     # ---------------------------------------------------------------------------- forward
     def condition(self, visual_features: torch.Tensor | None, media_time: torch.Tensor | None,
-                  reuse_media_kv: bool = False, all_media_seen: bool = False) -> None:
+                  reuse_media_kv: bool = False, all_media_seen: bool | int = False,
+                  media_first: torch.Tensor | None = None) -> None:
         """Hand the media to every :class:`FlamingoLayer` (None clears them), with the
-        cross-attention masks of ``media_time`` built once for all of them.
+        cross-attention masks of ``media_time`` and its media groups ``media_first`` (B, L)
+        (:func:`~flamingo_lib.modeling.cross_attention.media_groups`; None: one image a group)
+        built once for all of them.
 
         ``all_media_seen``: every text position of the pass comes after all of its sample's
         images (``media_time`` may then be None): the layers attend without masks
-        (:func:`~flamingo_lib.modeling.cross_attention.all_seen_masks`).
+        (:func:`~flamingo_lib.modeling.cross_attention.all_seen_masks`); an int names the 1-based
+        image that opens every sample's last media group (True: the last image alone).
         """
         layers = lm_flamingo_layers(self.lm)
         masks = None
         if layers and visual_features is not None and visual_features.shape[1] > 0:
             rule = layers[0].gated_cross_attn.attn.only_attend_immediate_media
-            if all_media_seen:
-                masks = all_seen_masks(visual_features.shape[1], visual_features.shape[2], rule)
+            if all_media_seen is not False:
+                first = None if all_media_seen is True else int(all_media_seen)
+                masks = all_seen_masks(visual_features.shape[1], visual_features.shape[2], rule, first)
             elif media_time is not None:
-                masks = media_masks(media_time, visual_features.shape[1], visual_features.shape[2], rule)
+                masks = media_masks(media_time, visual_features.shape[1], visual_features.shape[2], rule, media_first)
         for layer in layers:
             state = layer.conditioning
             same_media = reuse_media_kv and state.reuse_media_kv and state.media is visual_features
@@ -195,15 +200,16 @@ class Flamingo(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor | None,
-        reuse_media_kv: bool = False, all_media_seen: bool = False, **lm_kwargs: Any,
+        reuse_media_kv: bool = False, all_media_seen: bool | int = False,
+        media_first: torch.Tensor | None = None, **lm_kwargs: Any,
     ) -> Any:
         """Run the LM conditioned on ``visual_features`` (B, T, n, Dv); ``media_time`` (B, L)
-        (None only with ``all_media_seen``, see :meth:`condition`).
+        (None only with ``all_media_seen``) and ``media_first`` (B, L): see :meth:`condition`.
 
         Returns:
             the LM's output (logits (B, L, V'), cache, ...).
         """
-        self.condition(visual_features, media_time, reuse_media_kv, all_media_seen)
+        self.condition(visual_features, media_time, reuse_media_kv, all_media_seen, media_first)
         try:
             return self.lm(input_ids=input_ids, **lm_kwargs)
         finally:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, GenerationMixin
 
+from flamingo_lib.modeling.cross_attention import media_groups
 from flamingo_lib.modeling.new_tokens import DecoupledLMHead
 
 
@@ -30,13 +31,15 @@ class FlamingoGenerationMixin(GenerationMixin):
         # input_ids is the whole sequence so far: it counts each study's images (padding is none);
         # needed only until the call's conditioning media are memoised (two ops a step saved)
         memo = self._media_memo
-        if memo is None or memo[0] is not inputs.get("visual_features"):
-            inputs["num_images"] = (input_ids == self.config.image_token_id).sum(-1)
         fed = inputs["input_ids"].shape[1]
-        if self._all_media_seen_from is not None and input_ids.shape[1] - fed >= self._all_media_seen_from:
-            inputs["all_media_seen"] = True
+        seen = self._all_media_seen_from is not None and input_ids.shape[1] - fed >= self._all_media_seen_from
+        if memo is None or memo[0] is not inputs.get("visual_features") or not seen:
+            media_time, media_first = media_groups(input_ids == self.config.image_token_id)
+            inputs["num_images"], inputs["first_image"] = media_time[:, -1], media_first[:, -1]
+        if seen:
+            inputs["all_media_seen"] = self._last_group_first
         else:
-            inputs["media_time"] = (input_ids == self.config.image_token_id).long().cumsum(-1)[:, -fed:]
+            inputs["media_time"], inputs["media_first"] = media_time[:, -fed:], media_first[:, -fed:]
         return inputs
 
     @torch.no_grad()
@@ -77,9 +80,13 @@ class FlamingoGenerationMixin(GenerationMixin):
             head.new_logit_bias = bias.masked_fill(head.new_token_ids == self.config.image_token_id, -torch.inf)
         else:
             kwargs["suppress_tokens"] = sorted(set(kwargs.get("suppress_tokens") or ()) | {self.config.image_token_id})
-        # (counted as prepare_inputs_for_generation counts them: from the <image> tokens)
-        every_image_in_prompt = bool(((input_ids == self.config.image_token_id).sum(-1) == features.shape[1]).all())
-        self._all_media_seen_from = input_ids.shape[1] if every_image_in_prompt else None
+        # (counted as prepare_inputs_for_generation counts them: from the <image> tokens); the steps
+        # attend to one window of latents only when every sample's last media group opens at the same image
+        media_time, media_first = media_groups(input_ids == self.config.image_token_id)
+        every_image_in_prompt = bool((media_time[:, -1] == features.shape[1]).all())
+        one_window = bool((media_first[:, -1] == media_first[0, -1]).all()) if input_ids.shape[1] else False
+        self._all_media_seen_from = input_ids.shape[1] if every_image_in_prompt and one_window else None
+        self._last_group_first = int(media_first[0, -1]) if self._all_media_seen_from is not None else None
         self._generating = True
         try:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask,

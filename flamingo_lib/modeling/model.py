@@ -20,7 +20,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.modeling.config import FROZEN_DTYPES, FlamingoConfig, dtype_name, floating_dtype
 from flamingo_lib.modeling.heads.findings import findings_loss
-from flamingo_lib.modeling.heads.predictions import FindingsPredictionMixin
+from flamingo_lib.modeling.heads.predictions import FindingsPredictionMixin, current_study
+from flamingo_lib.modeling.cross_attention import media_groups
 from flamingo_lib.modeling.flamingo import Flamingo
 from flamingo_lib.modeling.generation import FlamingoGenerationMixin
 from flamingo_lib.modeling.lm_injection import lm_flamingo_layers
@@ -67,6 +68,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         )
         self._generating = False
         self._all_media_seen_from: int | None = None  # generate: positions from here on see every image
+        self._last_group_first: int | None = None  # generate: the image opening every sample's last media group
         # generate: (resolved features, their conditioning media), so that every step hands the
         # layers the same media tensor and their cached media keys/values stay valid
         self._media_memo: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -169,8 +171,11 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
                              f"got {tuple(visual_features.shape)}")
         return visual_features
 
-    def _media_time(self, input_ids: torch.Tensor, media_locations: torch.Tensor | None, num_media: int) -> torch.Tensor:
-        """(B, L) images at or before each position, checked against the number of images."""
+    def _media_time(self, input_ids: torch.Tensor, media_locations: torch.Tensor | None, num_media: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) images at or before each position and (B, L) the first image of the latest media
+        group (:func:`~flamingo_lib.modeling.cross_attention.media_groups`), checked against the
+        number of images."""
         if media_locations is None:
             media_locations = input_ids == self.config.image_token_id
         elif media_locations.shape != input_ids.shape:
@@ -183,7 +188,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         if most < num_media:
             raise ValueError(f"{num_media} image(s) per sample were given but no sample has more than "
                              f"{most} {self.config.image_token} token(s): every image needs its token")
-        return media_locations.long().cumsum(-1)
+        return media_groups(media_locations)
 
     def forward(
         self,
@@ -199,7 +204,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         use_cache: bool | None = None,
         position_ids: torch.Tensor | None = None,
         media_time: torch.Tensor | None = None,
-        all_media_seen: bool = False,
+        all_media_seen: bool | int = False,
+        media_first: torch.Tensor | None = None,
+        first_image: torch.Tensor | None = None,
         finding_labels: torch.Tensor | None = None,
         num_images: torch.Tensor | None = None,
         **kwargs: Any,
@@ -215,7 +222,14 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             media_time: (B, L) images at or before each position, for inputs that are only the
                 tail of a sequence (cached decoding); defaults to ``media_locations.cumsum(-1)``.
             all_media_seen: every position of ``input_ids`` comes after all of its sample's
-                images (a decoding step; ``generate`` sets it): no ``media_time``, no masks.
+                images (a decoding step; ``generate`` sets it): no ``media_time``, no masks; an
+                int names the 1-based image opening every sample's last media group.
+            media_first: (B, L) with ``media_time``: the first image of the latest media group
+                (consecutive ``<image>`` tokens, :func:`~flamingo_lib.modeling.cross_attention.media_groups`);
+                None with a given ``media_time``: each image a group of its own.
+            first_image: (B,) 1-based, the first image of the study being reported (its last media
+                group: a prompt may hold a prior study's films before it); with ``num_images`` the
+                images the findings head pools. Default: from the ``<image>`` tokens, like ``num_images``.
             finding_labels: (B, K) targets of the findings head (``config.findings_head``), (B, 2K)
                 with ``config.reading_head`` (the K readings after the K findings): its logits and
                 loss are returned too.
@@ -238,19 +252,21 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         if features.shape[0] != input_ids.shape[0]:
             raise ValueError(f"{features.shape[0]} samples of images for {input_ids.shape[0]} texts")
         if media_time is None and not all_media_seen:
-            media_time = self._media_time(input_ids, media_locations, features.shape[1])
-            if num_images is None:  # the whole sequence: its <image> tokens count each study's images
-                num_images = media_time[:, -1] if media_time.shape[1] else None
+            media_time, media_first = self._media_time(input_ids, media_locations, features.shape[1])
+            if media_time.shape[1]:  # the whole sequence: its <image> tokens count each study's images
+                num_images = media_time[:, -1] if num_images is None else num_images
+                first_image = media_first[:, -1] if first_image is None else first_image
         out = self.flamingo(
-            input_ids, self._media_for(features, num_images), media_time, reuse_media_kv=self._generating and self.cache_media_kv,
-            all_media_seen=all_media_seen,
+            input_ids, self._media_for(features, num_images, first_image), media_time,
+            reuse_media_kv=self._generating and self.cache_media_kv,
+            all_media_seen=all_media_seen, media_first=media_first,
             attention_mask=attention_mask,
             cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs,
         )
         loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)
         findings_logits = aux_loss = None
         if finding_labels is not None:
-            findings_logits = self._findings_logits(features, num_images)
+            findings_logits = self._findings_logits(*current_study(features, num_images, first_image))
             aux_loss = findings_loss(findings_logits, finding_labels)
         return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
                               findings_logits=findings_logits, findings_loss=aux_loss)

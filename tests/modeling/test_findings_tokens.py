@@ -132,7 +132,7 @@ def test_generation_builds_the_media_once_and_matches_uncached_decoding(with_tok
                       padding_side="left")
     calls = []
     original = model.conditioning_media
-    model.conditioning_media = lambda features, counts=None: calls.append(1) or original(features, counts)
+    model.conditioning_media = lambda features, counts=None, first=None: calls.append(1) or original(features, counts, first)
     kv = []
     hooks = [l.gated_cross_attn.attn.to_kv.register_forward_hook(lambda *a: kv.append(1))
              for l in flamingo_layers(model)]

@@ -16,17 +16,50 @@ from flamingo_lib.modeling.heads.findings import padded_image_counts
 from flamingo_lib.modeling.heads.findings_tokens import append_findings_tokens
 
 
+def current_study(visual_features: torch.Tensor, num_images: Any, first_image: Any
+                  ) -> tuple[torch.Tensor, Any]:
+    """The images of the study being reported, for what pools over a study (the findings head).
+
+    A prompt with a prior study holds the prior's films in the first slots and the study's own
+    (its last media group) in ``first_image`` (1-based) .. ``num_images``; the head must read the
+    study's own films only, not the prior's.
+
+    Args:
+        visual_features: (B, T, n, D).
+        num_images: (B,) the last slot each sample fills (1-based), or None (all T).
+        first_image: (B,) the first slot of the study's own films (1-based), or None (1).
+
+    Returns:
+        (B, T', n, D) each study's own slots moved to the front (the rest zero) and (B,) their
+        counts; the inputs unchanged when every study starts at the first slot.
+    """
+    if num_images is None or first_image is None:
+        return visual_features, num_images
+    device = visual_features.device
+    first = torch.as_tensor(first_image, device=device).long().clamp(min=1)
+    if bool((first == 1).all()):
+        return visual_features, num_images
+    last = torch.as_tensor(num_images, device=device).long()
+    counts = (last - first + 1).clamp(min=1)
+    slots = first[:, None] - 1 + torch.arange(int(counts.max()), device=device)  # (B, T')
+    inside = slots < last[:, None]
+    rows = torch.arange(visual_features.shape[0], device=device)[:, None]
+    gathered = visual_features[rows, slots.clamp(max=visual_features.shape[1] - 1)]
+    return gathered * inside[..., None, None].to(gathered.dtype), counts
+
+
 class FindingsPredictionMixin:
     """Methods of ``FlamingoModel`` (which provides ``config``, ``flamingo``,
     ``resolve_visual_features`` and the ``_generating`` / ``_media_memo`` state of a ``generate`` call)."""
 
-    def conditioning_media(self, visual_features: torch.Tensor, num_images: torch.Tensor | None = None
-                           ) -> torch.Tensor:
+    def conditioning_media(self, visual_features: torch.Tensor, num_images: torch.Tensor | None = None,
+                           first_image: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, n, D) resampled latents -> what the cross-attention layers read: with
         ``config.findings_tokens``, every image's latents followed by the study's K findings tokens
         (B, T, n + K, D; :mod:`flamingo_lib.modeling.heads.findings_tokens`), else the latents unchanged (so too for
         studies without images, T = 0). ``num_images`` (B,): the slots each study fills, the rest
-        being padding the head must not average (None: all T)."""
+        being padding the head must not average (None: all T); ``first_image`` (B,): the first slot
+        of the study's own films, after a prior study's (:func:`current_study`)."""
         tokens = self.flamingo.findings_tokens
         if tokens is None or visual_features.shape[1] == 0:
             return visual_features
@@ -34,14 +67,16 @@ class FindingsPredictionMixin:
         k = len(self.config.findings_head)  # the findings' logits; a reading head's follow them
         if num_images is not None:  # a study with no image reads no media: any verdict will do
             num_images = torch.as_tensor(num_images).clamp(min=1)
-        probabilities = self._findings_logits(visual_features, num_images)[:, :k].detach().float().sigmoid()
+        own, counts = current_study(visual_features, num_images, first_image)
+        probabilities = self._findings_logits(own, counts)[:, :k].detach().float().sigmoid()
         return append_findings_tokens(visual_features, tokens(probabilities))
 
-    def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None) -> torch.Tensor:
+    def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None,
+                   first_image: torch.Tensor | None = None) -> torch.Tensor:
         if not self._generating:
-            return self.conditioning_media(features, num_images)
+            return self.conditioning_media(features, num_images, first_image)
         if self._media_memo is None or self._media_memo[0] is not features:
-            self._media_memo = (features, self.conditioning_media(features, num_images))
+            self._media_memo = (features, self.conditioning_media(features, num_images, first_image))
         return self._media_memo[1]
 
     def _findings_logits(self, visual_features: torch.Tensor, num_images: Any = None) -> torch.Tensor:
