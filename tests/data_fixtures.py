@@ -58,7 +58,8 @@ def mimic_report(findings: str | None = "The lungs are clear.", impression: str 
 
 @dataclass
 class Study:
-    """One synthetic MIMIC study. ``images``: (dicom_id, ViewPosition, pixel value)."""
+    """One synthetic MIMIC study. ``images``: (dicom_id, ViewPosition, pixel value); ``date`` and
+    ``time``: its StudyDate and StudyTime cells ("" for a blank one)."""
 
     subject_id: str
     study_id: str
@@ -67,6 +68,7 @@ class Study:
     report: str | None = field(default_factory=mimic_report)
     labels: dict[str, str] | None = field(default_factory=dict)  # observation -> cell text
     date: str = "21800506"
+    time: str = "120000.000"
 
 
 def default_studies() -> list[Study]:
@@ -92,7 +94,7 @@ def build_mimic(root: Path, studies: list[Study] | None = None, gz: bool = True)
         for dicom_id, view, value in study.images:
             write_image(folder / f"s{study.study_id}" / f"{dicom_id}.jpg", value)
             metadata.append((dicom_id, study.subject_id, study.study_id, "CHEST (PA AND LAT)", view, 16, 20,
-                             study.date, "120000.000", "CHEST (PA AND LAT)", "postero-anterior", "Erect"))  # fmt: skip
+                             study.date, study.time, "CHEST (PA AND LAT)", "postero-anterior", "Erect"))  # fmt: skip
             splits.append((dicom_id, study.study_id, study.subject_id, study.split))
         if study.report is not None:
             (folder / f"s{study.study_id}.txt").write_text(study.report)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train as the command line says; returns the training summary."""
     model_settings, data, train, options = parse(argv)
     config = model_settings.flamingo_config(train)
-    model, processor = FlamingoModel(config), FlamingoProcessor(config)
+    model, processor = FlamingoModel(config), FlamingoProcessor(config, context=data.context)
     train_set = open_source(data.source, "train", data.image_size, data.max_train_samples, seed=train.seed)
     val_set = open_source(data.source, "val", data.image_size, data.max_val_samples, seed=train.seed)
     cache = None
@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         cache = FeatureCache(options.cache_features, model, processor, storage=data.feature_storage)
         # one decoding pass, streamed; the total for the progress bar comes from the index
-        stats = cache.build(iter_films((train_set, val_set), num_workers=data.num_workers),
-                            total=sum(sum(image_counts(ds)) for ds in (train_set, val_set)))
+        priors = processor.context.prior_films  # a prior's films are read too (mostly cached already)
+        stats = cache.build(iter_films((train_set, val_set), num_workers=data.num_workers, priors=priors),
+                            total=None if priors else sum(sum(image_counts(ds)) for ds in (train_set, val_set)))
         print(f"feature cache {cache.directory}: {stats.computed} computed, {stats.reused} reused")
     # how the data were opened: evaluate_on draws its baselines from the same training split
     record = {"preset": model_settings.preset, "data": data.source, "image_size": data.image_size,
-              "max_train_samples": data.max_train_samples, "seed": train.seed, "feature_storage": data.feature_storage}
+              "max_train_samples": data.max_train_samples, "seed": train.seed, "feature_storage": data.feature_storage,
+              "context": data.context}
     trainer = Trainer(model, train_set, val_set, ReportCollator(processor, cache), train, record=record,
                       num_workers=data.num_workers)
     if options.resume:

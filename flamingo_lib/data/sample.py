@@ -11,7 +11,8 @@ from PIL import Image
 from flamingo_lib.observations import CHEXPERT_OBSERVATIONS  # noqa: F401  (re-exported: the label vocabulary)
 
 # Report sections that state why the film was taken, in order of preference.
-INDICATION_SECTIONS = ("INDICATION", "HISTORY", "CLINICAL HISTORY", "REASON FOR EXAM")
+INDICATION_SECTIONS = ("INDICATION", "HISTORY", "CLINICAL HISTORY", "CLINICAL INFORMATION", "REASON FOR EXAM",
+                       "REASON FOR EXAMINATION")
 
 # A CheXpert label value: 1.0 positive, 0.0 negative, -1.0 uncertain, None not mentioned.
 Label = float | None

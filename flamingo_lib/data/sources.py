@@ -5,6 +5,8 @@ spec                                        source
 ==========================================  ==============================================
 ``phantom`` / ``phantom:iu``                 :class:`PhantomCXR`, real IU report text
 ``phantom:templated``                       :class:`PhantomCXR`, templated text (no download)
+``phantom:longitudinal``                    :class:`LongitudinalPhantomCXR`: 1-4 studies per patient,
+                                            comparison reports, ``prior`` set (no download)
 ``mimic:ROOT`` or ``mimic:ROOT,REPORTS``    :class:`MimicCXR` (MIMIC-CXR-JPG; reports root)
 ``iu:XML_DIR,IMAGE_DIR``                    :class:`IUXray` (the raw Open-i release)
 ``r2gen:ANNOTATION_JSON,IMAGE_ROOT``        :class:`R2GenAnnotation` (IU X-Ray or MIMIC-CXR)
@@ -14,6 +16,10 @@ spec                                        source
 
 ``r2gen`` and ``chex`` specs may end in ``;licence=open`` or ``;licence=credentialed``: files of an
 origin the loader cannot tell are private otherwise (:mod:`flamingo_lib.data.licence`).
+
+``mimic`` specs may end in ``;priors=true`` (or ``;priors=false``, the default): each sample then
+carries the subject's most recent earlier study as ``sample.prior`` (:class:`MimicCXR`'s ``priors``).
+Without the option the dataset is opened exactly as before.
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
     paths = [p for p in rest.split(",") if p] if rest else []
     if kind not in KINDS:
         raise ValueError(f"unknown data source {spec!r}; kinds: {', '.join(KINDS)} (see flamingo_lib.data.sources)")
-    licence = _licence_option(spec, kind, option_text)
+    options = _options(spec, kind, option_text)
+    licence = options.get("licence")
+    if kind == "phantom" and rest == "longitudinal":
+        from flamingo_lib.data.phantom.longitudinal import LongitudinalPhantomCXR
+
+        return LongitudinalPhantomCXR(split=split, image_size=image_size or 224, seed=seed, max_samples=max_samples)
     if kind == "phantom":
         from flamingo_lib.data.phantom.dataset import PhantomCXR
 
@@ -50,7 +61,10 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
     if kind == "mimic":
         from flamingo_lib.data.datasets.mimic import MimicCXR
 
-        dataset = MimicCXR(paths[0], split=split, reports_root=paths[1] if len(paths) > 1 else None, **common)
+        # Passed only when given, so a spec without it opens the dataset with MimicCXR's own default.
+        priors = {"priors": options["priors"]} if "priors" in options else {}
+        dataset = MimicCXR(paths[0], split=split, reports_root=paths[1] if len(paths) > 1 else None, **priors,
+                           **common)  # fmt: skip
     elif kind == "iu":
         from flamingo_lib.data.datasets.iu_xray import IUXray
 
@@ -67,25 +81,44 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
     return dataset if max_samples is None else Head(dataset, max_samples)
 
 
-def _licence_option(spec: str, kind: str, option_text: str) -> str | None:
-    """The ``licence`` a spec declares after ``;`` (None when it declares none).
+# The options each kind takes after ';', as the error for an unknown one lists them.
+_KIND_OPTIONS = {"r2gen": "licence=open|credentialed", "chex": "licence=open|credentialed",
+                 "mimic": "priors=true|false"}  # fmt: skip
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _options(spec: str, kind: str, option_text: str) -> dict[str, Any]:
+    """The options a spec declares after ``;`` (``;``-separated ``name=value``), checked for ``kind``:
+    ``{"licence": str}`` (r2gen, chex) and ``{"priors": bool}`` (mimic); empty when it declares none.
 
     Raises:
-        ValueError: another option, a bad value, or a licence declared for a source whose licence is known.
+        ValueError: an unknown or repeated option, a bad value, an option the kind does not take, or
+            a licence declared for a source whose licence is known.
     """
-    if not option_text:
-        return None
-    name, equals, value = option_text.partition("=")
-    if name.strip() not in ("licence", "license") or not equals:
-        raise ValueError(f"data source {spec!r}: the only option after ';' is licence=open|credentialed, "
-                         f"got {option_text!r}")
-    if kind not in ("r2gen", "chex"):
-        raise ValueError(f"data source {spec!r}: {kind} data have a known licence; only r2gen and chex files, whose "
-                         "origin the loader may not know, take a licence")
-    from flamingo_lib.data.licence import check_licence
+    options: dict[str, Any] = {}
+    for text in option_text.split(";") if option_text else ():
+        name, equals, value = (part.strip() for part in text.partition("="))
+        name = "licence" if name == "license" else name
+        if name == "licence" and equals:
+            if kind not in ("r2gen", "chex"):
+                raise ValueError(f"data source {spec!r}: {kind} data have a known licence; only r2gen and chex files, "
+                                 "whose origin the loader may not know, take a licence")
+            from flamingo_lib.data.licence import check_licence
 
-    check_licence(value.strip())
-    return value.strip()
+            check_licence(value)
+            parsed: Any = value
+        elif name == "priors" and equals and kind == "mimic":
+            if value.lower() not in _BOOLEANS:
+                raise ValueError(f"data source {spec!r}: priors must be true or false, got {value!r}")
+            parsed = _BOOLEANS[value.lower()]
+        elif kind in _KIND_OPTIONS:
+            raise ValueError(f"data source {spec!r}: the only option after ';' is {_KIND_OPTIONS[kind]}, got {text!r}")
+        else:
+            raise ValueError(f"data source {spec!r}: {kind} takes no option after ';', got {text!r}")
+        if name in options:
+            raise ValueError(f"data source {spec!r}: option {name!r} given twice")
+        options[name] = parsed
+    return options
 
 
 class Head:

@@ -64,13 +64,18 @@ def iter_samples(dataset: Sequence[Any], num_workers: int = 0, prefetch: int = 4
     yield from loader
 
 
-def iter_films(datasets: Iterable[Sequence[Any]], num_workers: int = 0, first_view_only: bool = False
-               ) -> Iterator[Any]:
+def iter_films(datasets: Iterable[Sequence[Any]], num_workers: int = 0, first_view_only: bool = False,
+               priors: bool = False) -> Iterator[Any]:
     """The films of every study of each dataset in turn (PIL images), streamed by :func:`iter_samples`.
 
     Args:
         first_view_only: each study's first film only (the nearest-neighbour baseline's descriptor).
+        priors: also the films of each study's prior study (``sample.prior``), which a prompt with the
+            prior reads: a prior outside the datasets (a truncated split) would otherwise be missing.
     """
     for dataset in datasets:
         for sample in iter_samples(dataset, num_workers):
             yield from sample.images[:1] if first_view_only else sample.images
+            prior = getattr(sample, "prior", None) if priors else None
+            if prior is not None:
+                yield from prior.images

@@ -53,14 +53,17 @@ def generate_in_batches(model: Any, processor: Any, samples: Sequence[Any], *, b
     mine = [k for k in range(len(starts)) if k % world == rank]
     for k in tqdm(mine, disable=not progress, desc=desc):
         start = starts[k]
-        images = [list(samples[i].images) for i in range(start, min(start + batch_size, len(samples)))]
+        batch = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
         if not with_images:
-            done.append((k, _without_images(model, processor, len(images), max_new_tokens, generate_kwargs), None, None))
+            done.append((k, _without_images(model, processor, len(batch), max_new_tokens, generate_kwargs), None, None))
             continue
-        reports = model.generate_captions(processor, images, max_length=max_new_tokens, **generate_kwargs)
+        inputs = [processor.study_inputs(sample) for sample in batch]  # with the processor's context
+        reports = model.generate_captions(processor, [x.images for x in inputs], prompt=[x.prompt for x in inputs],
+                                          max_length=max_new_tokens, **generate_kwargs)
         if observations is None:
             done.append((k, reports, None, None))
             continue
+        images = [list(sample.images) for sample in batch]  # the heads read the study's own films
         pixels = processor([processor.study_prompt(len(v)) for v in images], images)["pixel_values"]
         head, stated = model.predict_heads(pixel_values=pixels.to(device), num_images=[len(v) for v in images])
         done.append((k, reports, torch.stack([head[obs].cpu() for obs in observations], 1),

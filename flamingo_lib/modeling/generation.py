@@ -102,7 +102,7 @@ class FlamingoGenerationMixin(GenerationMixin):
         self,
         processor: Any,
         images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
-        prompt: str | None = None,
+        prompt: str | Sequence[str] | None = None,
         max_length: int = 60,
         num_beams: int = 1,
         **kwargs: Any,
@@ -113,14 +113,20 @@ class FlamingoGenerationMixin(GenerationMixin):
             processor: this model's :class:`~flamingo_lib.FlamingoProcessor`.
             images: one image per sample, or a list of images per sample (one ``<image>`` each
                 in ``prompt``).
-            prompt: defaults to ``processor.study_prompt(views)``: the text it trained on.
+            prompt: one for all samples or one per sample; defaults to ``processor.study_prompt(views)``
+                (use ``processor.study_inputs(sample)`` for a study with its context).
             max_length: new tokens at most.
             num_beams: 1 = greedy.
         """
         if len(images) == 0:
             raise ValueError("generate_captions: no images given (one image, or a list of images, per report to write)")
         per_sample = [[im] if isinstance(im, Image.Image) else list(im) for im in images]
-        prompts = [processor.study_prompt(len(v)) if prompt is None else prompt for v in per_sample]
+        if prompt is None or isinstance(prompt, str):
+            prompts = [processor.study_prompt(len(v)) if prompt is None else prompt for v in per_sample]
+        elif len(prompt) != len(per_sample):
+            raise ValueError(f"generate_captions: {len(prompt)} prompts for {len(per_sample)} samples")
+        else:
+            prompts = list(prompt)
         batch = processor(prompts, per_sample, padding_side="left")
         device = next(self.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -52,14 +52,12 @@ class ModelSettings:
     # docs/results.md were measured in float32.
     frozen_dtype: str = field(default="float32", metadata={"help": (
         "dtype of the frozen LM and vision encoder (the trained layers stay float32)"), "choices": list(FROZEN_DTYPES)})
-    # A study's prompt holds one <image> per view, side by side, so with the immediate rule its
-    # report attends to the last view directly and to the others only through their <image>
-    # tokens' hidden states. False: the report attends to every view of its study (one study per
-    # sequence). The phantom renders one view; IU X-Ray and MIMIC-CXR with all views per study
-    # would rather have False.
+    # A study's views are consecutive <image> tokens: one media group, which its report reads
+    # whole under the immediate rule; a prior study's films are a group of their own, read by the
+    # prior's report and not by the study's (flamingo_lib.processing.context).
     only_attend_immediate_media: bool = field(default=True, metadata={"help": (
-        "text attends to the latest image only (Flamingo's rule); false: to every earlier image, so a "
-        "multi-view study's report reads all its views directly")})
+        "text attends to the latest media group only (Flamingo's rule; a study's views are one group); false: "
+        "to every earlier image, a prior study's films included")})
 
     def has_reading_head(self, train: TrainConfig) -> bool:
         """Whether the model has a reading head under the ``train`` recipe."""
@@ -111,6 +109,11 @@ class DataSettings:
     feature_storage: str = field(default="float16", metadata={"help": (
         "how the feature cache stores patch tokens: float16, or int8 with a scale per token (about half the disk; "
         "its quality cost on the phantom: docs/data.md)"), "choices": ["float16", "int8"]})
+    # A run trained with a context is asked with it (the processor saves it); the prior needs a
+    # source that knows each study's prior (MIMIC-CXR ';priors=true', phantom:longitudinal).
+    context: str = field(default="", metadata={"help": (
+        "the clinical context in each study's prompt, comma-separated: indication, prior_films, prior_report "
+        "(prior: both); empty: the study's films alone")})
     num_workers: int = field(default=0, metadata={"help": (
         "processes decoding films (the feature cache, training batches, the nearest-neighbour baseline; 0: this "
         "process; on a large dataset of full-size JPEGs, the cores you can spare)")})
@@ -124,6 +127,9 @@ class DataSettings:
 
         if self.feature_storage not in FEATURE_STORAGES:
             raise ValueError(f"DataSettings.feature_storage must be one of {FEATURE_STORAGES}, got {self.feature_storage!r}")
+        from flamingo_lib.processing.context import StudyContext
+
+        self.context = str(StudyContext.parse(self.context)) if self.context not in ("", None) else ""  # refuses unknown parts
 
 
 @dataclass
@@ -270,6 +276,8 @@ class PipelineSettings:
                "feature_storage": d.feature_storage,  # the model learns from the stored tokens
                # a model trained on features of another format reads other inputs
                "feature_format": FEATURE_FORMAT_VERSION}
+        if d.context:  # the prompt the model learns after (absent when empty: earlier runs' keys stand)
+            key["context"] = d.context
         if t.findings_loss_weight > 0:  # the findings head learns the labels or the labeler's readings
             from flamingo_lib.labeling.version import rules_version
 

@@ -48,7 +48,7 @@ class Pipeline:
         if self.is_trained():
             return FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
         config = self.settings.flamingo_config()
-        return FlamingoModel(config), FlamingoProcessor(config)
+        return FlamingoModel(config), FlamingoProcessor(config, context=self.settings.data.context)
 
     @cached_property
     def splits(self) -> dict[str, Any]:
@@ -87,8 +87,9 @@ class Pipeline:
         cache = FeatureCache(self.settings.feature_root, model, processor, storage=self.settings.data.feature_storage)
         splits = list(self.splits.values())
         # streamed: a list of every decoded film of MIMIC-CXR would take ~9 GiB
-        films = iter_films(splits, num_workers=self.settings.data.num_workers)
-        total = sum(sum(image_counts(split)) for split in splits)
+        priors = processor.context.prior_films  # a prior's films are read too (mostly cached already)
+        films = iter_films(splits, num_workers=self.settings.data.num_workers, priors=priors)
+        total = None if priors else sum(sum(image_counts(split)) for split in splits)
         self.cache_stats = cache.build(films, progress=self.settings.train.progress, total=total)
         return cache
 

@@ -17,6 +17,7 @@ from PIL import Image
 from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.modeling.backbones.language import flamingo_tokenizer
 from flamingo_lib.modeling.saved_files import check_complete, saving
+from flamingo_lib.processing.context import StudyContext, StudyInputs, study_inputs
 from flamingo_lib.processing.prompts import REPORT_PROMPT, study_prompt
 from flamingo_lib.modeling.backbones.vision import ImagePreprocessConfig, preprocess_config
 from flamingo_lib.io import atomic_path, write_json_atomic, write_text_atomic
@@ -53,6 +54,9 @@ class FlamingoProcessor:
         image_config: the encoder's preprocessing (read from the encoder's config when omitted).
         prompt: the report prompt after the image tokens, shared by training and generation
             (see :mod:`flamingo_lib.processing.prompts`).
+        context: the clinical context each study's prompt holds (indication, prior study:
+            :mod:`flamingo_lib.processing.context`), saved with the processor so that generation
+            asks with what training taught.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class FlamingoProcessor:
         tokenizer: Any = None,
         image_config: ImagePreprocessConfig | None = None,
         prompt: str = REPORT_PROMPT,
+        context: StudyContext | str | None = None,
     ) -> None:
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -71,6 +76,7 @@ class FlamingoProcessor:
         config.image_token_id, config.eoc_token_id = self.image_token_id, self.eoc_token_id
         self.image_config = image_config or preprocess_config(config.clip_model_type)
         self.prompt = prompt
+        self.context = context if isinstance(context, StudyContext) else StudyContext.parse(context)
         c = self.image_config
         self._transform = image_transform_v2(
             PreprocessCfg(size=c.size, mean=c.mean, std=c.std, interpolation=c.interpolation,
@@ -106,6 +112,11 @@ class FlamingoProcessor:
     def study_prompt(self, num_views: int = 1) -> str:
         """``<image>`` per view, then the report prompt: what training and generation both use."""
         return study_prompt(num_views, self.prompt, self.config.image_token)
+
+    def study_inputs(self, sample: Any) -> StudyInputs:
+        """The prompt of a study (``CXRSample``-like) with this processor's context, and its films
+        in the order of the prompt's ``<image>`` tokens (:func:`~flamingo_lib.processing.context.study_inputs`)."""
+        return study_inputs(sample, self.context, self.prompt, self.config.image_token, self.config.eoc_token)
 
     def prepare_caption(self, caption: str, num_views: int = 1) -> str:
         """The full training text of one study: ``study_prompt + " " + report + <EOC>``."""
@@ -254,7 +265,7 @@ class FlamingoProcessor:
             for written in sorted(Path(staging).iterdir()):
                 with atomic_path(directory / written.name) as target:
                     shutil.copyfile(written, target)
-        payload = {"image_config": self.image_config.__dict__, "prompt": self.prompt}
+        payload = {"image_config": self.image_config.__dict__, "prompt": self.prompt, "context": list(self.context.names)}
         write_json_atomic(directory / PREPROCESSOR_FILE, payload, indent=2)
         if not (directory / "config.json").exists():
             write_text_atomic(directory / "config.json", self.config.to_json_string(use_diff=True))
@@ -279,4 +290,5 @@ class FlamingoProcessor:
             interpolation=image["interpolation"], resize_mode=image["resize_mode"],
         )
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        return cls(config, tokenizer=tokenizer, image_config=image_config, prompt=payload["prompt"])
+        return cls(config, tokenizer=tokenizer, image_config=image_config, prompt=payload["prompt"],
+                   context=StudyContext.parse(payload.get("context", ())))  # saved before contexts: none

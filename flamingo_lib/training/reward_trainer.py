@@ -96,10 +96,10 @@ class RewardTrainer(Trainer):
         return {k: batch[k] for k in ("image_embeddings", "pixel_values") if k in batch}
 
     @torch.no_grad()
-    def _decode(self, batch: dict[str, Any], views: list[int], **generate_kwargs: Any) -> list[str]:
+    def _decode(self, batch: dict[str, Any], prompts: list[str], **generate_kwargs: Any) -> list[str]:
         """Reports for the batch's studies (``num_return_sequences`` each, study by study)."""
         processor, model = self.collator.processor, self.unwrapped
-        prompts = processor.encode_text([processor.study_prompt(v) for v in views], padding_side="left")
+        prompts = processor.encode_text(prompts, padding_side="left")
         prompts = {k: v.to(self.accelerator.device) for k, v in prompts.items()}
         model.eval()
         try:
@@ -112,22 +112,21 @@ class RewardTrainer(Trainer):
     def _batch_loss(self, batch: dict[str, Any], indices: Sequence[int]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         cfg, processor = self.config, self.collator.processor
-        references = batch.pop("reports")
-        views = batch["media_locations"].sum(-1).tolist()
+        references, prompts = batch.pop("reports"), batch.pop("prompts")
         k = cfg.samples_per_study
-        sampled = self._decode(batch, views, do_sample=True, top_k=0, temperature=cfg.temperature,
+        sampled = self._decode(batch, prompts, do_sample=True, top_k=0, temperature=cfg.temperature,
                                num_return_sequences=k)
         truth = [self.labeler(r) for r in references]
         repeated = [r for r in references for _ in range(k)]
         reward = rewards(sampled, repeated, self.labeler, [t for t in truth for _ in range(k)], self.fluency,
                          cfg.fluency_weight).view(-1, k)  # (B, k)
-        greedy = rewards(self._decode(batch, views), references, self.labeler, truth, self.fluency,
+        greedy = rewards(self._decode(batch, prompts), references, self.labeler, truth, self.fluency,
                          cfg.fluency_weight)  # (B,)
         baseline = greedy if cfg.baseline == "greedy" else reward.mean(-1)
         advantage = (reward - baseline[:, None]).flatten().to(self.accelerator.device)  # (B * k,)
 
         # the samples teacher-forced: their per-token log-probabilities, with the batch's media per sample
-        text = processor.text_batch(sampled, [processor.study_prompt(v) for v in views for _ in range(k)])
+        text = processor.text_batch(sampled, [p for p in prompts for _ in range(k)])
         text = {key: value.to(self.accelerator.device) for key, value in text.items()}
         media = {key: value.repeat_interleave(k, 0) for key, value in self._media(batch).items()}
         mean_nll = self.model(**text, **media, loss_reduction="none").loss  # (B * k,) per-sample mean over tokens

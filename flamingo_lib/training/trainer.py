@@ -52,11 +52,14 @@ class ReportCollator:
         self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
         self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
         self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
-        self.with_reports = False  # the reward stage sets it: the batch then also holds the report texts
+        self.with_reports = False  # the reward stage sets it: the batch then also holds the reports and prompts
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        images = [list(s.images) for s in samples]
-        batch = self.processor.training_batch([s.report for s in samples], images)
+        # each study's prompt with the processor's context (indication, prior study), its films in
+        # the order of the prompt's <image> tokens
+        inputs = [self.processor.study_inputs(s) for s in samples]
+        images = [x.images for x in inputs]
+        batch = self.processor.training_batch([s.report for s in samples], images, [x.prompt for x in inputs])
         if self.feature_cache is not None:
             batch.pop("pixel_values")
             batch["image_embeddings"] = self.feature_cache.stack(images)
@@ -66,6 +69,7 @@ class ReportCollator:
         batch["ids"] = [s.id for s in samples]
         if self.with_reports:
             batch["reports"] = [s.report for s in samples]
+            batch["prompts"] = [x.prompt for x in inputs]
         return batch
 
 
@@ -107,6 +111,13 @@ class Trainer:
 
             compile_blocks(model)
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        context = getattr(collator.processor, "context", None)
+        if context is not None and context.uses_prior:  # before minutes of training, not after them
+            from flamingo_lib.processing.context import missing_context
+
+            problem = missing_context([train_set[i] for i in range(min(16, len(train_set)))], context)
+            if problem:
+                raise ValueError(problem)
         if config.findings_loss_weight:
             if model.config.findings_head is None:
                 raise ValueError(f"findings_loss_weight={config.findings_loss_weight} but the model has no findings "
@@ -195,6 +206,7 @@ class Trainer:
             batch = self._to_device(self.collator([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))]))
             batch.pop("ids")
             batch.pop("reports", None)
+            batch.pop("prompts", None)
             batch.pop("finding_labels", None)  # the LM loss only: the head's loss would be computed for nothing
             with self.accelerator.autocast():
                 loss = self.model(**batch, loss_reduction="sum").loss

@@ -227,3 +227,25 @@ def test_every_term_but_rare_ones_has_a_listed_name() -> None:
     unlisted = collections.Counter(t for t, f in parsed if f and f.name not in MESH_FINDING_NAMES)
     frequent = {t: n for t, n in unlisted.items() if n > 2}
     assert not frequent, f"frequent MeSH terms with no listed name: {frequent}"
+
+
+def test_sections_keep_the_indication_so_a_sample_built_from_them_has_it(tmp_path: Path) -> None:
+    from flamingo_lib.data.phantom.dataset import PhantomCXR
+
+    xml = _xml(2, "Made-up findings.", "Made-up impression.", ["normal"], 1).replace(
+        b'<AbstractText Label="FINDINGS">', b'<AbstractText Label="INDICATION">Made-up  cough.</AbstractText>'
+        b'<AbstractText Label="FINDINGS">')
+    (report,) = load_iu_reports(_archive(tmp_path / "reports.tgz", {"ecgen-radiology/2.xml": xml}))
+    assert report.sections["INDICATION"] == "Made-up cough."
+    (sample,) = PhantomCXR(iu_split("CXR2"), text="iu", reports=[report], cache=False).text_samples()
+    assert sample.indication == "Made-up cough." and sample.prior is None  # IU: one study per patient
+    assert "findings" not in sample.indication and "impression" not in sample.indication
+
+
+def test_real_reports_give_their_indication_and_never_findings_or_impression_text() -> None:
+    pytest.importorskip("torchxrayvision")
+    from flamingo_lib.data.sample import CXRSample
+
+    samples = [CXRSample(id=r.id, images=[], report=r.report, sections=dict(r.sections)) for r in load_iu_reports()]
+    assert sum(bool(s.indication) for s in samples) > 3800
+    assert all(s.indication == s.sections.get("INDICATION", "") for s in samples)

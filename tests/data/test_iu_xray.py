@@ -127,3 +127,14 @@ def test_an_r2gen_image_path_leading_out_of_the_image_root_is_refused(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"an image path must be a non-empty string"):
         R2GenAnnotation(path, tmp_path / "images")
+
+
+def test_indication_comes_from_the_reports_indication_and_an_iu_sample_has_no_prior(tmp_path):
+    xml_dir, image_dir = build_iu(tmp_path)
+    first, second = list(IUXray(xml_dir, image_dir, on_error="skip"))
+    assert first.indication == "Synthetic cough." == first.sections["INDICATION"]
+    assert second.indication == "Synthetic cough."
+    for sample in (first, second):
+        assert sample.prior is None  # one study per patient
+        for text in (sample.sections.get("FINDINGS"), sample.sections.get("IMPRESSION")):
+            assert not text or text not in sample.indication

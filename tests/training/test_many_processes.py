@@ -139,11 +139,12 @@ class Model(torch.nn.Module):  # writes which film it saw, and which process dec
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.config = SimpleNamespace(findings_head=None)
 
-    def generate_captions(self, processor, images, max_length, **kwargs):
+    def generate_captions(self, processor, images, prompt, max_length, **kwargs):
         return [f"{views[0]}@{process_share()[0]}" for views in images]
 
 samples = [SimpleNamespace(images=[f"film-{i}"]) for i in range(11)]
-reports = generate_in_batches(Model(), None, samples, batch_size=3, progress=False).reports
+processor = SimpleNamespace(study_inputs=lambda sample: SimpleNamespace(images=sample.images, prompt="Findings:"))
+reports = generate_in_batches(Model(), processor, samples, batch_size=3, progress=False).reports
 rank = process_share()[0]
 json.dump(reports, open(sys.argv[1] + f".{rank}", "w"))
 """

@@ -8,6 +8,10 @@ Each report carries human MeSH "major" terms such as ``Pleural Effusion/right/sm
 into :class:`~flamingo_lib.data.sample.Finding` by :mod:`flamingo_lib.data.datasets.iu_mesh` (its names
 are re-exported here), with the CheXpert observations they imply: a reference for checking a
 report labeler.
+
+A report's ``sections`` keep its INDICATION (and COMPARISON), so a sample built from them (the
+``phantom:iu`` source) has ``CXRSample.indication``. IU X-Ray has one study per patient: such samples
+never have a ``prior``.
 """
 
 from __future__ import annotations
@@ -39,10 +43,13 @@ from flamingo_lib.data.datasets.iu_mesh import (  # noqa: F401 - re-exported: th
     mesh_to_findings,
     parse_mesh_term,
 )
-from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, Finding, Label
+from flamingo_lib.data.sample import CHEXPERT_OBSERVATIONS, INDICATION_SECTIONS, Finding, Label
 
 _ARCHIVE = Path("data") / "NLMCXR_reports.tgz"
-_SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
+# The Open-i release labels every report COMPARISON, INDICATION, FINDINGS and IMPRESSION; the other
+# indication labels are kept too should a report carry them, so that ``CXRSample.indication`` of a
+# sample built from ``sections`` finds the clinical question wherever it is.
+_SECTIONS = ("COMPARISON", *INDICATION_SECTIONS, "FINDINGS", "IMPRESSION")
 _REPORT_ID = re.compile(r"CXR(\d+)")
 
 @dataclass(frozen=True)

@@ -106,7 +106,10 @@ class IUXray(PolicyDataset):
 
     One sample per report, holding all its images in XML order (the XML does not
     say which view each image is, so views are ``"UNKNOWN"``). Labels are left
-    empty; MeSH ``major`` terms become :class:`Finding`\\ s.
+    empty; MeSH ``major`` terms become :class:`Finding`\\ s. ``sections`` hold every
+    labelled part of the report (COMPARISON, INDICATION, FINDINGS, IMPRESSION), so
+    ``sample.indication`` is the report's INDICATION. IU X-Ray has one study per
+    patient: ``sample.prior`` is always None.
 
     Args:
         xml_dir: the folder of ``*.xml`` reports (``ecgen-radiology``).
