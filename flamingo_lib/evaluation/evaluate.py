@@ -8,7 +8,6 @@ text on its own: the cross-attention silent, the new <EOC>/<image> rows suppress
 
 from __future__ import annotations
 
-import itertools
 import json
 import warnings
 from collections import Counter
@@ -20,6 +19,7 @@ import pandas as pd
 import torch
 
 from flamingo_lib.inference.batched import generate_in_batches, process_share
+from flamingo_lib.inference.retrieval import image_descriptors, nearest_neighbours  # noqa: F401  (their home before)
 from flamingo_lib.io import write_json_atomic, write_text_atomic
 from flamingo_lib.evaluation.metrics import (NLG_METRICS, clinical_efficacy, efficacy_columns, most_common_observations,
                                              nlg_metrics)
@@ -52,48 +52,6 @@ def generate_reports(model: Any, processor: Any, samples: Sequence[Any], batch_s
 def most_frequent_report(train_reports: Sequence[str]) -> str:
     """The most frequent training report (ties: the first seen)."""
     return Counter(r.strip() for r in train_reports).most_common(1)[0][0]
-
-
-@torch.no_grad()
-def image_descriptors(model: Any, processor: Any, samples: Sequence[Any], feature_cache: Any = None,
-                      batch_size: int = 16, num_workers: int = 0) -> torch.Tensor:
-    """(N, dim_visual) L2-normalised mean-pooled patch tokens of each sample's first view (float32: 0.7 GB
-    for MIMIC-CXR's training split at dim_visual 768). Films are streamed (:func:`~flamingo_lib.data.study_index.iter_films`):
-    ``batch_size`` decoded at a time, by ``num_workers`` processes when > 0."""
-    from flamingo_lib.data.study_index import iter_films
-
-    rows: list[torch.Tensor] = []
-    films = iter_films([samples], num_workers=num_workers, first_view_only=True)
-    while batch := list(itertools.islice(films, batch_size)):
-        if feature_cache is not None:
-            tokens = torch.stack([feature_cache.get(im) for im in batch])
-        else:
-            pixels = processor.preprocess_images(batch).to(next(model.parameters()).device)
-            tokens = model.flamingo.encode_visuals(pixels[:, None])[:, 0]
-        rows.append(torch.nn.functional.normalize(tokens.float().mean(1), dim=-1).cpu())
-    return torch.cat(rows) if rows else torch.zeros(0, model.config.dim_visual)
-
-
-def nearest_neighbours(train_descriptors: torch.Tensor, query_descriptors: torch.Tensor,
-                       chunk: int = 8192) -> torch.Tensor:
-    """(Q,) index of the most similar training descriptor of each query (cosine of unit vectors; ties:
-    the lowest index), in chunks of ``chunk`` training rows: memory O(Q x chunk), never the whole
-    query x train matrix (2.3 GB for MIMIC-CXR's test x train).
-
-    Args:
-        train_descriptors: (N, D) unit rows.
-        query_descriptors: (Q, D) unit rows.
-    """
-    queries = query_descriptors.float()
-    best = torch.full((len(queries),), -float("inf"))
-    best_index = torch.zeros(len(queries), dtype=torch.long)
-    for start in range(0, len(train_descriptors), chunk):
-        similarity = queries @ train_descriptors[start:start + chunk].float().T  # (Q, chunk)
-        value, index = similarity.max(-1)  # the first maximum within the chunk
-        better = value > best  # strictly: an equal one in a later chunk leaves the earlier index
-        best = torch.where(better, value, best)
-        best_index = torch.where(better, index + start, best_index)
-    return best_index
 
 
 def nearest_neighbour_reports(train_descriptors: torch.Tensor, train_reports: Sequence[str],

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from flamingo_lib.processing.prompts import shots_text
+
 
 @dataclass
 class BatchedReports:
@@ -31,7 +33,8 @@ class BatchedReports:
 @torch.no_grad()
 def generate_in_batches(model: Any, processor: Any, samples: Sequence[Any], *, batch_size: int = 8,
                         max_new_tokens: int = 60, with_images: bool = True, heads: bool = False,
-                        progress: bool = True, desc: str = "generating", **generate_kwargs: Any) -> BatchedReports:
+                        progress: bool = True, desc: str = "generating", examples: Sequence[Sequence[Any]] | None = None,
+                        **generate_kwargs: Any) -> BatchedReports:
     """Generate reports for ``samples`` (``CXRSample``-like: ``.images``), ``batch_size`` at a time.
 
     Args:
@@ -40,6 +43,9 @@ def generate_in_batches(model: Any, processor: Any, samples: Sequence[Any], *, b
             its own (the new ``<EOC>``/``<image>`` rows suppressed; it stops at its own end token).
         heads: also return the findings (and reading) heads' probabilities, each study's computed
             over its own films only (a batch pads studies with fewer views, and padding is no film).
+        examples: per sample, in-context example studies (``images``, ``report``; e.g. chosen by
+            :func:`~flamingo_lib.inference.retrieval.rices_examples`) put before its prompt, each as its
+            study prompt, its report and ``<EOC>`` (Flamingo's few-shot format); None: zero-shot.
         generate_kwargs: passed to ``model.generate`` (``num_beams``, ``do_sample``,
             ``temperature``, ``num_return_sequences``, ...). Sampling draws from the global RNG:
             the caller seeds it.
@@ -58,8 +64,14 @@ def generate_in_batches(model: Any, processor: Any, samples: Sequence[Any], *, b
             done.append((k, _without_images(model, processor, len(batch), max_new_tokens, generate_kwargs), None, None))
             continue
         inputs = [processor.study_inputs(sample) for sample in batch]  # with the processor's context
-        reports = model.generate_captions(processor, [x.images for x in inputs], prompt=[x.prompt for x in inputs],
-                                          max_length=max_new_tokens, **generate_kwargs)
+        prompts, films = [x.prompt for x in inputs], [x.images for x in inputs]
+        if examples is not None:
+            shots = [examples[i] for i in range(start, start + len(batch))]
+            prompts = [shots_text(shot, processor.prompt, model.config.image_token, model.config.eoc_token) + prompt
+                       for shot, prompt in zip(shots, prompts)]
+            films = [[im for ex in shot for im in ex.images] + own for shot, own in zip(shots, films)]
+        reports = model.generate_captions(processor, films, prompt=prompts, max_length=max_new_tokens,
+                                          **generate_kwargs)
         if observations is None:
             done.append((k, reports, None, None))
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -50,10 +51,15 @@ def few_shot_prompt(
     Returns:
         e.g. ``'<image>Findings: Normal.<EOC><image>Findings:'`` for one example and one view.
     """
-    shots = "".join(
-        f"{study_prompt(len(ex.images), prompt, image_token)} {ex.report.strip()}{eoc_token}" for ex in examples
-    )
-    return shots + study_prompt(query_views, prompt, image_token)
+    return shots_text(examples, prompt, image_token, eoc_token) + study_prompt(query_views, prompt, image_token)
+
+
+def shots_text(examples: Sequence[Any], prompt: str = REPORT_PROMPT, image_token: str = IMAGE_TOKEN,
+               eoc_token: str = EOC_TOKEN) -> str:
+    """The in-context examples' part of a few-shot prompt: each example study (anything with
+    ``images`` and ``report``) as its study prompt, its report and ``<EOC>``."""
+    return "".join(f"{study_prompt(len(ex.images), prompt, image_token)} {ex.report.strip()}{eoc_token}"
+                   for ex in examples)
 
 
 def few_shot_images(examples: Sequence[Example], query_images: Sequence[Image.Image]) -> list[Image.Image]:

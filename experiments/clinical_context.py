@@ -1,0 +1,112 @@
+"""What does the clinical context buy? Change statements and findings with and without the prior study.
+
+Trains one pipeline run per context on the longitudinal phantom (``phantom:longitudinal``: 1-4
+studies per patient, findings that evolve, reports that compare with the prior study), with the
+demo's recipe and budget, and scores greedy reports on its test split:
+
+- the accuracy of change statements (new / increased / decreased / unchanged / resolved per
+  finding, read by :func:`flamingo_lib.labeling.changes.change_statements`) against the phantom's
+  truth, over the follow-up studies (a first study has no change to state; statements made there
+  are counted as ``extra``);
+- the findings micro-F1 over the rendered findings against the image truth and against the
+  labeler's reading of the reference (the demo's yardsticks), over all test studies and over the
+  follow-ups;
+- the baseline that copies the prior study's report, and the nearest-neighbour report.
+
+    HF_HUB_OFFLINE=1 python -m experiments.clinical_context --out runs/context \\
+        --contexts none prior indication,prior
+
+About 6-8 minutes a context on 2 idle cores (the first also renders the films and fills the
+feature cache). Writes ``OUT/clinical_context.csv`` and ``.json``; each run stays in ``OUT/<context>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+F1_TRUTH = "CE micro-F1 (rendered findings, vs image truth)"
+F1_REFERENCE = "CE micro-F1 (rendered findings, vs reference)"
+
+
+def findings_f1(reports: Sequence[str], samples: Sequence[Any]) -> dict[str, float]:
+    """Findings micro-F1 of ``reports`` over the rendered findings, against the image truth and the
+    labeler's reading of the references (as the results table scores them)."""
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluation.metrics import clinical_efficacy
+    from flamingo_lib.labeling.labeler import label_report
+
+    hypotheses = [label_report(r) for r in reports]
+    truth = clinical_efficacy([s.labels for s in samples], hypotheses, RENDERED_OBSERVATIONS)["micro_f1"]
+    reference = clinical_efficacy([label_report(s.report) for s in samples], hypotheses,
+                                  RENDERED_OBSERVATIONS)["micro_f1"]
+    return {"F1 vs image truth": truth, "F1 vs reference": reference}
+
+
+def system_row(name: str, reports: Sequence[str], test: Sequence[Any], follow_up: Sequence[int]) -> dict[str, Any]:
+    """Change-statement accuracy over the follow-ups (statements on first studies counted apart) and
+    the findings F1 over all studies and over the follow-ups."""
+    from flamingo_lib.labeling.changes import change_accuracy, change_statements
+
+    changes = change_accuracy([reports[i] for i in follow_up], [test[i].meta["changes"] for i in follow_up])
+    firsts = [i for i in range(len(test)) if i not in set(follow_up)]
+    row = {"system": name, "change accuracy": changes["accuracy"], "change pairs": changes["n"],
+           "changes unstated": changes["unstated"],
+           "first studies with a change statement": sum(bool(change_statements(reports[i])) for i in firsts)}
+    row |= {f"{k} (per change)": v["accuracy"] for k, v in changes["per_change"].items()}
+    row |= findings_f1(reports, test)
+    row |= {f"{k} (follow-ups)": v for k, v in findings_f1([reports[i] for i in follow_up],
+                                                         [test[i] for i in follow_up]).items()}
+    return row
+
+
+def run_context(out: Path, context: str, steps: int | None, seed: int) -> tuple[Any, list[str], pd.DataFrame]:
+    """Train (or reuse) the run of one context; its greedy test reports and generations table."""
+    from flamingo_lib.pipeline.steps import Pipeline
+
+    flat = {"run_dir": str(out / (context.replace(",", "+") or "none")), "source": "phantom:longitudinal",
+            "context": "" if context == "none" else context, "guided_candidates": 0, "seed": seed}
+    if steps is not None:
+        flat["max_steps"] = steps
+    pipeline = Pipeline(**flat)
+    pipeline.evaluate()
+    generations = pipeline.generations()
+    return pipeline, list(generations["flamingo"]), generations
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/context"))
+    parser.add_argument("--contexts", nargs="+", default=["none", "prior", "indication,prior"])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    rows, test = [], None
+    for context in args.contexts:
+        pipeline, reports, generations = run_context(args.out, context, args.steps, args.seed)
+        if test is None:
+            test = pipeline.samples("test")
+            follow_up = [i for i, s in enumerate(test) if s.prior is not None]
+            assert list(generations["id"]) == [s.id for s in test]
+            rows.append(system_row("copy the prior report", [s.prior.report if s.prior else "" for s in test],
+                                   test, follow_up))
+            rows.append(system_row("nearest neighbour", list(generations["nearest neighbour"]), test, follow_up))
+        rows.append(system_row(f"flamingo greedy, context {context}", reports, test, follow_up))
+        print(pd.DataFrame(rows).set_index("system").T.round(3).to_string(), flush=True)
+    table = pd.DataFrame(rows).set_index("system")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "clinical_context.csv")
+    (args.out / "clinical_context.json").write_text(json.dumps(
+        {"contexts": args.contexts, "steps": args.steps, "seed": args.seed, "test_studies": len(test),
+         "follow_ups": len(follow_up), "rows": table.reset_index().to_dict("records")}, indent=2, default=float))
+    return table
+
+
+if __name__ == "__main__":
+    main()
