@@ -146,8 +146,54 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--html-studies", type=int, default=50, help="studies on the page (default 50)")
     parser.add_argument("--films-shareable", action="store_true", help="the films come from a public dataset: "
                         "the page does not warn that it holds private films")
+    parser.add_argument("--indication", default="", help="the clinical question of the studies (e.g. 'Shortness of "
+                        "breath. Evaluate effusion.'), for a model trained with the indication in its prompt")
+    parser.add_argument("--prior", metavar="DIR", help="the prior study's folder (its films, and its report in "
+                        "DIR/report.txt unless --prior-report), for a model trained with the prior study in its prompt")
+    parser.add_argument("--prior-report", help="the prior study's report text")
     parser.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _clinical_context(args: argparse.Namespace, processor: Any, image_size: int,
+                      parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """``indication`` and ``prior`` for :func:`report_chunks`, checked against what the model reads:
+    context the model was not trained to read is refused (it would be silently ignored)."""
+    from flamingo_lib.data.errors import DataError
+    from flamingo_lib.data.sample import CXRSample
+    from flamingo_lib.data.study_files import find_studies, load_study
+
+    context = processor.context
+    if args.indication and not context.indication:
+        parser.error(f"--indication: this model was trained without the indication in its prompt (context: {context}); "
+                     "it would not read it")
+    if (args.prior or args.prior_report) and not context.uses_prior:
+        parser.error(f"--prior: this model was trained without the prior study in its prompt (context: {context}); "
+                     "it would not read it")
+    if args.prior_report and not args.prior and context.prior_films:
+        parser.error("--prior-report: this model reads the prior study's films too; give their folder with --prior DIR")
+    prior = None
+    if args.prior or args.prior_report:
+        report = args.prior_report
+        if report is None and args.prior and (Path(args.prior) / "report.txt").is_file():
+            report = (Path(args.prior) / "report.txt").read_text(encoding="utf-8").strip()
+        if context.prior_report and not report:
+            parser.error(f"--prior {args.prior}: the model reads the prior study's report: give it with --prior-report "
+                         f"or as {Path(args.prior) / 'report.txt'}")
+        images = []
+        if args.prior and context.prior_films:
+            try:
+                found = find_studies([args.prior])
+                if len(found) != 1:
+                    parser.error(f"--prior {args.prior}: expected the folder of one study, found {len(found)} studies")
+                images = load_study(found[0], image_size).images
+            except (FileNotFoundError, DataError) as error:
+                parser.error(f"--prior: {error}")
+        prior = CXRSample(id=str(args.prior or "prior"), images=images, report=report or "")
+    elif context.uses_prior:
+        print(f"note: the model reads a prior study (context: {context}) and none was given (--prior): each study is "
+              "read as a patient's first")
+    return {"indication": args.indication, "prior": prior}
 
 
 def _guided_settings(args: argparse.Namespace, model_dir: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -197,15 +243,19 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
     model = FlamingoModel.from_pretrained(model_dir, dtype=dtype).to(device)
     processor = FlamingoProcessor.from_pretrained(model_dir)
+    context = _clinical_context(args, processor, image_size, parser)
     try:
         reference = reference_for(model, processor, model_dir)
     except ValueError as error:
         parser.error(str(error))
     partial = partial_path(args.out)
     # (not on_error: it changes no row that was made, so a run stopped by a bad film resumes with skip)
-    identity = run_identity(model_dir, studies, options | {"dtype": args.dtype, "device": torch.device(device).type,
-                                                          "film_reference": None if reference is None else
-                                                          [reference.threshold, len(reference.embeddings)]})
+    prior = context["prior"]
+    context_identity = {"indication": args.indication, "prior": None if prior is None else [
+        prior.id, hashlib.sha256(prior.report.encode()).hexdigest()[:16], len(prior.images)]}
+    film_reference = None if reference is None else [reference.threshold, len(reference.embeddings)]
+    identity = run_identity(model_dir, studies, options | context_identity | {
+        "dtype": args.dtype, "device": torch.device(device).type, "film_reference": film_reference})
     try:
         done = resume_chunks(partial, identity)
     except ValueError as error:
@@ -223,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     write_text_atomic(partial, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in
                                        [{"run": identity}] + [{"chunk": i} | r for i, c in enumerate(done) for r in c]))
     chunks = report_chunks(model, processor, studies, first_chunk=len(done), progress=not args.no_progress,
-                           on_error=args.on_error, film_reference=reference, **options)
+                           on_error=args.on_error, film_reference=reference, **options, **context)
     try:
         for index, rows in enumerate(chunks, len(done)):
             _append_chunk(partial, index, rows)

@@ -9,6 +9,7 @@ views, and the padding is no image).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from flamingo_lib.inference.batched import generate_in_batches
 from flamingo_lib.data.errors import DataError, check_on_error
+from flamingo_lib.data.sample import CXRSample
 from flamingo_lib.data.study_files import StudyFiles, load_study
 from flamingo_lib.inference.film_reference import FilmReference, film_embeddings
 
@@ -66,9 +68,12 @@ def report_chunks(model: Any, processor: Any, studies: Sequence[StudyFiles], *, 
                   candidates: int = 32, temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 60,
                   batch_size: int = 4, seed: int = 0, image_size: int | None = None, on_error: str = "raise",
                   first_chunk: int = 0, chunk_studies: int = CHUNK_STUDIES, progress: bool = True,
-                  film_reference: FilmReference | None = None) -> Iterator[list[dict[str, Any]]]:
+                  film_reference: FilmReference | None = None, indication: str = "",
+                  prior: CXRSample | None = None) -> Iterator[list[dict[str, Any]]]:
     """The rows of :func:`study_reports`, one list per chunk of ``chunk_studies`` studies, from
-    chunk ``first_chunk`` on (a resumed run skips the chunks it has)."""
+    chunk ``first_chunk`` on (a resumed run skips the chunks it has). ``indication`` and ``prior``
+    (a study with its films and report) are every study's clinical context, read as far as the
+    processor's context asks (:mod:`flamingo_lib.processing.context`)."""
     from flamingo_lib.labeling.labeler import label_report
 
     check_on_error(on_error)
@@ -83,7 +88,9 @@ def report_chunks(model: Any, processor: Any, studies: Sequence[StudyFiles], *, 
         samples, errors = [], {}
         for position, study in enumerate(chunk):
             try:
-                samples.append(load_study(study, image_size))
+                sample = load_study(study, image_size)
+                samples.append(dataclasses.replace(sample, prior=prior,
+                                                   sections={"INDICATION": indication} if indication else {}))
             except DataError as error:
                 if on_error == "raise":
                     raise
@@ -129,7 +136,8 @@ def study_reports(model: Any, processor: Any, studies: Sequence[StudyFiles], **o
             findings-guided decoding with ``candidates`` samples at ``temperature`` / ``top_p``),
             ``max_new_tokens``, ``batch_size``, ``seed``, ``image_size`` (the longer side films are
             downscaled to on loading: the run's), ``on_error`` ("raise" or "skip"), ``progress``,
-            ``film_reference`` (the training films' :class:`FilmReference`: flag films unlike them).
+            ``film_reference`` (the training films' :class:`FilmReference`: flag films unlike them),
+            ``indication`` and ``prior`` (the clinical context of every study).
 
     Raises:
         DataError: a film that cannot be read (``on_error="raise"``), naming it.

@@ -282,3 +282,40 @@ def test_a_run_folders_mistyped_records_are_refused_naming_the_file_and_field(sa
         main(args)
     assert "summary.json: feature_storage must be a feature storage float16 or int8, got 'int4'" in \
         capsys.readouterr().err
+
+
+def test_the_indication_and_the_prior_study_reach_the_prompt_of_a_model_trained_to_read_them(
+        saved_model, tmp_path, capsys, monkeypatch):
+    _, model, _ = saved_model
+    context_run = tmp_path / "context"
+    model.save_pretrained(context_run, processor=FlamingoProcessor(model.config, context="indication,prior"))
+    film, prior_film = save_png(tmp_path / "now" / "x.png", 12), save_png(tmp_path / "before" / "p.png", 13)
+    (tmp_path / "before" / "report.txt").write_text("Small left pleural effusion.\n")
+    from flamingo_lib.inference import batched
+
+    asked = []
+    real = batched.generate_in_batches
+    monkeypatch.setattr("flamingo_lib.inference.study_reports.generate_in_batches",
+                        lambda m, p, samples, **kw: asked.append([p.study_inputs(s) for s in samples]) or
+                        real(m, p, samples, **kw))
+    base = [str(context_run), str(film), "--max-new-tokens", "4", "--no-progress", "--device", "cpu"]
+    main(base + ["--out", str(tmp_path / "a.csv"), "--indication", "Shortness of breath.", "--prior",
+                 str(tmp_path / "before")])
+    (inputs,) = asked[-1]
+    assert inputs.prompt == ("Indication: Shortness of breath.\n<image>Prior: Small left pleural effusion.<EOC>"
+                             "<image>Findings:")
+    assert len(inputs.images) == 2 and inputs.own_images == 1
+    main(base + ["--out", str(tmp_path / "b.csv")])  # none given: a first study, said so
+    assert asked[-1][0].prompt == "Indication: none.\nPrior: none.<EOC><image>Findings:"
+    assert "read as a patient's first" in capsys.readouterr().out
+    # context the model does not read, or a prior without the report it reads, is refused before any work
+    plain_run = saved_model[0]
+    cases = [([str(plain_run), str(film), "--indication", "Cough."], "trained without the indication"),
+             ([str(plain_run), str(film), "--prior", str(tmp_path / "before")], "trained without the prior study"),
+             ([str(context_run), str(film), "--prior", str(tmp_path / "now")], "reads the prior study's report"),
+             ([str(context_run), str(film), "--prior-report", "Normal."], "reads the prior study's films too")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(argv + ["--out", str(tmp_path / "c.csv"), "--no-progress", "--device", "cpu"])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "c.csv").exists()
