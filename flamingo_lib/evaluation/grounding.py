@@ -70,25 +70,25 @@ MAP_METHODS = ("evidence", "attention")
 
 
 def words_relevance(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int],
-                    method: str = "evidence") -> torch.Tensor:
-    """(P,) the map over the patches of the words at ``positions`` of sample 0 of ``batch``: their
-    evidence, or the mean of their tokens' raw attention maps (``method``, :data:`MAP_METHODS`).
+                    method: str = "evidence", image: int = 0) -> torch.Tensor:
+    """(P,) the map over the patches of image ``image`` of the words at ``positions`` of sample 0 of
+    ``batch``: their evidence, or the mean of their tokens' raw attention maps (``method``, :data:`MAP_METHODS`).
 
     Raises:
         ValueError: an unknown method.
     """
     if method == "evidence":
-        return capture_evidence(model, batch, positions).evidence()
+        return capture_evidence(model, batch, positions).evidence(image=image)
     if method == "attention":
         maps = capture_attention(model, batch)[1]
-        return torch.stack([maps.token_relevance(0, p) for p in positions]).mean(0)
+        return torch.stack([maps.token_relevance(0, p, image) for p in positions]).mean(0)
     raise ValueError(f"unknown map method {method!r}; expected one of {MAP_METHODS}")
 
 
 def words_heatmap(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], size: tuple[int, int],
-                  method: str = "evidence") -> np.ndarray:
+                  method: str = "evidence", image: int = 0) -> np.ndarray:
     """:func:`words_relevance` as an (H, W) heatmap of ``size``, summing to 1."""
-    return relevance_to_heatmap(words_relevance(model, batch, positions, method), size)
+    return relevance_to_heatmap(words_relevance(model, batch, positions, method, image), size)
 
 
 def cells_overlapped(mask: np.ndarray, side: int) -> np.ndarray:
@@ -125,20 +125,23 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
     rows = []
     rng = np.random.default_rng(seed)
     placements = np.random.default_rng([seed, 1])  # the box IoU's chance placements: apart from rng's draws
-    prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
     for index, sample in enumerate(samples):
         named = [(f, FINDING_WORDS[f]) for f in sample.masks if f in FINDING_WORDS]
+        if not any(sample.masks[f].any() for f, _ in named):
+            continue
+        # the study's prompt (with the processor's context) and its first film; the control puts another
+        # study's film in its place
+        batch, prompt_len, image = processor.film_batch(sample)
         positions = {f: word_token_positions(processor, sample.report, words, prompt_len) for f, words in named}
         positions = {f: p for f, p in positions.items() if p and sample.masks[f].any()}
         if not positions:
             continue
         other = samples[(index + 1 + int(rng.integers(len(samples) - 1))) % len(samples)] if len(samples) > 1 else sample
-        batch = processor.training_batch([sample.report], [[sample.images[0]]])
-        shuffled_batch = processor.training_batch([sample.report], [[other.images[0]]])
+        shuffled_batch = processor.film_batch(sample, film=other.images[0]).batch
         for finding, token_positions in positions.items():
             mask = sample.masks[finding]
-            own = words_relevance(model, batch, token_positions, method)
-            shuffled = words_relevance(model, shuffled_batch, token_positions, method)
+            own = words_relevance(model, batch, token_positions, method, image)
+            shuffled = words_relevance(model, shuffled_batch, token_positions, method, image)
             cells = cells_overlapped(mask, patch_grid(own.numel())[1])
             heatmap, shuffled_heatmap = relevance_to_heatmap(own, mask.shape), relevance_to_heatmap(shuffled, mask.shape)
             rows.append({"id": sample.id, "finding": finding, "hit": _hit(heatmap, mask), "chance": float(mask.mean()),

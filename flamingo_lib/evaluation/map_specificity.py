@@ -38,15 +38,16 @@ def mean_correlation(maps: torch.Tensor) -> float:
     return float((similarity.sum() - similarity.diagonal().sum()) / (k * (k - 1)))
 
 
-def word_maps(model: Any, processor: Any, report: str, image: Any, positions: Sequence[int],
+def word_maps(model: Any, processor: Any, sample: Any, image: Any, positions: Sequence[int],
               method: str = "evidence") -> torch.Tensor:
-    """(len(positions), P) the patch map of each single word position of ``report`` on ``image``."""
-    batch = processor.training_batch([report], [[image]])
+    """(len(positions), P) the patch map of each single word position of ``sample``'s report (its prompt
+    with the processor's context) on ``image`` in place of its first film."""
+    batch, _, slot = processor.film_batch(sample, film=image)
     if method == "evidence":
-        return torch.stack([capture_evidence(model, batch, [p]).evidence() for p in positions])
+        return torch.stack([capture_evidence(model, batch, [p]).evidence(image=slot) for p in positions])
     if method == "attention":
         _, maps = capture_attention(model, batch)
-        return torch.stack([maps.token_relevance(0, p) for p in positions])
+        return torch.stack([maps.token_relevance(0, p, slot) for p in positions])
     raise ValueError(f"unknown map method {method!r}; expected 'evidence' or 'attention'")
 
 
@@ -70,16 +71,16 @@ def map_specificity(model: Any, processor: Any, samples: Sequence[Any], method: 
     if len(studies) < 2:
         raise ValueError(f"map specificity needs at least two studies; got {len(studies)}")
     rng = np.random.default_rng(seed)
-    prompt_length = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
     token, film = [], []
     for index, sample in enumerate(studies):
+        prompt_length = processor.film_batch(sample).prompt_length
         length = len(processor.tokenizer(" " + sample.report.strip(), add_special_tokens=False)["input_ids"])
         positions = sorted({int(p) for p in np.linspace(prompt_length, prompt_length + length - 1, max_words)})
-        own = word_maps(model, processor, sample.report, sample.images[0], positions, method)
+        own = word_maps(model, processor, sample, sample.images[0], positions, method)
         token.append(mean_correlation(own))
         others = rng.choice([i for i in range(len(studies)) if i != index], size=min(films - 1, len(studies) - 1),
                             replace=False)
-        on_films = torch.stack([own] + [word_maps(model, processor, sample.report, studies[i].images[0], positions,
+        on_films = torch.stack([own] + [word_maps(model, processor, sample, studies[i].images[0], positions,
                                                   method) for i in others])  # (films, words, P)
         film.extend(mean_correlation(on_films[:, w]) for w in range(len(positions)))
     return {"token_correlation": float(np.nanmean(token)), "film_correlation": float(np.nanmean(film)),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +24,14 @@ from flamingo_lib.modeling.backbones.vision import ImagePreprocessConfig, prepro
 from flamingo_lib.io import atomic_path, write_json_atomic, write_text_atomic
 
 PREPROCESSOR_FILE = "flamingo_processor.json"
+
+
+class FilmBatch(NamedTuple):
+    """What :meth:`FlamingoProcessor.film_batch` returns."""
+
+    batch: dict[str, torch.Tensor]
+    prompt_length: int
+    image: int
 IGNORE_INDEX = -100
 
 
@@ -117,6 +126,22 @@ class FlamingoProcessor:
         """The prompt of a study (``CXRSample``-like) with this processor's context, and its films
         in the order of the prompt's ``<image>`` tokens (:func:`~flamingo_lib.processing.context.study_inputs`)."""
         return study_inputs(sample, self.context, self.prompt, self.config.image_token, self.config.eoc_token)
+
+    def film_batch(self, sample: Any, report: str | None = None, film: Image.Image | None = None) -> FilmBatch:
+        """A training batch of one study for maps over one film: its prompt with this processor's context,
+        its first film (or ``film`` in its place: another study's, for a shuffled control) as the study's
+        only view, and ``report`` (default: the study's) teacher-forced.
+
+        Returns:
+            :class:`FilmBatch`: the batch, the prompt's length in tokens (the report's first position)
+            and the film's image index in the batch (after a prior study's films).
+        """
+        study = copy.copy(sample)
+        study.images = [sample.images[0] if film is None else film]
+        inputs = self.study_inputs(study)
+        report = sample.report if report is None else report
+        batch = self.training_batch([report], [inputs.images], [inputs.prompt])
+        return FilmBatch(batch, len(self.tokenizer(inputs.prompt)["input_ids"]), len(inputs.images) - 1)
 
     def prepare_caption(self, caption: str, num_views: int = 1) -> str:
         """The full training text of one study: ``study_prompt + " " + report + <EOC>``."""

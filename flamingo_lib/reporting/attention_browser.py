@@ -40,12 +40,12 @@ class AttentionBrowser:
         from flamingo_lib.evaluation.grounding import MAP_METHODS
         from flamingo_lib.modeling.attention_maps import capture_attention
 
-        batch = processor.training_batch([sample.report], [[sample.images[0]]])
+        batch, _, self.slot = processor.film_batch(sample)  # the processor's context, the study's first film
         _, self.maps = capture_attention(model, batch)
         self.model, self.batch = model, batch
         self._evidence: dict[int, Any] = {}  # position -> its evidence maps, computed when first shown
         ids = batch["input_ids"][0].tolist()
-        first = int(batch["media_locations"][0].nonzero()[0]) + 1  # the first token after the film
+        first = int(batch["media_locations"][0].nonzero()[-1]) + 1  # the first token after the film
         self.tokens = [processor.tokenizer.decode([i]) for i in ids]
         self.sample, self.outline = sample, outline
         self.mask = sample.masks.get(outline) if outline and getattr(sample, "masks", None) else None
@@ -73,10 +73,10 @@ class AttentionBrowser:
         if self.method.value == "evidence":
             if position not in self._evidence:
                 self._evidence[position] = capture_evidence(self.model, self.batch, [position])
-            relevance = self._evidence[position].evidence(layer=layer, head=head)
+            relevance = self._evidence[position].evidence(image=self.slot, layer=layer, head=head)
             kind = "evidence for"
         else:
-            relevance = self.maps.token_relevance(0, position, layer=layer, head=head)
+            relevance = self.maps.token_relevance(0, position, self.slot, layer=layer, head=head)
             kind = "attention of"
         heatmap = relevance_to_heatmap(relevance, self.sample.images[0].size[::-1])
         title = (f"{kind} token {self.tokens[position]!r} (position {position}), "

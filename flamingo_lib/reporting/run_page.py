@@ -46,15 +46,16 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
     from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_heatmap
 
     model, processor = pipeline.model_and_processor
-    batch = processor.training_batch([sample.report], [[sample.images[0]]])
-    prompt_len = len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
+    batch, prompt_len, image = processor.film_batch(sample)  # with the processor's context, the first film
     size = sample.images[0].size[::-1]
     for finding, mask in sample.masks.items():
         positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
         if positions:
-            return CaseMap(words_heatmap(model, batch, positions, size), mask, f"evidence for '{finding}'", finding)
+            return CaseMap(words_heatmap(model, batch, positions, size, image=image), mask,
+                           f"evidence for '{finding}'", finding)
     report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
-    return CaseMap(words_heatmap(model, batch, report_positions, size), None, "evidence for the report's words", None)
+    return CaseMap(words_heatmap(model, batch, report_positions, size, image=image), None,
+                   "evidence for the report's words", None)
 
 
 def named_finding_case(pipeline: Any) -> tuple[Any, CaseMap]:

@@ -110,3 +110,18 @@ def test_training_with_a_prior_on_data_without_priors_is_refused_before_it_start
     lonely = [dataclasses.replace(PRIOR, id=f"p{i}") for i in range(3)]
     with pytest.raises(ValueError, match="asks for the prior study but none of these studies has one"):
         Trainer(model, lonely, None, collator, TrainConfig(out_dir=str(tmp_path / "run"), max_steps=1))
+
+
+def test_maps_over_one_film_ask_with_the_context_and_find_the_films_slot(tiny):
+    model, processor = tiny
+    batch, prompt_length, image = processor.film_batch(STUDY)
+    plain = processor.training_batch([STUDY.report], [[STUDY.images[0]]])
+    assert all(torch.equal(batch[k], plain[k]) for k in plain) and image == 0
+    assert prompt_length == len(processor.tokenizer(processor.study_prompt(1))["input_ids"])
+    with_prior = FlamingoProcessor(model.config, context="indication,prior")
+    other = xray_like(30)
+    batch, prompt_length, image = with_prior.film_batch(STUDY, film=other)
+    assert image == 1 and batch["pixel_values"].shape[1] == 2  # the prior's film, then the one film mapped
+    assert torch.equal(batch["pixel_values"][0, 1], with_prior.preprocess_images([other])[0])
+    labels = batch["labels"][0]
+    assert (labels[:prompt_length] == IGNORE_INDEX).all() and labels[prompt_length] != IGNORE_INDEX
