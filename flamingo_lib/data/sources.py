@@ -17,6 +17,9 @@ spec                                        source
 ``r2gen`` and ``chex`` specs may end in ``;licence=open`` or ``;licence=credentialed``: files of an
 origin the loader cannot tell are private otherwise (:mod:`flamingo_lib.data.licence`).
 
+``phantom`` specs may end in ``;views=PA+LATERAL`` (default ``;views=PA``): a lateral film beside each
+frontal one (:mod:`flamingo_lib.data.phantom.lateral`).
+
 ``mimic`` specs may end in ``;priors=true`` (or ``;priors=false``, the default): each sample then
 carries the subject's most recent earlier study as ``sample.prior`` (:class:`MimicCXR`'s ``priors``).
 Without the option the dataset is opened exactly as before.
@@ -44,15 +47,18 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
         raise ValueError(f"unknown data source {spec!r}; kinds: {', '.join(KINDS)} (see flamingo_lib.data.sources)")
     options = _options(spec, kind, option_text)
     licence = options.get("licence")
+    views = {"views": options["views"]} if "views" in options else {}
     if kind == "phantom" and rest == "longitudinal":
         from flamingo_lib.data.phantom.longitudinal import LongitudinalPhantomCXR
 
-        return LongitudinalPhantomCXR(split=split, image_size=image_size or 224, seed=seed, max_samples=max_samples)
+        return LongitudinalPhantomCXR(split=split, image_size=image_size or 224, seed=seed, max_samples=max_samples,
+                                      **views)
     if kind == "phantom":
         from flamingo_lib.data.phantom.dataset import PhantomCXR
 
         text = rest or "iu"
-        return PhantomCXR(split=split, image_size=image_size or 224, text=text, seed=seed, max_samples=max_samples)
+        return PhantomCXR(split=split, image_size=image_size or 224, text=text, seed=seed, max_samples=max_samples,
+                          **views)
     needed = {"mimic": (1, 2), "iu": (2, 2), "r2gen": (2, 2), "chex": (1, 2)}[kind]
     if not needed[0] <= len(paths) <= needed[1]:
         raise ValueError(f"data source {spec!r}: {kind} takes {needed[0]}-{needed[1]} comma-separated paths, "
@@ -83,13 +89,22 @@ def open_source(spec: str, split: str, image_size: int | None = 224, max_samples
 
 # The options each kind takes after ';', as the error for an unknown one lists them.
 _KIND_OPTIONS = {"r2gen": "licence=open|credentialed", "chex": "licence=open|credentialed",
-                 "mimic": "priors=true|false"}  # fmt: skip
+                 "mimic": "priors=true|false", "phantom": "views=PA or views=PA+LATERAL"}  # fmt: skip
 _BOOLEANS = {"true": True, "false": False}
+
+
+def training_source(spec: str) -> str:
+    """``spec`` as a run's training key records it: without a declared licence (who may see the data is
+    not what a model learns from them), with every other option (priors, views)."""
+    body, _, option_text = spec.partition(";")
+    kept = [t for t in option_text.split(";") if t.strip() and t.partition("=")[0].strip() not in ("licence", "license")]
+    return ";".join([body, *kept])
 
 
 def _options(spec: str, kind: str, option_text: str) -> dict[str, Any]:
     """The options a spec declares after ``;`` (``;``-separated ``name=value``), checked for ``kind``:
-    ``{"licence": str}`` (r2gen, chex) and ``{"priors": bool}`` (mimic); empty when it declares none.
+    ``{"licence": str}`` (r2gen, chex), ``{"priors": bool}`` (mimic) and ``{"views": tuple}`` (phantom);
+    empty when it declares none.
 
     Raises:
         ValueError: an unknown or repeated option, a bad value, an option the kind does not take, or
@@ -111,6 +126,12 @@ def _options(spec: str, kind: str, option_text: str) -> dict[str, Any]:
             if value.lower() not in _BOOLEANS:
                 raise ValueError(f"data source {spec!r}: priors must be true or false, got {value!r}")
             parsed = _BOOLEANS[value.lower()]
+        elif name == "views" and equals and kind == "phantom":
+            from flamingo_lib.data.phantom.render import VIEWS
+
+            parsed = tuple(v.strip().upper() for v in value.split("+"))
+            if not parsed or any(v not in VIEWS for v in parsed) or len(set(parsed)) != len(parsed):
+                raise ValueError(f"data source {spec!r}: views are {' or '.join(VIEWS)} joined by '+', got {value!r}")
         elif kind in _KIND_OPTIONS:
             raise ValueError(f"data source {spec!r}: the only option after ';' is {_KIND_OPTIONS[kind]}, got {text!r}")
         else:

@@ -266,10 +266,10 @@ class PipelineSettings:
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the trained weights (a changed one retrains)."""
         from flamingo_lib.data.feature_cache import FEATURE_FORMAT_VERSION
+        from flamingo_lib.data.sources import training_source
 
         m, d, t = self.model, self.data, self.train
-        # (a licence declared after ';' says who may see the data, not what the model learns from them)
-        key = {"preset": m.preset, "pretrain_scale": m.pretrain_scale, "data": d.source.partition(";")[0],
+        key = {"preset": m.preset, "pretrain_scale": m.pretrain_scale, "data": training_source(d.source),
                "image_size": d.image_size,
                "max_train_samples": d.max_train_samples, **{k: getattr(t, k) for k in TrainConfig.WEIGHT_KNOBS},
                "frozen_dtype": m.frozen_dtype, "only_attend_immediate_media": m.only_attend_immediate_media,

@@ -199,3 +199,14 @@ def test_lateral_view_and_source_spec() -> None:
     assert sample.views == ["PA", "LATERAL"] and len(sample.images) == 2 and len(sample.prior.images) == 2
     opened = open_source("phantom:longitudinal", "test", image_size=SIZE, max_samples=5, seed=2)
     assert isinstance(opened, LongitudinalPhantomCXR) and len(opened) == 5 and opened.seed == 2
+
+
+def test_a_phantom_spec_takes_views_and_refuses_a_view_it_cannot_draw():
+    from flamingo_lib.data.sources import open_source
+
+    both = open_source("phantom:longitudinal;views=PA+LATERAL", "val", image_size=64, max_samples=3)
+    follow_up = next(both[i] for i in range(len(both)) if both[i].prior is not None)
+    assert follow_up.views == ["PA", "LATERAL"] and len(follow_up.images) == len(follow_up.prior.images) == 2
+    assert len(open_source("phantom:templated;views=PA+LATERAL", "val", image_size=64, max_samples=1)[0].images) == 2
+    with pytest.raises(ValueError, match="views are PA or LATERAL joined by"):
+        open_source("phantom:templated;views=AP", "val")

@@ -55,6 +55,20 @@ def test_a_declared_licence_changes_who_may_see_a_run_not_its_training_key():
     assert PipelineSettings.from_flat(source="chex:/data/y.json").training_key() != plain.training_key()
 
 
+def test_what_the_model_reads_is_in_the_training_key_views_priors_and_the_context():
+    from flamingo_lib.pipeline.settings import PipelineSettings
+
+    plain = PipelineSettings.from_flat(source="phantom:longitudinal")
+    assert "context" not in plain.training_key()  # a run saved before contexts keeps its key
+    for other in (PipelineSettings.from_flat(source="phantom:longitudinal;views=PA+LATERAL"),
+                  PipelineSettings.from_flat(source="phantom:longitudinal", context="prior"),
+                  PipelineSettings.from_flat(source="mimic:/d;priors=true;licence=credentialed")):
+        assert other.training_key() != plain.training_key()
+    assert PipelineSettings.from_flat(context="prior,indication").data.context == "indication,prior_films,prior_report"
+    with pytest.raises(ValueError, match="unknown context part 'lateral'"):
+        PipelineSettings.from_flat(context="lateral")
+
+
 def test_int8_features_retrain_the_model_worker_count_does_not_and_a_run_saved_before_keeps_float16():
     from flamingo_lib.pipeline.steps import Pipeline
 
