@@ -17,7 +17,10 @@ demo's recipe and budget, and scores greedy reports on its test split:
         --contexts none prior indication,prior
 
 About 6-8 minutes a context on 2 idle cores (the first also renders the films and fills the
-feature cache). Writes ``OUT/clinical_context.csv`` and ``.json``; each run stays in ``OUT/<context>``.
+feature cache). Writes ``OUT/clinical_context[-guided][-lateral][-all-earlier].csv`` and ``.json``; each
+run stays in ``OUT/<context>[-pa+lateral][-all-earlier]``. ``--guided`` adds findings-guided decoding (32
+samples a study; no retraining), ``--views PA+LATERAL`` a lateral film per study, ``--all-earlier`` the
+rule under which the report reads every earlier film, the prior's too.
 """
 
 from __future__ import annotations
@@ -65,18 +68,22 @@ def system_row(name: str, reports: Sequence[str], test: Sequence[Any], follow_up
     return row
 
 
-def run_context(out: Path, context: str, steps: int | None, seed: int) -> tuple[Any, list[str], pd.DataFrame]:
-    """Train (or reuse) the run of one context; its greedy test reports and generations table."""
+def run_context(out: Path, context: str, steps: int | None, seed: int, guided: bool, views: str,
+                all_earlier: bool = False) -> tuple[Any, pd.DataFrame]:
+    """Train (or reuse) the run of one context; the pipeline and its test generations table (greedy,
+    and findings-guided when asked: the guided setup does not retrain)."""
     from flamingo_lib.pipeline.steps import Pipeline
 
-    flat = {"run_dir": str(out / (context.replace(",", "+") or "none")), "source": "phantom:longitudinal",
-            "context": "" if context == "none" else context, "guided_candidates": 0, "seed": seed}
+    name = (context.replace(",", "+") or "none") + ("" if views == "PA" else f"-{views.lower()}") + \
+        ("-all-earlier" if all_earlier else "")
+    flat = {"run_dir": str(out / name), "source": f"phantom:longitudinal;views={views}" if views != "PA"
+            else "phantom:longitudinal", "context": "" if context == "none" else context,
+            "guided_candidates": 32 if guided else 0, "seed": seed, "only_attend_immediate_media": not all_earlier}
     if steps is not None:
         flat["max_steps"] = steps
     pipeline = Pipeline(**flat)
     pipeline.evaluate()
-    generations = pipeline.generations()
-    return pipeline, list(generations["flamingo"]), generations
+    return pipeline, pipeline.generations()
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -85,11 +92,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--contexts", nargs="+", default=["none", "prior", "indication,prior"])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding (32 samples)")
+    parser.add_argument("--all-earlier", action="store_true", help="text attends to every earlier film (the "
+                        "prior's too), not only its own study's")
+    parser.add_argument("--views", default="PA", choices=["PA", "PA+LATERAL"], help="the phantom's views per study")
     args = parser.parse_args(argv)
 
     rows, test = [], None
     for context in args.contexts:
-        pipeline, reports, generations = run_context(args.out, context, args.steps, args.seed)
+        pipeline, generations = run_context(args.out, context, args.steps, args.seed, args.guided, args.views,
+                                            args.all_earlier)
         if test is None:
             test = pipeline.samples("test")
             follow_up = [i for i, s in enumerate(test) if s.prior is not None]
@@ -97,13 +109,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             rows.append(system_row("copy the prior report", [s.prior.report if s.prior else "" for s in test],
                                    test, follow_up))
             rows.append(system_row("nearest neighbour", list(generations["nearest neighbour"]), test, follow_up))
-        rows.append(system_row(f"flamingo greedy, context {context}", reports, test, follow_up))
+        views = ("" if args.views == "PA" else f", views {args.views}") + (", all earlier films" if args.all_earlier
+                                                                           else "")
+        rows.append(system_row(f"flamingo greedy, context {context}{views}", list(generations["flamingo"]), test,
+                               follow_up))
+        if args.guided:
+            rows.append(system_row(f"flamingo findings-guided, context {context}{views}",
+                                   list(generations["flamingo, findings-guided"]), test, follow_up))
         print(pd.DataFrame(rows).set_index("system").T.round(3).to_string(), flush=True)
     table = pd.DataFrame(rows).set_index("system")
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "clinical_context.csv")
-    (args.out / "clinical_context.json").write_text(json.dumps(
-        {"contexts": args.contexts, "steps": args.steps, "seed": args.seed, "test_studies": len(test),
+    stem = "clinical_context" + ("-guided" if args.guided else "") + ("" if args.views == "PA" else "-lateral") + \
+        ("-all-earlier" if args.all_earlier else "")
+    table.to_csv(args.out / f"{stem}.csv")
+    (args.out / f"{stem}.json").write_text(json.dumps(
+        {"contexts": args.contexts, "steps": args.steps, "seed": args.seed, "views": args.views,
+         "all_earlier": args.all_earlier,
+         "guided": args.guided, "test_studies": len(test),
          "follow_ups": len(follow_up), "rows": table.reset_index().to_dict("records")}, indent=2, default=float))
     return table
 

@@ -40,7 +40,7 @@ import os
 import random
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,7 +72,7 @@ TEXT_MODES: tuple[str, ...] = ("iu", "templated")
 #: Synthetic patients per split in ``text="templated"`` mode.
 TEMPLATED_SPLIT_SIZES: dict[str, int] = {"train": 2000, "val": 250, "test": 250}
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass(frozen=True)
@@ -240,24 +240,38 @@ class PhantomCXR:
         if self.cache_dir is None:
             return None
         study = self._studies[index]
-        key = json.dumps([study.id, self.image_seed(index), [dataclasses.astuple(f) for f in study.findings]])
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{_UNSAFE.sub('_', study.id)}-{digest}.npz"
+        return entry_path(self.cache_dir, study.id, self.image_seed(index), study.findings)
 
     def _images(self, index: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
-        path = self.cache_path(index)
-        if path is not None and path.is_file():
-            try:
-                return _read(path, len(self.views))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-                logger.warning("phantom cache entry %s unreadable (%s); re-rendering", path, error)
-        images, masks = self._render(self._studies[index], self.image_seed(index))
-        if path is not None:
-            _write(path, images, masks)
-        return images, masks
+        return cached_render(self.cache_path(index), len(self.views),
+                             lambda: self._render(self._studies[index], self.image_seed(index)))
 
 
-def _write(path: Path, images: list[Image.Image], masks: dict[str, np.ndarray]) -> None:
+def entry_path(cache_dir: Path, study_id: str, seed: int, findings: Sequence[Finding]) -> Path:
+    """The cache entry of a study: its id (made safe for a file name) and a digest of what its film is
+    a function of (id, image seed, findings), so another phantom's study of the same id and findings
+    (the longitudinal phantom's) shares the entry."""
+    key = json.dumps([study_id, seed, [dataclasses.astuple(f) for f in findings]])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"{UNSAFE_ID_CHARS.sub('_', study_id)}-{digest}.npz"
+
+
+def cached_render(path: Path | None, n_views: int,
+                  render: Callable[[], tuple[list[Image.Image], dict[str, np.ndarray]]]
+                  ) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
+    """The entry at ``path`` when it is readable, else ``render()`` written there (``path`` None: no cache)."""
+    if path is not None and path.is_file():
+        try:
+            return read_entry(path, n_views)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            logger.warning("phantom cache entry %s unreadable (%s); re-rendering", path, error)
+    images, masks = render()
+    if path is not None:
+        write_entry(path, images, masks)
+    return images, masks
+
+
+def write_entry(path: Path, images: list[Image.Image], masks: dict[str, np.ndarray]) -> None:
     """Write one cache entry atomically: a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"image_{i}": np.asarray(im, dtype=np.uint8) for i, im in enumerate(images)}
@@ -269,8 +283,8 @@ def _write(path: Path, images: list[Image.Image], masks: dict[str, np.ndarray]) 
         np.savez_compressed(handle, **arrays)
 
 
-def _read(path: Path, n_views: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
-    """Read one cache entry written by :func:`_write`."""
+def read_entry(path: Path, n_views: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
+    """Read one cache entry written by :func:`write_entry`."""
     with np.load(path, allow_pickle=False) as data:
         images = [Image.fromarray(data[f"image_{i}"]) for i in range(n_views)]
         shape = images[0].size[::-1]

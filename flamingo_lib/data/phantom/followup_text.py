@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from flamingo_lib.data.phantom.evolution import compare, change_key, scale
 from flamingo_lib.data.phantom.render import severity_level
 from flamingo_lib.data.phantom.text import (
-    _CLEAR_LUNGS,
+    CLEAR_LUNGS,
     _LUNG_NAMES,
     _NO_PLEURAL,
     _NORMAL_BONES,
-    _NORMAL_HEART,
+    NORMAL_HEART,
     _ZONE_WORDS,
 )
 from flamingo_lib.data.sample import Finding
@@ -142,9 +142,9 @@ def comparison_report(prior: Sequence[Finding], current: Sequence[Finding], rng:
     sentences = [_change_sentence(latest[k], changes[k], rng) for k in order]
     names = {f.name for f in latest.values()}
     if "cardiomegaly" not in names:
-        sentences.insert(sum(latest[k].name == "support device" for k in order), rng.choice(_NORMAL_HEART))
+        sentences.insert(sum(latest[k].name == "support device" for k in order), rng.choice(NORMAL_HEART))
     if not {f.name for f in current} & _LUNG_NAMES:
-        sentences.append(rng.choice(_CLEAR_LUNGS))
+        sentences.append(rng.choice(CLEAR_LUNGS))
     effusion, ptx = "pleural effusion" in names, "pneumothorax" in names
     if not effusion and not ptx:
         sentences.append(rng.choice(_NO_PLEURAL))

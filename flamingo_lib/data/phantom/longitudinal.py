@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from flamingo_lib.data.licence import licence_meta
-from flamingo_lib.data.phantom.dataset import _UNSAFE, SPLITS, TEMPLATED_SPLIT_SIZES, _read, _write, default_cache_root
+from flamingo_lib.data.phantom.dataset import (SPLITS, TEMPLATED_SPLIT_SIZES, cached_render, default_cache_root,
+                                                entry_path)
 from flamingo_lib.data.phantom.evolution import compare, evolve
 from flamingo_lib.data.phantom.followup_text import comparison_report, indication
 from flamingo_lib.data.phantom.render import MIN_IMAGE_SIZE, RENDERER_VERSION, VIEWS, render_phantom, stable_seed
@@ -217,17 +217,13 @@ class LongitudinalPhantomCXR:
         if self.cache_dir is None:
             return None
         study = self._studies[index]
-        key = json.dumps([study.id, self.image_seed(index), [dataclasses.astuple(f) for f in study.findings]])
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{_UNSAFE.sub('_', study.id)}-{digest}.npz"
+        return entry_path(self.cache_dir, study.id, self.image_seed(index), study.findings)
 
     def _images(self, index: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
-        path = self.cache_path(index)
-        if path is not None and path.is_file():
-            try:
-                return _read(path, len(self.views))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-                logger.warning("phantom cache entry %s unreadable (%s); re-rendering", path, error)
+        return cached_render(self.cache_path(index), len(self.views), lambda: self._render(index))
+
+    def _render(self, index: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
+        """The study's films, one per view, with the first view's masks."""
         images: list[Image.Image] = []
         masks: dict[str, np.ndarray] = {}
         seed = self.image_seed(index)
@@ -237,6 +233,4 @@ class LongitudinalPhantomCXR:
             images.append(image)
             if i == 0:
                 masks = view_masks
-        if path is not None:
-            _write(path, images, masks)
         return images, masks

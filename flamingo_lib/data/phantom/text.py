@@ -187,12 +187,12 @@ _PHRASES: dict[str, tuple[str, ...]] = {
     "nasogastric tube": ("Nasogastric tube courses below the diaphragm into the stomach.",),
     "support device": ("Support device in place.",),
 }
-_NORMAL_HEART = (
+NORMAL_HEART = (
     "Heart size is normal.",
     "The cardiomediastinal silhouette is within normal limits.",
     "Normal heart size.",
 )
-_CLEAR_LUNGS = ("The lungs are clear.", "No focal airspace consolidation.", "Lungs are clear bilaterally.")
+CLEAR_LUNGS = ("The lungs are clear.", "No focal airspace consolidation.", "Lungs are clear bilaterally.")
 _NO_PLEURAL = ("No pleural effusion or pneumothorax.", "No pneumothorax or pleural effusion.")
 _NORMAL_BONES = ("No acute bony abnormality.", "The osseous structures are intact.", "")
 _LUNG_NAMES = frozenset({
@@ -245,10 +245,10 @@ def templated_report(findings: Iterable[Finding], rng: random.Random) -> str:
     others = [f for f in findings if f not in heart and f not in devices]
     # The usual reading order: lines and tubes, heart, lungs, pleura, bones.
     sentences = [_sentence(f, rng) for f in devices]
-    sentences += [_sentence(f, rng) for f in heart] or [rng.choice(_NORMAL_HEART)]
+    sentences += [_sentence(f, rng) for f in heart] or [rng.choice(NORMAL_HEART)]
     sentences += [_sentence(f, rng) for f in others]
     if not names & _LUNG_NAMES:
-        sentences.append(rng.choice(_CLEAR_LUNGS))
+        sentences.append(rng.choice(CLEAR_LUNGS))
     effusion, ptx = "pleural effusion" in names, "pneumothorax" in names
     if not effusion and not ptx:
         sentences.append(rng.choice(_NO_PLEURAL))
