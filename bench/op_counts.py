@@ -1,6 +1,6 @@
 """Op calls per decoded token, per gated block and per training step: ours against the bare LM.
 
-    python -m bench.op_counts            # tiny-random + BioGPT-size (~2 min on 2 cores): bench/op_counts.md
+    python -m bench.op_counts            # tiny-random + BioGPT-size (~3 min on 2 cores): bench/op_counts.md
     python -m bench.op_counts --smoke    # toy BioGPT sizes (< 30 s): bench/.smoke/op_counts.md
 
 On a GPU a decoding step of these models is bound by the host: its time follows the number
@@ -20,7 +20,12 @@ the same on a loaded machine.
   ``record_function`` ranges; and the ratios they imply at ``xattn_every=1``.
 - **train**: op calls of one training step (forward with labels, backward, fused AdamW) of
   the tiny-random model from cached patch features, against the bare LM trained whole on the
-  same tokens.
+  same tokens; the same step on the batch padded to a length bucket
+  (``TrainConfig.pad_to_multiple_of``), and with its forward and loss compiled
+  (``TrainConfig.compile_step``: ``torch.compile``, inductor; the compiled graph's kernels and the
+  ops around it counted alike); and the CPU time per step of eager and compiled (median after
+  warm-up, the compilation timed apart). ``--smoke`` skips the compiled step (its compilation
+  alone takes longer than the rest of the smoke run).
 
 Target (decode): ours <= 1.7x the bare LM's op calls per token at ``xattn_every=1``, or within
 10% of the layer floor when that floor is above 1.7x (the floor: every block costing as many
@@ -32,11 +37,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
+import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,19 +54,22 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
-from bench.common import BENCH_DIR, Env
+from bench.common import BENCH_DIR, Env, interleaved
 from bench.models import SMOKE_BLOCKS, biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir, xray_images
 from bench.training import make_step, optimizer_for, train_batch
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
 from flamingo_lib.io import write_text_atomic
 from flamingo_lib.modeling.backbones.language import load_language_model
 from flamingo_lib.modeling.lm_injection import decoder_layers, lm_flamingo_layers
+from flamingo_lib.training.trainer import ReportCollator
 
 PROMPT = "<image>Frontal<image>Lateral Findings:"
 SHORT, LONG = 4, 12  # new tokens of the two generate calls whose difference is the steady state
 TARGET_RATIO = 1.7
 FLOOR_SLACK = 1.1  # "within 10% of the floor"
 LABEL = "op_counts::"  # record_function ranges of this bench (not counted as op calls)
+BUCKET = 32  # the training step's length bucket: what docs/training.md advises a GPU user
+TIMED_STEPS = 5  # training steps timed per variant, after warm-up
 
 
 @dataclass
@@ -215,15 +226,70 @@ def decode_section(case: Case, env: Env) -> dict[str, Any]:
     }
 
 
-def train_section(env: Env) -> dict[str, Any]:
-    """Op calls of one training step of tiny-random (cached patch features) and of the bare LM."""
+def compiled_step(model: FlamingoModel, optimizer: torch.optim.Optimizer, inputs: dict[str, torch.Tensor],
+                  env: Env):  # noqa: ANN201 - returns the step callable
+    """:func:`bench.training.make_step` with the forward and loss one ``torch.compile`` function, as
+    ``TrainConfig.compile_step`` compiles them (AOTAutograd compiles their backward)."""
+    loss_of = torch.compile(lambda batch: model(**batch).loss)
+
+    def step() -> float:
+        with env.autocast():
+            loss = loss_of(inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+@contextmanager
+def fresh_inductor_cache() -> Iterator[None]:
+    """Inductor compiles into an empty cache folder inside the block: the compilation timed is the
+    one a first run pays, not a reload of an earlier run's kernels from ``/tmp/torchinductor_*``."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="flamingo-inductor-") as folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def train_section(env: Env, compiled: bool = True) -> dict[str, Any]:
+    """:func:`train_steps`, with a fresh inductor cache where a step is compiled."""
+    with fresh_inductor_cache() if compiled else nullcontext():
+        return train_steps(env, compiled)
+
+
+def train_steps(env: Env, compiled: bool) -> dict[str, Any]:
+    """Op calls of one training step of tiny-random (cached patch features), of the same step on
+    the batch padded to a multiple of ``BUCKET`` tokens, of that step compiled (with ``compiled``),
+    and of the bare LM; the CPU time per step of the eager and compiled ones."""
     config = FlamingoConfig.from_preset("tiny-random")
     model, processor = FlamingoModel(config).to(env.device).train(), FlamingoProcessor(config)
     inputs = train_batch(processor, 2, 32, env)
     pixels = inputs.pop("pixel_values")
     with torch.no_grad():
         patches = model.flamingo.encode_visuals(pixels)  # what a feature cache stores
-    ours = make_step(model, optimizer_for(model), {**inputs, "image_embeddings": patches}, env)
+    batch = {**inputs, "image_embeddings": patches}
+    bucketing = ReportCollator(processor)
+    bucketing.pad_to_multiple_of = BUCKET
+    bucketed = bucketing.bucket_padded(batch)
+    # each variant its own copy of the model: the weights of one do not drift under another's steps
+    steps = {"ours": make_step(model, optimizer_for(model), batch, env)}
+    padded_model = copy.deepcopy(model)
+    steps["ours_bucketed"] = make_step(padded_model, optimizer_for(padded_model), bucketed, env)
+    compile_s = None
+    if compiled:
+        compiled_model = copy.deepcopy(model)
+        steps["ours_compiled"] = compiled_step(compiled_model, optimizer_for(compiled_model), bucketed, env)
+        start = time.perf_counter()
+        steps["ours_compiled"]()  # the compilation: forward, backward (wall clock: inductor compiles in workers)
+        env.sync()
+        compile_s = time.perf_counter() - start
 
     bare_lm = load_language_model(config.lm, config.seed).to(env.device).train()
     added = torch.tensor([config.image_token_id, config.eoc_token_id], device=env.device)
@@ -239,12 +305,22 @@ def train_section(env: Env) -> dict[str, Any]:
         bare_opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    counts = {name: op_counts(fn)[0] for name, fn in (("ours", ours), ("bare_lm", bare))}
+    counts = {name: op_counts(fn)[0] for name, fn in (*steps.items(), ("bare_lm", bare))}
     extra = {k: v - counts["bare_lm"].get(k, 0) for k, v in counts["ours"].items()}
+    # one torch thread, timed by the thread's CPU time on CPU (bench.common.Env): the shared cores' other
+    # processes do not count
+    clock = Env(env.device, bf16=env.bf16, thread_clock=env.device.type == "cpu")
+    timed = {name: fn for name, fn in steps.items() if name in ("ours", "ours_compiled")}
+    timings = interleaved(timed, clock, reps=TIMED_STEPS, warmup=2)
     return {"batch": 2, "text_tokens": int(inputs["input_ids"].shape[1]),
+            "bucket": BUCKET, "bucketed_tokens": int(bucketed["input_ids"].shape[1]),
             "op_calls_per_step": {k: sum(c.values()) for k, c in counts.items()},
             "ratio": sum(counts["ours"].values()) / sum(counts["bare_lm"].values()),
-            "added_ops": sorted(((k, v) for k, v in extra.items() if v > 0), key=lambda kv: -kv[1])[:10]}
+            "added_ops": sorted(((k, v) for k, v in extra.items() if v > 0), key=lambda kv: -kv[1])[:10],
+            "ms_per_step": {name: 1e3 * t.median for name, t in timings.items()},
+            "ms_per_step_range": {name: [1e3 * t.min, 1e3 * t.max] for name, t in timings.items()},
+            "timed_steps": TIMED_STEPS, "clock": clock.clock_name,
+            "compile_s": compile_s, "compiled": compiled}
 
 
 def cases(lm_dir: Path, vit_dir: Path, smoke: bool) -> Iterator[Case]:
@@ -306,6 +382,25 @@ def markdown(results: dict[str, Any]) -> str:
                   "| bare LM | ours | ours / bare |", "|---|---|---|",
                   f"| {t['op_calls_per_step']['bare_lm']} | {t['op_calls_per_step']['ours']} | {t['ratio']:.2f}x |",
                   "", "Most added: " + ", ".join(f"`{k}` +{v}" for k, v in t["added_ops"]) + "."]
+        if "ms_per_step" in t:
+            calls, ms = t["op_calls_per_step"], t["ms_per_step"]
+            compiled = t["compiled"]
+            lines += ["", "### Eager, bucketed, compiled", "",
+                      f"The same step of ours on the batch as collated ({t['text_tokens']} tokens), padded to a "
+                      f"multiple of {t['bucket']} ({t['bucketed_tokens']} tokens: `TrainConfig.pad_to_multiple_of`), "
+                      "and on the padded batch with forward and loss one `torch.compile` function (inductor; "
+                      "`TrainConfig.compile_step`; the profiler counts the compiled graph's kernels and calls "
+                      "as it counts ops). CPU time: median of "
+                      f"{t['timed_steps']} steps after 2 of warm-up, {t['clock']}"
+                      + (f"; the compilation took {t['compile_s']:.1f} s (wall clock of the first step, into an "
+                         "empty inductor cache)." if compiled
+                         else "; the compiled step is skipped in `--smoke` (its compilation alone outlasts the "
+                              "smoke run)."),
+                      "", "| | eager | bucketed | compiled |", "|---|---|---|---|",
+                      f"| op calls per step | {calls['ours']} | {calls['ours_bucketed']} | "
+                      f"{calls['ours_compiled'] if compiled else '-'} |",
+                      f"| CPU ms per step | {ms['ours']:.1f} | - | "
+                      f"{ms['ours_compiled']:.1f} |" if compiled else f"| CPU ms per step | {ms['ours']:.1f} | - | - |"]
     return "\n".join(lines) + "\n"
 
 
@@ -341,10 +436,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['block_step']:.0f} (unfused {r['block_step_unfused']:.0f}) vs decoder layer "
                   f"{r['decoder_layer_step']:.0f}", flush=True)
             del case
-    results["train"] = train_section(env)
+    results["train"] = train_section(env, compiled=not args.smoke)
     t = results["train"]
-    print(f"training step: ours {t['op_calls_per_step']['ours']}, bare LM {t['op_calls_per_step']['bare_lm']}: "
-          f"{t['ratio']:.2f}x")
+    calls, ms = t["op_calls_per_step"], t["ms_per_step"]
+    print(f"training step: ours {calls['ours']}, bare LM {calls['bare_lm']}: {t['ratio']:.2f}x; bucketed "
+          f"{calls['ours_bucketed']}" + (f", compiled {calls['ours_compiled']} op calls" if t["compiled"] else "")
+          + f"; CPU ms per step eager {ms['ours']:.1f}"
+          + (f", compiled {ms['ours_compiled']:.1f} (compilation {t['compile_s']:.1f} s)" if t["compiled"] else ""))
     write_text_atomic(out_dir / "op_counts.json", json.dumps(results, indent=1) + "\n")
     write_text_atomic(out_dir / "op_counts.md", markdown(results))
     print(f"wrote {out_dir / 'op_counts.md'}")

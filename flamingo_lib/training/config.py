@@ -87,6 +87,19 @@ class TrainConfig:
     # pays the compilation. It changes the arithmetic's order, not the recipe.
     compile: bool = field(default=False, metadata=_help(
         "torch.compile every block (flamingo_lib.modeling.compile; worth it on a GPU)"))
+    # On a GPU the whole supervised step (forward, loss, backward) can be one compiled graph;
+    # length buckets keep the shapes it sees few (docs/training.md, "A training step as one graph").
+    compile_step: bool = field(default=False, metadata=_help(
+        "torch.compile the supervised step (forward, loss and, through AOTAutograd, backward); set "
+        "pad_to_multiple_of with it (e.g. 32) so it compiles once per length bucket, not per batch"))
+    pad_to_multiple_of: int | None = field(default=None, metadata=_help(
+        "pad each batch's text to a multiple of this many tokens (padding takes no loss: the loss equals the "
+        "unpadded one up to float rounding); None: to the batch's longest, as the processor pads. On a GPU "
+        "with compile_step or compile: e.g. 32"))
+    log_every: int | None = field(default=None, metadata=_help(
+        "steps between reads of the training losses from the device (metrics.csv rows, TensorBoard, the "
+        "progress bar's loss are written then, for every step); None: at each evaluation and checkpoint. "
+        "Each read waits for the device to finish its queued work"))
     max_nonfinite: int = field(default=0, metadata=_help(
         "batches with a NaN/inf loss tolerated (skipped and reported) before the run fails"))
     progress: bool = field(default=True, metadata=_help("progress bars"))
@@ -97,13 +110,17 @@ class TrainConfig:
         check_ranges(self, at_least={"max_steps": 0, "batch_size": 1, "grad_accum": 1, "warmup_steps": 0,
                                      "eval_every": 1, "save_every": 1, "eval_batches": 1, "gate_lr_mult": 0,
                                      "ff_gate_lr_mult": 0, "ff_gate_open_step": 0, "findings_loss_weight": 0,
-                                     "weight_decay": 0, "max_nonfinite": 0},
+                                     "weight_decay": 0, "max_nonfinite": 0, "pad_to_multiple_of": 1,
+                                     "log_every": 1},
                      above={"lr": 0, "max_grad_norm": 0, "repeat_factor_threshold": 0})
         if self.findings_targets not in FINDINGS_TARGET_SOURCES:
             raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, got {self.findings_targets!r}")
         if self.ff_gate_open_step is not None and self.ff_gate_lr_mult == 0:
             raise ValueError("ff_gate_open_step is set but ff_gate_lr_mult is 0: the feed-forward gates would never "
                              "open; give them a learning-rate multiple")
+        if self.compile and self.compile_step:
+            raise ValueError("compile and compile_step are both set: compile_step compiles the blocks within the "
+                             "whole step; set one of them")
 
     #: The knobs that change the trained weights (a change retrains a pipeline run); the others
     #: say where and how visibly the same weights are made.

@@ -29,7 +29,7 @@ from flamingo_lib.training.checkpoint import (
 )
 from flamingo_lib.labeling.targets import FindingTargets
 from flamingo_lib.processes import launched_world_size, leave_group_at_exit
-from flamingo_lib.training.optimisation import lr_schedule, parameter_groups
+from flamingo_lib.training.optimisation import adamw, lr_schedule, parameter_groups
 from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
 from flamingo_lib.training.config import TrainConfig
 from flamingo_lib.io import atomic_path, write_json_atomic
@@ -38,7 +38,11 @@ __all__ = ["ReportCollator", "TrainConfig", "Trainer"]
 
 #: Settings a resume may change: how long, how often to evaluate or save, how visibly, and where.
 RESUMABLE_CHANGES = frozenset({"max_steps", "eval_every", "save_every", "eval_batches", "progress", "compile",
-                               "max_nonfinite", "gradient_checkpointing", "out_dir", "overwrite"})
+                               "compile_step", "pad_to_multiple_of", "log_every", "max_nonfinite",
+                               "gradient_checkpointing", "out_dir", "overwrite"})
+
+#: (B, L) text tensors of a batch and what fills their bucket padding: no token, no attention, no loss.
+TEXT_PADDING = {"attention_mask": 0, "media_locations": 0, "labels": -100}
 
 
 class ReportCollator:
@@ -46,13 +50,20 @@ class ReportCollator:
     with ``finding_targets`` (:class:`~flamingo_lib.labeling.targets.FindingTargets`), also the
     findings head's ``finding_labels`` (B, K), from the source ``findings_targets`` names
     (:meth:`~flamingo_lib.labeling.targets.FindingTargets.for_samples`), followed by the labeler's reading
-    of each report when ``reading_targets`` (a model with a reading head; the Trainer sets it)."""
+    of each report when ``reading_targets`` (a model with a reading head; the Trainer sets it).
+
+    ``pad_to_multiple_of`` (the Trainer sets its config's): the text tensors (B, L) are padded on
+    the right to L rounded up to a multiple of it (at most ``max_length``, the LM's positions), so a
+    compiled step sees a few lengths, not one per batch; padding is ``pad_token_id`` with attention
+    0 and label -100, so the loss is the unpadded batch's up to float rounding."""
 
     def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None) -> None:
         self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
         self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
         self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
         self.with_reports = False  # the reward stage sets it: the batch then also holds the reports and prompts
+        self.pad_to_multiple_of: int | None = None
+        self.max_length: int | None = None  # the Trainer sets the LM's positions: buckets never pass them
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         # each study's prompt with the processor's context (indication, prior study), its films in
@@ -60,6 +71,8 @@ class ReportCollator:
         inputs = [self.processor.study_inputs(s) for s in samples]
         images = [x.images for x in inputs]
         batch = self.processor.training_batch([s.report for s in samples], images, [x.prompt for x in inputs])
+        if self.pad_to_multiple_of:
+            batch = self.bucket_padded(batch)
         if self.feature_cache is not None:
             batch.pop("pixel_values")
             batch["image_embeddings"] = self.feature_cache.stack(images)
@@ -71,6 +84,22 @@ class ReportCollator:
             batch["reports"] = [s.report for s in samples]
             batch["prompts"] = [x.prompt for x in inputs]
         return batch
+
+    def bucket_padded(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with its (B, L) text tensors (input_ids, attention_mask, media_locations, labels)
+        right-padded to (B, L'), L' = L rounded up to a multiple of ``pad_to_multiple_of`` (capped at
+        ``max_length``; a batch already past it is left as it is, for the model to refuse)."""
+        length = batch["input_ids"].shape[1]
+        multiple = self.pad_to_multiple_of
+        target = -(-length // multiple) * multiple
+        if self.max_length is not None:
+            target = max(min(target, self.max_length), length)
+        if target == length:
+            return batch
+        pad_id = self.processor.tokenizer.pad_token_id
+        fills = {"input_ids": 0 if pad_id is None else pad_id, **TEXT_PADDING}
+        return {k: torch.nn.functional.pad(v, (0, target - length), value=fills[k]) if k in fills else v
+                for k, v in batch.items()}
 
 
 class Trainer:
@@ -86,6 +115,17 @@ class Trainer:
         num_workers: processes that load and collate the coming batches (films decoded, features read)
             while the model trains on the current one; 0 does it between steps. The batches, and so
             the run, are the same either way.
+
+    Host syncs of a step. What :meth:`fit` runs per step queues work on the device without
+    waiting for it, except one read: whether the step's loss was finite everywhere
+    (:meth:`_finite_everywhere`, one ``bool`` per step, after every micro-batch's backward), because
+    a non-finite step must not update the weights, advance the schedule or count as a step, and
+    the host decides that. The losses logged per step stay on the device until a log point
+    (``log_every``; by default each evaluation and checkpoint), where one read fetches them all.
+    The model's forward has reads of its own (the checks of its ``<image>`` tokens against the images,
+    the findings head's image counts: ``docs/training.md``). With ``compile_step`` the forward and
+    loss are one ``torch.compile`` function (AOTAutograd compiles their backward too), split where
+    those reads are.
     """
 
     def __init__(self, model: Any, train_set: Sequence[Any], val_set: Sequence[Any] | None,
@@ -110,7 +150,18 @@ class Trainer:
             from flamingo_lib.modeling.compile import compile_blocks
 
             compile_blocks(model)
+        # what one micro-batch's loss is computed by: compiled as one function with compile_step
+        self._step_loss = self._batch_loss
+        if config.compile_step:
+            if type(self)._batch_loss is not Trainer._batch_loss:
+                raise ValueError(f"compile_step compiles the supervised step; {type(self).__name__} computes its "
+                                 "loss another way (e.g. sampling reports): train it without compile_step")
+            # default dynamic shapes: the first length compiles a static graph, the second one a graph
+            # with a dynamic length that serves every further bucket
+            self._step_loss = torch.compile(self._batch_loss)
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        collator.pad_to_multiple_of = config.pad_to_multiple_of
+        collator.max_length = getattr(model, "max_positions", None)
         context = getattr(collator.processor, "context", None)
         if context is not None and context.uses_prior:  # before minutes of training, not after them
             from flamingo_lib.processing.context import missing_context
@@ -131,10 +182,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         if not list(model.parameters_trainable()):
             raise ValueError("the model has no trainable parameters")
-        self.optimiser = torch.optim.AdamW(
+        self.optimiser = adamw(
             parameter_groups(model, config.lr, config.weight_decay, config.gate_lr_mult, config.ff_gate_lr_mult),
-            lr=config.lr, fused=True,  # one kernel for all parameters (CPU and CUDA): ~4x faster steps
-        )
+            config.lr, self.accelerator.device)
         self.scheduler = lr_schedule(self.optimiser, config)
         self.model, self.optimiser = self.accelerator.prepare(model, self.optimiser)
         self.out_dir = Path(config.out_dir)
@@ -310,66 +360,117 @@ class Trainer:
         window_start, window_samples = time.perf_counter(), 0
         world = self.accelerator.num_processes
         batches = self._prefetched_batches() if self.num_workers else None
-        while self.progress["step"] < cfg.max_steps:
-            step_loss, step_findings_loss, ids_seen, finite = 0.0, 0.0, [], True
-            for micro in range(cfg.grad_accum):
-                indices = self._next_indices()
-                batch = self._to_device(next(batches) if batches is not None
-                                        else self.collator([self.train_set[i] for i in indices]))
-                ids_seen += batch.pop("ids")
-                sync = micro == cfg.grad_accum - 1
-                context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
-                with context, self.accelerator.autocast():
-                    total, lm_loss, findings = self._batch_loss(batch, indices)
-                    loss = total / cfg.grad_accum
+        pending: list[dict[str, Any]] = []  # the steps since the last log point, their losses on the device
+        try:
+            while self.progress["step"] < cfg.max_steps:
+                # per micro-batch, on the device: the LM loss (summed over processes), the findings loss
+                # (their mean), and whether the loss was finite
+                lm_losses, findings_losses, finite, ids_seen = [], [], None, []
+                for micro in range(cfg.grad_accum):
+                    indices = self._next_indices()
+                    batch = self._to_device(next(batches) if batches is not None
+                                            else self.collator([self.train_set[i] for i in indices]))
+                    ids_seen += batch.pop("ids")
+                    sync = micro == cfg.grad_accum - 1
+                    context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
+                    with context, self.accelerator.autocast():
+                        total, lm_loss, findings = self._step_loss(batch, indices)
+                        loss = total / cfg.grad_accum
                     if findings is not None:
-                        step_findings_loss += self._mean_over_processes(findings.detach()) / cfg.grad_accum
-                if not self._finite_everywhere(loss):
-                    finite = False
-                    break
-                self.accelerator.backward(loss)
-                # the LM loss, comparable to val_loss (under many processes: the whole global batch's)
-                step_loss += (float(self.accelerator.reduce(lm_loss.detach(), "sum")) / world if world > 1
-                              else float(lm_loss.detach())) / cfg.grad_accum
-                window_samples += len(batch["labels"]) * self.accelerator.num_processes
-            if not finite:
-                if world > 1:  # every process's ids, so the message names the whole batch
-                    from accelerate.utils import gather_object
+                        findings_losses.append(self._mean_over_processes(findings.detach()))
+                    # a non-finite micro-batch is backpropagated too (its gradients are dropped below):
+                    # deciding before its backward would read the device at every micro-batch
+                    finite_here = torch.isfinite(loss.detach())
+                    finite = finite_here if finite is None else finite & finite_here
+                    self.accelerator.backward(loss)
+                    # the LM loss, comparable to val_loss (under many processes: the whole global batch's)
+                    lm_losses.append(self.accelerator.reduce(lm_loss.detach(), "sum") if world > 1
+                                     else lm_loss.detach())
+                    window_samples += len(batch["labels"]) * self.accelerator.num_processes
+                if not self._finite_everywhere(finite):  # the step's one read of the device (class docstring)
+                    if world > 1:  # every process's ids, so the message names the whole batch
+                        from accelerate.utils import gather_object
 
-                    ids_seen = gather_object(ids_seen)
+                        ids_seen = gather_object(ids_seen)
+                    self.optimiser.zero_grad(set_to_none=True)
+                    self.progress["nonfinite"].append({"step": self.progress["step"], "ids": ids_seen})
+                    if len(self.progress["nonfinite"]) > cfg.max_nonfinite:
+                        raise FloatingPointError(
+                            f"non-finite loss at step {self.progress['step']} on samples {ids_seen} "
+                            f"({len(self.progress['nonfinite'])} such batches; max_nonfinite={cfg.max_nonfinite}). "
+                            "Check those samples' reports and images, lower the learning rate, or use fp32."
+                        )
+                    continue
+                self.accelerator.clip_grad_norm_(self.unwrapped.parameters_trainable(), cfg.max_grad_norm)
+                self.optimiser.step()
+                self.scheduler.step()
                 self.optimiser.zero_grad(set_to_none=True)
-                self.progress["nonfinite"].append({"step": self.progress["step"], "ids": ids_seen})
-                if len(self.progress["nonfinite"]) > cfg.max_nonfinite:
-                    raise FloatingPointError(
-                        f"non-finite loss at step {self.progress['step']} on samples {ids_seen} "
-                        f"({len(self.progress['nonfinite'])} such batches; max_nonfinite={cfg.max_nonfinite}). "
-                        "Check those samples' reports and images, lower the learning rate, or use fp32."
-                    )
-                continue
-            self.accelerator.clip_grad_norm_(self.unwrapped.parameters_trainable(), cfg.max_grad_norm)
-            self.optimiser.step()
-            self.scheduler.step()
-            self.optimiser.zero_grad(set_to_none=True)
-            self.progress["step"] += 1
-            step = self.progress["step"]
-            elapsed = time.perf_counter() - window_start
-            row = {"step": step, "epoch": self.progress["epoch"], "train_loss": step_loss,
-                   "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
-            if cfg.findings_loss_weight:
-                row["findings_loss"] = step_findings_loss
-            row |= self.step_logs
-            self.step_logs = {}
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                row["val_loss"] = self.validation_loss()
-            self._write_metrics(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", samples_per_s=f"{row['samples_per_s']:.1f}")
-            if step % cfg.save_every == 0 or step == cfg.max_steps:
-                self.save()
-            window_start, window_samples = time.perf_counter(), 0
-        bar.close()
-        del batches  # shuts the workers down
+                self.progress["step"] += 1
+                step = self.progress["step"]
+                elapsed = time.perf_counter() - window_start
+                row = {"step": step, "epoch": self.progress["epoch"], "train_loss": lm_losses,
+                       "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                if cfg.findings_loss_weight:
+                    row["findings_loss"] = findings_losses
+                row |= self.step_logs
+                self.step_logs = {}
+                pending.append(row)
+                evaluate = step % cfg.eval_every == 0 or step == cfg.max_steps
+                save = step % cfg.save_every == 0 or step == cfg.max_steps
+                if evaluate or save or (cfg.log_every is not None and step % cfg.log_every == 0):
+                    if evaluate:
+                        row["val_loss"] = self.validation_loss()
+                    rows, pending = pending, []
+                    self._log_rows(rows, bar)
+                bar.update(1)
+                if save:  # after the rows: the checkpoint holds the history up to its step
+                    self.save()
+                window_start, window_samples = time.perf_counter(), 0
+        except BaseException:
+            # the steps trained before the failure still reach metrics.csv (as when each was written
+            # as it ended); a failure while writing them must not hide the first one
+            try:
+                self._log_rows(pending, bar)
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+        finally:
+            bar.close()
+            del batches  # shuts the workers down
         return self._summary()
+
+    def _log_rows(self, rows: list[dict[str, Any]], bar: Any) -> None:
+        """Write the metrics of ``rows`` (the steps since the last log point, in order) to metrics.csv
+        and TensorBoard, the last one's loss to the progress bar. Their losses, () tensors on the
+        device (a list per micro-batch for train_loss and findings_loss; any tensor a subclass put in
+        ``step_logs``), are read in one transfer, then combined as floats exactly as each step's
+        were before they stayed on the device: train_loss sums each micro-batch's LM loss / processes
+        / grad_accum, findings_loss each one's (process mean) / grad_accum."""
+        if not rows:
+            return
+        cfg, world = self.config, self.accelerator.num_processes
+
+        def on_device(value: Any) -> bool:
+            return torch.is_tensor(value) or (isinstance(value, list) and all(map(torch.is_tensor, value)))
+
+        slots = [(row, key) for row in rows for key, value in row.items() if on_device(value)]
+        tensors = [t.detach().float().reshape(()) for row, key in slots
+                   for t in (row[key] if isinstance(row[key], list) else [row[key]])]
+        values = iter(torch.stack(tensors).tolist() if tensors else [])  # one read of the device for all
+        for row, key in slots:
+            if not isinstance(row[key], list):
+                row[key] = next(values)
+                continue
+            divide = world if key == "train_loss" else 1
+            total = 0.0
+            for _ in row[key]:
+                value = next(values)
+                total += (value / divide if divide > 1 else value) / cfg.grad_accum
+            row[key] = total
+        for row in rows:
+            self._write_metrics(row)
+        last = rows[-1]
+        bar.set_postfix(loss=f"{last['train_loss']:.3f}", samples_per_s=f"{last['samples_per_s']:.1f}")
 
     def _batch_loss(self, batch: dict[str, Any], indices: Sequence[int]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -399,15 +500,17 @@ class Trainer:
         out = self.model(**batch, loss_reduction="sum")
         return out, out.loss * self.accelerator.num_processes / total.clamp(min=1)
 
-    def _mean_over_processes(self, value: torch.Tensor) -> float:
+    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """() ``value``'s mean over the processes, on the device (not read: no host sync)."""
         if self.accelerator.num_processes == 1:
-            return float(value)
-        return float(self.accelerator.reduce(value.clone(), "mean"))
+            return value
+        return self.accelerator.reduce(value.clone(), "mean")
 
-    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
-        """The loss is finite on every process: all of them skip the batch together, or none does
-        (one process skipping its backward would leave the others waiting in DDP's all-reduce)."""
-        finite = torch.isfinite(loss.detach()).float()
+    def _finite_everywhere(self, finite: torch.Tensor) -> bool:
+        """``finite`` (a () bool tensor: this process's step had finite losses) holds on every process:
+        all of them skip the step together, or none does (one process skipping the update would
+        leave the others waiting in DDP's next all-reduce). The one host read of a step."""
+        finite = finite.float()
         if self.accelerator.num_processes > 1:
             finite = self.accelerator.reduce(finite, "sum") == self.accelerator.num_processes
         return bool(finite)
