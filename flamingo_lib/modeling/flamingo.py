@@ -198,6 +198,19 @@ class Flamingo(nn.Module):
             layer.condition(visual_features, media_time, reuse_media_kv, masks,
                             state.media_kv if same_media else None, state.decode if same_media else None)
 
+    def prepare_decode_steps(self, last_group_first: int | None) -> None:
+        """Each layer's decoding-step weights for steps after every image (the window of
+        :func:`~flamingo_lib.modeling.cross_attention.all_seen_masks`), prepared before the first such
+        step from the media the layers hold (``generate`` calls it between the prompt and the steps)."""
+        layers = lm_flamingo_layers(self.lm)
+        media = layers[0].conditioning.media if layers else None
+        if media is None or media.shape[1] == 0:
+            return
+        rule = layers[0].gated_cross_attn.attn.only_attend_immediate_media
+        window = all_seen_masks(media.shape[1], media.shape[2], rule, last_group_first).window
+        for layer in layers:
+            layer.prepare_decode(window)
+
     def forward(
         self, input_ids: torch.Tensor, visual_features: torch.Tensor, media_time: torch.Tensor | None,
         reuse_media_kv: bool = False, all_media_seen: bool | int = False,

@@ -15,6 +15,10 @@ from transformers import DynamicCache, GenerationMixin
 from flamingo_lib.modeling.cross_attention import media_groups
 from flamingo_lib.modeling.new_tokens import DecoupledLMHead
 
+#: Static-cache generation pads prompts and sizes its cache to multiples of this many tokens, so that
+#: compiled decoding steps meet a few shapes rather than one per prompt length.
+STATIC_PAD_MULTIPLE = 8
+
 
 class FlamingoGenerationMixin(GenerationMixin):
     """The generation methods of ``FlamingoModel`` (which provides ``config``, ``flamingo``,
@@ -35,11 +39,15 @@ class FlamingoGenerationMixin(GenerationMixin):
         seen = self._all_media_seen_from is not None and input_ids.shape[1] - fed >= self._all_media_seen_from
         if memo is None or memo[0] is not inputs.get("visual_features") or not seen:
             media_time, media_first = media_groups(input_ids == self.config.image_token_id)
-            inputs["num_images"], inputs["first_image"] = media_time[:, -1], media_first[:, -1]
+            # contiguous: a slice's strides grow with the sequence, and a compiled step would recompile
+            inputs["num_images"], inputs["first_image"] = media_time[:, -1].contiguous(), media_first[:, -1].contiguous()
         if seen:
+            if not self._decode_prepared:  # outside the (possibly compiled) step: every step sees one state
+                self.flamingo.prepare_decode_steps(self._last_group_first)
+                self._decode_prepared = True
             inputs["all_media_seen"] = self._last_group_first
         else:
-            inputs["media_time"], inputs["media_first"] = media_time[:, -fed:], media_first[:, -fed:]
+            inputs["media_time"], inputs["media_first"] = media_time[:, -fed:].contiguous(), media_first[:, -fed:].contiguous()
         return inputs
 
     @torch.no_grad()
@@ -69,6 +77,11 @@ class FlamingoGenerationMixin(GenerationMixin):
             self.check_length(input_ids.shape[1] + kwargs["max_new_tokens"], "the prompt plus max_new_tokens")
         elif kwargs.get("max_length") is not None:
             self.check_length(kwargs["max_length"], "max_length")
+        added = 0
+        if kwargs.get("cache_implementation") == "static":
+            before = input_ids.shape[1]
+            input_ids, attention_mask, kwargs = self._static_cache_inputs(input_ids, attention_mask, kwargs)
+            added = input_ids.shape[1] - before
         if kwargs.get("use_cache", True) and kwargs.get("cache") is None:
             kwargs["cache"] = DynamicCache(config=self.flamingo.lm.config)
         # A generated <image> would announce an image that was never given (with immediate-media
@@ -89,13 +102,52 @@ class FlamingoGenerationMixin(GenerationMixin):
         self._last_group_first = int(media_first[0, -1]) if self._all_media_seen_from is not None else None
         self._generating = True
         try:
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    visual_features=features, **kwargs)
+            out = super().generate(input_ids=input_ids, attention_mask=attention_mask,
+                                   visual_features=features, **kwargs)
+            if added:  # the caller's prompt length still marks where the new tokens start
+                if torch.is_tensor(out):
+                    return out[:, added:]
+                out.sequences = out.sequences[:, added:]
+            return out
         finally:
             self._generating, self._all_media_seen_from, self._media_memo = False, None, None
+            self._decode_prepared = False
             if isinstance(head, DecoupledLMHead):
                 head.new_logit_bias = None
             self.flamingo.condition(None, None)
+
+    def _static_cache_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                             kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``cache_implementation="static"``: the prompt left-padded to a multiple of
+        :data:`STATIC_PAD_MULTIPLE` tokens and a ``StaticCache`` of the LM sized to a multiple of it, so
+        that a compiled decoding step (``compile_config``; on CUDA ``transformers`` compiles it by itself,
+        mode ``reduce-overhead``: one CUDA graph a step) sees the same shapes at every step and from one
+        call to the next of similar length. Left padding is what batched generation pads anyway: the
+        new positions are masked and the positions of the real tokens unchanged."""
+        from transformers import StaticCache
+
+        kwargs = dict(kwargs)
+        kwargs.pop("cache_implementation")
+        if kwargs.get("cache") is not None:
+            raise ValueError("cache_implementation='static' builds its own cache: pass one or the other")
+        new = kwargs.get("max_new_tokens")
+        if new is None:
+            raise ValueError("cache_implementation='static' needs max_new_tokens (the cache is sized by it)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask[:, -1].eq(0).any():
+            raise ValueError("cache_implementation='static' needs left-padded prompts (padding_side='left')")
+        pad = (-input_ids.shape[1]) % STATIC_PAD_MULTIPLE
+        if pad:
+            pad_id = self.generation_config.pad_token_id
+            pad_id = self.config.eoc_token_id if pad_id is None else pad_id
+            input_ids = torch.nn.functional.pad(input_ids, (pad, 0), value=int(pad_id))
+            attention_mask = torch.nn.functional.pad(attention_mask, (pad, 0), value=0)
+        length = input_ids.shape[1] + new
+        length += (-length) % STATIC_PAD_MULTIPLE
+        self.check_length(length, "the padded prompt plus max_new_tokens")
+        kwargs["cache"] = StaticCache(config=self.flamingo.lm.config, max_cache_len=length)
+        return input_ids, attention_mask, kwargs
 
     @torch.no_grad()
     def generate_captions(

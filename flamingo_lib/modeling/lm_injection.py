@@ -102,6 +102,16 @@ class FlamingoLayer(nn.Module):
                 hidden_states = x if x.dtype == lm_dtype else x.to(lm_dtype)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
+    def prepare_decode(self, window: tuple[int, int]) -> None:
+        """Prepare the decoding-step weights for the latents ``window`` now, from the media K/V the
+        prompt's pass computed, rather than inside the first decoding step: a compiled step then meets
+        the same state at every step (one graph, not one for the first step and one for the rest)."""
+        state = self.conditioning
+        if state.media_kv is None or not state.reuse_media_kv or not self.fuse_decode_steps:
+            return
+        if state.decode is None or state.decode.window != window:
+            state.decode = self.gated_cross_attn.decode_weights(state.media_kv, window, state.media_kv[0].device.type)
+
     def _decode_step(self, hidden_states: torch.Tensor, kv: MediaKV, window: tuple[int, int]) -> torch.Tensor:
         """The block on one new token per sample of a ``generate`` call (B, 1, D), through
         :meth:`GatedCrossAttentionBlock.decode_step` with the weights prepared at the call's

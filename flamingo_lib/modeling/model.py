@@ -69,6 +69,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         self._generating = False
         self._all_media_seen_from: int | None = None  # generate: positions from here on see every image
         self._last_group_first: int | None = None  # generate: the image opening every sample's last media group
+        self._decode_prepared = False  # generate: the layers' decoding-step weights are prepared
         # generate: (resolved features, their conditioning media), so that every step hands the
         # layers the same media tensor and their cached media keys/values stay valid
         self._media_memo: tuple[torch.Tensor, torch.Tensor] | None = None
