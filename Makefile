@@ -83,11 +83,13 @@ $(BASELINES_STAMP): bench/requirements-baselines.txt
 bench: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench" $(PY) -m bench.run
 	$(PY) -m bench.op_counts
+	$(PY) -m bench.static_decoding
 
 # Toy sizes, one repetition (< 1 min): keeps the benchmark code working; writes bench/.smoke/.
 bench-smoke: $(STAMP) $(BASELINES_STAMP)
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.run --smoke --compile
 	$(PY) -m bench.op_counts --smoke
+	$(PY) -m bench.static_decoding --smoke
 	BENCH_COMMAND="make bench-smoke" $(PY) -m bench.scale --sizes 200 600 --out bench/.smoke/scale
 
 # The data path at MIMIC-CXR's size (~8 min on 2 cores, ~1.5 GB of temporary disk): synthetic trees of 1k, 10k,
