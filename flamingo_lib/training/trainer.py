@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +28,7 @@ from flamingo_lib.training.checkpoint import (
     save_training_state,
 )
 from flamingo_lib.labeling.targets import FindingTargets
+from flamingo_lib.processing.prompts import shots_text
 from flamingo_lib.processes import launched_world_size, leave_group_at_exit
 from flamingo_lib.training.optimisation import adamw, lr_schedule, parameter_groups
 from flamingo_lib.training.sampling import epoch_order, repeat_factors, study_labels
@@ -57,8 +58,12 @@ class ReportCollator:
     compiled step sees a few lengths, not one per batch; padding is ``pad_token_id`` with attention
     0 and label -100, so the loss is the unpadded batch's up to float rounding."""
 
-    def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None) -> None:
+    def __init__(self, processor: Any, feature_cache: Any = None, finding_targets: Any = None,
+                 shots: Callable[[Any], Sequence[Any]] | None = None) -> None:
         self.processor, self.feature_cache, self.finding_targets = processor, feature_cache, finding_targets
+        # in-context examples of each study (e.g. :func:`~flamingo_lib.training.sampling.random_shots`): studies
+        # with their reports put before it, so that the model learns to read interleaved studies
+        self.shots = shots
         self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
         self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
         self.with_reports = False  # the reward stage sets it: the batch then also holds the reports and prompts
@@ -69,8 +74,14 @@ class ReportCollator:
         # each study's prompt with the processor's context (indication, prior study), its films in
         # the order of the prompt's <image> tokens
         inputs = [self.processor.study_inputs(s) for s in samples]
-        images = [x.images for x in inputs]
-        batch = self.processor.training_batch([s.report for s in samples], images, [x.prompt for x in inputs])
+        images, prompts = [x.images for x in inputs], [x.prompt for x in inputs]
+        if self.shots is not None:  # Flamingo's few-shot format; the loss is the study's own report's
+            config = self.processor.config
+            for i, sample in enumerate(samples):
+                examples = list(self.shots(sample))
+                prompts[i] = shots_text(examples, self.processor.prompt, config.image_token, config.eoc_token) + prompts[i]
+                images[i] = [im for ex in examples for im in ex.images] + images[i]
+        batch = self.processor.training_batch([s.report for s in samples], images, prompts)
         if self.pad_to_multiple_of:
             batch = self.bucket_padded(batch)
         if self.feature_cache is not None:
