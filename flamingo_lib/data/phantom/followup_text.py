@@ -19,14 +19,7 @@ from collections.abc import Sequence
 
 from flamingo_lib.data.phantom.evolution import compare, change_key, scale
 from flamingo_lib.data.phantom.render import severity_level
-from flamingo_lib.data.phantom.text import (
-    CLEAR_LUNGS,
-    _LUNG_NAMES,
-    _NO_PLEURAL,
-    _NORMAL_BONES,
-    NORMAL_HEART,
-    _ZONE_WORDS,
-)
+from flamingo_lib.data.phantom.text import CLEAR_LUNGS, LUNG_NAMES, NORMAL_HEART, ZONE_WORDS, normal_closing
 from flamingo_lib.data.sample import Finding
 
 _DEVICE_NOUNS = {
@@ -90,7 +83,7 @@ def _article(word: str) -> str:
 def noun_phrase(finding: Finding) -> tuple[str, bool]:
     """(noun phrase naming ``finding`` without its severity, whether it is plural)."""
     side = finding.side or ""
-    where = " ".join(w for w in (side, _ZONE_WORDS.get(finding.zone or "", "")) if w) or "lung"
+    where = " ".join(w for w in (side, ZONE_WORDS.get(finding.zone or "", "")) if w) or "lung"
     key = change_key(finding)
     if key in _DEVICE_NOUNS:
         return _DEVICE_NOUNS[key].format(side=side or "right"), False
@@ -143,17 +136,9 @@ def comparison_report(prior: Sequence[Finding], current: Sequence[Finding], rng:
     names = {f.name for f in latest.values()}
     if "cardiomegaly" not in names:
         sentences.insert(sum(latest[k].name == "support device" for k in order), rng.choice(NORMAL_HEART))
-    if not {f.name for f in current} & _LUNG_NAMES:
+    if not {f.name for f in current} & LUNG_NAMES:
         sentences.append(rng.choice(CLEAR_LUNGS))
-    effusion, ptx = "pleural effusion" in names, "pneumothorax" in names
-    if not effusion and not ptx:
-        sentences.append(rng.choice(_NO_PLEURAL))
-    elif not ptx:
-        sentences.append("No pneumothorax.")
-    elif not effusion:
-        sentences.append("No pleural effusion.")
-    if "fracture" not in names:
-        sentences.append(rng.choice(_NORMAL_BONES))
+    sentences += normal_closing(names, rng)
     return " ".join(s for s in sentences if s)
 
 

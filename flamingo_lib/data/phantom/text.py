@@ -65,7 +65,7 @@ _FREQUENCY: tuple[tuple[str, float], ...] = (
 NORMAL_FRACTION = 0.4
 _LUNG_ZONES = ("upper", "middle", "lower", "base")
 _DEVICES = ("pacemaker", "central line", "endotracheal tube", "nasogastric tube")
-_ZONE_WORDS = {
+ZONE_WORDS = {
     "upper": "upper lobe", "middle": "mid lung", "lower": "lower lobe",
     "base": "base", "apex": "apex", "hilum": "perihilar region",
 }  # fmt: skip
@@ -195,7 +195,7 @@ NORMAL_HEART = (
 CLEAR_LUNGS = ("The lungs are clear.", "No focal airspace consolidation.", "Lungs are clear bilaterally.")
 _NO_PLEURAL = ("No pleural effusion or pneumothorax.", "No pneumothorax or pleural effusion.")
 _NORMAL_BONES = ("No acute bony abnormality.", "The osseous structures are intact.", "")
-_LUNG_NAMES = frozenset({
+LUNG_NAMES = frozenset({
     "opacity", "consolidation", "pneumonia", "edema", "nodule",
     "mass", "atelectasis", "granuloma", "emphysema",
 })  # fmt: skip
@@ -204,7 +204,7 @@ _LUNG_NAMES = frozenset({
 def _sentence(f: Finding, rng: random.Random) -> str:
     """One sentence stating ``f``, in one of several phrasings."""
     side = f.side or ""
-    zone = _ZONE_WORDS.get(f.zone or "", "")
+    zone = ZONE_WORDS.get(f.zone or "", "")
     grade = _GRADE.get(f.severity or "", "moderate")
     both = side == "bilateral"
     fields = {
@@ -247,8 +247,16 @@ def templated_report(findings: Iterable[Finding], rng: random.Random) -> str:
     sentences = [_sentence(f, rng) for f in devices]
     sentences += [_sentence(f, rng) for f in heart] or [rng.choice(NORMAL_HEART)]
     sentences += [_sentence(f, rng) for f in others]
-    if not names & _LUNG_NAMES:
+    if not names & LUNG_NAMES:
         sentences.append(rng.choice(CLEAR_LUNGS))
+    sentences += normal_closing(names, rng)
+    return " ".join(s for s in sentences if s)
+
+
+def normal_closing(names: set[str], rng: random.Random) -> list[str]:
+    """The closing sentences of a report whose findings are ``names``: the pleura (what of effusion
+    and pneumothorax is absent) and the bones when no fracture, in that order."""
+    sentences = []
     effusion, ptx = "pleural effusion" in names, "pneumothorax" in names
     if not effusion and not ptx:
         sentences.append(rng.choice(_NO_PLEURAL))
@@ -258,7 +266,7 @@ def templated_report(findings: Iterable[Finding], rng: random.Random) -> str:
         sentences.append("No pleural effusion.")
     if "fracture" not in names:
         sentences.append(rng.choice(_NORMAL_BONES))
-    return " ".join(s for s in sentences if s)
+    return sentences
 
 
 def findings_to_labels(findings: Iterable[Finding]) -> dict[str, Label]:
