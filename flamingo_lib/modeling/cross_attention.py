@@ -153,9 +153,16 @@ def all_seen_masks(num_media: int, num_latents: int, only_immediate: bool, last_
     with no mask and no blind rows, the same result as :func:`media_masks` gives for
     ``media_time == num_media`` without its per-layer masking ops (they set a decoding step's
     cost where it is host-bound)."""
+    return MediaMasks(None, None, only_immediate, all_seen_window(num_media, num_latents, only_immediate,
+                                                                  last_group_first))
+
+
+def all_seen_window(num_media: int, num_latents: int, only_immediate: bool, last_group_first: int | None = None
+                    ) -> tuple[int, int]:
+    """The (start, stop) latents a token after all images attends to (:func:`all_seen_masks`)."""
     first = num_media if last_group_first is None else last_group_first
     start = (first - 1) * num_latents if only_immediate else 0
-    return MediaMasks(None, None, only_immediate, (start, num_media * num_latents))
+    return start, num_media * num_latents
 
 
 class MaskedCrossAttention(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from flamingo_lib.modeling.config import FlamingoConfig, dtype_name, floating_dtype
-from flamingo_lib.modeling.cross_attention import GatedCrossAttentionBlock, all_seen_masks, media_masks
+from flamingo_lib.modeling.cross_attention import GatedCrossAttentionBlock, all_seen_masks, all_seen_window, media_masks
 from flamingo_lib.modeling.heads.findings import FindingsHead
 from flamingo_lib.modeling.heads.findings_tokens import FindingsTokens
 from flamingo_lib.modeling.backbones.language import flamingo_tokenizer, load_language_model
@@ -207,7 +207,7 @@ class Flamingo(nn.Module):
         if media is None or media.shape[1] == 0:
             return
         rule = layers[0].gated_cross_attn.attn.only_attend_immediate_media
-        window = all_seen_masks(media.shape[1], media.shape[2], rule, last_group_first).window
+        window = all_seen_window(media.shape[1], media.shape[2], rule, last_group_first)
         for layer in layers:
             layer.prepare_decode(window)
 

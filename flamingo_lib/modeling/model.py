@@ -70,6 +70,10 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         self._all_media_seen_from: int | None = None  # generate: positions from here on see every image
         self._last_group_first: int | None = None  # generate: the image opening every sample's last media group
         self._decode_prepared = False  # generate: the layers' decoding-step weights are prepared
+        # Checks that read the device (the <image> count, the findings head's image counts): on for
+        # calls from users; a training step on an accelerator, whose batches the processor built and
+        # checked, turns them off so that the step reads nothing back (TrainConfig, the Trainer)
+        self.check_inputs = True
         # generate: (resolved features, their conditioning media), so that every step hands the
         # layers the same media tensor and their cached media keys/values stay valid
         self._media_memo: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -182,6 +186,8 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         elif media_locations.shape != input_ids.shape:
             raise ValueError(f"media_locations has shape {tuple(media_locations.shape)}, "
                              f"expected that of input_ids {tuple(input_ids.shape)}")
+        if not self.check_inputs:
+            return media_groups(media_locations)
         most = int(media_locations.sum(-1).max()) if media_locations.numel() else 0
         if most > num_media:
             raise ValueError(f"a sample has {most} {self.config.image_token} tokens but only "
@@ -267,7 +273,8 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         loss = None if labels is None else causal_lm_loss(out.logits, labels, loss_reduction)
         findings_logits = aux_loss = None
         if finding_labels is not None:
-            findings_logits = self._findings_logits(*current_study(features, num_images, first_image))
+            findings_logits = self._findings_logits(*current_study(features, num_images, first_image,
+                                                                   self.check_inputs))
             aux_loss = findings_loss(findings_logits, finding_labels)
         return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
                               findings_logits=findings_logits, findings_loss=aux_loss)

@@ -372,6 +372,11 @@ class Trainer:
         world = self.accelerator.num_processes
         batches = self._prefetched_batches() if self.num_workers else None
         pending: list[dict[str, Any]] = []  # the steps since the last log point, their losses on the device
+        # On an accelerator the model's input checks would each read the device at every step: the
+        # processor built and checked these batches, so the steps skip them (back on for other calls)
+        checking = getattr(self.unwrapped, "check_inputs", None)
+        if checking is not None:
+            self.unwrapped.check_inputs = checking and self.accelerator.device.type == "cpu"
         try:
             while self.progress["step"] < cfg.max_steps:
                 # per micro-batch, on the device: the LM loss (summed over processes), the findings loss
@@ -446,6 +451,8 @@ class Trainer:
                 pass
             raise
         finally:
+            if checking is not None:
+                self.unwrapped.check_inputs = checking
             bar.close()
             del batches  # shuts the workers down
         return self._summary()

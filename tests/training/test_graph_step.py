@@ -101,6 +101,30 @@ def test_steps_between_log_points_read_the_device_only_for_the_finite_check(tmp_
     assert metrics("every_2") == metrics("quiet") and len(metrics("quiet")) == 7
 
 
+MODEL_CODE = str(Path(__file__).resolve().parents[2] / "flamingo_lib" / "modeling")
+
+
+def test_without_input_checks_the_model_reads_nothing_in_a_step_and_trains_the_same(tmp_path, monkeypatch):
+    # on an accelerator the trainer turns the checks off (the processor built the batches); forced here on CPU
+    # from cached features, as on a GPU (from pixels the encoder's test for empty slots reads the device)
+    knobs = dict(max_steps=3, eval_every=100, save_every=100, findings_loss_weight=1.0,
+                 feature_cache_root=tmp_path / "cache")
+    checked = make_trainer(tmp_path / "checked", **knobs)
+    checked.fit()
+    quiet = make_trainer(tmp_path / "quiet", **knobs)
+    quiet.unwrapped.check_inputs = False
+    reads = count_device_reads(monkeypatch, quiet)
+    quiet.fit()
+    monkeypatch.undo()
+    model_reads = [where for step, where in reads if where.startswith(MODEL_CODE) and step < 3]
+    assert model_reads == []  # the <image> count, the head's image counts, the study's slots: none read
+    assert quiet.unwrapped.check_inputs is False  # as it was before fit
+    rows = [(tmp_path / run / "metrics.csv").read_text().splitlines() for run in ("checked", "quiet")]
+    for a, b in zip(*rows):
+        for x, y in zip(a.split(",")[:-1], b.split(",")[:-1]):
+            assert x == y or abs(float(x) - float(y)) < 1e-6
+
+
 def test_a_failure_between_log_points_still_writes_the_steps_trained(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=6, eval_every=100, save_every=100)
     step_loss = trainer._step_loss

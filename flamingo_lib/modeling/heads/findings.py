@@ -44,13 +44,16 @@ class FindingsHead(nn.Module):
         super().__init__()
         self.classifier = nn.Linear(num_latents * dim_visual, num_findings)
 
-    def forward(self, visual_features: torch.Tensor, num_images: torch.Tensor | Sequence[int] | None = None
-                ) -> torch.Tensor:
+    def forward(self, visual_features: torch.Tensor, num_images: torch.Tensor | Sequence[int] | None = None,
+                check: bool = True) -> torch.Tensor:
         """(B, T, num_latents, dim_visual) -> (B, num_findings) logits: each study's images averaged.
 
         Args:
             num_images: (B,) how many of the T image slots each study fills (the rest is the zero
                 padding of a batch mixing studies with fewer views, which is no image); None: all T.
+            check: check the counts and take the plain mean when every slot is filled (both read the
+                counts on the host); False (a training step on an accelerator, whose batches the
+                processor built): the masked mean always, nothing read.
 
         Raises:
             ValueError: a study without images (T = 0 or a count of 0): there is nothing to
@@ -61,8 +64,11 @@ class FindingsHead(nn.Module):
                              f"of shape {tuple(visual_features.shape)}")
         flat = visual_features.flatten(2)
         slots = flat.shape[1]
-        counts = None if num_images is None else check_image_counts(num_images, flat.shape[0], slots)
-        if counts is None or bool((counts == slots).all()):
+        if not check and num_images is not None:
+            counts = torch.as_tensor(num_images, device=flat.device).long().clamp(1, slots)
+        else:
+            counts = None if num_images is None else check_image_counts(num_images, flat.shape[0], slots)
+        if counts is None or (check and bool((counts == slots).all())):
             pooled = flat.mean(1)  # every slot an image: the plain mean (bit-identical to before)
         else:
             filled = torch.arange(slots, device=flat.device) < counts.to(flat.device)[:, None]  # (B, T)

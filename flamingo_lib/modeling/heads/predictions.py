@@ -16,7 +16,7 @@ from flamingo_lib.modeling.heads.findings import padded_image_counts
 from flamingo_lib.modeling.heads.findings_tokens import append_findings_tokens
 
 
-def current_study(visual_features: torch.Tensor, num_images: Any, first_image: Any
+def current_study(visual_features: torch.Tensor, num_images: Any, first_image: Any, check: bool = True
                   ) -> tuple[torch.Tensor, Any]:
     """The images of the study being reported, for what pools over a study (the findings head).
 
@@ -29,6 +29,10 @@ def current_study(visual_features: torch.Tensor, num_images: Any, first_image: A
         num_images: (B,) the last slot each sample fills (1-based), or None (all T).
         first_image: (B,) the first slot of the study's own films (1-based), or None (1).
 
+        check: read on the host whether any study starts later (the inputs are returned as they are
+            when none does) and gather only as many slots as the longest study holds; False (a training
+            step on an accelerator): gather all T slots, reading nothing.
+
     Returns:
         (B, T', n, D) each study's own slots moved to the front (the rest zero) and (B,) their
         counts; the inputs unchanged when every study starts at the first slot.
@@ -37,11 +41,12 @@ def current_study(visual_features: torch.Tensor, num_images: Any, first_image: A
         return visual_features, num_images
     device = visual_features.device
     first = torch.as_tensor(first_image, device=device).long().clamp(min=1)
-    if bool((first == 1).all()):
+    if check and bool((first == 1).all()):
         return visual_features, num_images
     last = torch.as_tensor(num_images, device=device).long()
     counts = (last - first + 1).clamp(min=1)
-    slots = first[:, None] - 1 + torch.arange(int(counts.max()), device=device)  # (B, T')
+    width = int(counts.max()) if check else visual_features.shape[1]
+    slots = first[:, None] - 1 + torch.arange(width, device=device)  # (B, T')
     inside = slots < last[:, None]
     rows = torch.arange(visual_features.shape[0], device=device)[:, None]
     gathered = visual_features[rows, slots.clamp(max=visual_features.shape[1] - 1)]
@@ -67,7 +72,7 @@ class FindingsPredictionMixin:
         k = len(self.config.findings_head)  # the findings' logits; a reading head's follow them
         if num_images is not None:  # a study with no image reads no media: any verdict will do
             num_images = torch.as_tensor(num_images).clamp(min=1)
-        own, counts = current_study(visual_features, num_images, first_image)
+        own, counts = current_study(visual_features, num_images, first_image, self.check_inputs)
         probabilities = self._findings_logits(own, counts)[:, :k].detach().float().sigmoid()
         return append_findings_tokens(visual_features, tokens(probabilities))
 
@@ -83,7 +88,7 @@ class FindingsPredictionMixin:
         if self.flamingo.findings_head is None:
             raise ValueError("this model has no findings head (config.findings_head is None): "
                              "build it with findings_head=[observation names]")
-        return self.flamingo.findings_head(visual_features, num_images)
+        return self.flamingo.findings_head(visual_features, num_images, check=self.check_inputs)
 
     def _head_input(self, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor | None,
                     visual_features: torch.Tensor | None, num_images: Any) -> tuple[torch.Tensor, Any]:
