@@ -58,7 +58,8 @@ def test_mention_rates_count_each_studys_own_samples():
     studies = [SimpleNamespace(id=f"s{k}", images=[xray_like(k, size=(100 + k, 120))]) for k in (0, 3, 4, 1, 2)]
     model = ScriptedModel()
     before = torch.random.get_rng_state()
-    rates = sampled_mention_rates(model, None, studies, OBS, num_samples=4, batch_size=2, progress=False)
+    processor = SimpleNamespace(study_inputs=lambda s: SimpleNamespace(images=s.images, prompt="Findings:"))
+    rates = sampled_mention_rates(model, processor, studies, OBS, num_samples=4, batch_size=2, progress=False)
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is left alone
     assert list(rates.index) == ["s0", "s3", "s4", "s1", "s2"]
     assert rates["Pleural Effusion"].tolist() == [0.0, 0.75, 1.0, 0.25, 0.5]
@@ -69,9 +70,9 @@ def test_mention_rates_count_each_studys_own_samples():
     truth = [{"Pleural Effusion": float(k >= 2)} for k in (0, 3, 4, 1, 2)]
     assert finding_usage(rates, truth).loc["Pleural Effusion", "AUROC"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        sampled_mention_rates(model, None, studies, OBS, num_samples=0)
+        sampled_mention_rates(model, processor, studies, OBS, num_samples=0)
     with pytest.raises(ValueError, match="no samples"):
-        sampled_mention_rates(model, None, [], OBS)
+        sampled_mention_rates(model, processor, [], OBS)
 
 
 def test_mention_rates_of_a_real_model_are_reproducible(tiny_open):
