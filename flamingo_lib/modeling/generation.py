@@ -67,6 +67,9 @@ class FlamingoGenerationMixin(GenerationMixin):
         keys/values once per call, then reused at every step, KV cache on or off. ``<image>`` is
         never generated (its logit is -inf: there is no image to give it). When every sample's
         prompt holds all its images, the steps after the prompt attend without masks.
+        ``cache_implementation="static"`` (with ``max_new_tokens`` and left-padded prompts) decodes
+        into a static cache, so that a compiled step (``compile_config``; on CUDA transformers
+        compiles it by itself) is one graph for every step (:meth:`_static_cache_inputs`).
 
         Returns:
             token ids (B * num_return_sequences, L + new) as ``GenerationMixin.generate``.
