@@ -49,9 +49,11 @@ class ModelSettings:
         "a second output of the findings head per observation, trained on the labeler's reading of each "
         "report (None: whenever the model has the head; true needs the head)")})
     # bench/RESULTS.md 4b: a biomed-size CPU step 1.56x as fast in bfloat16; the results in
-    # docs/results.md were measured in float32.
-    frozen_dtype: str = field(default="float32", metadata={"help": (
-        "dtype of the frozen LM and vision encoder (the trained layers stay float32)"), "choices": list(FROZEN_DTYPES)})
+    # docs/results.md were measured in float32 (what auto is on CPU). On CUDA, bf16 autocast would
+    # otherwise cast every frozen weight at every use (docs/gpu.md).
+    frozen_dtype: str = field(default="auto", metadata={"help": (
+        "dtype of the frozen LM and vision encoder (the trained layers stay float32); auto: bfloat16 when "
+        "CUDA is there, else float32"), "choices": ["auto", *FROZEN_DTYPES]})
     # A study's views are consecutive <image> tokens: one media group, which its report reads
     # whole under the immediate rule; a prior study's films are a group of their own, read by the
     # prior's report and not by the study's (flamingo_lib.processing.context).
@@ -64,6 +66,10 @@ class ModelSettings:
         return bool(train.findings_loss_weight) and self.reading_head is not False
 
     def __post_init__(self) -> None:  # before minutes of training, not after them
+        if self.frozen_dtype == "auto":  # resolved here: a run records (and its key holds) what it was
+            import torch
+
+            self.frozen_dtype = "bfloat16" if torch.cuda.is_available() else "float32"
         if self.frozen_dtype not in FROZEN_DTYPES:
             raise ValueError(f"frozen_dtype={self.frozen_dtype!r}; allowed: {', '.join(FROZEN_DTYPES)}")
         if self.preset not in PRESETS:

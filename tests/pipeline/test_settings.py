@@ -77,3 +77,16 @@ def test_int8_features_retrain_the_model_worker_count_does_not_and_a_run_saved_b
     assert PipelineSettings.from_flat(num_workers=4).training_key() == plain.training_key()
     saved = {k: v for k, v in plain.training_key().items() if k != "feature_storage"}  # a key from before the knob
     assert Pipeline._saved_training_key(saved) == plain.training_key()
+
+
+def test_frozen_parts_default_to_bfloat16_on_cuda_and_float32_elsewhere(monkeypatch):
+    import torch
+
+    from flamingo_lib.pipeline.settings import ModelSettings, PipelineSettings
+
+    assert ModelSettings().frozen_dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ModelSettings().frozen_dtype == "bfloat16" and ModelSettings(frozen_dtype="float32").frozen_dtype == "float32"
+    assert PipelineSettings().training_key()["frozen_dtype"] == "bfloat16"  # the key holds what was resolved
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert PipelineSettings().training_key()["frozen_dtype"] == "float32"  # the CPU runs' keys stand
