@@ -135,7 +135,9 @@ class DataSettings:
             raise ValueError(f"DataSettings.feature_storage must be one of {FEATURE_STORAGES}, got {self.feature_storage!r}")
         from flamingo_lib.processing.context import StudyContext
 
-        self.context = str(StudyContext.parse(self.context)) if self.context not in ("", None) else ""  # refuses unknown parts
+        # one spelling per context (unknown parts refused): "prior" and "prior_films,prior_report" key alike,
+        # and "none" keys as no context
+        self.context = ",".join(StudyContext.parse(self.context).names)
 
 
 @dataclass

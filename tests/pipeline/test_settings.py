@@ -65,6 +65,7 @@ def test_what_the_model_reads_is_in_the_training_key_views_priors_and_the_contex
                   PipelineSettings.from_flat(source="mimic:/d;priors=true;licence=credentialed")):
         assert other.training_key() != plain.training_key()
     assert PipelineSettings.from_flat(context="prior,indication").data.context == "indication,prior_films,prior_report"
+    assert PipelineSettings.from_flat(context="none").training_key() == PipelineSettings().training_key()
     with pytest.raises(ValueError, match="unknown context part 'lateral'"):
         PipelineSettings.from_flat(context="lateral")
 
