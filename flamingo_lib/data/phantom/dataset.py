@@ -43,7 +43,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,33 @@ def default_cache_root() -> Path:
     return cache_root("phantom")
 
 
-class PhantomCXR:
+class StudyIndex:
+    """What a phantom's index of studies (``_studies``: ``id``, ``report``; ``views``) answers without
+    rendering a film: its length, ids, reports and films per study (one per view)."""
+
+    _studies: list[Any]
+    views: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self._studies)
+
+    @property
+    def ids(self) -> list[str]:
+        """Study ids in index order."""
+        return [s.id for s in self._studies]
+
+    @property
+    def reports(self) -> list[str]:
+        """Report texts in index order, without rendering any film."""
+        return [s.report for s in self._studies]
+
+    @property
+    def image_counts(self) -> list[int]:
+        """How many films each study has (one per view; a prior's not counted), without rendering any."""
+        return [len(self.views)] * len(self._studies)
+
+
+class PhantomCXR(StudyIndex):
     """Map-style dataset of rendered chest radiographs (usable as a ``torch`` Dataset).
 
     Args:
@@ -171,24 +197,6 @@ class PhantomCXR:
             study_id = f"phantom-{self.split}-{index:05d}"
             studies.append(_Study(study_id, report, {"FINDINGS": report}, findings, {"report_id": study_id}))
         return studies
-
-    def __len__(self) -> int:
-        return len(self._studies)
-
-    @property
-    def ids(self) -> list[str]:
-        """Study ids in index order."""
-        return [s.id for s in self._studies]
-
-    @property
-    def reports(self) -> list[str]:
-        """Report texts in index order, without rendering any film."""
-        return [s.report for s in self._studies]
-
-    @property
-    def image_counts(self) -> list[int]:
-        """How many films each study has (one per view), without rendering any."""
-        return [len(self.views)] * len(self._studies)
 
     def text_samples(self) -> list[CXRSample]:
         """Every study without its films, in index order: report, findings and labels as

@@ -38,8 +38,8 @@ import numpy as np
 from PIL import Image
 
 from flamingo_lib.data.licence import licence_meta
-from flamingo_lib.data.phantom.dataset import (SPLITS, TEMPLATED_SPLIT_SIZES, cached_render, default_cache_root,
-                                                entry_path)
+from flamingo_lib.data.phantom.dataset import (SPLITS, TEMPLATED_SPLIT_SIZES, StudyIndex, cached_render,
+                                                default_cache_root, entry_path)
 from flamingo_lib.data.phantom.evolution import compare, evolve
 from flamingo_lib.data.phantom.followup_text import comparison_report, indication
 from flamingo_lib.data.phantom.render import MIN_IMAGE_SIZE, RENDERER_VERSION, VIEWS, render_phantom, stable_seed
@@ -65,7 +65,7 @@ class _Study:
     changes: dict[str, str]
 
 
-class LongitudinalPhantomCXR:
+class LongitudinalPhantomCXR(StudyIndex):
     """Map-style dataset of phantom studies, patient by patient, each patient's studies in time order.
 
     Args:
@@ -140,28 +140,10 @@ class LongitudinalPhantomCXR:
             patient += 1
         return studies
 
-    def __len__(self) -> int:
-        return len(self._studies)
-
-    @property
-    def ids(self) -> list[str]:
-        """Study ids in index order."""
-        return [s.id for s in self._studies]
-
     @property
     def patients(self) -> list[str]:
         """The patient id of every study, in index order."""
         return [s.patient for s in self._studies]
-
-    @property
-    def reports(self) -> list[str]:
-        """Report texts in index order, without rendering any film."""
-        return [s.report for s in self._studies]
-
-    @property
-    def image_counts(self) -> list[int]:
-        """How many films each study has (one per view; its prior's not counted), without rendering."""
-        return [len(self.views)] * len(self._studies)
 
     @property
     def changes(self) -> list[dict[str, str]]:
