@@ -157,23 +157,14 @@ class PhantomCXR(StudyIndex):
         bad = [v for v in views if v not in VIEWS]
         if not views or bad:
             raise ValueError(f"views must be a non-empty sequence of {VIEWS}, got {views!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 0):
-            raise ValueError(f"max_samples must be None or an int >= 0, got {max_samples!r}")
+        check_arguments(image_size, seed, max_samples)
         if reports is not None and text != "iu":
             raise ValueError("reports= only applies to text='iu'")
         self.split, self.image_size, self.text, self.seed, self.views = split, image_size, text, seed, views
         self._studies = self._iu_studies(reports) if text == "iu" else self._templated_studies()
         if max_samples is not None:
             self._studies = self._studies[:max_samples]
-        self.cache_dir: Path | None = None
-        if cache:
-            root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-            fingerprint = json.dumps({"renderer": RENDERER_VERSION, "size": image_size, "views": views})
-            self.cache_dir = root / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        self.cache_dir = render_cache_dir(cache, cache_dir, image_size, views)
 
     # --- index ----------------------------------------------------------------------------
 
@@ -253,6 +244,27 @@ class PhantomCXR(StudyIndex):
     def _images(self, index: int) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
         return cached_render(self.cache_path(index), len(self.views),
                              lambda: self._render(self._studies[index], self.image_seed(index)))
+
+
+def check_arguments(image_size: Any, seed: Any, max_samples: Any) -> None:
+    """Refuse a phantom's arguments of the wrong kind, naming each."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 0):
+        raise ValueError(f"max_samples must be None or an int >= 0, got {max_samples!r}")
+
+
+def render_cache_dir(cache: bool, cache_dir: str | Path | None, image_size: int, views: Sequence[str]) -> Path | None:
+    """Where a phantom's films are cached (None with caching off): one folder per renderer version,
+    image size and views under ``cache_dir`` (default :func:`default_cache_root`), shared by every
+    phantom, so a study rendered by one is read by the other."""
+    if not cache:
+        return None
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    fingerprint = json.dumps({"renderer": RENDERER_VERSION, "size": image_size, "views": views})
+    return root / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
 
 
 def entry_path(cache_dir: Path, study_id: str, seed: int, findings: Sequence[Finding]) -> Path:

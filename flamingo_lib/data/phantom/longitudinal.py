@@ -25,8 +25,6 @@ findings), and a study rendered as another study's ``prior`` uses the same entry
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import random
@@ -39,10 +37,10 @@ from PIL import Image
 
 from flamingo_lib.data.licence import licence_meta
 from flamingo_lib.data.phantom.dataset import (SPLITS, TEMPLATED_SPLIT_SIZES, StudyIndex, cached_render,
-                                                default_cache_root, entry_path)
+                                                check_arguments, entry_path, render_cache_dir)
 from flamingo_lib.data.phantom.evolution import compare, evolve
 from flamingo_lib.data.phantom.followup_text import comparison_report, indication
-from flamingo_lib.data.phantom.render import MIN_IMAGE_SIZE, RENDERER_VERSION, VIEWS, render_phantom, stable_seed
+from flamingo_lib.data.phantom.render import RENDERER_VERSION, VIEWS, render_phantom, stable_seed
 from flamingo_lib.data.phantom.text import findings_to_labels, sample_findings, templated_report
 from flamingo_lib.data.sample import CXRSample, Finding
 
@@ -97,22 +95,12 @@ class LongitudinalPhantomCXR(StudyIndex):
         views = (views,) if isinstance(views, str) else tuple(views)
         if not views or any(v not in VIEWS for v in views):
             raise ValueError(f"views must be a non-empty sequence of {VIEWS}, got {views!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 0):
-            raise ValueError(f"max_samples must be None or an int >= 0, got {max_samples!r}")
+        check_arguments(image_size, seed, max_samples)
         self.split, self.image_size, self.seed, self.views = split, image_size, seed, views
         self._studies = self._build(LONGITUDINAL_SPLIT_SIZES[split])
         if max_samples is not None:
             self._studies = self._studies[:max_samples]
-        self.cache_dir: Path | None = None
-        if cache:
-            root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-            # The same fingerprint as PhantomCXR: one cache folder per renderer, size and views.
-            fingerprint = json.dumps({"renderer": RENDERER_VERSION, "size": image_size, "views": views})
-            self.cache_dir = root / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        self.cache_dir = render_cache_dir(cache, cache_dir, image_size, views)
 
     # --- index ----------------------------------------------------------------------------
 
