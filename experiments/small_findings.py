@@ -7,13 +7,15 @@ a cell centre happens to fall on it. For each finding named in a test report thi
 mask's size against a cell, and both games of :func:`~flamingo_lib.evaluation.grounding.pointing_game`:
 the pixel game and the cell game (a hit when the peak *cell* overlaps the mask, with chance the share
 of cells the mask overlaps), for the evidence maps and the raw attention, with the study's film and
-a shuffled one.
+a shuffled one. The pixel game is played twice: on the map sharpened by the words' gradient with
+respect to the pixels (the pointing game's default, :mod:`flamingo_lib.modeling.pixel_maps`) and on
+the upsampled grid map alone (columns ``*_grid_pixel_hit``).
 If the small findings stay at zero on the grid too, the resolution is not what loses them: the
 patch tokens carry their evidence elsewhere, or not at all.
 
     HF_HUB_OFFLINE=1 python -m experiments.small_findings runs/demo [--max-studies 250]
 
-About 30 seconds on the demo's 250 test studies (2 cores).
+About 2 minutes on the demo's 250 test studies (2 cores).
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ from flamingo_lib.evaluation.grounding import MAP_METHODS, pointing_game
 
 GAMES = {"pixel_hit": "hit", "shuffled_pixel_hit": "shuffled_hit", "cell_hit": "cell_hit",
          "shuffled_cell_hit": "shuffled_cell_hit"}
+#: The pixel game on the grid map alone (``sharpen=False``); its cell game is the same as the default's.
+GRID_GAMES = {"grid_pixel_hit": "hit", "shuffled_grid_pixel_hit": "shuffled_hit"}
 
 
 def analyse(model: Any, processor: Any, samples: list[Any], seed: int = 0) -> pd.DataFrame:
     """One row per (study, named finding): mask area (px), the share of grid cells it overlaps and,
-    per map method, the pixel and cell games' hits on the study's film and on the shuffled one."""
+    per map method, the pixel games' (sharpened and grid) and the cell game's hits on the study's
+    film and on the shuffled one."""
     areas = {(s.id, finding): int(mask.sum()) for s in samples for finding, mask in s.masks.items()}
     table = None
     for method in MAP_METHODS:
-        rows = pointing_game(model, processor, samples, seed=seed, method=method)
-        renamed = rows[["id", "finding", "cell_chance", *GAMES.values()]].rename(
-            columns={column: f"{method}_{name}" for name, column in GAMES.items()})
-        table = renamed if table is None else table.merge(renamed, on=["id", "finding", "cell_chance"])
+        for sharpen, games in ((True, GAMES), (False, GRID_GAMES)):
+            rows = pointing_game(model, processor, samples, seed=seed, method=method, sharpen=sharpen)
+            renamed = rows[["id", "finding", "cell_chance", *games.values()]].rename(
+                columns={column: f"{method}_{name}" for name, column in games.items()})
+            table = renamed if table is None else table.merge(renamed, on=["id", "finding", "cell_chance"])
     table["area_px"] = [areas[(i, f)] for i, f in zip(table["id"], table["finding"])]
     return table
 

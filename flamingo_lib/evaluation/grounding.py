@@ -15,6 +15,11 @@ grid and upsampled, so its peak pixel sits near a cell's centre, and a lesion sm
 can only be hit where a centre falls on it. The *cell* game counts a hit when the map's peak cell
 overlaps the mask, against the share of cells the mask overlaps (its chance at that resolution) and
 the shuffled film's peak cell: the pointing game's usual tolerance of about one map cell, made exact.
+
+The pixel game itself is played on the map *sharpened* by the words' gradient with respect to the
+film's pixels (:mod:`~flamingo_lib.modeling.pixel_maps`: the grid map says which cells, the gradient
+which pixels in them), so that its peak can land on a lesion smaller than a cell; ``sharpen=False``
+plays it on the upsampled grid map alone. The cell game and the box measures read the grid map.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from flamingo_lib.evaluation.box_grounding import box_scores
 from flamingo_lib.modeling.attention_maps import (capture_attention, capture_evidence, patch_grid,
                                                   relevance_to_heatmap)
+from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
 
 #: The cell game's columns of :func:`pointing_game` (module docstring).
 CELL_COLUMNS = ("cell_hit", "cell_chance", "shuffled_cell_hit")
@@ -109,13 +115,15 @@ def _hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
 
 
 def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int = 0,
-                  method: str = "evidence") -> pd.DataFrame:
+                  method: str = "evidence", sharpen: bool = True) -> pd.DataFrame:
     """One row per (study, finding named in its report with a mask): hit, chance, shuffled hit.
 
     Args:
         samples: studies with ``masks`` (finding -> bool (H, W) of the first image), e.g. PhantomCXR.
         seed: picks the other study used for the shuffled-image control.
         method: how the words' map is made (:func:`words_heatmap`).
+        sharpen: play the pixel game on the map sharpened by the pixels' gradient (module docstring),
+            on the study's film and on the shuffled one alike.
 
     Returns:
         DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit, the cell
@@ -144,8 +152,13 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
             shuffled = words_relevance(model, shuffled_batch, token_positions, method, image)
             cells = cells_overlapped(mask, patch_grid(own.numel())[1])
             heatmap, shuffled_heatmap = relevance_to_heatmap(own, mask.shape), relevance_to_heatmap(shuffled, mask.shape)
-            rows.append({"id": sample.id, "finding": finding, "hit": _hit(heatmap, mask), "chance": float(mask.mean()),
-                         "shuffled_hit": _hit(shuffled_heatmap, mask), "cell_hit": _cell_hit(own, cells),
+            peaks, shuffled_peaks = heatmap, shuffled_heatmap
+            if sharpen:
+                peaks = sharpened_map(heatmap, pixel_saliency(model, batch, token_positions, image=image))
+                shuffled_peaks = sharpened_map(shuffled_heatmap,
+                                               pixel_saliency(model, shuffled_batch, token_positions, image=image))
+            rows.append({"id": sample.id, "finding": finding, "hit": _hit(peaks, mask), "chance": float(mask.mean()),
+                         "shuffled_hit": _hit(shuffled_peaks, mask), "cell_hit": _cell_hit(own, cells),
                          "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled, cells),
                          **box_scores(heatmap, shuffled_heatmap, mask, placements)})
     return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *CELL_COLUMNS, *BOX_COLUMNS])

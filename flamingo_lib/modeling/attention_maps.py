@@ -178,9 +178,7 @@ def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequ
         ValueError: no position, a position outside 1..L-1, or a batch of resampled
             ``visual_features`` (the patches' part of the path is gone).
     """
-    length = batch["input_ids"].shape[1]
-    if not positions or not all(1 <= p < length for p in positions):
-        raise ValueError(f"evidence needs text positions in 1..{length - 1}; got {list(positions)}")
+    check_positions(batch, positions)
     if "visual_features" in batch:
         raise ValueError("evidence maps need the patch tokens: pass pixel_values or image_embeddings, "
                          "not resampled visual_features")
@@ -192,9 +190,7 @@ def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequ
     embeddings = embeddings.detach().requires_grad_(True)  # the graph reaches every attention, frozen or not
     with keep_attention(model), torch.enable_grad():
         logits = model(**inputs, image_embeddings=embeddings).logits[sample]
-        targets = torch.as_tensor(list(positions), device=logits.device)
-        words = batch["input_ids"][sample, targets].to(logits.device)
-        score = logits[targets - 1].float().log_softmax(-1).gather(-1, words[:, None]).sum()
+        score = words_log_probability(logits, batch["input_ids"][sample], positions)
         torch.autograd.grad(score, embeddings)  # fills each attention's last_attention_grad
         layers = [layer.gated_cross_attn.attn for layer in flamingo_layers(model)]
         perceiver = [attn for attn, _ in model.flamingo.perceiver.layers]
@@ -203,6 +199,22 @@ def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequ
                              len(model.config.findings_head) if model.config.findings_tokens else 0,
                              [_grad_or_zeros(a) for a in layers], [_grad_or_zeros(a) for a in perceiver])
     return maps
+
+
+def check_positions(batch: dict[str, torch.Tensor], positions: Sequence[int]) -> None:
+    """Refuse an empty list of target positions or one outside 1..L-1 (each word is predicted from
+    the position before it)."""
+    length = batch["input_ids"].shape[1]
+    if not positions or not all(1 <= p < length for p in positions):
+        raise ValueError(f"evidence needs text positions in 1..{length - 1}; got {list(positions)}")
+
+
+def words_log_probability(logits: torch.Tensor, input_ids: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    """The target of the gradient maps: the summed log-probability of the words at ``positions``,
+    each predicted from the position before. ``logits`` (L, V) and ``input_ids`` (L,) of one sample."""
+    targets = torch.as_tensor(list(positions), device=logits.device)
+    words = input_ids[targets].to(logits.device)
+    return logits[targets - 1].float().log_softmax(-1).gather(-1, words[:, None]).sum()
 
 
 def _grad_or_zeros(attn: Any) -> torch.Tensor:

@@ -127,8 +127,11 @@ class Flamingo(nn.Module):
         size = getattr(getattr(trunk, "patch_embed", None), "img_size", None)
         return None if size is None or getattr(trunk, "dynamic_img_size", False) else int(size[0])
 
-    def encode_visuals(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_visuals(self, pixel_values: torch.Tensor, grad_to_pixels: bool = False) -> torch.Tensor:
         """(B, T, 3, H, W) pixels -> (B, T, P, dim_visual) patch tokens of the vision encoder.
+
+        A frozen encoder runs without autograd, unless ``grad_to_pixels``: then the graph reaches the
+        pixels (for gradients with respect to them; frozen parameters still get none).
 
         An all-zero image slot is the padding of a study with fewer views (what the processor
         writes; no normalised film is all zeros): it is not encoded and its tokens are zeros, as
@@ -148,7 +151,7 @@ class Flamingo(nn.Module):
         images = pixel_values.flatten(0, 1)
         filled = images.flatten(1).ne(0).any(-1)  # (B*T,) False on padding slots
         every_slot = bool(filled.all())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.vision_frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (grad_to_pixels or not self.vision_frozen)):
             # (with no image at all, one slot is encoded for the output's shape, then zeroed)
             chosen = images if every_slot else images[filled] if bool(filled.any()) else images[:1]
             encoded = self.vision_encoder(chosen.to(self.vision_encoder.dtype))

@@ -1,4 +1,4 @@
-"""The small-findings probe: both map methods' pixel and cell games, row by row as the pointing game plays them."""
+"""The small-findings probe: both map methods' pixel games (sharpened and grid) and cell games, row by row as the pointing game plays them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def test_rows_are_the_pointing_games_of_both_methods_with_each_masks_area(tiny_o
         game = pointing_game(model, processor, samples, method=method)
         assert rows[f"{method}_cell_hit"].tolist() == game["cell_hit"].tolist()
         assert rows[f"{method}_pixel_hit"].tolist() == game["hit"].tolist()
+        grid = pointing_game(model, processor, samples, method=method, sharpen=False)
+        assert rows[f"{method}_grid_pixel_hit"].tolist() == grid["hit"].tolist()
     masks = {s.id: s.masks for s in samples}
     assert all(row.area_px == masks[row.id][row.finding].sum() for row in rows.itertuples())
     table = summary(rows)
