@@ -129,12 +129,16 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
         from flamingo_lib.evaluation.grounding import pointing_summary, pointing_tests
 
         summary = pointing_summary(grounding).round(3)
-        tests = pointing_tests(grounding)
-        sections.append(("Grounding: pointing game (peak of the finding's attention inside its mask)",
-                         summary.to_html() + "<p>chance = mask area fraction; shuffled = the map computed "
-                                             "with another study's image. One-sided exact p-values over all "
-                                             f"findings: above chance p = {tests['p_vs_chance']:.2g}, above the "
-                                             f"shuffled control (paired) p = {tests['p_vs_shuffled']:.2g}.</p>"))
+        tests, cells = pointing_tests(grounding), pointing_summary(grounding, level="cell").loc["all"]
+        sections.append(("Grounding: pointing game (peak of the words' evidence inside the finding's mask)",
+                         summary.to_html() + "<p>The peak pixel of the evidence map sharpened by the words' "
+                                             "gradient over the film's pixels. chance = mask area fraction; "
+                                             "shuffled = the map computed with another study's image. One-sided "
+                                             f"exact p-values over all findings: above chance p = "
+                                             f"{tests['p_vs_chance']:.2g}, above the shuffled control (paired) p = "
+                                             f"{tests['p_vs_shuffled']:.2g}. At the map's own resolution (the peak "
+                                             f"cell of the patch grid): {cells.accuracy:.3f}, chance "
+                                             f"{cells.chance:.3f}, shuffled {cells.shuffled:.3f}.</p>"))
     usage = pipeline.finding_usage()
     if usage["AUROC"].notna().any():
         sections.append(("Which findings does the text follow? (sampled reports)",
