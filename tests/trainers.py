@@ -15,11 +15,11 @@ SAMPLES = [CXRSample(id=f"toy-{i}-{kind}", images=[toy_radiograph(kind, 160)], r
            for i, (kind, report) in enumerate(TOY_STUDIES * 2)]
 
 
-def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, num_workers=0, **overrides):
+def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, num_workers=0, findings_tokens=False, **overrides):
     from flamingo_lib.observations import FINDINGS_OBSERVATIONS
 
     head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
-    config = FlamingoConfig.from_preset("tiny-random", findings_head=head)
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=head, findings_tokens=findings_tokens)
     model, processor = FlamingoModel(config), FlamingoProcessor(config)
     cache = None
     if feature_cache_root is not None:

@@ -216,6 +216,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         first_image: torch.Tensor | None = None,
         finding_labels: torch.Tensor | None = None,
         num_images: torch.Tensor | None = None,
+        token_findings: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> FlamingoOutput:
         """
@@ -243,6 +244,9 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             num_images: (B,) images each study holds, for what pools over a study's images (the
                 findings head, findings tokens): the rest of the T slots is padding. Default: its
                 ``<image>`` tokens, when ``input_ids`` is the whole sequence (no ``media_time``).
+            token_findings: (B, K) with ``config.findings_tokens``: the probabilities the findings
+                tokens are built from in place of the head's, NaN where the head's stand (teacher
+                forcing in training; generation never passes them).
 
         Returns:
             :class:`FlamingoOutput` with loss, logits (B, L, V'), cache (and the findings head's
@@ -264,7 +268,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
                 num_images = media_time[:, -1] if num_images is None else num_images
                 first_image = media_first[:, -1] if first_image is None else first_image
         out = self.flamingo(
-            input_ids, self._media_for(features, num_images, first_image), media_time,
+            input_ids, self._media_for(features, num_images, first_image, token_findings), media_time,
             reuse_media_kv=self._generating and self.cache_media_kv,
             all_media_seen=all_media_seen, media_first=media_first,
             attention_mask=attention_mask,

@@ -291,6 +291,8 @@ class PipelineSettings:
 
             key |= {"findings_targets": t.findings_targets, "findings_tokens": m.findings_tokens,
                     "reading_head": m.has_reading_head(t), "labeler": rules_version()}
+            if t.findings_tokens_teacher:  # absent at 0: earlier runs' keys stand
+                key["findings_tokens_teacher"] = t.findings_tokens_teacher
         return key
 
     @classmethod

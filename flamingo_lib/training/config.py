@@ -74,6 +74,13 @@ class TrainConfig:
         "what the findings head learns: 'labels', each study's own labels (the labeler's reading of its report "
         "where it has none); 'reports', the labeler's reading of every report; 'both', their mean "
         "(flamingo_lib.labeling.targets.FindingTargets.for_samples)", choices=list(FINDINGS_TARGET_SOURCES)))
+    # Findings tokens built from the head's probabilities carry nothing while the head is still
+    # learning, so the text learns to read the latents and then barely follows the tokens
+    # (docs/results.md); teacher forcing hands a share of the studies their labels from the first step.
+    findings_tokens_teacher: float = field(default=0.0, metadata=_help(
+        "share of training studies (drawn each step) whose findings tokens are built from their findings "
+        "targets instead of the head's probabilities (needs a model with findings tokens); generation "
+        "always reads the head's"))
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
@@ -113,6 +120,8 @@ class TrainConfig:
                                      "weight_decay": 0, "max_nonfinite": 0, "pad_to_multiple_of": 1,
                                      "log_every": 1},
                      above={"lr": 0, "max_grad_norm": 0, "repeat_factor_threshold": 0})
+        if not 0 <= self.findings_tokens_teacher <= 1:
+            raise ValueError(f"findings_tokens_teacher is a share of studies, in [0, 1]; got {self.findings_tokens_teacher}")
         if self.findings_targets not in FINDINGS_TARGET_SOURCES:
             raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, got {self.findings_targets!r}")
         if self.ff_gate_open_step is not None and self.ff_gate_lr_mult == 0:

@@ -188,6 +188,9 @@ class Trainer:
                 collator.finding_targets = FindingTargets(model.config.findings_head)
             collator.findings_targets = config.findings_targets
             collator.reading_targets = model.config.reading_head
+        if config.findings_tokens_teacher and not (config.findings_loss_weight and model.config.findings_tokens):
+            raise ValueError(f"findings_tokens_teacher={config.findings_tokens_teacher} but the model reads no findings "
+                             "tokens: build it with FlamingoConfig(findings_tokens=True) and a findings_loss_weight > 0")
         self.repeat_factors = (None if config.repeat_factor_threshold is None
                                else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)
@@ -494,6 +497,8 @@ class Trainer:
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss to minimise on one (micro-)batch of the samples at ``indices``, the LM loss (logged,
         comparable to ``val_loss``) and the findings head's (None without it)."""
+        if self.config.findings_tokens_teacher:
+            batch = batch | {"token_findings": self._teacher_findings(batch["finding_labels"])}
         if self.accelerator.num_processes > 1:
             out, lm_loss = self._global_token_mean(batch)
         else:
@@ -503,6 +508,15 @@ class Trainer:
             return lm_loss, lm_loss, None
         # the findings loss is a mean over studies: every process has as many
         return lm_loss + self.config.findings_loss_weight * out.findings_loss, lm_loss, out.findings_loss
+
+    def _teacher_findings(self, finding_labels: torch.Tensor) -> torch.Tensor:
+        """(B, K): the findings targets of a ``findings_tokens_teacher`` share of the studies, drawn
+        from the RNG a checkpoint saves (a resumed run draws the same), NaN for the rest (their
+        tokens are the head's)."""
+        k = len(self.unwrapped.config.findings_head)  # a reading head's targets follow the K findings
+        chosen = torch.rand(finding_labels.shape[0]) < self.config.findings_tokens_teacher
+        return torch.where(chosen[:, None].to(finding_labels.device), finding_labels[:, :k].float(),
+                           torch.full_like(finding_labels[:, :k].float(), float("nan")))
 
     def _global_token_mean(self, batch: dict[str, Any]) -> tuple[Any, torch.Tensor]:
         """The model's output on this process's part of the batch, and its LM loss scaled so that

@@ -58,13 +58,16 @@ class FindingsPredictionMixin:
     ``resolve_visual_features`` and the ``_generating`` / ``_media_memo`` state of a ``generate`` call)."""
 
     def conditioning_media(self, visual_features: torch.Tensor, num_images: torch.Tensor | None = None,
-                           first_image: torch.Tensor | None = None) -> torch.Tensor:
+                           first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None
+                           ) -> torch.Tensor:
         """(B, T, n, D) resampled latents -> what the cross-attention layers read: with
         ``config.findings_tokens``, every image's latents followed by the study's K findings tokens
         (B, T, n + K, D; :mod:`flamingo_lib.modeling.heads.findings_tokens`), else the latents unchanged (so too for
         studies without images, T = 0). ``num_images`` (B,): the slots each study fills, the rest
         being padding the head must not average (None: all T); ``first_image`` (B,): the first slot
-        of the study's own films, after a prior study's (:func:`current_study`)."""
+        of the study's own films, after a prior study's (:func:`current_study`). ``token_findings``
+        (B, K): probabilities the tokens are built from in place of the head's, NaN where the head's
+        stand (the trainer's teacher forcing, ``TrainConfig.findings_tokens_teacher``)."""
         tokens = self.flamingo.findings_tokens
         if tokens is None or visual_features.shape[1] == 0:
             return visual_features
@@ -74,12 +77,16 @@ class FindingsPredictionMixin:
             num_images = torch.as_tensor(num_images).clamp(min=1)
         own, counts = current_study(visual_features, num_images, first_image, self.check_inputs)
         probabilities = self._findings_logits(own, counts)[:, :k].detach().float().sigmoid()
+        if token_findings is not None:
+            given = token_findings.to(probabilities)
+            probabilities = torch.where(given.isnan(), probabilities, given)
         return append_findings_tokens(visual_features, tokens(probabilities))
 
     def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None,
-                   first_image: torch.Tensor | None = None) -> torch.Tensor:
-        if not self._generating:
-            return self.conditioning_media(features, num_images, first_image)
+                   first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        if not self._generating or token_findings is not None:
+            return self.conditioning_media(features, num_images, first_image, token_findings)
         if self._media_memo is None or self._media_memo[0] is not features:
             self._media_memo = (features, self.conditioning_media(features, num_images, first_image))
         return self._media_memo[1]
