@@ -3,7 +3,7 @@
     python -m bench.decoding_cost --run runs/demo --studies 32 --out DIR   # DIR/decoding_cost.md + .json
 
 On a trained run's model (``--model``, default ``RUN/train/model``) and the first ``--studies`` test
-studies of the run (opened with the settings it was trained with, :func:`run_pipeline`), the seconds
+studies of the run (opened with the settings it was trained with, ``Pipeline.from_run``), the seconds
 per report of
 
 - greedy decoding, as the pipeline's evaluation decodes (``generate_in_batches``, its batch size 8);
@@ -53,27 +53,17 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def run_pipeline(run_dir: str | Path) -> Any:
-    """The pipeline of a trained run with the settings it was trained with (its training key, saved
-    in ``RUN/train/summary.json``), the defaults where it saved none."""
-    from flamingo_lib.pipeline.settings import PipelineSettings
-    from flamingo_lib.pipeline.steps import Pipeline
-
-    summary = Path(run_dir) / "train" / "summary.json"
-    key = json.loads(summary.read_text())["config"]["extra"]["pipeline"] if summary.is_file() else {}
-    return Pipeline(PipelineSettings.from_training_key(key, run_dir, progress=False))
-
-
 def run(run_dir: str | Path, model_dir: str | Path | None = None, studies: int = 32, beams: int = 4,
         threads: int = 2, reps: int = 3) -> dict[str, Any]:
     """The three rows (module docstring), per report, and their ratio to greedy."""
     from flamingo_lib.inference.batched import generate_in_batches
     from flamingo_lib.inference.guided_decoding import GUIDED_SETUP_FILE, choose, sample_candidates
     from flamingo_lib.modeling.model import FlamingoModel
+    from flamingo_lib.pipeline.steps import Pipeline
     from flamingo_lib.processing.processor import FlamingoProcessor
 
     torch.set_num_threads(threads)
-    pipeline = run_pipeline(run_dir)
+    pipeline = Pipeline.from_run(run_dir, progress=False)
     model_dir = Path(model_dir) if model_dir is not None else Path(run_dir) / "train" / "model"
     model, processor = FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
     test = pipeline.splits["test"]

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model_dir = f"{args.run_dir}/train/model"
     model, processor = FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
-    pipeline = Pipeline(run_dir=args.run_dir, progress=False)  # the data and the feature cache's root
+    pipeline = Pipeline.from_run(args.run_dir, progress=False)  # the data and the feature cache's root
     studies = pipeline.samples("train")
     # this run's model, whatever its settings: its own encoder's features, cached where the pipeline's are
     cache = FeatureCache(pipeline.settings.feature_root, model, processor)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--steps", type=int, default=None, help="--train-shots' steps (default: the recipe's)")
     args = parser.parse_args(argv)
 
-    pipeline = Pipeline(run_dir=args.run_dir, progress=False)
+    pipeline = Pipeline.from_run(args.run_dir, progress=False)
     model, processor = pipeline.model_and_processor
     if args.train_shots:
         model = train_with_shots(pipeline, args.train_shots, args.out, args.steps)

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("error", EncoderBuildMismatchWarning)
     model_dir = f"{args.run_dir}/train/model"
     model, processor = FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
-    test = Pipeline(run_dir=args.run_dir, progress=False).splits["test"]
+    test = Pipeline.from_run(args.run_dir, progress=False).splits["test"]
     rows, stats = analyse(model, processor, [test[i] for i in range(min(args.max_studies, len(test)))])
     table = pd.DataFrame(rows)
     eval_dir = Path(args.run_dir) / "eval"

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.beams < 0 or args.beams == 1:
         parser.error("--beams must be 0 (off) or at least 2")
 
-    pipeline = Pipeline(run_dir=args.run_dir, progress=False)
+    pipeline = Pipeline.from_run(args.run_dir, progress=False)  # its own settings: never retrained
     model, processor = pipeline.model_and_processor
     test = pipeline.samples("test")
     training_reports = pipeline.splits["train"].reports

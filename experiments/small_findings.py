@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model_dir = f"{args.run_dir}/train/model"
     model, processor = FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
-    test = Pipeline(run_dir=args.run_dir, progress=False).splits["test"]
+    test = Pipeline.from_run(args.run_dir, progress=False).splits["test"]
     samples = [test[i] for i in range(min(args.max_studies, len(test)))]
     table = summary(analyse(model, processor, samples))
     pd.set_option("display.width", 200)

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from flamingo_lib.pipeline import Pipeline, PipelineSettings
 from pipeline_runs import SMALL
 
@@ -49,3 +51,21 @@ def test_a_changed_setting_retrains_the_saved_run(tmp_path):
     shutil.copytree(FIXTURE, run)
     assert not Pipeline(run_dir=str(run), **{**SMALL, "weight_decay": 0.01}).is_trained()  # a knob it lacked
     assert not Pipeline(run_dir=str(run), **{**SMALL, "max_steps": 5}).is_trained()
+
+
+def test_a_run_opens_with_the_settings_it_was_trained_with_and_is_not_retrained(tmp_path):
+    from flamingo_lib.pipeline import Pipeline
+
+    trained = Pipeline(run_dir=str(tmp_path / "run"), **SMALL)
+    trained.train()
+    weights = tmp_path / "run" / "train" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    opened = Pipeline.from_run(tmp_path / "run", max_new_tokens=9)
+    assert opened.settings.training_key() == trained.settings.training_key()
+    assert opened.settings.eval.max_new_tokens == 9  # overrides win
+    opened.model_and_processor
+    assert weights.stat().st_mtime_ns == stamp, "nothing retrained"
+    # the defaults would have retrained it: that is what from_run is for
+    assert Pipeline(run_dir=str(tmp_path / "run")).settings.training_key() != trained.settings.training_key()
+    with pytest.raises(FileNotFoundError, match="is not a trained pipeline run"):
+        Pipeline.from_run(tmp_path / "nothing-here")
