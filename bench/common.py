@@ -202,3 +202,16 @@ def baseline_versions() -> dict[str, str]:
         name, _, version = dist.name[: -len(".dist-info")].rpartition("-")
         versions[name] = version
     return versions
+
+
+def write_results(out_dir: Path, stem: str, results: dict[str, Any], text: str) -> None:
+    """``out_dir/stem.json`` (the results) and ``out_dir/stem.md`` (their page), each written atomically;
+    the page is printed too."""
+    import json
+
+    from flamingo_lib.io import write_text_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / f"{stem}.json", json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out_dir / f"{stem}.md", text)
+    print(text)

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from flamingo_lib.io import write_text_atomic
+from bench.common import write_results
 
 #: The batch size the pipeline's evaluation decodes greedy and beam-search reports at
 #: (``flamingo_lib.evaluation.evaluate.evaluate``'s default, which ``Pipeline.evaluate`` keeps).
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = run(args.run, args.model, args.studies, args.beams, args.threads, args.reps)
     out = args.out or Path(__file__).parent
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "decoding_cost.json", json.dumps(results, indent=1) + "\n")
-    write_text_atomic(out / "decoding_cost.md", markdown(results))
-    print(markdown(results))
+    write_results(out, "decoding_cost", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import json
 import os
 import platform
 import tempfile
@@ -54,11 +53,10 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
-from bench.common import BENCH_DIR, Env, interleaved
+from bench.common import BENCH_DIR, Env, interleaved, write_results
 from bench.models import SMOKE_BLOCKS, biomed_size_config, make_biogpt_size_lm_dir, make_vit_dir, xray_images
 from bench.training import make_step, optimizer_for, train_batch
 from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
-from flamingo_lib.io import write_text_atomic
 from flamingo_lib.modeling.backbones.language import load_language_model
 from flamingo_lib.modeling.lm_injection import decoder_layers, lm_flamingo_layers
 from flamingo_lib.training.trainer import ReportCollator
@@ -443,9 +441,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{calls['ours_bucketed']}" + (f", compiled {calls['ours_compiled']} op calls" if t["compiled"] else "")
           + f"; CPU ms per step eager {ms['ours']:.1f}"
           + (f", compiled {ms['ours_compiled']:.1f} (compilation {t['compile_s']:.1f} s)" if t["compiled"] else ""))
-    write_text_atomic(out_dir / "op_counts.json", json.dumps(results, indent=1) + "\n")
-    write_text_atomic(out_dir / "op_counts.md", markdown(results))
-    print(f"wrote {out_dir / 'op_counts.md'}")
+    write_results(out_dir, "op_counts", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from flamingo_lib.io import write_text_atomic
+from bench.common import write_results
 
 
 def _batch(processor: Any, studies: int) -> dict[str, torch.Tensor]:
@@ -121,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = run(args.device, args.bf16, args.smoke)
     out = args.out or Path(__file__).parent / (".smoke" if args.smoke else "")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "static_decoding.json", json.dumps(results, indent=1) + "\n")
-    write_text_atomic(out / "static_decoding.md", markdown(results))
-    print(markdown(results))
+    write_results(out, "static_decoding", results, markdown(results))
 
 
 if __name__ == "__main__":
