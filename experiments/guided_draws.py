@@ -46,7 +46,6 @@ def score_draw(val: Candidates, val_truth: Sequence[Labels], test: Candidates, t
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from experiments.runs import saved_settings
     from flamingo_lib.inference.guided_decoding import sample_candidates
     from flamingo_lib.labeling.labeler import label_report
     from flamingo_lib.pipeline.steps import Pipeline
@@ -56,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("run_dir", help="a trained phantom run (its settings and model are read)")
     parser.add_argument("--draws", type=int, default=3, help="sampling seeds 0 .. draws-1")
     args = parser.parse_args(argv)
-    pipeline = Pipeline(saved_settings(args.run_dir))
+    pipeline = Pipeline.from_run(args.run_dir)
     if not pipeline.settings.data.source.startswith("phantom"):
         raise SystemExit("the image truth exists for phantom data only; this run trained on "
                          f"{pipeline.settings.data.source!r}")

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from experiments.runs import saved_settings
 from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
 from flamingo_lib.labeling.labeler import label_report
 from flamingo_lib.pipeline.steps import Pipeline
@@ -88,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--signal", type=float, default=1.0, help="oracle signal scale (anatomy is N(0, 1))")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as out:  # a fresh model, not the run's trained one
-        s = saved_settings(args.run_dir, run_dir=out, progress=False)  # a quiet pipeline; the oracle's run shows its bar
-        pipeline = Pipeline(s)
+        # a quiet pipeline with the run's settings in a fresh folder; the oracle's run shows its bar
+        pipeline = Pipeline.from_run(args.run_dir, run_dir=out, progress=False)
+        s = pipeline.settings
         model, processor = pipeline.model_and_processor
         if model.config.dim_visual != WIDTH:
             raise SystemExit(f"the oracle spells {WIDTH}-wide tokens; this preset's encoder gives {model.config.dim_visual}")

@@ -75,8 +75,8 @@ def run_tables(run_dir: str | Path, systems: Sequence[str] | None = None,
         FileNotFoundError: the run has no ``eval/generations.jsonl`` (run its evaluation first).
         ValueError: a named system is not in the generations, or the run's data is not a phantom.
     """
-    from experiments.runs import saved_settings
     from flamingo_lib.data.sources import open_source
+    from flamingo_lib.pipeline import Pipeline
 
     if labeler is None:
         from flamingo_lib.labeling.labeler import label_report as labeler
@@ -85,7 +85,7 @@ def run_tables(run_dir: str | Path, systems: Sequence[str] | None = None,
     if not path.exists():
         raise FileNotFoundError(f"{path}: no test generations; run the pipeline's evaluate() first")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    settings = saved_settings(run_dir)
+    settings = Pipeline.from_run(run_dir).settings
     if not settings.data.source.startswith("phantom"):
         raise ValueError(f"the image truth exists for phantom data only; this run trained on {settings.data.source!r}")
     split = open_source(settings.data.source, "test", settings.data.image_size, None, seed=settings.train.seed)

@@ -38,21 +38,22 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, **overrides: Any) -> "Pipeline":
-        """The pipeline of a trained run with the settings it was trained with (the training key
-        saved in ``RUN/train/summary.json``; the other settings at their defaults), ``overrides``
-        (flat names) winning: so that reading a run never retrains it under the defaults.
+    def from_run(cls, run: str | Path, /, **overrides: Any) -> "Pipeline":
+        """The pipeline of the run trained in ``run`` with the settings it was trained with (the
+        training key saved in ``run/train/summary.json``, keys this checkout no longer knows dropped;
+        the other settings at their defaults), ``overrides`` (flat names, ``run_dir`` too) winning:
+        so that reading a run never retrains it under the defaults.
 
         Raises:
-            FileNotFoundError: ``run_dir`` holds no trained pipeline run.
+            FileNotFoundError: ``run`` holds no trained pipeline run.
         """
-        summary = Path(run_dir) / "train" / "summary.json"
+        summary = Path(run) / "train" / "summary.json"
         if not summary.is_file():
-            raise FileNotFoundError(f"{summary}: not found; {run_dir} is not a trained pipeline run")
+            raise FileNotFoundError(f"{summary}: not found; {run} is not a trained pipeline run")
         key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
         if not isinstance(key, dict):
-            raise FileNotFoundError(f"{summary}: records no pipeline settings; {run_dir} was not trained by the pipeline")
-        return cls(PipelineSettings.from_training_key(key, run_dir, **overrides))
+            raise FileNotFoundError(f"{summary}: records no pipeline settings; {run} was not trained by the pipeline")
+        return cls(PipelineSettings.from_training_key(key, run, **overrides))
 
     # -------------------------------------------------------------------------------- build
     @cached_property

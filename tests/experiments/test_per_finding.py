@@ -57,17 +57,3 @@ def test_run_tables_score_each_system_against_the_image_truth_and_the_reference(
 def test_a_run_without_generations_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="no test generations; run the pipeline's evaluate"):
         run_tables(tmp_path)
-
-
-def test_a_runs_saved_settings_drop_retired_keys_and_take_overrides(tmp_path):
-    from experiments.runs import saved_settings
-
-    (tmp_path / "train").mkdir()
-    saved = {"data": "phantom:templated", "seed": 3, "retired_knob": 1, "run_dir": "/elsewhere"}
-    (tmp_path / "train" / "summary.json").write_text(json.dumps({"config": {"extra": {"pipeline": saved}}}))
-    settings = saved_settings(tmp_path, progress=False)
-    assert (settings.data.source, settings.train.seed, settings.run_dir, settings.train.progress) == (
-        "phantom:templated", 3, str(tmp_path), False)
-    assert saved_settings(tmp_path, run_dir="/tmp/other").run_dir == "/tmp/other"
-    with pytest.raises(FileNotFoundError):
-        saved_settings(tmp_path / "untrained")

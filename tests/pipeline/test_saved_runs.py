@@ -69,3 +69,13 @@ def test_a_run_opens_with_the_settings_it_was_trained_with_and_is_not_retrained(
     assert Pipeline(run_dir=str(tmp_path / "run")).settings.training_key() != trained.settings.training_key()
     with pytest.raises(FileNotFoundError, match="is not a trained pipeline run"):
         Pipeline.from_run(tmp_path / "nothing-here")
+
+
+def test_a_run_opens_without_the_keys_this_checkout_retired(tmp_path):
+    (tmp_path / "train").mkdir()
+    saved = {"data": "phantom:templated", "seed": 3, "retired_knob": 1, "run_dir": "/elsewhere"}
+    (tmp_path / "train" / "summary.json").write_text(json.dumps({"config": {"extra": {"pipeline": saved}}}))
+    settings = Pipeline.from_run(tmp_path, progress=False).settings
+    assert (settings.data.source, settings.train.seed, settings.run_dir, settings.train.progress) == (
+        "phantom:templated", 3, str(tmp_path), False)
+    assert Pipeline.from_run(tmp_path, run_dir=str(tmp_path / "other")).settings.run_dir == str(tmp_path / "other")
