@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--baseline", choices=("greedy", "group"), default="greedy")
     parser.add_argument("--anchor", type=float, default=1.0)
+    parser.add_argument("--anchor-teacher", type=float, default=None,
+                        help="share of the anchor's studies whose findings tokens are their targets "
+                             "(default: the run's findings_tokens_teacher, as the pipeline's reward stage takes it)")
     parser.add_argument("--fluency", type=float, default=0.0, help="weight of sentence BLEU-4 in the reward")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--beams", type=int, default=0, help="also score beam search with this many beams (0: no)")
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                               baseline=args.baseline, anchor_weight=args.anchor, fluency_weight=args.fluency,
                               seed=args.seed, findings_loss_weight=t.findings_loss_weight,
                               findings_targets=t.findings_targets, gate_lr_mult=t.gate_lr_mult,
+                              findings_tokens_teacher=(t.findings_tokens_teacher if args.anchor_teacher is None
+                                                       else args.anchor_teacher),
                               ff_gate_lr_mult=t.ff_gate_lr_mult, weight_decay=t.weight_decay,
                               eval_every=max(args.steps, 1), save_every=25)
         trainer = RewardTrainer(model, pipeline.splits["train"], None,
