@@ -68,17 +68,30 @@ def system_row(name: str, reports: Sequence[str], test: Sequence[Any], follow_up
     return row
 
 
+def tokens_suffix(tokens: str, teacher: float) -> str:
+    """The run-name suffix of a findings-token recipe (``""`` for none)."""
+    if tokens == "none":
+        return ""
+    return f"-{tokens}-tokens" + (f"-teacher{teacher:g}" if teacher else "")
+
+
 def run_context(out: Path, context: str, steps: int | None, seed: int, guided: bool, views: str,
-                all_earlier: bool = False) -> tuple[Any, pd.DataFrame]:
+                all_earlier: bool = False, tokens: str = "none", teacher: float = 0.0) -> tuple[Any, pd.DataFrame]:
     """Train (or reuse) the run of one context; the pipeline and its test generations table (greedy,
-    and findings-guided when asked: the guided setup does not retrain)."""
+    and findings-guided when asked: the guided setup does not retrain). ``tokens``: ``"findings"``
+    (the study's findings tokens) or ``"prior"`` (tokens of the joint state with the prior study),
+    taught to a ``teacher`` share of the training studies."""
     from flamingo_lib.pipeline.steps import Pipeline
 
     name = (context.replace(",", "+") or "none") + ("" if views == "PA" else f"-{views.lower()}") + \
-        ("-all-earlier" if all_earlier else "")
+        ("-all-earlier" if all_earlier else "") + tokens_suffix(tokens, teacher)
     flat = {"run_dir": str(out / name), "source": f"phantom:longitudinal;views={views}" if views != "PA"
             else "phantom:longitudinal", "context": "" if context == "none" else context,
             "guided_candidates": 32 if guided else 0, "seed": seed, "only_attend_immediate_media": not all_earlier}
+    if tokens != "none":
+        flat |= {"findings_tokens": True, "prior_findings_tokens": tokens == "prior"}
+        if teacher:
+            flat["findings_tokens_teacher"] = teacher
     if steps is not None:
         flat["max_steps"] = steps
     pipeline = Pipeline(**flat)
@@ -96,12 +109,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--all-earlier", action="store_true", help="text attends to every earlier film (the "
                         "prior's too), not only its own study's")
     parser.add_argument("--views", default="PA", choices=["PA", "PA+LATERAL"], help="the phantom's views per study")
+    parser.add_argument("--tokens", default="none", choices=["none", "findings", "prior"],
+                        help="findings tokens: the study's own, or the joint state with the prior study's")
+    parser.add_argument("--teacher", type=float, default=0.0,
+                        help="share of training studies whose tokens are built from their targets")
     args = parser.parse_args(argv)
 
     rows, test = [], None
     for context in args.contexts:
         pipeline, generations = run_context(args.out, context, args.steps, args.seed, args.guided, args.views,
-                                            args.all_earlier)
+                                            args.all_earlier, args.tokens, args.teacher)
         if test is None:
             test = pipeline.samples("test")
             follow_up = [i for i, s in enumerate(test) if s.prior is not None]
@@ -110,7 +127,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                                    test, follow_up))
             rows.append(system_row("nearest neighbour", list(generations["nearest neighbour"]), test, follow_up))
         views = ("" if args.views == "PA" else f", views {args.views}") + (", all earlier films" if args.all_earlier
-                                                                           else "")
+                                                                           else "") + \
+            ("" if args.tokens == "none" else f", {args.tokens} tokens (teacher {args.teacher:g})")
         rows.append(system_row(f"flamingo greedy, context {context}{views}", list(generations["flamingo"]), test,
                                follow_up))
         if args.guided:
@@ -120,11 +138,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("system")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "clinical_context" + ("-guided" if args.guided else "") + ("" if args.views == "PA" else "-lateral") + \
-        ("-all-earlier" if args.all_earlier else "")
+        ("-all-earlier" if args.all_earlier else "") + tokens_suffix(args.tokens, args.teacher)
     table.to_csv(args.out / f"{stem}.csv")
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"contexts": args.contexts, "steps": args.steps, "seed": args.seed, "views": args.views,
-         "all_earlier": args.all_earlier,
+         "all_earlier": args.all_earlier, "tokens": args.tokens, "teacher": args.teacher,
          "guided": args.guided, "test_studies": len(test),
          "follow_ups": len(follow_up), "rows": table.reset_index().to_dict("records")}, indent=2, default=float))
     return table

@@ -136,6 +136,10 @@ class FlamingoConfig(PretrainedConfig):
         findings_tokens: hand the head's probabilities to the LM as one extra media token per
             observation after every image's latents (:mod:`flamingo_lib.modeling.heads.findings_tokens`); needs
             ``findings_head``. Default False: the media are the latents alone.
+        prior_findings_tokens: with a prior study's films in the prompt (the images before the
+            study's own media group), each findings token spells out the joint state of the
+            observation in the study and in the prior (new, kept, gone, absent), the prior's read by
+            the same head on the prior's films; needs ``findings_tokens``. Default False.
         reading_head: give the findings head a second output per observation that predicts the
             labeler's reading of the study's report (what the radiologist will *write*), beside
             the first (what the training targets say, by default what the image *shows*); needs
@@ -174,6 +178,7 @@ class FlamingoConfig(PretrainedConfig):
         frozen_dtype: str = "float32",
         findings_head: list[str] | None = None,
         findings_tokens: bool = False,
+        prior_findings_tokens: bool = False,
         reading_head: bool = False,
         image_token: str = "<image>",
         eoc_token: str = "<EOC>",
@@ -197,7 +202,8 @@ class FlamingoConfig(PretrainedConfig):
         # a config.json is a file a user may be sent: "false" must not read as true, nor "0" as a seed
         for name, value in dict(freeze_language_model=freeze_language_model, freeze_vision_model=freeze_vision_model,
                                 only_attend_immediate_media=only_attend_immediate_media,
-                                findings_tokens=findings_tokens, reading_head=reading_head).items():
+                                findings_tokens=findings_tokens, prior_findings_tokens=prior_findings_tokens,
+                                reading_head=reading_head).items():
             if not isinstance(value, bool):
                 raise TypeError(f"FlamingoConfig.{name} must be true or false, got {value!r}")
         for name, value in dict(seed=seed, dim=dim, dim_visual=dim_visual, image_token_id=image_token_id,
@@ -242,6 +248,10 @@ class FlamingoConfig(PretrainedConfig):
             raise ValueError("findings_tokens=True hands the findings head's probabilities to the LM, "
                              "but findings_head is None: name its observations too")
         self.findings_tokens = bool(findings_tokens)
+        if prior_findings_tokens and not findings_tokens:
+            raise ValueError("prior_findings_tokens=True builds the findings tokens from the prior study too, "
+                             "but findings_tokens is False: set findings_tokens=True")
+        self.prior_findings_tokens = bool(prior_findings_tokens)
         if reading_head and findings_head is None:
             raise ValueError("reading_head=True adds outputs to the findings head, but findings_head is None: "
                              "name its observations too")

@@ -74,7 +74,7 @@ class Flamingo(nn.Module):
             self.findings_head = None if config.findings_head is None else FindingsHead(
                 config.resampler_num_latents, dim_visual,
                 len(config.findings_head) * (2 if config.reading_head else 1))  # the readings after the findings
-            self.findings_tokens = FindingsTokens(len(config.findings_head), dim_visual) \
+            self.findings_tokens = FindingsTokens(len(config.findings_head), dim_visual, config.prior_findings_tokens) \
                 if config.findings_tokens else None
         self.freeze_lm() if config.freeze_language_model else self.unfreeze_lm()
         self.freeze_vm() if config.freeze_vision_model else self.unfreeze_vm()

@@ -217,6 +217,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         finding_labels: torch.Tensor | None = None,
         num_images: torch.Tensor | None = None,
         token_findings: torch.Tensor | None = None,
+        token_prior_findings: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> FlamingoOutput:
         """
@@ -247,6 +248,8 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
             token_findings: (B, K) with ``config.findings_tokens``: the probabilities the findings
                 tokens are built from in place of the head's, NaN where the head's stand (teacher
                 forcing in training; generation never passes them).
+            token_prior_findings: (B, K) with ``config.prior_findings_tokens``: the same for the
+                prior study's verdict (NaN rows: the head's, or no prior).
 
         Returns:
             :class:`FlamingoOutput` with loss, logits (B, L, V'), cache (and the findings head's
@@ -268,7 +271,7 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
                 num_images = media_time[:, -1] if num_images is None else num_images
                 first_image = media_first[:, -1] if first_image is None else first_image
         out = self.flamingo(
-            input_ids, self._media_for(features, num_images, first_image, token_findings), media_time,
+            input_ids, self._media_for(features, num_images, first_image, token_findings, token_prior_findings), media_time,
             reuse_media_kv=self._generating and self.cache_media_kv,
             all_media_seen=all_media_seen, media_first=media_first,
             attention_mask=attention_mask,

@@ -43,6 +43,10 @@ class ModelSettings:
     # CIDEr (docs/results.md).
     findings_tokens: bool = field(default=False, metadata={"help": (
         "hand the findings head's probabilities to the LM as one media token per observation (needs the head)")})
+    # Change statements on the longitudinal phantom (docs/results.md, "Clinical context").
+    prior_findings_tokens: bool = field(default=False, metadata={"help": (
+        "with a prior study's films in the prompt, each findings token spells out the observation's joint state "
+        "in the study and the prior (new, kept, gone, absent; needs findings_tokens)")})
     # Guided decoding then weighs a report against what the image shows and against what the
     # radiologist writes (docs/results.md).
     reading_head: bool | None = field(default=None, metadata={"help": (
@@ -89,11 +93,12 @@ class ModelSettings:
         from flamingo_lib.observations import FINDINGS_OBSERVATIONS
 
         head = list(FINDINGS_OBSERVATIONS) if train.findings_loss_weight else None
-        for name in ("findings_tokens", "reading_head"):
+        for name in ("findings_tokens", "prior_findings_tokens", "reading_head"):
             if getattr(self, name) and head is None:
                 raise ValueError(f"{name} needs the findings head: set findings_loss_weight > 0")
         return FlamingoConfig.from_preset(self.preset, self.pretrain_scale, seed=train.seed, findings_head=head,
                                           findings_tokens=self.findings_tokens,
+                                          prior_findings_tokens=self.prior_findings_tokens,
                                           reading_head=self.has_reading_head(train),
                                           frozen_dtype=self.frozen_dtype,
                                           only_attend_immediate_media=self.only_attend_immediate_media)
@@ -293,6 +298,8 @@ class PipelineSettings:
                     "reading_head": m.has_reading_head(t), "labeler": rules_version()}
             if t.findings_tokens_teacher:  # absent at 0: earlier runs' keys stand
                 key["findings_tokens_teacher"] = t.findings_tokens_teacher
+            if m.prior_findings_tokens:  # absent when off, likewise
+                key["prior_findings_tokens"] = True
         return key
 
     @classmethod

@@ -66,6 +66,9 @@ class ReportCollator:
         self.shots = shots
         self.findings_targets = "labels"  # the Trainer sets its config's TrainConfig.findings_targets
         self.reading_targets = False  # the Trainer sets the model's FlamingoConfig.reading_head
+        # the Trainer sets it when the prior's findings tokens are teacher-forced: the batch then holds
+        # ``prior_finding_labels`` (B, K), the prior study's targets, NaN rows for a study without one
+        self.prior_targets = False
         self.with_reports = False  # the reward stage sets it: the batch then also holds the reports and prompts
         self.pad_to_multiple_of: int | None = None
         self.max_length: int | None = None  # the Trainer sets the LM's positions: buckets never pass them
@@ -90,11 +93,23 @@ class ReportCollator:
         if self.finding_targets is not None:
             targets = self.finding_targets.with_readings if self.reading_targets else self.finding_targets.for_samples
             batch["finding_labels"] = targets(samples, self.findings_targets)
+            if self.prior_targets:
+                batch["prior_finding_labels"] = self.prior_labels(samples)
         batch["ids"] = [s.id for s in samples]
         if self.with_reports:
             batch["reports"] = [s.report for s in samples]
             batch["prompts"] = [x.prompt for x in inputs]
         return batch
+
+    def prior_labels(self, samples: Sequence[Any]) -> torch.Tensor:
+        """(B, K): each study's prior study's findings targets (the same source as its own), a row
+        of NaN for a study without a prior."""
+        k = len(self.finding_targets.observations)
+        priors = [i for i, s in enumerate(samples) if getattr(s, "prior", None) is not None]
+        rows = torch.full((len(samples), k), float("nan"))
+        if priors:
+            rows[priors] = self.finding_targets.for_samples([samples[i].prior for i in priors], self.findings_targets)
+        return rows
 
     def bucket_padded(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` with its (B, L) text tensors (input_ids, attention_mask, media_locations, labels)
@@ -191,6 +206,8 @@ class Trainer:
         if config.findings_tokens_teacher and not (config.findings_loss_weight and model.config.findings_tokens):
             raise ValueError(f"findings_tokens_teacher={config.findings_tokens_teacher} but the model reads no findings "
                              "tokens: build it with FlamingoConfig(findings_tokens=True) and a findings_loss_weight > 0")
+        # the prior's tokens are taught with the study's: the same drawn studies read both targets
+        collator.prior_targets = bool(config.findings_tokens_teacher and model.config.prior_findings_tokens)
         self.repeat_factors = (None if config.repeat_factor_threshold is None
                                else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)
@@ -272,6 +289,7 @@ class Trainer:
             batch.pop("reports", None)
             batch.pop("prompts", None)
             batch.pop("finding_labels", None)  # the LM loss only: the head's loss would be computed for nothing
+            batch.pop("prior_finding_labels", None)
             with self.accelerator.autocast():
                 loss = self.model(**batch, loss_reduction="sum").loss
             total += float(loss)
@@ -497,8 +515,12 @@ class Trainer:
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss to minimise on one (micro-)batch of the samples at ``indices``, the LM loss (logged,
         comparable to ``val_loss``) and the findings head's (None without it)."""
+        prior_labels = batch.pop("prior_finding_labels", None)
         if self.config.findings_tokens_teacher:
-            batch = batch | {"token_findings": self._teacher_findings(batch["finding_labels"])}
+            taught = self._teacher_findings(batch["finding_labels"], prior_labels)
+            batch = batch | {"token_findings": taught[0]}
+            if prior_labels is not None:
+                batch["token_prior_findings"] = taught[1]
         if self.accelerator.num_processes > 1:
             out, lm_loss = self._global_token_mean(batch)
         else:
@@ -509,14 +531,18 @@ class Trainer:
         # the findings loss is a mean over studies: every process has as many
         return lm_loss + self.config.findings_loss_weight * out.findings_loss, lm_loss, out.findings_loss
 
-    def _teacher_findings(self, finding_labels: torch.Tensor) -> torch.Tensor:
+    def _teacher_findings(self, finding_labels: torch.Tensor, prior_labels: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, K): the findings targets of a ``findings_tokens_teacher`` share of the studies, drawn
         from the RNG a checkpoint saves (a resumed run draws the same), NaN for the rest (their
-        tokens are the head's)."""
+        tokens are the head's); and the same studies' prior targets from ``prior_labels`` (B, K)."""
         k = len(self.unwrapped.config.findings_head)  # a reading head's targets follow the K findings
-        chosen = torch.rand(finding_labels.shape[0]) < self.config.findings_tokens_teacher
-        return torch.where(chosen[:, None].to(finding_labels.device), finding_labels[:, :k].float(),
-                           torch.full_like(finding_labels[:, :k].float(), float("nan")))
+        chosen = (torch.rand(finding_labels.shape[0]) < self.config.findings_tokens_teacher)[:, None]
+        chosen = chosen.to(finding_labels.device)
+        nan = torch.full_like(finding_labels[:, :k].float(), float("nan"))
+        own = torch.where(chosen, finding_labels[:, :k].float(), nan)
+        prior = None if prior_labels is None else torch.where(chosen, prior_labels[:, :k].float().to(nan), nan)
+        return own, prior
 
     def _global_token_mean(self, batch: dict[str, Any]) -> tuple[Any, torch.Tensor]:
         """The model's output on this process's part of the batch, and its LM loss scaled so that

@@ -66,3 +66,52 @@ def test_the_share_keys_a_pipeline_run_only_when_set():
     plain = PipelineSettings.from_flat(run_dir="r", findings_tokens=True).training_key()
     taught = PipelineSettings.from_flat(run_dir="r", findings_tokens=True, findings_tokens_teacher=0.5).training_key()
     assert "findings_tokens_teacher" not in plain and taught == plain | {"findings_tokens_teacher": 0.5}
+
+
+def test_the_prior_targets_are_taught_to_the_same_studies(tmp_path):
+    from dataclasses import replace
+
+    from trainers import SAMPLES
+
+    trainer = make_trainer(tmp_path, findings_loss_weight=1.0, findings_tokens=True, findings_tokens_teacher=0.5)
+    collator = trainer.collator
+    samples = [replace(SAMPLES[0], prior=SAMPLES[1]), SAMPLES[2], replace(SAMPLES[3], prior=SAMPLES[0])]
+    prior = collator.prior_labels(samples)
+    targets = collator.finding_targets.for_samples([SAMPLES[1], SAMPLES[0]], collator.findings_targets)
+    assert torch.equal(prior[[0, 2]], targets) and prior[1].isnan().all()  # no prior: a row of NaN
+    assert "prior_finding_labels" not in collator(samples)  # the model reads no prior tokens
+    collator.prior_targets = True
+    assert torch.equal(collator(samples)["prior_finding_labels"].nan_to_num(-1), prior.nan_to_num(-1))
+    own = collator.finding_targets.for_samples(samples, collator.findings_targets)
+    torch.manual_seed(0)
+    drawn = [trainer._teacher_findings(own, prior) for _ in range(20)]
+    for taught, taught_prior in drawn:
+        studies = ~taught.isnan().all(-1)
+        assert torch.equal(taught_prior[studies & ~prior.isnan().all(-1)], prior[studies & ~prior.isnan().all(-1)])
+        assert taught_prior[~studies].isnan().all()
+    assert {int(t.isnan().all(-1).sum()) for t, _ in drawn} != {0}  # some studies are left to the head
+
+
+def test_a_follow_up_run_teaches_the_prior_with_the_study(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, findings_loss_weight=1.0, findings_tokens=True,
+                           prior_findings_tokens=True, findings_tokens_teacher=0.5)
+    seen, forward = [], trainer.unwrapped.forward
+
+    def recording(*args, **kwargs):
+        if kwargs.get("finding_labels") is not None:  # a training step, not a validation pass
+            assert "prior_finding_labels" not in kwargs  # the trainer's, never the model's input
+            seen.append((kwargs["token_findings"], kwargs["token_prior_findings"], kwargs["first_image"]
+                         if "first_image" in kwargs else None, kwargs["input_ids"]))
+        return forward(*args, **kwargs)
+
+    trainer.unwrapped.forward = recording
+    trainer.fit()
+    image = trainer.unwrapped.config.image_token_id
+    taught_priors = 0
+    for own, prior, _, input_ids in seen:
+        follow_up = (input_ids == image).sum(-1) > 1  # the prior's film precedes the study's own
+        studies = ~own.isnan().all(-1)
+        assert prior[~(studies & follow_up)].isnan().all()  # untaught studies and first studies: the head's
+        taught_priors += int((~prior.isnan().all(-1)).sum())
+        assert torch.equal(~prior.isnan().all(-1), studies & follow_up)
+    assert taught_priors > 0

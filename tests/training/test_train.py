@@ -33,6 +33,8 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
 @pytest.mark.parametrize("recipe", [{}, {"repeat_factor_threshold": 0.5},
                                     {"ff_gate_lr_mult": 30.0, "ff_gate_open_step": 4}, {"findings_loss_weight": 1.0},
                                     {"findings_loss_weight": 1.0, "findings_tokens": True,
+                                     "findings_tokens_teacher": 0.5},
+                                    {"findings_loss_weight": 1.0, "findings_tokens": True, "prior_findings_tokens": True,
                                      "findings_tokens_teacher": 0.5}])
 def test_interrupted_then_resumed_training_is_bit_identical(tmp_path, recipe):
     rfs = recipe

@@ -17,6 +17,16 @@ without touching the frozen LM.
 The probabilities are detached: the head learns only from its own labels (binary
 cross-entropy), so it stays a calibrated classifier that the language loss cannot bend towards
 whatever is easiest to write.
+
+With a prior study (``FlamingoConfig.prior_findings_tokens``), a follow-up's report states what
+changed ("new", "unchanged", "resolved"), and the token spells out the joint state of the
+study's finding ``p_k`` and the prior's ``q_k`` (the same head on the prior's films):
+
+    token_k = q_k * (p_k * kept_k + (1 - p_k) * gone_k) + (1 - q_k) * (p_k * new_k + (1 - p_k) * absent_k)
+
+so that the comparison the report must make is read from one token, not composed by the LM
+from two readings (which the small frozen LMs here do not learn in the demo's budget:
+docs/results.md, "Clinical context"). A study without a prior keeps the plain token.
 """
 
 from __future__ import annotations
@@ -31,21 +41,44 @@ class FindingsTokens(nn.Module):
     Args:
         num_findings: K, the findings head's observations.
         dim_visual: the width of the resampled latents the tokens sit beside.
+        compare_prior: also build the follow-up's tokens from the prior study's probabilities
+            (``new`` / ``kept`` / ``gone`` vectors beside ``present`` / ``absent``).
     """
 
-    def __init__(self, num_findings: int, dim_visual: int) -> None:
+    def __init__(self, num_findings: int, dim_visual: int, compare_prior: bool = False) -> None:
         super().__init__()
         # unit-variance entries, the scale of the resampler's layer-normed latents
         self.present = nn.Parameter(torch.randn(num_findings, dim_visual))
         self.absent = nn.Parameter(torch.randn(num_findings, dim_visual))
+        self.new = self.kept = self.gone = None
+        if compare_prior:
+            self.new = nn.Parameter(torch.randn(num_findings, dim_visual))
+            self.kept = nn.Parameter(torch.randn(num_findings, dim_visual))
+            self.gone = nn.Parameter(torch.randn(num_findings, dim_visual))
 
-    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """(B, K) in [0, 1] -> (B, K, dim_visual)."""
-        if probabilities.ndim != 2 or probabilities.shape[1] != self.present.shape[0]:
-            raise ValueError(f"findings tokens take (batch, {self.present.shape[0]}) probabilities, "
-                             f"got {tuple(probabilities.shape)}")
+    def forward(self, probabilities: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) in [0, 1] -> (B, K, dim_visual).
+
+        Args:
+            prior: (B, K) the prior study's probabilities, a row of NaN for a study without one
+                (its tokens are the plain ones); needs ``compare_prior``.
+        """
+        k = self.present.shape[0]
+        for name, value in (("probabilities", probabilities), ("prior", prior)):
+            if value is not None and (value.ndim != 2 or value.shape[1] != k):
+                raise ValueError(f"findings tokens take (batch, {k}) {name}, got {tuple(value.shape)}")
         p = probabilities[..., None].to(self.present.dtype)
-        return p * self.present + (1 - p) * self.absent
+        tokens = p * self.present + (1 - p) * self.absent
+        if prior is None:
+            return tokens
+        if self.kept is None:
+            raise ValueError("these findings tokens were built without compare_prior: they read no prior study")
+        has_prior = ~prior.isnan().any(-1)[:, None, None]
+        # NaN kept out of the arithmetic, not only out of the result: where() would still pass
+        # 0 * NaN = NaN back into the gradients of the prior's vectors
+        q = prior.nan_to_num(0.0)[..., None].to(self.present.dtype)
+        compared = q * (p * self.kept + (1 - p) * self.gone) + (1 - q) * (p * self.new + (1 - p) * self.absent)
+        return torch.where(has_prior, compared, tokens)
 
 
 def append_findings_tokens(visual_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

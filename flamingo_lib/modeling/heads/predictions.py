@@ -53,13 +53,30 @@ def current_study(visual_features: torch.Tensor, num_images: Any, first_image: A
     return gathered * inside[..., None, None].to(gathered.dtype), counts
 
 
+def prior_study(visual_features: torch.Tensor, first_image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images before the study's own films: a prior study's, for the prior's findings tokens.
+
+    Args:
+        visual_features: (B, T, n, D).
+        first_image: (B,) the first slot of the study's own films (1-based).
+
+    Returns:
+        (B, T, n, D) with the slots from the study's own on zeroed, and (B,) the prior's image
+        counts (0: no prior; the head is then given one slot, and its verdict is not used).
+    """
+    device = visual_features.device
+    counts = (torch.as_tensor(first_image, device=device).long() - 1).clamp(min=0)
+    inside = torch.arange(visual_features.shape[1], device=device)[None] < counts[:, None]
+    return visual_features * inside[..., None, None].to(visual_features.dtype), counts
+
+
 class FindingsPredictionMixin:
     """Methods of ``FlamingoModel`` (which provides ``config``, ``flamingo``,
     ``resolve_visual_features`` and the ``_generating`` / ``_media_memo`` state of a ``generate`` call)."""
 
     def conditioning_media(self, visual_features: torch.Tensor, num_images: torch.Tensor | None = None,
-                           first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None
-                           ) -> torch.Tensor:
+                           first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None,
+                           token_prior_findings: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, n, D) resampled latents -> what the cross-attention layers read: with
         ``config.findings_tokens``, every image's latents followed by the study's K findings tokens
         (B, T, n + K, D; :mod:`flamingo_lib.modeling.heads.findings_tokens`), else the latents unchanged (so too for
@@ -67,7 +84,9 @@ class FindingsPredictionMixin:
         being padding the head must not average (None: all T); ``first_image`` (B,): the first slot
         of the study's own films, after a prior study's (:func:`current_study`). ``token_findings``
         (B, K): probabilities the tokens are built from in place of the head's, NaN where the head's
-        stand (the trainer's teacher forcing, ``TrainConfig.findings_tokens_teacher``)."""
+        stand (the trainer's teacher forcing, ``TrainConfig.findings_tokens_teacher``).
+        ``token_prior_findings`` (B, K): the same for the prior study's verdict, with
+        ``config.prior_findings_tokens``."""
         tokens = self.flamingo.findings_tokens
         if tokens is None or visual_features.shape[1] == 0:
             return visual_features
@@ -80,13 +99,26 @@ class FindingsPredictionMixin:
         if token_findings is not None:
             given = token_findings.to(probabilities)
             probabilities = torch.where(given.isnan(), probabilities, given)
-        return append_findings_tokens(visual_features, tokens(probabilities))
+        prior = None
+        if self.config.prior_findings_tokens and first_image is not None:
+            prior = self._prior_probabilities(visual_features, first_image, k)
+            if token_prior_findings is not None:
+                given = token_prior_findings.to(prior)
+                prior = torch.where(given.isnan() | prior.isnan(), prior, given)  # only where the prompt holds the prior's films
+        return append_findings_tokens(visual_features, tokens(probabilities, prior))
+
+    def _prior_probabilities(self, visual_features: torch.Tensor, first_image: Any, k: int) -> torch.Tensor:
+        """(B, K) the head's verdict on the films before the study's own (detached, as the
+        study's), a row of NaN where there are none."""
+        prior_films, counts = prior_study(visual_features, first_image)
+        logits = self._findings_logits(prior_films, counts.clamp(min=1))[:, :k].detach().float()
+        return torch.where((counts > 0)[:, None], logits.sigmoid(), torch.full_like(logits, float("nan")))
 
     def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None,
-                   first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        if not self._generating or token_findings is not None:
-            return self.conditioning_media(features, num_images, first_image, token_findings)
+                   first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None,
+                   token_prior_findings: torch.Tensor | None = None) -> torch.Tensor:
+        if not self._generating or token_findings is not None or token_prior_findings is not None:
+            return self.conditioning_media(features, num_images, first_image, token_findings, token_prior_findings)
         if self._media_memo is None or self._media_memo[0] is not features:
             self._media_memo = (features, self.conditioning_media(features, num_images, first_image))
         return self._media_memo[1]
