@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from flamingo_lib.modeling.attention_maps import AttentionMaps, keep_attention, relevance_to_heatmap
-from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions
+from flamingo_lib.evaluation.grounding import FINDING_WORDS, peak_in_mask, word_token_positions
 from flamingo_lib.modeling.lm_injection import flamingo_layers
 
 
@@ -84,8 +84,7 @@ def _peak_hit(relevance: torch.Tensor, mask: np.ndarray) -> bool:
     """Does the peak of ``relevance``'s heatmap at the mask's size fall inside the mask (the demo's
     pointing game)?"""
     shifted = relevance - relevance.min()  # the heatmap keeps only non-negative mass
-    heatmap = relevance_to_heatmap(shifted + 1e-12, mask.shape)
-    return bool(mask[np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)])
+    return peak_in_mask(relevance_to_heatmap(shifted + 1e-12, mask.shape), mask)
 
 
 def analyse(model: Any, processor: Any, samples: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -109,7 +109,8 @@ def _cell_hit(relevance: torch.Tensor, cells: np.ndarray) -> bool:
     return bool(cells.flat[int(torch.argmax(relevance[offset:]))])
 
 
-def _hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
+def peak_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the (H, W) ``heatmap``'s peak pixel lies in the (H, W) bool ``mask``: a pointing-game hit."""
     peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     return bool(mask[peak])
 
@@ -157,8 +158,8 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
                 peaks = sharpened_map(heatmap, pixel_saliency(model, batch, token_positions, image=image))
                 shuffled_peaks = sharpened_map(shuffled_heatmap,
                                                pixel_saliency(model, shuffled_batch, token_positions, image=image))
-            rows.append({"id": sample.id, "finding": finding, "hit": _hit(peaks, mask), "chance": float(mask.mean()),
-                         "shuffled_hit": _hit(shuffled_peaks, mask), "cell_hit": _cell_hit(own, cells),
+            rows.append({"id": sample.id, "finding": finding, "hit": peak_in_mask(peaks, mask), "chance": float(mask.mean()),
+                         "shuffled_hit": peak_in_mask(shuffled_peaks, mask), "cell_hit": _cell_hit(own, cells),
                          "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled, cells),
                          **box_scores(heatmap, shuffled_heatmap, mask, placements)})
     return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *CELL_COLUMNS, *BOX_COLUMNS])

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_relevance
+from flamingo_lib.evaluation.grounding import FINDING_WORDS, peak_in_mask, word_token_positions, words_relevance
 from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
 from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
 
@@ -31,8 +31,7 @@ class SharpenedCase:
     def hits(self) -> dict[str, bool]:
         """Whether each map's peak pixel lies in the finding's mask."""
         mask = self.sample.masks[self.finding]
-        return {name: bool(mask[np.unravel_index(int(np.argmax(m)), m.shape)])
-                for name, m in (("grid", self.grid), ("saliency", self.saliency), ("sharpened", self.sharpened))}
+        return {name: peak_in_mask(m, mask) for name, m in (("grid", self.grid), ("saliency", self.saliency), ("sharpened", self.sharpened))}
 
 
 def smallest_named_finding(model: Any, processor: Any, samples: Sequence[Any]) -> SharpenedCase | None:
@@ -41,11 +40,13 @@ def smallest_named_finding(model: Any, processor: Any, samples: Sequence[Any]) -
     None when no report names a finding with a mask."""
     best = None
     for sample in samples:
+        film = None  # the study's batch, built once and only when one of its findings is a candidate
         for finding, words in FINDING_WORDS.items():
             mask = sample.masks.get(finding)
             if mask is None or not mask.any() or (best is not None and mask.sum() >= best[2]):
                 continue
-            batch, prompt_length, image = processor.film_batch(sample)
+            film = film or processor.film_batch(sample)
+            batch, prompt_length, image = film
             positions = word_token_positions(processor, sample.report, words, prompt_length)
             if positions:
                 best = (sample, finding, int(mask.sum()), batch, positions, image)

@@ -8,7 +8,7 @@ import torch
 
 from conftest import open_gates, xray_like
 from flamingo_lib.modeling.attention_maps import capture_attention, keep_attention, patch_grid, relevance_to_heatmap
-from flamingo_lib.evaluation.grounding import _hit, pointing_game, pointing_summary, word_token_positions
+from flamingo_lib.evaluation.grounding import peak_in_mask, pointing_game, pointing_summary, word_token_positions
 
 
 def test_token_relevance_is_zero_before_the_image_and_a_distribution_after(tiny_open):
@@ -52,7 +52,7 @@ def test_heatmap_geometry():
     assert peak[0] < 16 and peak[1] >= 144
     mask = np.zeros((160, 160), bool)
     mask[:20, 140:] = True
-    assert _hit(heat, mask) and not _hit(heat, ~mask)
+    assert peak_in_mask(heat, mask) and not peak_in_mask(heat, ~mask)
 
 
 def test_finding_words_map_to_their_report_tokens(tiny):
@@ -208,7 +208,7 @@ def test_the_cell_game_counts_the_cells_a_mask_overlaps_and_the_peak_cell():
     # only the cell game hits it
     corner = np.zeros((224, 224), bool)
     corner[17:20, 17:20] = True
-    assert not _hit(relevance_to_heatmap(relevance, (224, 224)), corner)
+    assert not peak_in_mask(relevance_to_heatmap(relevance, (224, 224)), corner)
     assert _cell_hit(relevance, cells_overlapped(corner, 14))
     rows = pd.DataFrame({"hit": [False, False], "chance": [0.01, 0.01], "shuffled_hit": [False, False],
                          "cell_hit": [True, True], "cell_chance": [0.1, 0.1], "shuffled_cell_hit": [False, True]})

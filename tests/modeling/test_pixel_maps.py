@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import xray_like
-from flamingo_lib.evaluation.grounding import _hit
+from flamingo_lib.evaluation.grounding import peak_in_mask
 from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
 from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
 
@@ -71,11 +71,11 @@ def test_the_grid_map_picks_the_cell_and_the_saliency_the_pixel_inside_it():
     saliency[18, 18] = 1.0
     saliency[200, 200] = 5.0  # a stronger edge far from the cell the words drew on
     sharp = sharpened_map(heatmap, saliency)
-    assert not _hit(heatmap, lesion), "the grid map's peak sits at the cell's centre"
-    assert _hit(sharp, lesion) and sharp.sum() == pytest.approx(1.0)
+    assert not peak_in_mask(heatmap, lesion), "the grid map's peak sits at the cell's centre"
+    assert peak_in_mask(sharp, lesion) and sharp.sum() == pytest.approx(1.0)
     assert np.unravel_index(sharp.argmax(), sharp.shape) == (18, 18)
     # an encoder input of another size is resized onto the map; a film the words ignore keeps the grid map
-    assert _hit(sharpened_map(heatmap, torch.nn.functional.avg_pool2d(saliency[None, None], 2)[0, 0] * 4), lesion)
+    assert peak_in_mask(sharpened_map(heatmap, torch.nn.functional.avg_pool2d(saliency[None, None], 2)[0, 0] * 4), lesion)
     assert np.array_equal(sharpened_map(heatmap, torch.zeros(224, 224)), heatmap)
 
 
@@ -96,5 +96,5 @@ def test_the_pixel_game_plays_on_the_sharpened_map_and_the_cell_game_on_the_grid
         positions = word_token_positions(processor, sample.report, FINDING_WORDS[row_sharp.finding], prompt_length)
         mask = sample.masks[row_sharp.finding]
         heatmap = relevance_to_heatmap(words_relevance(model, batch, positions, image=image), mask.shape)
-        assert row_coarse.hit == _hit(heatmap, mask)
-        assert row_sharp.hit == _hit(sharpened_map(heatmap, pixel_saliency(model, batch, positions, image=image)), mask)
+        assert row_coarse.hit == peak_in_mask(heatmap, mask)
+        assert row_sharp.hit == peak_in_mask(sharpened_map(heatmap, pixel_saliency(model, batch, positions, image=image)), mask)
