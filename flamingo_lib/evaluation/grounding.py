@@ -91,6 +91,18 @@ def words_relevance(model: Any, batch: dict[str, torch.Tensor], positions: Seque
     raise ValueError(f"unknown map method {method!r}; expected one of {MAP_METHODS}")
 
 
+def words_maps(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], method: str = "evidence",
+               image: int = 0, sharpen: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`words_relevance` and, with ``sharpen``, the pixels' saliency of film ``image`` (H, W;
+    :func:`~flamingo_lib.modeling.pixel_maps.pixel_saliency`), else None. The evidence and the
+    saliency come from one backward pass (:func:`capture_evidence` with ``to_pixels``)."""
+    if method == "evidence" and sharpen:
+        maps = capture_evidence(model, batch, positions, to_pixels=True)
+        return maps.evidence(image=image), maps.pixel_saliency[image]
+    relevance = words_relevance(model, batch, positions, method, image)
+    return relevance, pixel_saliency(model, batch, positions, image=image) if sharpen else None
+
+
 def words_heatmap(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], size: tuple[int, int],
                   method: str = "evidence", image: int = 0) -> np.ndarray:
     """:func:`words_relevance` as an (H, W) heatmap of ``size``, summing to 1."""
@@ -149,15 +161,13 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
         shuffled_batch = processor.film_batch(sample, film=other.images[0]).batch
         for finding, token_positions in positions.items():
             mask = sample.masks[finding]
-            own = words_relevance(model, batch, token_positions, method, image)
-            shuffled = words_relevance(model, shuffled_batch, token_positions, method, image)
+            own, saliency = words_maps(model, batch, token_positions, method, image, sharpen)
+            shuffled, shuffled_saliency = words_maps(model, shuffled_batch, token_positions, method, image, sharpen)
             cells = cells_overlapped(mask, patch_grid(own.numel())[1])
             heatmap, shuffled_heatmap = relevance_to_heatmap(own, mask.shape), relevance_to_heatmap(shuffled, mask.shape)
             peaks, shuffled_peaks = heatmap, shuffled_heatmap
             if sharpen:
-                peaks = sharpened_map(heatmap, pixel_saliency(model, batch, token_positions, image=image))
-                shuffled_peaks = sharpened_map(shuffled_heatmap,
-                                               pixel_saliency(model, shuffled_batch, token_positions, image=image))
+                peaks, shuffled_peaks = sharpened_map(heatmap, saliency), sharpened_map(shuffled_heatmap, shuffled_saliency)
             rows.append({"id": sample.id, "finding": finding, "hit": peak_in_mask(peaks, mask), "chance": float(mask.mean()),
                          "shuffled_hit": peak_in_mask(shuffled_peaks, mask), "cell_hit": _cell_hit(own, cells),
                          "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled, cells),

@@ -62,6 +62,8 @@ class AttentionMaps:
         xattn_grad, resampler_grad: their gradients, when captured by :func:`capture_evidence`.
         num_latents: n.
         num_findings_tokens: K, the findings tokens after each image's latents (m = n + K).
+        pixel_saliency: (T, H, W) ``|∂y/∂x|`` of the target over each film's pixels, summed over
+            the colour channels, when :func:`capture_evidence` took the gradient to the pixels.
     """
 
     xattn: list[torch.Tensor]
@@ -72,6 +74,7 @@ class AttentionMaps:
     #: ``resampler``, in their layouts; None for a plain forward pass.
     xattn_grad: list[torch.Tensor] | None = None
     resampler_grad: list[torch.Tensor] | None = None
+    pixel_saliency: torch.Tensor | None = None
 
     @property
     def media_per_image(self) -> int:
@@ -162,8 +165,8 @@ def capture_attention(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
     return logits, AttentionMaps(xattn, resampler, model.config.resampler_num_latents, findings)
 
 
-def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], sample: int = 0
-                     ) -> AttentionMaps:
+def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], sample: int = 0,
+                     to_pixels: bool = False) -> AttentionMaps:
     """One forward and one backward pass for the words at ``positions`` of ``sample``: the target is
     the sum of their log-probabilities (each predicted from the position before), and the maps keep
     every attention's gradient with respect to it (:meth:`AttentionMaps.evidence`). No parameter's
@@ -173,10 +176,15 @@ def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequ
         batch: ``pixel_values`` (B, T, 3, H, W) or ``image_embeddings`` (B, T, P, D), ``input_ids`` and
             ``attention_mask`` (B, L), as :meth:`~flamingo_lib.processing.processor.FlamingoProcessor.training_batch` builds them.
         positions: text positions, each >= 1.
+        to_pixels: take the same backward pass on through the frozen encoder to the pixels, and keep
+            the pixels' saliency too (``AttentionMaps.pixel_saliency``; what
+            :func:`~flamingo_lib.modeling.pixel_maps.pixel_saliency` computes on its own): a map and its
+            sharpening for the price of one backward pass.
 
     Raises:
         ValueError: no position, a position outside 1..L-1, or a batch of resampled
-            ``visual_features`` (the patches' part of the path is gone).
+            ``visual_features`` (the patches' part of the path is gone); ``to_pixels`` without
+            ``pixel_values``.
     """
     check_positions(batch, positions)
     if "visual_features" in batch:
@@ -184,21 +192,39 @@ def capture_evidence(model: Any, batch: dict[str, torch.Tensor], positions: Sequ
                          "not resampled visual_features")
     model.eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        embeddings = (inputs.pop("image_embeddings") if "image_embeddings" in inputs
-                      else model.flamingo.encode_visuals(inputs.pop("pixel_values")))
-    embeddings = embeddings.detach().requires_grad_(True)  # the graph reaches every attention, frozen or not
+    if to_pixels:
+        leaf = pixels_leaf(inputs)
+        with torch.enable_grad():
+            embeddings = model.flamingo.encode_visuals(leaf, grad_to_pixels=True)
+    else:
+        with torch.no_grad():
+            embeddings = (inputs.pop("image_embeddings") if "image_embeddings" in inputs
+                          else model.flamingo.encode_visuals(inputs.pop("pixel_values")))
+        embeddings = leaf = embeddings.detach().requires_grad_(True)  # the graph reaches every attention, frozen or not
     with keep_attention(model), torch.enable_grad():
         logits = model(**inputs, image_embeddings=embeddings).logits[sample]
         score = words_log_probability(logits, batch["input_ids"][sample], positions)
-        torch.autograd.grad(score, embeddings)  # fills each attention's last_attention_grad
+        (gradient,) = torch.autograd.grad(score, leaf)  # also fills each attention's last_attention_grad
         layers = [layer.gated_cross_attn.attn for layer in flamingo_layers(model)]
         perceiver = [attn for attn, _ in model.flamingo.perceiver.layers]
         maps = AttentionMaps([a.last_attention.detach() for a in layers], [a.last_attention.detach() for a in perceiver],
                              model.config.resampler_num_latents,
                              len(model.config.findings_head) if model.config.findings_tokens else 0,
-                             [_grad_or_zeros(a) for a in layers], [_grad_or_zeros(a) for a in perceiver])
+                             [_grad_or_zeros(a) for a in layers], [_grad_or_zeros(a) for a in perceiver],
+                             gradient[sample].float().abs().sum(1).cpu() if to_pixels else None)
     return maps
+
+
+def pixels_leaf(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Pop ``pixel_values`` from ``inputs`` as a leaf that takes a gradient.
+
+    Raises:
+        ValueError: the inputs hold cached embeddings or resampled features, not the films.
+    """
+    if "pixel_values" not in inputs:
+        raise ValueError("pixel maps need the films: pass pixel_values, not cached image_embeddings "
+                         "or resampled visual_features")
+    return inputs.pop("pixel_values").detach().requires_grad_(True)
 
 
 def check_positions(batch: dict[str, torch.Tensor], positions: Sequence[int]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flamingo_lib.modeling.attention_maps import check_positions, words_log_probability
+from flamingo_lib.modeling.attention_maps import check_positions, pixels_leaf, words_log_probability
 
 
 def pixel_saliency(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], sample: int = 0,
@@ -39,12 +39,9 @@ def pixel_saliency(model: Any, batch: dict[str, torch.Tensor], positions: Sequen
         ValueError: no position or one outside 1..L-1, or a batch without ``pixel_values``.
     """
     check_positions(batch, positions)
-    if "pixel_values" not in batch:
-        raise ValueError("pixel maps need the films: pass pixel_values, not cached image_embeddings "
-                         "or resampled visual_features")
-    model.eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    pixels = inputs.pop("pixel_values").detach().requires_grad_(True)
+    pixels = pixels_leaf(inputs)
+    model.eval()
     with torch.enable_grad():
         embeddings = model.flamingo.encode_visuals(pixels, grad_to_pixels=True)
         logits = model(**inputs, image_embeddings=embeddings).logits[sample]

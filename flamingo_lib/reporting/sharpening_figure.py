@@ -13,9 +13,9 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from flamingo_lib.evaluation.grounding import FINDING_WORDS, peak_in_mask, word_token_positions, words_relevance
+from flamingo_lib.evaluation.grounding import FINDING_WORDS, peak_in_mask, word_token_positions, words_maps
 from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
-from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
+from flamingo_lib.modeling.pixel_maps import sharpened_map
 
 
 @dataclass
@@ -54,8 +54,8 @@ def smallest_named_finding(model: Any, processor: Any, samples: Sequence[Any]) -
         return None
     sample, finding, _, batch, positions, image = best
     shape = sample.masks[finding].shape
-    grid = relevance_to_heatmap(words_relevance(model, batch, positions, image=image), shape)
-    saliency = pixel_saliency(model, batch, positions, image=image)
+    relevance, saliency = words_maps(model, batch, positions, image=image, sharpen=True)
+    grid = relevance_to_heatmap(relevance, shape)
     sharpened = sharpened_map(grid, saliency)
     fine = sharpened_map(np.ones(shape) / np.prod(shape), saliency)  # the saliency in the mask's frame, summing to 1
     return SharpenedCase(sample, finding, grid, fine, sharpened)

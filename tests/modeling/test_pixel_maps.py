@@ -44,6 +44,24 @@ def test_saliency_is_the_gradient_of_the_words_with_respect_to_the_pixels(tiny_o
     assert float(change) / (2 * eps) == pytest.approx(float(gradient.norm()), rel=0.05)
 
 
+def test_one_backward_pass_gives_the_evidence_and_the_saliency(tiny_open):
+    from flamingo_lib.modeling.attention_maps import capture_evidence
+
+    model, processor = tiny_open
+    batch = _batch(processor)
+    positions = [int(batch["attention_mask"][0].sum()) - 3]
+    both = capture_evidence(model, batch, positions, to_pixels=True)
+    alone = capture_evidence(model, batch, positions)
+    assert alone.pixel_saliency is None
+    torch.testing.assert_close(both.evidence(), alone.evidence(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(both.pixel_saliency[0], pixel_saliency(model, batch, positions), atol=1e-7, rtol=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+    embeddings = {k: v for k, v in batch.items() if k != "pixel_values"} | {
+        "image_embeddings": model.flamingo.encode_visuals(batch["pixel_values"])}
+    with pytest.raises(ValueError, match="pixel maps need the films"):
+        capture_evidence(model, embeddings, positions, to_pixels=True)
+
+
 def test_words_before_the_film_have_no_saliency_and_cached_features_are_refused(tiny_open):
     model, processor = tiny_open
     batch = processor(["Prior film compared.<image>Findings: effusion."], [[xray_like(0)]])
