@@ -47,7 +47,8 @@ def _check_fields(path: Path, record: dict[str, Any], fields: dict[str, Any]) ->
 def model_directory(path: str | Path) -> Path:
     """The saved model a path names: itself when it holds ``config.json`` and ``model.safetensors``,
     else a run directory's ``reward/model`` (the pipeline's reward stage, the run's model when it
-    ran), ``train/model`` (the pipeline's) or ``model`` (the training command's).
+    ran from the run's current supervised model), ``train/model`` (the pipeline's) or ``model``
+    (the training command's).
 
     Raises:
         FileNotFoundError: none of them, naming the places looked at.
@@ -56,10 +57,33 @@ def model_directory(path: str | Path) -> Path:
     candidates = (path, path / "reward" / "model", path / "train" / "model", path / "model")
     for candidate in candidates:
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            if candidate == path / "reward" / "model" and not _fine_tuned_from_current(path):
+                continue
             return candidate
     raise FileNotFoundError(f"{path}: no saved model in {', '.join(str(c) for c in candidates)} "
                             "(expected config.json and model.safetensors: a run directory of the pipeline or "
                             "of `python -m flamingo_lib.cli.train`, or a directory written by save_pretrained)")
+
+
+def _fine_tuned_from_current(run: Path) -> bool:
+    """Whether the reward stage of a pipeline run started from the supervised model the run holds
+    now: a supervised stage retrained since (other settings) leaves a reward model of a model
+    that is gone, which must not be served as the run's. Runs without the records are taken as
+    they are."""
+    reward, train = run / "reward" / "summary.json", run / "train" / "summary.json"
+    if not (reward.is_file() and train.is_file()):
+        return True
+
+    def key(summary: Path) -> Any:
+        saved = _read_json(summary)
+        config = saved.get("config", {}) if isinstance(saved, dict) else {}
+        extra = (config.get("extra") if isinstance(config, dict) else None) or {}
+        return extra.get("pipeline") if isinstance(extra, dict) else None
+
+    fine_tuned, supervised = key(reward), key(train)
+    if not isinstance(fine_tuned, dict) or not isinstance(supervised, dict):
+        return True
+    return {k: v for k, v in fine_tuned.items() if k != "reward"} == supervised
 
 
 def training_record(model_dir: Path) -> dict[str, Any] | None:

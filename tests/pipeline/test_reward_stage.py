@@ -48,6 +48,12 @@ def test_the_reward_stage_fine_tunes_the_supervised_model_and_becomes_the_runs_m
     assert off.is_trained() and off.model_dir == run / "train" / "model"
     off.train()
     assert _mtime(run / "train" / "summary.json") == supervised
+    assert model_directory(run) == run / "reward" / "model"  # fine-tuned from the run's supervised model
+
+    # the supervised stage retrained under other settings: the reward model of the old one is not the run's
+    Pipeline(run_dir=str(run), **{**SMALL, "lr": 5e-4}).train()
+    assert _mtime(run / "train" / "summary.json") != supervised
+    assert model_directory(run) == run / "train" / "model"
 
 
 def test_impossible_reward_settings_are_refused_before_any_work(tmp_path):
