@@ -2,6 +2,8 @@
 which parts of the film that token drew on (:mod:`flamingo_lib.modeling.attention_maps`), beside
 the film itself. "evidence" (the default) weights the attention by how much it moved the token's
 log-probability; "attention" is where the token's query looked, which barely depends on the token.
+"sharpen to pixels" multiplies the map by the token's gradient over the film's pixels
+(:mod:`flamingo_lib.modeling.pixel_maps`): the map the pixel pointing game plays on.
 
 The pickers' "mean" is a real option value (``"mean"``), not ``None``: ipywidgets reads ``None``
 as "nothing selected" and shows an empty box. The figure is an ``Image`` widget whose PNG is
@@ -27,8 +29,9 @@ class AttentionBrowser:
         outline: the finding whose ground-truth mask is outlined and named (None: no outline).
 
     Attributes:
-        position, layer, head, method: the controls (``layer.value``: an int or :data:`MEAN`;
-            ``method.value``: ``"evidence"`` or ``"attention"``, :data:`~flamingo_lib.evaluation.grounding.MAP_METHODS`).
+        position, layer, head, method, sharpen: the controls (``layer.value``: an int or :data:`MEAN`;
+            ``method.value``: ``"evidence"`` or ``"attention"``, :data:`~flamingo_lib.evaluation.grounding.MAP_METHODS`;
+            ``sharpen.value``: a bool).
         heatmap: the (H, W) map drawn last, of the film's size, summing to 1. title: its title.
         image: the ``Image`` widget showing the film and the heatmap (PNG).
         widget: the box to display.
@@ -43,7 +46,8 @@ class AttentionBrowser:
         batch, _, self.slot = processor.film_batch(sample)  # the processor's context, the study's first film
         _, self.maps = capture_attention(model, batch)
         self.model, self.batch = model, batch
-        self._evidence: dict[int, Any] = {}  # position -> its evidence maps, computed when first shown
+        self._evidence: dict[int, Any] = {}  # position -> its evidence maps and pixel saliency, when first shown
+        self._saliency: dict[int, Any] = {}  # position -> its pixel saliency, for the raw attention's maps
         ids = batch["input_ids"][0].tolist()
         first = int(batch["media_locations"][0].nonzero()[-1]) + 1  # the first token after the film
         self.tokens = [processor.tokenizer.decode([i]) for i in ids]
@@ -56,31 +60,40 @@ class AttentionBrowser:
         self.head = widgets.Dropdown(options=[(MEAN, MEAN)] + [(str(i), i) for i in range(n_heads)],
                                      value=MEAN, description="head")
         self.method = widgets.Dropdown(options=list(MAP_METHODS), value=MAP_METHODS[0], description="map")
+        self.sharpen = widgets.Checkbox(value=False, description="sharpen to pixels", indent=False)
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
-        for control in (self.position, self.layer, self.head, self.method):
+        for control in (self.position, self.layer, self.head, self.method, self.sharpen):
             control.observe(self.draw, names="value")
         self.heatmap, self.title = np.zeros(0), ""
-        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head, self.method]), self.image])
+        self.widget = widgets.VBox([widgets.HBox([self.position, self.layer, self.head, self.method, self.sharpen]),
+                                    self.image])
         self.draw()
 
     def current_heatmap(self) -> tuple[np.ndarray, str]:
         """The heatmap (H, W) of the chosen token, layer, head and map over the film, and its title."""
         from flamingo_lib.modeling.attention_maps import capture_evidence, relevance_to_heatmap
+        from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
 
         layer = None if self.layer.value == MEAN else self.layer.value
         head = None if self.head.value == MEAN else self.head.value
         position = self.position.value
         if self.method.value == "evidence":
-            if position not in self._evidence:
-                self._evidence[position] = capture_evidence(self.model, self.batch, [position])
-            relevance = self._evidence[position].evidence(image=self.slot, layer=layer, head=head)
+            if position not in self._evidence:  # one backward pass: the evidence and the pixels' saliency
+                self._evidence[position] = capture_evidence(self.model, self.batch, [position], to_pixels=True)
+            maps = self._evidence[position]
+            relevance, saliency = maps.evidence(image=self.slot, layer=layer, head=head), maps.pixel_saliency[self.slot]
             kind = "evidence for"
         else:
             relevance = self.maps.token_relevance(0, position, self.slot, layer=layer, head=head)
+            if self.sharpen.value and position not in self._saliency:
+                self._saliency[position] = pixel_saliency(self.model, self.batch, [position], image=self.slot)
+            saliency = self._saliency.get(position)
             kind = "attention of"
         heatmap = relevance_to_heatmap(relevance, self.sample.images[0].size[::-1])
+        if self.sharpen.value:
+            heatmap = sharpened_map(heatmap, saliency)
         title = (f"{kind} token {self.tokens[position]!r} (position {position}), "
-                 f"layer {self.layer.value}, head {self.head.value}")
+                 f"layer {self.layer.value}, head {self.head.value}" + (", sharpened" if self.sharpen.value else ""))
         return heatmap, title
 
     def draw(self, *_: Any) -> None:

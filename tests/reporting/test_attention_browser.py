@@ -55,3 +55,19 @@ def test_the_map_picker_switches_between_the_evidence_and_the_raw_attention(brow
     assert browser.title.startswith("attention of token") and not np.allclose(browser.heatmap, evidence)
     browser.method.value = "evidence"
     assert np.allclose(browser.heatmap, evidence)  # the same token's evidence, drawn again
+
+
+def test_sharpening_multiplies_the_map_by_the_tokens_pixel_gradient(browser):
+    from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
+
+    for method in ("evidence", "attention"):
+        browser.method.value = method
+        coarse = browser.heatmap.copy()
+        browser.sharpen.value = True
+        assert browser.title.endswith(", sharpened") and abs(browser.heatmap.sum() - 1) < 1e-4
+        saliency = pixel_saliency(browser.model, browser.batch, [browser.position.value], image=browser.slot)
+        assert np.allclose(browser.heatmap, sharpened_map(coarse, saliency), atol=1e-6)
+        assert not np.allclose(browser.heatmap, coarse)
+        browser.sharpen.value = False
+        assert np.allclose(browser.heatmap, coarse)
+    browser.method.value = "evidence"
