@@ -515,7 +515,8 @@ class Trainer:
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss to minimise on one (micro-)batch of the samples at ``indices``, the LM loss (logged,
         comparable to ``val_loss``) and the findings head's (None without it)."""
-        prior_labels = batch.pop("prior_finding_labels", None)
+        prior_labels = batch.get("prior_finding_labels")  # the trainer's, not the model's input
+        batch = {key: value for key, value in batch.items() if key != "prior_finding_labels"}
         if self.config.findings_tokens_teacher:
             taught = self._teacher_findings(batch["finding_labels"], prior_labels)
             batch = batch | {"token_findings": taught[0]}
