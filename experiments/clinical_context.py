@@ -17,10 +17,12 @@ demo's recipe and budget, and scores greedy reports on its test split:
         --contexts none prior indication,prior
 
 About 6-8 minutes a context on 2 idle cores (the first also renders the films and fills the
-feature cache). Writes ``OUT/clinical_context[-guided][-lateral][-all-earlier].csv`` and ``.json``; each
-run stays in ``OUT/<context>[-pa+lateral][-all-earlier]``. ``--guided`` adds findings-guided decoding (32
-samples a study; no retraining), ``--views PA+LATERAL`` a lateral film per study, ``--all-earlier`` the
-rule under which the report reads every earlier film, the prior's too.
+feature cache). Writes ``OUT/clinical_context[-CONTEXTS][-guided][-lateral][-all-earlier][-TOKENS].csv`` and
+``.json``; each run stays in ``OUT/<context>[-pa+lateral][-all-earlier][-TOKENS]``. ``--guided`` adds
+findings-guided decoding (32 samples a study; no retraining), ``--views PA+LATERAL`` a lateral film per
+study, ``--all-earlier`` the rule under which the report reads every earlier film, the prior's too,
+``--tokens prior --teacher 0.5`` the findings tokens of the joint state with the prior study
+(:mod:`flamingo_lib.modeling.heads.findings_tokens`), taught to half the training studies.
 """
 
 from __future__ import annotations
@@ -137,8 +139,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(pd.DataFrame(rows).set_index("system").T.round(3).to_string(), flush=True)
     table = pd.DataFrame(rows).set_index("system")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "clinical_context" + ("-guided" if args.guided else "") + ("" if args.views == "PA" else "-lateral") + \
-        ("-all-earlier" if args.all_earlier else "") + tokens_suffix(args.tokens, args.teacher)
+    # one table per experiment: the contexts are named unless they are the default three
+    contexts = "" if args.contexts == parser.get_default("contexts") else \
+        "-" + "-".join(c.replace(",", "+") for c in args.contexts)
+    stem = "clinical_context" + contexts + ("-guided" if args.guided else "") + \
+        ("" if args.views == "PA" else "-lateral") + ("-all-earlier" if args.all_earlier else "") + \
+        tokens_suffix(args.tokens, args.teacher)
     table.to_csv(args.out / f"{stem}.csv")
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"contexts": args.contexts, "steps": args.steps, "seed": args.seed, "views": args.views,

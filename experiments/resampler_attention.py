@@ -1,7 +1,8 @@
 """Where does a trained Flamingo's attention over the image go, and does another reading point?
 
-The demo's pointing game (:mod:`flamingo_lib.evaluation.grounding`) reads one map per finding word: the
-cross-attention over latents times the resampler's attention rolled out to the patches. When it
+The pointing game (:mod:`flamingo_lib.evaluation.grounding`) reads one map per finding: here, as its
+``span="words"``, of the words naming it; the raw attention's map is the cross-attention over latents
+times the resampler's attention rolled out to the patches. When it
 stops pointing (the 800-step encoder's Flamingo, README) either the resampler's attention no
 longer follows the image, or the attention is not where the evidence flows. For each test study
 of a trained run this script measures:

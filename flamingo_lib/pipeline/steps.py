@@ -449,8 +449,10 @@ class Pipeline:
             raise ValueError(f"unknown map method {method!r}; expected one of {MAP_METHODS}")
         path = self.run_dir / ("grounding.csv" if method == "evidence" else f"grounding-{method}.csv")
         # a table from before the box measures or the cell game lacks their columns; one from before
-        # the map method, its maps; one from before the sharpened pixel game, its pixel hits
-        stamp = {"box_measures": True, "cell_game": True, "map_method": method, "pixel_game": "sharpened"}
+        # the map method, its maps; one from before the sharpened pixel game, its pixel hits; one from
+        # before the sentence span, the naming words' maps
+        stamp = {"box_measures": True, "cell_game": True, "map_method": method, "pixel_game": "sharpened",
+                 "span": "sentence"}
         if not force and self._up_to_date(path, **stamp):
             return pd.read_csv(path)
         self.train()

@@ -39,8 +39,8 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
     """Evidence heatmap over the sample's first image, teacher-forced on its reference report
     (:func:`~flamingo_lib.evaluation.grounding.words_heatmap`).
 
-    Of the words that name the sample's first finding with a ground-truth mask
-    (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`); without such words, of the whole
+    Of the sentence that names the sample's first finding with a ground-truth mask (by one of its
+    :data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`: the span the pointing game maps); without one, of the whole
     report (a mask whose finding the report does not name, scoliosis say, is then not outlined).
     """
     from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_heatmap
@@ -49,10 +49,11 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
     batch, prompt_len, image = processor.film_batch(sample)  # with the processor's context, the first film
     size = sample.images[0].size[::-1]
     for finding, mask in sample.masks.items():
-        positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len)
+        positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len,
+                                         span="sentence")
         if positions:
             return CaseMap(words_heatmap(model, batch, positions, size, image=image), mask,
-                           f"evidence for '{finding}'", finding)
+                           f"evidence for the sentence naming '{finding}'", finding)
     report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
     return CaseMap(words_heatmap(model, batch, report_positions, size, image=image), None,
                    "evidence for the report's words", None)

@@ -47,7 +47,7 @@ def smallest_named_finding(model: Any, processor: Any, samples: Sequence[Any]) -
                 continue
             film = film or processor.film_batch(sample)
             batch, prompt_length, image = film
-            positions = word_token_positions(processor, sample.report, words, prompt_length)
+            positions = word_token_positions(processor, sample.report, words, prompt_length, span="sentence")
             if positions:
                 best = (sample, finding, int(mask.sum()), batch, positions, image)
     if best is None:

@@ -49,7 +49,8 @@ def test_attention_pointing_reproduces_the_demo_pointing_game(tiny_open):
     model, processor = tiny_open
     samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=12) if s.masks]
     rows, stats = analyse(model, processor, samples)
-    demo = pointing_game(model, processor, samples, method="attention")  # the raw attention, as the probe reads it
+    # the raw attention of the naming words, as the probe reads it
+    demo = pointing_game(model, processor, samples, method="attention", span="words")
     assert rows and len(rows) == len(demo)
     ours = {(r["id"], r["finding"]): r["hit_attention"] for r in rows}
     assert ours == {(r.id, r.finding): bool(r.hit) for r in demo.itertuples()}

@@ -63,6 +63,19 @@ def test_finding_words_map_to_their_report_tokens(tiny):
     assert processor.tokenizer.decode([ids[p - 5] for p in positions]).strip() == "effusion"
 
 
+def test_the_sentence_span_maps_the_whole_sentence_naming_the_finding(tiny):
+    _, processor = tiny
+    report = "Heart size is normal. A 2.5 cm left pleural effusion is seen. No pneumothorax."
+    ids = processor.tokenizer(" " + report, add_special_tokens=False)["input_ids"]
+    positions = word_token_positions(processor, report, ["effusion"], offset=5, span="sentence")
+    assert positions == list(range(positions[0], positions[-1] + 1))  # one run of tokens
+    # the sentence, its "2.5" included, and nothing of its neighbours
+    assert processor.tokenizer.decode([ids[p - 5] for p in positions]).strip() == "A 2.5 cm left pleural effusion is seen."
+    assert word_token_positions(processor, report, ["granuloma"], offset=5, span="sentence") == []
+    with pytest.raises(ValueError, match="unknown span 'phrase'"):
+        word_token_positions(processor, report, ["effusion"], offset=5, span="phrase")
+
+
 def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_control(tiny_open):
     from flamingo_lib.data.phantom.dataset import PhantomCXR
     from flamingo_lib.evaluation.box_grounding import bounding_box
