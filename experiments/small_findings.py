@@ -28,15 +28,16 @@ import pandas as pd
 from flamingo_lib.evaluation.grounding import MAP_METHODS, pointing_game
 
 GAMES = {"pixel_hit": "hit", "shuffled_pixel_hit": "shuffled_hit", "cell_hit": "cell_hit",
-         "shuffled_cell_hit": "shuffled_cell_hit"}
+         "shuffled_cell_hit": "shuffled_cell_hit", "tolerant_hit": "tolerant_hit",
+         "shuffled_tolerant_hit": "shuffled_tolerant_hit"}
 #: The pixel game on the grid map alone (``sharpen=False``); its cell game is the same as the default's.
 GRID_GAMES = {"grid_pixel_hit": "hit", "shuffled_grid_pixel_hit": "shuffled_hit"}
 
 
 def analyse(model: Any, processor: Any, samples: list[Any], seed: int = 0) -> pd.DataFrame:
     """One row per (study, named finding): mask area (px), the share of grid cells it overlaps and,
-    per map method, the pixel games' (sharpened and grid) and the cell game's hits on the study's
-    film and on the shuffled one."""
+    per map method, the pixel games' (sharpened and grid), the cell game's and the tolerant game's
+    (a sharpened peak within 15 px) hits on the study's film and on the shuffled one."""
     areas = {(s.id, finding): int(mask.sum()) for s in samples for finding, mask in s.masks.items()}
     table = None
     for method in MAP_METHODS:

@@ -22,6 +22,10 @@ film's pixels (:mod:`~flamingo_lib.modeling.pixel_maps`: the grid map says which
 which pixels in them), so that its peak can land on a lesion smaller than a cell; ``sharpen=False``
 plays it on the upsampled grid map alone. The cell game and the box measures read the grid map.
 
+The pointing game as Zhang et al. (ECCV 2016) defined it counts a peak within 15 px of the
+finding as a hit: the *tolerant* game (``TOLERANCE_PX``), with its chance the share of the film
+within that distance of the mask, played on the same sharpened maps.
+
 Why the sentence: a finding's phrase, not its head noun, is what a report says about a region
 (MS-CXR pairs each box with such a phrase: "small left pleural effusion"). The film's evidence is
 spent on the words the film decides, and by the time "effusion" follows "small left pleural" little
@@ -48,6 +52,12 @@ from flamingo_lib.modeling.pixel_maps import pixel_saliency, sharpened_map
 
 #: The cell game's columns of :func:`pointing_game` (module docstring).
 CELL_COLUMNS = ("cell_hit", "cell_chance", "shuffled_cell_hit")
+#: The tolerant game's columns: the pixel game's peaks, a hit within ``TOLERANCE_PX`` of the mask.
+TOLERANT_COLUMNS = ("tolerant_hit", "tolerant_chance", "shuffled_tolerant_hit")
+#: The pointing game's tolerance in its original definition (Zhang et al., ECCV 2016), in pixels.
+TOLERANCE_PX = 15.0
+#: The games :func:`pointing_summary` and :func:`pointing_tests` read, and their columns.
+LEVELS = {"pixel": ("hit", "chance", "shuffled_hit"), "cell": CELL_COLUMNS, "tolerant": TOLERANT_COLUMNS}
 #: The box-level columns of :func:`pointing_game` (:mod:`flamingo_lib.evaluation.box_grounding`).
 BOX_COLUMNS = ("iou", "iou_chance", "mass_in_box", "box_area", "shuffled_iou", "shuffled_mass")
 
@@ -150,6 +160,13 @@ def _cell_hit(relevance: torch.Tensor, cells: np.ndarray) -> bool:
     return bool(cells.flat[int(torch.argmax(relevance[offset:]))])
 
 
+def near_mask(mask: np.ndarray, tolerance: float) -> np.ndarray:
+    """(H, W) bool: the pixels within ``tolerance`` px (Euclidean) of the (H, W) bool ``mask``."""
+    from scipy.ndimage import distance_transform_edt
+
+    return mask | (distance_transform_edt(~mask) <= tolerance)
+
+
 def peak_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> bool:
     """Whether the (H, W) ``heatmap``'s peak pixel lies in the (H, W) bool ``mask``: a pointing-game hit."""
     peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
@@ -198,26 +215,30 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
             peaks, shuffled_peaks = heatmap, shuffled_heatmap
             if sharpen:
                 peaks, shuffled_peaks = sharpened_map(heatmap, saliency), sharpened_map(shuffled_heatmap, shuffled_saliency)
+            near = near_mask(mask, TOLERANCE_PX)
             rows.append({"id": sample.id, "finding": finding, "hit": peak_in_mask(peaks, mask), "chance": float(mask.mean()),
                          "shuffled_hit": peak_in_mask(shuffled_peaks, mask), "cell_hit": _cell_hit(own, cells),
                          "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled, cells),
+                         "tolerant_hit": peak_in_mask(peaks, near), "tolerant_chance": float(near.mean()),
+                         "shuffled_tolerant_hit": peak_in_mask(shuffled_peaks, near),
                          **box_scores(heatmap, shuffled_heatmap, mask, placements)})
-    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *CELL_COLUMNS, *BOX_COLUMNS])
+    return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *CELL_COLUMNS,
+                                       *TOLERANT_COLUMNS, *BOX_COLUMNS])
 
 
 def _level(results: pd.DataFrame, level: str) -> pd.DataFrame:
-    """The game of ``level`` ("pixel" or "cell") as columns hit, chance, shuffled_hit."""
+    """The game of ``level`` (:data:`LEVELS`) as columns hit, chance, shuffled_hit."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown pointing level {level!r}; expected one of {tuple(LEVELS)}")
     if level == "pixel":
         return results
-    if level == "cell":
-        return results.drop(columns=["hit", "chance", "shuffled_hit"]).rename(
-            columns={"cell_hit": "hit", "cell_chance": "chance", "shuffled_cell_hit": "shuffled_hit"})
-    raise ValueError(f"unknown pointing level {level!r}; expected 'pixel' or 'cell'")
+    pixel = LEVELS["pixel"]
+    return results.drop(columns=list(pixel)).rename(columns=dict(zip(LEVELS[level], pixel)))
 
 
 def pointing_summary(results: pd.DataFrame, level: str = "pixel") -> pd.DataFrame:
-    """Accuracy, chance and shuffled-image accuracy per finding and overall, of the pixel game or
-    of the ``cell`` game (module docstring)."""
+    """Accuracy, chance and shuffled-image accuracy per finding and overall, of the pixel game, the
+    ``cell`` game or the ``tolerant`` game (module docstring)."""
     if results.empty:
         return pd.DataFrame(columns=["n", "accuracy", "chance", "shuffled"])
     results = _level(results, level)
@@ -238,7 +259,7 @@ def pointing_sentence(results: pd.DataFrame, level: str = "pixel") -> str:
 
 
 def pointing_tests(results: pd.DataFrame, level: str = "pixel") -> dict[str, float]:
-    """Is the pointing game (of ``level``: "pixel" or "cell") better than chance and than the
+    """Is the pointing game (of ``level``: "pixel", "cell" or "tolerant") better than chance and than the
     shuffled-image control, beyond luck?
 
     * vs chance: exact one-sided p-value of at least this many hits if each finding's peak fell

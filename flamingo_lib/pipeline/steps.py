@@ -450,9 +450,9 @@ class Pipeline:
         path = self.run_dir / ("grounding.csv" if method == "evidence" else f"grounding-{method}.csv")
         # a table from before the box measures or the cell game lacks their columns; one from before
         # the map method, its maps; one from before the sharpened pixel game, its pixel hits; one from
-        # before the sentence span, the naming words' maps
+        # before the sentence span, the naming words' maps; one from before the tolerant game, its columns
         stamp = {"box_measures": True, "cell_game": True, "map_method": method, "pixel_game": "sharpened",
-                 "span": "sentence"}
+                 "span": "sentence", "tolerant_game": True}
         if not force and self._up_to_date(path, **stamp):
             return pd.read_csv(path)
         self.train()

@@ -79,16 +79,20 @@ def test_the_sentence_span_maps_the_whole_sentence_naming_the_finding(tiny):
 def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_control(tiny_open):
     from flamingo_lib.data.phantom.dataset import PhantomCXR
     from flamingo_lib.evaluation.box_grounding import bounding_box
-    from flamingo_lib.evaluation.grounding import BOX_COLUMNS, CELL_COLUMNS
+    from flamingo_lib.evaluation.grounding import BOX_COLUMNS, CELL_COLUMNS, TOLERANT_COLUMNS, near_mask
 
     model, processor = tiny_open
     samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=12) if s.masks]
     results = pointing_game(model, processor, samples)
     assert not results.empty and list(results.columns) == ["id", "finding", "hit", "chance", "shuffled_hit",
-                                                           *CELL_COLUMNS, *BOX_COLUMNS]
+                                                           *CELL_COLUMNS, *TOLERANT_COLUMNS, *BOX_COLUMNS]
     for row in results.itertuples():
         sample = next(s for s in samples if s.id == row.id)
         assert row.chance == pytest.approx(sample.masks[row.finding].mean())
+        # the tolerant game: a hit wherever the pixel game's is, its chance the film near the mask
+        assert row.tolerant_chance == pytest.approx(near_mask(sample.masks[row.finding], 15).mean())
+        assert row.tolerant_chance > row.chance and (row.tolerant_hit or not row.hit)
+        assert row.shuffled_tolerant_hit or not row.shuffled_hit
         box = bounding_box(sample.masks[row.finding])  # the box's share of the film: the mass's chance
         assert row.box_area == pytest.approx((box[2] - box[0]) * (box[3] - box[1]) / sample.masks[row.finding].size)
     summary = pointing_summary(results)
@@ -99,6 +103,28 @@ def test_pointing_game_scores_named_findings_against_chance_and_a_shuffled_contr
     assert not attention["mass_in_box"].equals(results["mass_in_box"])
     with pytest.raises(ValueError, match="unknown map method 'peak'"):
         pointing_game(model, processor, samples, method="peak")
+
+
+def test_near_mask_holds_the_pixels_within_the_tolerance_and_the_tolerant_game_reads_them():
+    import pandas as pd
+
+    from flamingo_lib.evaluation.grounding import near_mask, pointing_summary
+
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[20, 20] = True
+    near = near_mask(mask, 3)
+    assert near[20, 23] and near[22, 22] and not near[20, 24] and not near[23, 23]  # Euclidean: 2.83 in, 4.24 out
+    assert near.sum() == 29  # the lattice points of a disc of radius 3
+    heatmap = np.zeros((40, 40))
+    heatmap[20, 22] = 1.0  # two pixels off the lesion: a miss at the pixel, a hit within 3 px
+    rows = pd.DataFrame({"finding": ["nodule"], "hit": [peak_in_mask(heatmap, mask)], "chance": [mask.mean()],
+                         "shuffled_hit": [False], "tolerant_hit": [peak_in_mask(heatmap, near)],
+                         "tolerant_chance": [near.mean()], "shuffled_tolerant_hit": [False]})
+    assert pointing_summary(rows).loc["all", "accuracy"] == 0.0
+    tolerant = pointing_summary(rows, level="tolerant").loc["all"]
+    assert tolerant.accuracy == 1.0 and tolerant.chance == pytest.approx(29 / 1600)
+    with pytest.raises(ValueError, match="unknown pointing level 'box'"):
+        pointing_summary(rows, level="box")
 
 
 def test_pointing_tests_are_exact_against_chance_and_paired_against_the_shuffled_control():
