@@ -131,15 +131,19 @@ def build_run_report(pipeline: Any, path: str | Path | None = None, n_cases: int
 
         summary = pointing_summary(grounding).round(3)
         tests, cells = pointing_tests(grounding), pointing_summary(grounding, level="cell").loc["all"]
-        sections.append(("Grounding: pointing game (peak of the words' evidence inside the finding's mask)",
-                         summary.to_html() + "<p>The peak pixel of the evidence map sharpened by the words' "
+        near = pointing_summary(grounding, level="tolerant").loc["all"] if "tolerant_hit" in grounding else None
+        within = "" if near is None else (f" Within 15 px of the mask (the original definition's tolerance): "
+                                          f"{near.accuracy:.3f}, chance {near.chance:.3f}, shuffled {near.shuffled:.3f}.")
+        sections.append(("Grounding: pointing game (peak of the evidence for the sentence naming a finding, "
+                         "inside the finding's mask)",
+                         summary.to_html() + "<p>The peak pixel of the evidence map sharpened by the sentence's "
                                              "gradient over the film's pixels. chance = mask area fraction; "
                                              "shuffled = the map computed with another study's image. One-sided "
                                              f"exact p-values over all findings: above chance p = "
                                              f"{tests['p_vs_chance']:.2g}, above the shuffled control (paired) p = "
                                              f"{tests['p_vs_shuffled']:.2g}. At the map's own resolution (the peak "
                                              f"cell of the patch grid): {cells.accuracy:.3f}, chance "
-                                             f"{cells.chance:.3f}, shuffled {cells.shuffled:.3f}.</p>"))
+                                             f"{cells.chance:.3f}, shuffled {cells.shuffled:.3f}.{within}</p>"))
     usage = pipeline.finding_usage()
     if usage["AUROC"].notna().any():
         sections.append(("Which findings does the text follow? (sampled reports)",

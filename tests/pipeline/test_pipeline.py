@@ -47,6 +47,8 @@ def test_the_report_holds_every_section_and_the_headline_every_measure(trained_r
     assert text.startswith("<!doctype html>") and "Metrics (test split) against baselines" in text
     assert "data:image/png;base64," in text and "nearest neighbour" in text
     assert "Which findings does the text follow?" in text and "Findings-guided:" in text  # in the cases too
+    # the grounding section: the sentence's sharpened map, its cell game and its game within 15 px
+    assert "evidence for the sentence naming a finding" in text and "Within 15 px of the mask" in text
     line = headline(pipeline)
     assert "pointing game" in line and "findings the text follows" in line and "findings-guided" in line
 
