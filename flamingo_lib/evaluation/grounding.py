@@ -17,7 +17,7 @@ can only be hit where a centre falls on it. The *cell* game counts a hit when th
 overlaps the mask, against the share of cells the mask overlaps (its chance at that resolution) and
 the shuffled film's peak cell: the pointing game's usual tolerance of about one map cell, made exact.
 
-The pixel game itself is played on the map *sharpened* by the words' gradient with respect to the
+The pixel game itself is played on the map *sharpened* by the mapped words' gradient with respect to the
 film's pixels (:mod:`~flamingo_lib.modeling.pixel_maps`: the grid map says which cells, the gradient
 which pixels in them), so that its peak can land on a lesion smaller than a cell; ``sharpen=False``
 plays it on the upsampled grid map alone. The cell game and the box measures read the grid map.
@@ -187,8 +187,10 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
 
     Returns:
         DataFrame with columns id, finding, hit, chance (mask area fraction), shuffled_hit, the cell
-        game's (:data:`CELL_COLUMNS`: hit, share of cells the mask overlaps, shuffled hit) and the box
-        measures of :func:`~flamingo_lib.evaluation.box_grounding.box_scores` (:data:`BOX_COLUMNS`).
+        game's (:data:`CELL_COLUMNS`: hit, share of cells the mask overlaps, shuffled hit), the
+        tolerant game's (:data:`TOLERANT_COLUMNS`: hit, share of the film within ``TOLERANCE_PX`` of the
+        mask, shuffled hit) and the box measures of
+        :func:`~flamingo_lib.evaluation.box_grounding.box_scores` (:data:`BOX_COLUMNS`).
     """
     rows = []
     rng = np.random.default_rng(seed)
