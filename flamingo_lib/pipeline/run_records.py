@@ -65,6 +65,23 @@ def model_directory(path: str | Path) -> Path:
                             "of `python -m flamingo_lib.cli.train`, or a directory written by save_pretrained)")
 
 
+def _recorded(summary: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training config a stage's ``summary.json`` records and that config's ``extra`` (what the
+    pipeline or the command added), each an empty dict where absent or not a mapping."""
+    saved = _read_json(summary)
+    config = saved.get("config", {}) if isinstance(saved, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    extra = config.get("extra") or {}
+    return config, extra if isinstance(extra, dict) else {}
+
+
+def pipeline_key(summary: Path) -> dict[str, Any] | None:
+    """The pipeline's training key a stage's ``summary.json`` records; None when it records none
+    (a run of the training command, or of no pipeline)."""
+    key = _recorded(summary)[1].get("pipeline")
+    return key if isinstance(key, dict) else None
+
+
 def _fine_tuned_from_current(run: Path) -> bool:
     """Whether the reward stage of a pipeline run started from the supervised model the run holds
     now: a supervised stage retrained since (other settings) leaves a reward model of a model
@@ -73,15 +90,8 @@ def _fine_tuned_from_current(run: Path) -> bool:
     reward, train = run / "reward" / "summary.json", run / "train" / "summary.json"
     if not (reward.is_file() and train.is_file()):
         return True
-
-    def key(summary: Path) -> Any:
-        saved = _read_json(summary)
-        config = saved.get("config", {}) if isinstance(saved, dict) else {}
-        extra = (config.get("extra") if isinstance(config, dict) else None) or {}
-        return extra.get("pipeline") if isinstance(extra, dict) else None
-
-    fine_tuned, supervised = key(reward), key(train)
-    if not isinstance(fine_tuned, dict) or not isinstance(supervised, dict):
+    fine_tuned, supervised = pipeline_key(reward), pipeline_key(train)
+    if fine_tuned is None or supervised is None:
         return True
     return {k: v for k, v in fine_tuned.items() if k != "reward"} == supervised
 
@@ -93,9 +103,7 @@ def training_record(model_dir: Path) -> dict[str, Any] | None:
     summary = model_dir.parent / "summary.json"
     if not summary.is_file():
         return None
-    saved = _read_json(summary)
-    config = saved.get("config", {}) if isinstance(saved, dict) else {}
-    extra = (config.get("extra") if isinstance(config, dict) else None) or {}
+    config, extra = _recorded(summary)
     key = extra.get("pipeline") or extra  # the pipeline's training key, or what the command recorded
     if not isinstance(key, dict) or "data" not in key:
         return None

@@ -21,6 +21,7 @@ import pandas as pd
 from flamingo_lib.io import atomic_path, write_json_atomic, write_text_atomic
 from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.modeling.saved_files import check_complete
+from flamingo_lib.pipeline.run_records import pipeline_key
 from flamingo_lib.pipeline.settings import PipelineSettings
 
 __all__ = ["Pipeline"]
@@ -50,8 +51,8 @@ class Pipeline:
         summary = Path(run) / "train" / "summary.json"
         if not summary.is_file():
             raise FileNotFoundError(f"{summary}: not found; {run} is not a trained pipeline run")
-        key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
-        if not isinstance(key, dict):
+        key = pipeline_key(summary)
+        if key is None:
             raise FileNotFoundError(f"{summary}: records no pipeline settings; {run} was not trained by the pipeline")
         return cls(PipelineSettings.from_training_key(key, run, **overrides))
 
@@ -148,7 +149,7 @@ class Pipeline:
             check_complete(model_dir)
         except ValueError:  # a save interrupted midway: train again (from the checkpoint if it is unfinished)
             return False
-        saved_key = json.loads(summary.read_text()).get("config", {}).get("extra", {}).get("pipeline")
+        saved_key = pipeline_key(summary)
         if saved_key is None or self._saved_training_key(saved_key) != key:
             return False
         trained_on = json.loads((model_dir / "config.json").read_text()).get("embedded_builds") or {}
