@@ -46,7 +46,8 @@ class AttentionBrowser:
         batch, _, self.slot = processor.film_batch(sample)  # the processor's context, the study's first film
         _, self.maps = capture_attention(model, batch)
         self.model, self.batch = model, batch
-        self._evidence: dict[int, Any] = {}  # position -> its evidence maps and pixel saliency, when first shown
+        # position -> its evidence maps, when first shown (with the pixels' saliency once sharpened)
+        self._evidence: dict[int, Any] = {}
         self._saliency: dict[int, Any] = {}  # position -> its pixel saliency, for the raw attention's maps
         ids = batch["input_ids"][0].tolist()
         first = int(batch["media_locations"][0].nonzero()[-1]) + 1  # the first token after the film
@@ -78,10 +79,13 @@ class AttentionBrowser:
         head = None if self.head.value == MEAN else self.head.value
         position = self.position.value
         if self.method.value == "evidence":
-            if position not in self._evidence:  # one backward pass: the evidence and the pixels' saliency
-                self._evidence[position] = capture_evidence(self.model, self.batch, [position], to_pixels=True)
-            maps = self._evidence[position]
-            relevance, saliency = maps.evidence(image=self.slot, layer=layer, head=head), maps.pixel_saliency[self.slot]
+            maps = self._evidence.get(position)
+            if maps is None or (self.sharpen.value and maps.pixel_saliency is None):
+                # the backward pass goes on to the pixels only once the map is sharpened: one pass gives both
+                maps = self._evidence[position] = capture_evidence(self.model, self.batch, [position],
+                                                                   to_pixels=self.sharpen.value)
+            relevance = maps.evidence(image=self.slot, layer=layer, head=head)
+            saliency = None if maps.pixel_saliency is None else maps.pixel_saliency[self.slot]
             kind = "evidence for"
         else:
             relevance = self.maps.token_relevance(0, position, self.slot, layer=layer, head=head)
