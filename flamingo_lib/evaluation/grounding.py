@@ -79,6 +79,8 @@ FINDING_WORDS: dict[str, tuple[str, ...]] = {
 
 #: What of a report is mapped for a finding (:func:`word_token_positions`, module docstring).
 SPANS = ("sentence", "words")
+#: The span the pointing game maps, and the figures that show its maps.
+GAME_SPAN = "sentence"
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")  # not the point of "2.5 cm"
 
 
@@ -174,7 +176,7 @@ def peak_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> bool:
 
 
 def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int = 0,
-                  method: str = "evidence", sharpen: bool = True, span: str = "sentence") -> pd.DataFrame:
+                  method: str = "evidence", sharpen: bool = True, span: str = GAME_SPAN) -> pd.DataFrame:
     """One row per (study, finding named in its report with a mask): hit, chance, shuffled hit.
 
     Args:

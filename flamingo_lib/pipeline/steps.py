@@ -444,7 +444,7 @@ class Pipeline:
         """Pointing-game rows for the test split with the words' ``method`` maps
         (:func:`~flamingo_lib.evaluation.grounding.pointing_game`), cached in ``grounding.csv``
         (``grounding-attention.csv`` for the raw attention)."""
-        from flamingo_lib.evaluation.grounding import MAP_METHODS, pointing_game
+        from flamingo_lib.evaluation.grounding import GAME_SPAN, MAP_METHODS, pointing_game
 
         if method not in MAP_METHODS:
             raise ValueError(f"unknown map method {method!r}; expected one of {MAP_METHODS}")
@@ -453,7 +453,7 @@ class Pipeline:
         # the map method, its maps; one from before the sharpened pixel game, its pixel hits; one from
         # before the sentence span, the naming words' maps; one from before the tolerant game, its columns
         stamp = {"box_measures": True, "cell_game": True, "map_method": method, "pixel_game": "sharpened",
-                 "span": "sentence", "tolerant_game": True}
+                 "span": GAME_SPAN, "tolerant_game": True}
         if not force and self._up_to_date(path, **stamp):
             return pd.read_csv(path)
         self.train()

@@ -43,14 +43,14 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
     :data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`: the span the pointing game maps); without one, of the whole
     report (a mask whose finding the report does not name, scoliosis say, is then not outlined).
     """
-    from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_heatmap
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, GAME_SPAN, word_token_positions, words_heatmap
 
     model, processor = pipeline.model_and_processor
     batch, prompt_len, image = processor.film_batch(sample)  # with the processor's context, the first film
     size = sample.images[0].size[::-1]
     for finding, mask in sample.masks.items():
         positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len,
-                                         span="sentence")
+                                         span=GAME_SPAN)
         if positions:
             return CaseMap(words_heatmap(model, batch, positions, size, image=image), mask,
                            f"evidence for the sentence naming '{finding}'", finding)

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from flamingo_lib.evaluation.grounding import FINDING_WORDS, peak_in_mask, word_token_positions, words_maps
+from flamingo_lib.evaluation.grounding import FINDING_WORDS, GAME_SPAN, peak_in_mask, word_token_positions, words_maps
 from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
 from flamingo_lib.modeling.pixel_maps import sharpened_map
 
@@ -45,9 +45,10 @@ def smallest_named_finding(model: Any, processor: Any, samples: Sequence[Any]) -
             mask = sample.masks.get(finding)
             if mask is None or not mask.any() or (best is not None and mask.sum() >= best[2]):
                 continue
-            film = film or processor.film_batch(sample)
+            if film is None:
+                film = processor.film_batch(sample)
             batch, prompt_length, image = film
-            positions = word_token_positions(processor, sample.report, words, prompt_length, span="sentence")
+            positions = word_token_positions(processor, sample.report, words, prompt_length, span=GAME_SPAN)
             if positions:
                 best = (sample, finding, int(mask.sum()), batch, positions, image)
     if best is None:
