@@ -14,6 +14,7 @@ If the small findings stay at zero on the grid too, the resolution is not what l
 patch tokens carry their evidence elsewhere, or not at all.
 
     HF_HUB_OFFLINE=1 python -m experiments.small_findings runs/demo [--max-studies 250]
+    HF_HUB_OFFLINE=1 python -m experiments.small_findings runs/demo --peaks pneumothorax
 
 About 2 minutes on the demo's 250 test studies (2 cores).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from flamingo_lib.evaluation.grounding import MAP_METHODS, pointing_game
@@ -61,6 +63,36 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, overall])
 
 
+def peak_placements(model: Any, processor: Any, samples: list[Any], finding: str) -> pd.DataFrame:
+    """Where the sharpened map of the sentence naming ``finding`` peaks, per study naming it: the
+    peak's distance (px) to the finding's mask, and whether the mask's nearest pixel lies further
+    out than the peak (towards the chest wall or the apex: the peak is inside the band, on the lung's
+    side of it) or further in."""
+    from scipy.ndimage import distance_transform_edt
+
+    from flamingo_lib.evaluation.grounding import (FINDING_WORDS, GAME_SPAN, relevance_to_heatmap,
+                                                   sharpened_map, word_token_positions, words_maps)
+
+    rows = []
+    for sample in samples:
+        mask = sample.masks.get(finding)
+        if mask is None or not mask.any():
+            continue
+        batch, prompt_length, image = processor.film_batch(sample)
+        positions = word_token_positions(processor, sample.report, FINDING_WORDS[finding], prompt_length, GAME_SPAN)
+        if not positions:
+            continue
+        relevance, saliency = words_maps(model, batch, positions, "evidence", image, True)
+        peaks = sharpened_map(relevance_to_heatmap(relevance, mask.shape), saliency)
+        y, x = np.unravel_index(int(np.argmax(peaks)), peaks.shape)
+        distance, (ny, nx) = distance_transform_edt(~mask, return_indices=True)
+        centre = (mask.shape[1] - 1) / 2
+        outward = abs(nx[y, x] - centre) > abs(x - centre) or ny[y, x] < y
+        rows.append({"id": sample.id, "peak_y": int(y), "peak_x": int(x), "distance_px": float(distance[y, x]),
+                     "mask_further_out": bool(distance[y, x] > 0 and outward)})
+    return pd.DataFrame(rows, columns=["id", "peak_y", "peak_x", "distance_px", "mask_further_out"])
+
+
 def main(argv: list[str] | None = None) -> None:
     from flamingo_lib import FlamingoModel, FlamingoProcessor
     from flamingo_lib.pipeline.steps import Pipeline
@@ -68,13 +100,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
     parser.add_argument("--max-studies", type=int, default=250)
+    parser.add_argument("--peaks", metavar="FINDING", default=None,
+                        help="instead: where the sharpened maps of FINDING (e.g. pneumothorax) peak, study by study")
     args = parser.parse_args(argv)
     model_dir = f"{args.run_dir}/train/model"
     model, processor = FlamingoModel.from_pretrained(model_dir).eval(), FlamingoProcessor.from_pretrained(model_dir)
     test = Pipeline.from_run(args.run_dir, progress=False).splits["test"]
     samples = [test[i] for i in range(min(args.max_studies, len(test)))]
-    table = summary(analyse(model, processor, samples))
     pd.set_option("display.width", 200)
+    if args.peaks is not None:
+        placements = peak_placements(model, processor, samples, args.peaks)
+        print(placements.round(1).to_string(index=False))
+        print(f"median distance {placements['distance_px'].median():.1f} px; the mask further out than the peak in "
+              f"{int(placements['mask_further_out'].sum())} of {len(placements)}")
+        return
+    table = summary(analyse(model, processor, samples))
     print(table.round(3).to_string())
 
 

@@ -298,6 +298,8 @@ class PipelineSettings:
                     "reading_head": m.has_reading_head(t), "labeler": rules_version()}
             if t.findings_tokens_teacher:  # absent at 0: earlier runs' keys stand
                 key["findings_tokens_teacher"] = t.findings_tokens_teacher
+                if t.findings_tokens_teacher_targets != "labels":  # likewise
+                    key["findings_tokens_teacher_targets"] = t.findings_tokens_teacher_targets
             if m.prior_findings_tokens:  # absent when off, likewise
                 key["prior_findings_tokens"] = True
         return key

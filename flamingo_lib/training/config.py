@@ -81,6 +81,14 @@ class TrainConfig:
         "share of training studies (drawn each step) whose findings tokens are built from their findings "
         "targets instead of the head's probabilities (needs a model with findings tokens); generation "
         "always reads the head's"))
+    # What the text is taught to follow. A study's labels say what its film shows, but its report
+    # leaves some of it unsaid (a hedged atelectasis, a parent observation); taught on the labels the
+    # text learns that a token is only sometimes written, and greedy decoding writes it only when the
+    # wording it most often sees does. Taught on the report's own reading, a token is always written.
+    findings_tokens_teacher_targets: str = field(default="labels", metadata=_help(
+        "what the teacher-forced findings tokens are built from: 'labels', the findings head's targets; "
+        "'readings', the labeler's reading of the study's report, what its text states (needs a reading "
+        "head). Generation reads the findings head's either way", choices=["labels", "readings"]))
     weight_decay: float = 0.1
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
@@ -122,6 +130,9 @@ class TrainConfig:
                      above={"lr": 0, "max_grad_norm": 0, "repeat_factor_threshold": 0})
         if not 0 <= self.findings_tokens_teacher <= 1:
             raise ValueError(f"findings_tokens_teacher is a share of studies, in [0, 1]; got {self.findings_tokens_teacher}")
+        if self.findings_tokens_teacher_targets not in ("labels", "readings"):
+            raise ValueError("findings_tokens_teacher_targets must be 'labels' or 'readings', "
+                             f"got {self.findings_tokens_teacher_targets!r}")
         if self.findings_targets not in FINDINGS_TARGET_SOURCES:
             raise ValueError(f"findings_targets must be one of {FINDINGS_TARGET_SOURCES}, got {self.findings_targets!r}")
         if self.ff_gate_open_step is not None and self.ff_gate_lr_mult == 0:

@@ -69,6 +69,7 @@ class ReportCollator:
         # the Trainer sets it when the prior's findings tokens are teacher-forced: the batch then holds
         # ``prior_finding_labels`` (B, K), the prior study's targets, NaN rows for a study without one
         self.prior_targets = False
+        self.prior_source: str | None = None  # the prior's targets' source (None: findings_targets)
         self.with_reports = False  # the reward stage sets it: the batch then also holds the reports and prompts
         self.pad_to_multiple_of: int | None = None
         self.max_length: int | None = None  # the Trainer sets the LM's positions: buckets never pass them
@@ -108,7 +109,8 @@ class ReportCollator:
         priors = [i for i, s in enumerate(samples) if getattr(s, "prior", None) is not None]
         rows = torch.full((len(samples), k), float("nan"))
         if priors:
-            rows[priors] = self.finding_targets.for_samples([samples[i].prior for i in priors], self.findings_targets)
+            source = self.prior_source or self.findings_targets
+            rows[priors] = self.finding_targets.for_samples([samples[i].prior for i in priors], source)
         return rows
 
     def bucket_padded(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -206,8 +208,15 @@ class Trainer:
         if config.findings_tokens_teacher and not (config.findings_loss_weight and model.config.findings_tokens):
             raise ValueError(f"findings_tokens_teacher={config.findings_tokens_teacher} but the model reads no findings "
                              "tokens: build it with FlamingoConfig(findings_tokens=True) and a findings_loss_weight > 0")
-        # the prior's tokens are taught with the study's: the same drawn studies read both targets
+        readings_taught = config.findings_tokens_teacher and config.findings_tokens_teacher_targets == "readings"
+        if readings_taught and not model.config.reading_head:
+            raise ValueError("findings_tokens_teacher_targets='readings' teaches the tokens the labeler's reading of "
+                             "each report, which the collator gives a model with a reading head only: build it with "
+                             "FlamingoConfig(reading_head=True)")
+        # the prior's tokens are taught with the study's: the same drawn studies read both targets,
+        # from the same source (the prior's report's reading when the study's is)
         collator.prior_targets = bool(config.findings_tokens_teacher and model.config.prior_findings_tokens)
+        collator.prior_source = "reports" if readings_taught else None
         self.repeat_factors = (None if config.repeat_factor_threshold is None
                                else repeat_factors(study_labels(train_set), config.repeat_factor_threshold))
         torch.manual_seed(config.seed)
@@ -540,8 +549,9 @@ class Trainer:
         k = len(self.unwrapped.config.findings_head)  # a reading head's targets follow the K findings
         chosen = (torch.rand(finding_labels.shape[0]) < self.config.findings_tokens_teacher)[:, None]
         chosen = chosen.to(finding_labels.device)
-        nan = torch.full_like(finding_labels[:, :k].float(), float("nan"))
-        own = torch.where(chosen, finding_labels[:, :k].float(), nan)
+        taught = finding_labels[:, k:2 * k] if self.config.findings_tokens_teacher_targets == "readings" else finding_labels[:, :k]
+        nan = torch.full_like(taught.float(), float("nan"))
+        own = torch.where(chosen, taught.float(), nan)
         prior = None if prior_labels is None else torch.where(chosen, prior_labels[:, :k].float().to(nan), nan)
         return own, prior
 

@@ -22,3 +22,21 @@ def test_rows_are_the_pointing_games_of_both_methods_with_each_masks_area(tiny_o
     assert all(row.area_px == masks[row.id][row.finding].sum() for row in rows.itertuples())
     table = summary(rows)
     assert table.loc["all", "n"] == len(rows) and table.loc["all", "evidence_cell_hit"] == rows["evidence_cell_hit"].mean()
+
+
+def test_a_peak_lies_at_no_distance_from_its_mask_exactly_where_the_pixel_game_hits(tiny_open):
+    from collections import Counter
+
+    from experiments.small_findings import peak_placements
+    from flamingo_lib.data.phantom.dataset import PhantomCXR
+    from flamingo_lib.evaluation.grounding import pointing_game
+
+    model, processor = tiny_open
+    samples = [s for s in PhantomCXR("test", image_size=160, text="templated", max_samples=10) if s.masks]
+    game = pointing_game(model, processor, samples)
+    finding = Counter(game["finding"]).most_common(1)[0][0]
+    placements = peak_placements(model, processor, samples, finding)
+    hits = game[game["finding"] == finding]
+    assert placements["id"].tolist() == hits["id"].tolist()
+    assert (placements["distance_px"] == 0).tolist() == hits["hit"].tolist()
+    assert not placements.loc[placements["distance_px"] == 0, "mask_further_out"].any()  # a hit is in no direction

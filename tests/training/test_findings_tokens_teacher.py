@@ -115,3 +115,69 @@ def test_a_follow_up_run_teaches_the_prior_with_the_study(tmp_path):
         taught_priors += int((~prior.isnan().all(-1)).sum())
         assert torch.equal(~prior.isnan().all(-1), studies & follow_up)
     assert taught_priors > 0
+
+
+def _reads_edema_everywhere(report):
+    """A labeler whose reading of every report differs from the toy studies' labels."""
+    return {"Edema": 1.0}
+
+
+def test_taught_on_readings_the_tokens_say_what_each_report_states(tmp_path):
+    from flamingo_lib.labeling.targets import FindingTargets
+
+    trainer = make_trainer(tmp_path, max_steps=3, findings_loss_weight=1.0, findings_tokens=True, reading_head=True,
+                           findings_tokens_teacher=1.0, findings_tokens_teacher_targets="readings")
+    observations = trainer.unwrapped.config.findings_head
+    trainer.collator.finding_targets = FindingTargets(observations, labeler=_reads_edema_everywhere)
+    seen, forward = [], trainer.unwrapped.forward
+
+    def recording(*args, **kwargs):
+        if kwargs.get("finding_labels") is not None:  # a training step, not a validation pass
+            seen.append((kwargs["token_findings"], kwargs["finding_labels"]))
+        return forward(*args, **kwargs)
+
+    trainer.unwrapped.forward = recording
+    trainer.fit()
+    k = len(observations)
+    given = torch.cat([g for g, _ in seen])
+    labels, readings = (torch.cat([t[:, :k] for _, t in seen]), torch.cat([t[:, k:] for _, t in seen]))
+    assert not torch.equal(labels, readings)  # the two sources differ, so the check below can tell them apart
+    assert torch.equal(given, readings)
+    assert given[:, observations.index("Edema")].eq(1).all() and given.sum() == len(given)
+
+
+def test_the_prior_is_taught_its_own_reports_reading_with_the_studys(tmp_path):
+    from dataclasses import replace
+
+    from flamingo_lib.labeling.targets import FindingTargets
+    from trainers import SAMPLES
+
+    trainer = make_trainer(tmp_path, findings_loss_weight=1.0, findings_tokens=True, prior_findings_tokens=True,
+                           reading_head=True, findings_tokens_teacher=0.5, findings_tokens_teacher_targets="readings")
+    collator = trainer.collator
+    collator.finding_targets = FindingTargets(collator.finding_targets.observations, labeler=_reads_edema_everywhere)
+    samples = [replace(SAMPLES[0], prior=SAMPLES[1]), SAMPLES[2]]
+    prior = collator.prior_labels(samples)
+    assert torch.equal(prior[0], collator.finding_targets.for_samples([SAMPLES[1]], "reports")[0])
+    assert not torch.equal(prior[0], collator.finding_targets.for_samples([SAMPLES[1]], "labels")[0])
+    assert prior[1].isnan().all()
+
+
+def test_readings_teach_only_a_model_with_a_reading_head(tmp_path):
+    from flamingo_lib.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="which the collator gives a model with a reading head only"):
+        make_trainer(tmp_path, findings_loss_weight=1.0, findings_tokens=True, findings_tokens_teacher=0.5,
+                     findings_tokens_teacher_targets="readings")
+    with pytest.raises(ValueError, match="must be 'labels' or 'readings', got 'reports'"):
+        TrainConfig(out_dir=str(tmp_path), findings_tokens_teacher_targets="reports")
+
+
+def test_the_readings_key_a_pipeline_run_only_when_chosen():
+    from flamingo_lib.pipeline.settings import PipelineSettings
+
+    taught = dict(run_dir="r", findings_tokens=True, findings_tokens_teacher=0.5)
+    labels = PipelineSettings.from_flat(**taught).training_key()
+    readings = PipelineSettings.from_flat(**taught, findings_tokens_teacher_targets="readings").training_key()
+    assert "findings_tokens_teacher_targets" not in labels
+    assert readings == labels | {"findings_tokens_teacher_targets": "readings"}
