@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                               findings_targets=t.findings_targets, gate_lr_mult=t.gate_lr_mult,
                               findings_tokens_teacher=(t.findings_tokens_teacher if args.anchor_teacher is None
                                                        else args.anchor_teacher),
+                              findings_tokens_teacher_targets=t.findings_tokens_teacher_targets,
                               ff_gate_lr_mult=t.ff_gate_lr_mult, weight_decay=t.weight_decay,
                               eval_every=max(args.steps, 1), save_every=25)
         trainer = RewardTrainer(model, pipeline.splits["train"], None,
