@@ -5,15 +5,20 @@ Two measures on a run whose model reads findings tokens, on the first ``--max-st
 * **the heads' verdicts as reports**: a text that states exactly the observations a head's
   probability puts above a threshold, and nothing else, scored as the demo scores reports (findings
   micro-F1 against the image truth and against the labeler's reading of the reference), for the
-  findings head, the reading head and their mean. Enlarged Cardiomediastinum is left unstated, as
+  findings head, the reading head and their mean; and, beside them, the study's labels and the
+  reference's reading written out the same way. Enlarged Cardiomediastinum is left unstated, as
   no training report of the phantom states it. This is the ceiling of a greedy pass that follows
   the tokens built from that head.
 * **greedy reports with given tokens**: the tokens built from the reference's reading, from the
-  study's labels, or (as generation does) from the findings head, and the greedy report scored the
-  same way. With the reading's tokens a text that follows them perfectly scores 1.0 against the
-  reference.
+  study's labels, from the findings head (as generation does) or from its verdict above 0.5
+  (binarised), and the greedy report scored the same way. With the reading's tokens a text that
+  follows them perfectly scores 1.0 against the reference.
 
-    HF_HUB_OFFLINE=1 python -m experiments.token_following runs/demo [--max-studies 250]
+The run must have been trained with findings tokens, e.g. one taught the reports' readings:
+
+    make demo ARGS="--findings_tokens --findings_tokens_teacher 1.0 \
+        --findings_tokens_teacher_targets readings --run-dir runs/readings1-s0"
+    HF_HUB_OFFLINE=1 python -m experiments.token_following runs/readings1-s0 [--max-studies 250]
 
 About 3 minutes on 250 studies (2 cores); writes nothing into the run.
 """
@@ -55,8 +60,9 @@ def head_verdicts(model: Any, processor: Any, samples: Sequence[Any]) -> dict[st
 
 def verdict_scores(verdicts: Mapping[str, torch.Tensor], observations: Sequence[str], truth: Sequence[Mapping],
                    references: Sequence[Mapping], thresholds: Sequence[float] = THRESHOLDS) -> pd.DataFrame:
-    """One row per (head, threshold): the micro-F1 of stating exactly what the head puts above the
-    threshold (minus :data:`UNSTATED`), against ``truth`` and against ``references`` (readings)."""
+    """One row per (verdict, threshold): the micro-F1 of stating exactly the observations whose
+    probability is above the threshold (minus :data:`UNSTATED`), against ``truth`` and against
+    ``references`` (readings)."""
     from flamingo_lib.evaluation.metrics import clinical_efficacy
 
     rows = []
@@ -64,7 +70,7 @@ def verdict_scores(verdicts: Mapping[str, torch.Tensor], observations: Sequence[
         for threshold in thresholds:
             stated = [{o: float(p > threshold and o not in UNSTATED) for o, p in zip(observations, row)}
                       for row in probabilities.tolist()]
-            rows.append({"tokens": f"{head} head's verdict > {threshold}", "vs image truth":
+            rows.append({"tokens": f"{head}, as text", "threshold": threshold, "vs image truth":
                          clinical_efficacy(truth, stated, observations)["micro_f1"],
                          "vs reference": clinical_efficacy(references, stated, observations)["micro_f1"]})
     return pd.DataFrame(rows)
@@ -103,16 +109,22 @@ def main(argv: list[str] | None = None) -> None:
     samples = [test[i] for i in range(min(args.max_studies, len(test)))]
     truth, references = [s.labels for s in samples], [label_report(s.report) for s in samples]
     verdicts = head_verdicts(model, processor, samples)
-    table = verdict_scores(verdicts, observations, truth, references)
+    given = {"the study's labels": truth, "the reference's reading": references}
+    named = {"findings": "the findings head's verdict", "readings": "the reading head's verdict",
+             "mean": "the heads' mean verdict"}
+    heads = {named[name]: probabilities for name, probabilities in verdicts.items()}
+    table = pd.concat([verdict_scores(heads, observations, truth, references), verdict_scores(
+        {name: torch.tensor([_positives(labels, observations) for labels in values]) for name, values in given.items()},
+        observations, truth, references, thresholds=(0.5,))])
     decided = [{o: float(p > 0.5) for o, p in zip(observations, row)} for row in verdicts["findings"].tolist()]
     rows = []
     for name, given in (("the reference's reading", references), ("the study's labels", truth),
                         ("the findings head (as generated)", None), ("the findings head's verdict > 0.5", decided)):
         stated = [label_report(r) for r in greedy_with_tokens(model, processor, samples, given)]
-        rows.append({"tokens": f"greedy, tokens from {name}",
+        rows.append({"tokens": f"greedy, tokens from {name}", "threshold": float("nan"),
                      "vs image truth": clinical_efficacy(truth, stated, observations)["micro_f1"],
                      "vs reference": clinical_efficacy(references, stated, observations)["micro_f1"]})
-    print(pd.concat([table, pd.DataFrame(rows)]).round(3).to_string(index=False))
+    print(pd.concat([table, pd.DataFrame(rows)]).round(3).to_string(index=False, na_rep=""))
 
 
 if __name__ == "__main__":
