@@ -543,13 +543,16 @@ class Trainer:
 
     def _teacher_findings(self, finding_labels: torch.Tensor, prior_labels: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K): the findings targets of a ``findings_tokens_teacher`` share of the studies, drawn
-        from the RNG a checkpoint saves (a resumed run draws the same), NaN for the rest (their
-        tokens are the head's); and the same studies' prior targets from ``prior_labels`` (B, K)."""
+        """(B, K): the findings targets of a ``findings_tokens_teacher`` share of the studies (or, with
+        ``findings_tokens_teacher_targets="readings"``, the reading head's: the labeler's reading of
+        each report), drawn from the RNG a checkpoint saves (a resumed run draws the same), NaN for
+        the rest (their tokens are the head's); and the same studies' prior targets from
+        ``prior_labels`` (B, K), which the collator reads from the same source."""
         k = len(self.unwrapped.config.findings_head)  # a reading head's targets follow the K findings
         chosen = (torch.rand(finding_labels.shape[0]) < self.config.findings_tokens_teacher)[:, None]
         chosen = chosen.to(finding_labels.device)
-        taught = finding_labels[:, k:2 * k] if self.config.findings_tokens_teacher_targets == "readings" else finding_labels[:, :k]
+        readings = self.config.findings_tokens_teacher_targets == "readings"
+        taught = finding_labels[:, k:2 * k] if readings else finding_labels[:, :k]
         nan = torch.full_like(taught.float(), float("nan"))
         own = torch.where(chosen, taught.float(), nan)
         prior = None if prior_labels is None else torch.where(chosen, prior_labels[:, :k].float().to(nan), nan)
