@@ -82,6 +82,29 @@ def pipeline_key(summary: Path) -> dict[str, Any] | None:
     return key if isinstance(key, dict) else None
 
 
+def result_settings(run: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The settings among ``names`` that the run's results were computed with, as their key stamps
+    (``RUN/eval/*.key.json``, ``RUN/*.key.json``) record them: the results table's stamp first,
+    the others only adding what it lacks. A run trained on 40 test studies and reopened with the
+    defaults would otherwise be rescored on the whole split, its results overwritten.
+
+    Raises:
+        ValueError: a stamp that is not readable JSON or not a mapping, naming the file.
+    """
+    stamps = [run / "eval" / "results.csv.key.json", *sorted((run / "eval").glob("*.key.json")),
+              *sorted(run.glob("*.key.json"))]
+    found: dict[str, Any] = {}
+    for stamp in dict.fromkeys(stamps):
+        if not stamp.is_file():
+            continue
+        record = _read_json(stamp)
+        if not isinstance(record, dict):
+            raise ValueError(f"{stamp}: expected a JSON object of the settings a result was computed with, "
+                             f"got {type(record).__name__}")
+        found |= {k: v for k, v in record.items() if k in names and k not in found}
+    return found
+
+
 def _fine_tuned_from_current(run: Path) -> bool:
     """Whether the reward stage of a pipeline run started from the supervised model the run holds
     now: a supervised stage retrained since (other settings) leaves a reward model of a model

@@ -21,8 +21,8 @@ import pandas as pd
 from flamingo_lib.io import atomic_path, write_json_atomic, write_text_atomic
 from flamingo_lib.modeling.config import FlamingoConfig
 from flamingo_lib.modeling.saved_files import check_complete
-from flamingo_lib.pipeline.run_records import pipeline_key
-from flamingo_lib.pipeline.settings import PipelineSettings
+from flamingo_lib.pipeline.run_records import pipeline_key, result_settings
+from flamingo_lib.pipeline.settings import PipelineSettings, flat_names
 
 __all__ = ["Pipeline"]
 
@@ -41,9 +41,11 @@ class Pipeline:
     @classmethod
     def from_run(cls, run: str | Path, /, **overrides: Any) -> "Pipeline":
         """The pipeline of the run trained in ``run`` with the settings it was trained with (the
-        training key saved in ``run/train/summary.json``, keys this checkout no longer knows dropped;
-        the other settings at their defaults), ``overrides`` (flat names, ``run_dir`` too) winning:
-        so that reading a run never retrains it under the defaults.
+        training key saved in ``run/train/summary.json``, keys this checkout no longer knows dropped)
+        and scored with (the evaluation settings its results' key stamps record: how many test
+        studies, beams, guided candidates, ...; :func:`~flamingo_lib.pipeline.run_records.result_settings`),
+        the other settings at their defaults, ``overrides`` (flat names, ``run_dir`` too) winning: so
+        that reading a run never retrains or rescores it under the defaults.
 
         Raises:
             FileNotFoundError: ``run`` holds no trained pipeline run.
@@ -54,7 +56,8 @@ class Pipeline:
         key = pipeline_key(summary)
         if key is None:
             raise FileNotFoundError(f"{summary}: records no pipeline settings; {run} was not trained by the pipeline")
-        return cls(PipelineSettings.from_training_key(key, run, **overrides))
+        scored = result_settings(Path(run), list(flat_names()))
+        return cls(PipelineSettings.from_training_key(key, run, **(scored | overrides)))
 
     # -------------------------------------------------------------------------------- build
     @cached_property

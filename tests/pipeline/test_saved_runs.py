@@ -79,3 +79,28 @@ def test_a_run_opens_without_the_keys_this_checkout_retired(tmp_path):
     assert (settings.data.source, settings.train.seed, settings.run_dir, settings.train.progress) == (
         "phantom:templated", 3, str(tmp_path), False)
     assert Pipeline.from_run(tmp_path, run_dir=str(tmp_path / "other")).settings.run_dir == str(tmp_path / "other")
+
+
+def test_a_run_reopens_with_the_settings_its_results_were_scored_with_and_is_not_rescored(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    results = run / "eval" / "results.csv"
+    before = results.stat().st_mtime_ns
+    opened = Pipeline.from_run(run, progress=False)
+    # the fixture was scored on 6 test studies with 6 new tokens and 5 val studies for the threshold;
+    # the defaults (the whole split, 60 tokens, 250 studies) would rescore it and overwrite its table
+    assert (opened.settings.data.max_test_samples, opened.settings.eval.max_new_tokens,
+            opened.settings.eval.guided_val_samples) == (6, 6, 5)
+    assert PipelineSettings.from_flat().data.max_test_samples is None
+    table = opened.evaluate()
+    assert "flamingo" in table.index
+    assert results.stat().st_mtime_ns == before, "the run's results were recomputed"
+    assert Pipeline.from_run(run, max_test_samples=3).settings.data.max_test_samples == 3  # overrides still win
+
+
+def test_a_stamp_that_is_not_a_settings_record_is_refused_by_name(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    (run / "eval" / "results.csv.key.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"results\.csv\.key\.json: expected a JSON object"):
+        Pipeline.from_run(run)
