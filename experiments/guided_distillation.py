@@ -1,0 +1,197 @@
+"""Can one greedy pass learn what findings-guided decoding chooses? Best-of-N distillation.
+
+Findings-guided decoding samples 32 reports a study and keeps the one whose stated findings the
+model's own heads believe most (:mod:`flamingo_lib.inference.guided_decoding`). This probe makes
+that choice on the *training* studies, with the run's heads and threshold, and fine-tunes the run's
+model on the chosen reports in place of the references (rejection-sampling fine-tuning, or expert
+iteration: the policy trained on its own best samples, as ReST and RAFT do for language models).
+Nothing here reads the image truth: the choice is the heads' (which, as in every run, learned from
+the training studies' findings targets), the same rule guided decoding applies to a new study.
+``--rounds 2`` chooses again with the fine-tuned model and fine-tunes once more.
+
+During the fine-tuning the findings tokens are built from the findings head, as at generation
+(no teacher forcing), and the heads are not trained (``findings_loss_weight=0``: their outputs
+reach the text detached, so they receive no gradient and keep their verdicts).
+
+Greedy decoding before and after each round is scored on the first ``--score-studies`` studies of
+the ``--score-split`` split (validation by default: a recipe is chosen there, never on the test
+split) against the image truth and against the labeler's reading of the reference; ``--guided``
+adds findings-guided decoding of the last round's model.
+
+    HF_HUB_OFFLINE=1 python -m experiments.guided_distillation runs/readings1-s0 --out runs/distil \
+        --candidates 16 [--rounds 2] [--score-split test --guided]
+
+Each round's chosen reports go to ``OUT/chosen-R.jsonl`` (reused by a rerun with the same studies
+and guided setup) and its fine-tuned model to ``OUT/round-R`` (resumed from its checkpoint); the scores to
+``OUT/scores-SPLIT.json``. A round's model is a run ``python -m flamingo_lib.cli.evaluate_on
+OUT/round-R --data phantom:templated`` scores. About 8 minutes a round's choice (2,000 training
+studies, 16 candidates) and 3 minutes its 750 steps on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def with_reports(samples: Sequence[Any], reports: Sequence[str]) -> list[Any]:
+    """Shallow copies of ``samples`` whose ``report`` is the matching one of ``reports``."""
+    if len(samples) != len(reports):
+        raise ValueError(f"{len(samples)} studies but {len(reports)} reports")
+    copies = []
+    for sample, report in zip(samples, reports):
+        study = copy.copy(sample)
+        study.report = report
+        copies.append(study)
+    return copies
+
+
+def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: dict[str, Any], path: Path,
+                   progress: bool = True) -> list[str]:
+    """The guided choice for each of ``samples`` under ``setup`` (threshold, candidates, temperature,
+    top_p), read from ``path`` when it holds the same studies made with the same setup, else made
+    and written there atomically."""
+    from flamingo_lib.inference.guided_decoding import choose, sample_candidates
+    from flamingo_lib.io import write_text_atomic
+
+    key = {k: setup[k] for k in ("threshold", "candidates", "temperature", "top_p")}
+    ids = [s.id for s in samples]
+    if path.is_file():
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if lines and lines[0] == key and [row["id"] for row in lines[1:]] == ids:
+            return [row["report"] for row in lines[1:]]
+    candidates = sample_candidates(model, processor, samples, num_candidates=setup["candidates"],
+                                   temperature=setup["temperature"], top_p=setup["top_p"], progress=progress)
+    reports = choose(candidates, setup["threshold"])
+    rows = [json.dumps(key)] + [json.dumps({"id": i, "report": r}) for i, r in zip(ids, reports)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "\n".join(rows) + "\n")
+    return reports
+
+
+def greedy_scores(model: Any, processor: Any, samples: Sequence[Any]) -> dict[str, float]:
+    """Findings micro-F1 of greedy reports over the rendered findings, against the image truth and the
+    labeler's reading of the references, and the share of reports with a sentence written twice."""
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluation.metrics import clinical_efficacy
+    from flamingo_lib.inference.batched import generate_in_batches
+    from flamingo_lib.labeling.labeler import label_report
+
+    reports = generate_in_batches(model.eval(), processor, samples, batch_size=8, progress=False).reports
+    stated = [label_report(r) for r in reports]
+    references = [label_report(s.report) for s in samples]
+    repeated = [len(set(parts)) < len(parts) for parts in
+                ([p.strip().lower() for p in r.split(".") if p.strip()] for r in reports)]
+    return {"vs image truth": clinical_efficacy([s.labels for s in samples], stated, RENDERED_OBSERVATIONS)["micro_f1"],
+            "vs reference": clinical_efficacy(references, stated, RENDERED_OBSERVATIONS)["micro_f1"],
+            "repeating a sentence": sum(repeated) / len(repeated)}
+
+
+def guided_scores(model: Any, processor: Any, val: Sequence[Any], scored: Sequence[Any], setup: dict[str, Any]
+                  ) -> dict[str, float]:
+    """Findings-guided decoding of ``scored`` as the pipeline evaluates it (the run's candidates and
+    temperature, the threshold picked on ``val`` against its image truth), scored as :func:`greedy_scores`."""
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.evaluation.metrics import clinical_efficacy
+    from flamingo_lib.inference.guided_decoding import guided_reports
+    from flamingo_lib.labeling.labeler import label_report
+
+    made = guided_reports(model.eval(), processor, val, [s.labels for s in val], scored, RENDERED_OBSERVATIONS,
+                          num_candidates=setup["candidates"], temperature=setup["temperature"], top_p=setup["top_p"],
+                          progress=False)
+    stated = [label_report(r) for r in made.reports]
+    return {"vs image truth": clinical_efficacy([s.labels for s in scored], stated, RENDERED_OBSERVATIONS)["micro_f1"],
+            "vs reference": clinical_efficacy([label_report(s.report) for s in scored], stated,
+                                              RENDERED_OBSERVATIONS)["micro_f1"],
+            "threshold": made.threshold}
+
+
+def fine_tune(model: Any, processor: Any, pipeline: Any, studies: Sequence[Any], out_dir: Path, args: Any,
+              record: dict[str, Any]) -> Any:
+    """The model fine-tuned on ``studies`` (their reports the chosen ones) into ``out_dir``, resumed
+    where a checkpoint of the same settings is there (a finished round is read back, not retrained)."""
+    from flamingo_lib.training.checkpoint import CHECKPOINT_FILE
+    from flamingo_lib.training.config import TrainConfig
+    from flamingo_lib.training.trainer import ReportCollator, Trainer
+
+    t = pipeline.settings.train
+    config = TrainConfig(out_dir=str(out_dir), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         gate_lr_mult=t.gate_lr_mult, ff_gate_lr_mult=t.ff_gate_lr_mult, ff_gate_open_step=None,
+                         weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, findings_loss_weight=0.0,
+                         seed=args.seed, eval_every=args.steps, save_every=min(args.steps, 250), progress=True)
+    trainer = Trainer(model.train(), studies, None, ReportCollator(processor, pipeline.feature_cache), config,
+                      record=record)
+    if (out_dir / CHECKPOINT_FILE).is_file():
+        trainer.resume()
+    trainer.fit()
+    return trainer.unwrapped
+
+
+def main(argv: list[str] | None = None) -> None:
+    from flamingo_lib.data.sources import open_source
+    from flamingo_lib.io import write_json_atomic
+    from flamingo_lib.pipeline.run_records import guided_setup, model_directory, training_record
+    from flamingo_lib.pipeline.steps import Pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", required=True,
+                        help="chosen-R.jsonl, the fine-tuned rounds (round-R/) and scores-SPLIT.json")
+    parser.add_argument("--rounds", type=int, default=1, help="choose and fine-tune this many times, each round "
+                        "choosing with the model the last one made")
+    parser.add_argument("--candidates", type=int, default=None, help="sampled reports a study (default: the run's)")
+    parser.add_argument("--temperature", type=float, default=None, help="default: the run's")
+    parser.add_argument("--max-studies", type=int, default=None, help="training studies used (default: all)")
+    parser.add_argument("--steps", type=int, default=750, help="fine-tuning steps a round")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score-split", default="val", choices=("val", "test"))
+    parser.add_argument("--score-studies", type=int, default=250)
+    parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding of the last "
+                        "round's model (the run's candidates and temperature, the threshold picked on 250 val "
+                        "studies; with --score-split test)")
+    args = parser.parse_args(argv)
+    if args.guided and args.score_split != "test":
+        parser.error("--guided picks its threshold on the val split: score it with --score-split test")
+
+    pipeline = Pipeline.from_run(args.run_dir, progress=False)  # its own settings: never retrained
+    model, processor = pipeline.model_and_processor
+    model_dir = model_directory(args.run_dir)
+    setup = guided_setup(model_dir, candidates=args.candidates, temperature=args.temperature)
+    if setup is None:
+        parser.error(f"{args.run_dir} recorded no findings-guided threshold (eval/guided_decoding.json)")
+    train = pipeline.samples("train")[:args.max_studies]
+    d, seed = pipeline.settings.data, pipeline.settings.train.seed
+    scored = open_source(d.source, args.score_split, d.image_size, args.score_studies, seed=seed)
+    scored = [scored[i] for i in range(len(scored))]
+    scores: dict[str, Any] = {"round 0 (the run's model)": greedy_scores(model, processor, scored)}
+    out = Path(args.out)
+    for r in range(1, args.rounds + 1):
+        reports = chosen_reports(model, processor, train, setup, out / f"chosen-{r}.jsonl")
+        changed = sum(c != s.report for c, s in zip(reports, train)) / len(train)
+        print(f"round {r}: the guided choice differs from the reference in {changed:.1%} of {len(train)} studies")
+        # the run's data record, so that the round's model is a run flamingo_lib.cli.evaluate_on can score
+        record = (training_record(model_dir) or {}) | {"distilled_from": str(model_dir), "round": r,
+                                                      "guided_setup": setup}
+        model = fine_tune(model, processor, pipeline, with_reports(train, reports), out / f"round-{r}", args, record)
+        scores[f"round {r}"] = greedy_scores(model, processor, scored) | {"changed": changed}
+    if args.guided:
+        val = open_source(d.source, "val", d.image_size, 250, seed=seed)
+        # as the pipeline decodes it: the run's own candidates and temperature, not the choice's
+        scores["guided, last round"] = guided_scores(model, processor, [val[i] for i in range(len(val))], scored,
+                                                     guided_setup(model_dir))
+    print(f"greedy on {len(scored)} {args.score_split} studies (findings micro-F1):")
+    for name, row in scores.items():
+        print(f"  {name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    write_json_atomic(out / f"scores-{args.score_split}.json", {"run_dir": args.run_dir, "setup": setup, "steps": args.steps,
+                                            "lr": args.lr, "split": args.score_split, "studies": len(scored),
+                                            "scores": scores}, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Best-of-N distillation: the guided choice made once and reused, and a fine-tuning that learns the
+chosen reports while the heads keep their verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from experiments import guided_distillation
+from experiments.guided_distillation import chosen_reports, fine_tune, with_reports
+
+
+@pytest.fixture()
+def token_model():
+    from flamingo_lib import FlamingoConfig, FlamingoModel, FlamingoProcessor
+    from flamingo_lib.observations import FINDINGS_OBSERVATIONS
+
+    torch.manual_seed(0)
+    config = FlamingoConfig.from_preset("tiny-random", findings_head=list(FINDINGS_OBSERVATIONS), findings_tokens=True,
+                                        reading_head=True)
+    return FlamingoModel(config).eval(), FlamingoProcessor(config)
+
+
+SETUP = {"threshold": 0.5, "candidates": 2, "temperature": 0.7, "top_p": 1.0}
+
+
+def test_studies_get_the_chosen_reports_and_the_originals_keep_theirs():
+    from trainers import SAMPLES
+
+    copies = with_reports(SAMPLES[:2], ["First.", "Second."])
+    assert [c.report for c in copies] == ["First.", "Second."]
+    assert [c.id for c in copies] == [s.id for s in SAMPLES[:2]] and copies[0].images is SAMPLES[0].images
+    assert SAMPLES[0].report not in ("First.", "Second.")
+    with pytest.raises(ValueError, match="2 studies but 1 reports"):
+        with_reports(SAMPLES[:2], ["Only one."])
+
+
+def test_the_choice_is_made_once_and_remade_when_the_setup_changes(tmp_path, token_model, monkeypatch):
+    from trainers import SAMPLES
+
+    model, processor = token_model
+    path = tmp_path / "chosen.jsonl"
+    first = chosen_reports(model, processor, SAMPLES[:3], SETUP, path, progress=False)
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0]) == SETUP and [json.loads(x)["id"] for x in lines[1:]] == [s.id for s in SAMPLES[:3]]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled again although the choice was on disk")
+
+    from flamingo_lib.inference import guided_decoding
+
+    monkeypatch.setattr(guided_decoding, "sample_candidates", refuse)
+    assert chosen_reports(model, processor, SAMPLES[:3], SETUP, path, progress=False) == first
+    with pytest.raises(AssertionError, match="sampled again"):  # another threshold: another choice
+        chosen_reports(model, processor, SAMPLES[:3], SETUP | {"threshold": 0.3}, path, progress=False)
+    with pytest.raises(AssertionError, match="sampled again"):  # other studies
+        chosen_reports(model, processor, SAMPLES[:2], SETUP, path, progress=False)
+
+
+def test_a_round_learns_the_chosen_reports_leaves_the_heads_alone_and_is_read_back(tmp_path, token_model):
+    from types import SimpleNamespace
+
+    from flamingo_lib.training.config import TrainConfig
+    from flamingo_lib.training.trainer import ReportCollator
+    from trainers import SAMPLES
+
+    model, processor = token_model
+    chosen = with_reports(SAMPLES, ["Moderate right pneumothorax."] * len(SAMPLES))
+    collator = ReportCollator(processor)
+
+    def loss_on(net, samples):
+        with torch.no_grad():
+            batch = collator(samples)
+            batch.pop("ids")
+            return float(net.eval()(**batch).loss)
+
+    heads = {k: v.clone() for k, v in model.state_dict().items() if "findings_head" in k}
+    assert heads, "the model has a findings head"
+    before = loss_on(model, chosen)
+    pipeline = SimpleNamespace(settings=SimpleNamespace(train=TrainConfig(warmup_steps=1)), feature_cache=None)
+    args = SimpleNamespace(steps=40, batch_size=4, lr=3e-3, seed=0)
+    record = {"data": "phantom:templated", "image_size": 160, "max_train_samples": 8, "seed": 0,
+              "feature_storage": "float16", "round": 1}
+    tuned = fine_tune(model, processor, pipeline, chosen, tmp_path / "round-1", args, record)
+    assert loss_on(tuned, chosen) < before - 0.5  # it learned to write the chosen report
+    state = {k: v.clone() for k, v in tuned.state_dict().items()}
+    assert all(torch.equal(state[k], v) for k, v in heads.items()), "the heads were trained"
+    # a finished round is read back from its checkpoint, not trained again over it
+    again = fine_tune(model, processor, pipeline, chosen, tmp_path / "round-1", args, record)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
+    assert json.loads((tmp_path / "round-1" / "summary.json").read_text())["steps"] == 40
+    # the round records the run's data, so that evaluate_on can score its model as a run's
+    from flamingo_lib.pipeline.run_records import model_directory, training_record
+
+    assert training_record(model_directory(tmp_path / "round-1")) == {k: v for k, v in record.items() if k != "round"}
+
+
+def test_the_probe_names_a_run_without_a_guided_threshold(tmp_path, monkeypatch, capsys):
+    class NoSetup:
+        model_and_processor = (None, None)
+
+    monkeypatch.setattr("flamingo_lib.pipeline.steps.Pipeline.from_run", lambda *a, **k: NoSetup())
+    monkeypatch.setattr("flamingo_lib.pipeline.run_records.model_directory", lambda run: tmp_path)
+    with pytest.raises(SystemExit):
+        guided_distillation.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert f"{tmp_path} recorded no findings-guided threshold" in capsys.readouterr().err
