@@ -22,7 +22,8 @@ adds findings-guided decoding of the last round's model.
         --candidates 16 [--rounds 2] [--score-split test --guided]
 
 Each round's chosen reports go to ``OUT/chosen-R.jsonl`` (reused by a rerun with the same studies
-and guided setup) and its fine-tuned model to ``OUT/round-R`` (resumed from its checkpoint); the scores to
+and guided setup; another is refused, never written over) and its fine-tuned model to
+``OUT/round-R`` (resumed from its checkpoint, refused when made from another choice); the scores to
 ``OUT/scores-SPLIT.json``. A round's model is a run ``python -m flamingo_lib.cli.evaluate_on
 OUT/round-R --data phantom:templated`` scores. About 8 minutes a round's choice (2,000 training
 studies, 16 candidates) and 3 minutes its 750 steps on 2 cores.
@@ -54,7 +55,11 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
                    progress: bool = True) -> list[str]:
     """The guided choice for each of ``samples`` under ``setup`` (threshold, candidates, temperature,
     top_p), read from ``path`` when it holds the same studies made with the same setup, else made
-    and written there atomically."""
+    and written there atomically.
+
+    Raises:
+        ValueError: ``path`` holds a choice of other studies or of another setup (never overwritten).
+    """
     from flamingo_lib.inference.guided_decoding import choose, sample_candidates
     from flamingo_lib.io import write_text_atomic
 
@@ -64,6 +69,9 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
         lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         if lines and lines[0] == key and [row["id"] for row in lines[1:]] == ids:
             return [row["report"] for row in lines[1:]]
+        made = lines[0] if lines else None
+        raise ValueError(f"{path}: holds the guided choice of {max(len(lines) - 1, 0)} studies made with {made}; "
+                         f"this run asks {key} for {len(ids)} studies: give another --out")
     candidates = sample_candidates(model, processor, samples, num_candidates=setup["candidates"],
                                    temperature=setup["temperature"], top_p=setup["top_p"], progress=progress)
     reports = choose(candidates, setup["threshold"])
@@ -113,8 +121,12 @@ def guided_scores(model: Any, processor: Any, val: Sequence[Any], scored: Sequen
 def fine_tune(model: Any, processor: Any, pipeline: Any, studies: Sequence[Any], out_dir: Path, args: Any,
               record: dict[str, Any]) -> Any:
     """The model fine-tuned on ``studies`` (their reports the chosen ones) into ``out_dir``, resumed
-    where a checkpoint of the same settings is there (a finished round is read back, not retrained)."""
-    from flamingo_lib.training.checkpoint import CHECKPOINT_FILE
+    where a checkpoint of the same settings is there (a finished round is read back, not retrained).
+
+    Raises:
+        ValueError: ``out_dir`` holds a round made from another run or guided setup (``record``).
+    """
+    from flamingo_lib.training.checkpoint import CHECKPOINT_FILE, checkpoint_record
     from flamingo_lib.training.config import TrainConfig
     from flamingo_lib.training.trainer import ReportCollator, Trainer
 
@@ -126,6 +138,9 @@ def fine_tune(model: Any, processor: Any, pipeline: Any, studies: Sequence[Any],
     trainer = Trainer(model.train(), studies, None, ReportCollator(processor, pipeline.feature_cache), config,
                       record=record)
     if (out_dir / CHECKPOINT_FILE).is_file():
+        saved = ((checkpoint_record(out_dir) or {}).get("settings") or {}).get("extra")
+        if saved != json.loads(json.dumps(record)):  # as the checkpoint stores it
+            raise ValueError(f"{out_dir}: a round made from {saved}, not from {record}: give another --out")
         trainer.resume()
     trainer.fit()
     return trainer.unwrapped

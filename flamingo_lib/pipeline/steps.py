@@ -49,6 +49,7 @@ class Pipeline:
 
         Raises:
             FileNotFoundError: ``run`` holds no trained pipeline run.
+            ValueError: a result's key stamp is not a JSON object (naming the file).
         """
         summary = Path(run) / "train" / "summary.json"
         if not summary.is_file():

@@ -37,7 +37,7 @@ def test_studies_get_the_chosen_reports_and_the_originals_keep_theirs():
         with_reports(SAMPLES[:2], ["Only one."])
 
 
-def test_the_choice_is_made_once_and_remade_when_the_setup_changes(tmp_path, token_model, monkeypatch):
+def test_the_choice_is_made_once_and_never_written_over_by_another(tmp_path, token_model, monkeypatch):
     from trainers import SAMPLES
 
     model, processor = token_model
@@ -53,10 +53,12 @@ def test_the_choice_is_made_once_and_remade_when_the_setup_changes(tmp_path, tok
 
     monkeypatch.setattr(guided_decoding, "sample_candidates", refuse)
     assert chosen_reports(model, processor, SAMPLES[:3], SETUP, path, progress=False) == first
-    with pytest.raises(AssertionError, match="sampled again"):  # another threshold: another choice
+    # another threshold or other studies: another choice, refused rather than written over this one
+    with pytest.raises(ValueError, match=r"chosen\.jsonl: holds the guided choice of 3 studies .*'threshold': 0\.3"):
         chosen_reports(model, processor, SAMPLES[:3], SETUP | {"threshold": 0.3}, path, progress=False)
-    with pytest.raises(AssertionError, match="sampled again"):  # other studies
+    with pytest.raises(ValueError, match="for 2 studies: give another --out"):
         chosen_reports(model, processor, SAMPLES[:2], SETUP, path, progress=False)
+    assert path.read_text().splitlines() == lines
 
 
 def test_a_round_learns_the_chosen_reports_leaves_the_heads_alone_and_is_read_back(tmp_path, token_model):
@@ -91,6 +93,8 @@ def test_a_round_learns_the_chosen_reports_leaves_the_heads_alone_and_is_read_ba
     again = fine_tune(model, processor, pipeline, chosen, tmp_path / "round-1", args, record)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
     assert json.loads((tmp_path / "round-1" / "summary.json").read_text())["steps"] == 40
+    with pytest.raises(ValueError, match="round-1: a round made from .* give another --out"):
+        fine_tune(model, processor, pipeline, chosen, tmp_path / "round-1", args, record | {"round": 2})
     # the round records the run's data, so that evaluate_on can score its model as a run's
     from flamingo_lib.pipeline.run_records import model_directory, training_record
 
