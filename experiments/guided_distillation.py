@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                                                       "guided_setup": setup}
         model = fine_tune(model, processor, pipeline, with_reports(train, reports), out / f"round-{r}", args, record)
         scores[f"round {r}"] = greedy_scores(model, processor, scored) | {"changed": changed}
+        # as each round ends: a long run stopped early keeps what it measured
+        print(f"round {r}, greedy on {len(scored)} {args.score_split} studies: "
+              + "  ".join(f"{k} {v:.3f}" for k, v in scores[f"round {r}"].items()), flush=True)
     if args.guided:
         val = open_source(d.source, "val", d.image_size, 250, seed=seed)
         # as the pipeline decodes it: the run's own candidates and temperature, not the choice's
