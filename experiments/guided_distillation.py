@@ -81,41 +81,37 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
     return reports
 
 
-def greedy_scores(model: Any, processor: Any, samples: Sequence[Any]) -> dict[str, float]:
-    """Findings micro-F1 of greedy reports over the rendered findings, against the image truth and the
-    labeler's reading of the references, and the share of reports with a sentence written twice."""
-    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
-    from flamingo_lib.evaluation.metrics import clinical_efficacy
-    from flamingo_lib.inference.batched import generate_in_batches
-    from flamingo_lib.labeling.labeler import label_report
+def report_scores(reports: Sequence[str], samples: Sequence[Any]) -> dict[str, float]:
+    """The findings micro-F1 of ``reports`` over the rendered findings against the image truth and the
+    labeler's reading of the references (:func:`experiments.clinical_context.findings_f1`), and the
+    share of reports repeating a sentence (as :func:`experiments.reward_finetune.hacking_checks` splits them)."""
+    from experiments.clinical_context import findings_f1
+    from experiments.reward_finetune import sentences
 
-    reports = generate_in_batches(model.eval(), processor, samples, batch_size=8, progress=False).reports
-    stated = [label_report(r) for r in reports]
-    references = [label_report(s.report) for s in samples]
-    repeated = [len(set(parts)) < len(parts) for parts in
-                ([p.strip().lower() for p in r.split(".") if p.strip()] for r in reports)]
-    return {"vs image truth": clinical_efficacy([s.labels for s in samples], stated, RENDERED_OBSERVATIONS)["micro_f1"],
-            "vs reference": clinical_efficacy(references, stated, RENDERED_OBSERVATIONS)["micro_f1"],
-            "repeating a sentence": sum(repeated) / len(repeated)}
+    split = [sentences(r) for r in reports]
+    repeating = sum(len(x) != len(set(x)) for x in split) / len(split)
+    return findings_f1(reports, samples) | {"repeating a sentence": repeating}
+
+
+def greedy_scores(model: Any, processor: Any, samples: Sequence[Any]) -> dict[str, float]:
+    """:func:`report_scores` of the greedy reports of ``samples``."""
+    from flamingo_lib.inference.batched import generate_in_batches
+
+    return report_scores(generate_in_batches(model.eval(), processor, samples, batch_size=8, progress=False).reports,
+                         samples)
 
 
 def guided_scores(model: Any, processor: Any, val: Sequence[Any], scored: Sequence[Any], setup: dict[str, Any]
                   ) -> dict[str, float]:
     """Findings-guided decoding of ``scored`` as the pipeline evaluates it (the run's candidates and
-    temperature, the threshold picked on ``val`` against its image truth), scored as :func:`greedy_scores`."""
+    temperature, the threshold picked on ``val`` against its image truth), scored as :func:`report_scores`."""
     from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
-    from flamingo_lib.evaluation.metrics import clinical_efficacy
     from flamingo_lib.inference.guided_decoding import guided_reports
-    from flamingo_lib.labeling.labeler import label_report
 
     made = guided_reports(model.eval(), processor, val, [s.labels for s in val], scored, RENDERED_OBSERVATIONS,
                           num_candidates=setup["candidates"], temperature=setup["temperature"], top_p=setup["top_p"],
                           progress=False)
-    stated = [label_report(r) for r in made.reports]
-    return {"vs image truth": clinical_efficacy([s.labels for s in scored], stated, RENDERED_OBSERVATIONS)["micro_f1"],
-            "vs reference": clinical_efficacy([label_report(s.report) for s in scored], stated,
-                                              RENDERED_OBSERVATIONS)["micro_f1"],
-            "threshold": made.threshold}
+    return report_scores(made.reports, scored) | {"threshold": made.threshold}
 
 
 def fine_tune(model: Any, processor: Any, pipeline: Any, studies: Sequence[Any], out_dir: Path, args: Any,
@@ -206,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"greedy on {len(scored)} {args.score_split} studies (findings micro-F1):")
     for name, row in scores.items():
         print(f"  {name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    write_json_atomic(out / f"scores-{args.score_split}.json", {"run_dir": args.run_dir, "setup": setup, "steps": args.steps,
-                                            "lr": args.lr, "split": args.score_split, "studies": len(scored),
-                                            "scores": scores}, indent=1)
+    summary = {"run_dir": args.run_dir, "setup": setup, "steps": args.steps, "lr": args.lr,
+               "split": args.score_split, "studies": len(scored), "scores": scores}
+    write_json_atomic(out / f"scores-{args.score_split}.json", summary, indent=1)
 
 
 if __name__ == "__main__":
