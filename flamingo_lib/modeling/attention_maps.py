@@ -272,9 +272,11 @@ def relevance_to_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -
 
 
 def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = None, mask: np.ndarray | None = None,
-                 mask_label: str | None = None, colorbar: bool = True) -> Any:
+                 mask_label: str | None = None, colorbar: bool = True, peak: tuple[int, int] | None = None) -> Any:
     """The X-ray with the (H, W) heatmap over it, its colour bar (the share of the map each
-    pixel holds) and a ground-truth mask outline, named by ``mask_label`` in the title; returns the Axes."""
+    pixel holds), a ground-truth mask outline, named by ``mask_label`` in the title, and ``peak``
+    (row, column), the sharpened map's peak pixel, as a cross (said in the title to fall inside or
+    outside the mask); returns the Axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -285,6 +287,11 @@ def plot_heatmap(image: Any, heatmap: np.ndarray, title: str = "", ax: Any = Non
         ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.2)
         if mask_label:
             title = f"{title}\nwhite outline: {mask_label} (ground-truth mask)"
+    if peak is not None:
+        # the pixel game's point: the grid map alone cannot place it finer than one encoder patch
+        ax.plot(peak[1], peak[0], marker="+", color="lime", markersize=12, markeredgewidth=2)
+        where = "" if mask is None else (", inside the mask" if mask[peak] else ", outside the mask")
+        title = f"{title}\n+: peak of the map sharpened to pixels{where}"
     if colorbar:
         bar = ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
         bar.set_label("share of the map per pixel", fontsize=7)

@@ -81,18 +81,19 @@ def loss_curve_figure(curves: pd.DataFrame) -> Figure:
     return figure
 
 
-def case_figure(image: Any, heatmap: Any, mask: Any, title: str, mask_label: str | None = None) -> Figure:
-    """The X-ray alone and with the attention heatmap (its colour bar, and the outline of the mask
-    named ``mask_label``) over it."""
+def case_figure(image: Any, heatmap: Any, mask: Any, title: str, mask_label: str | None = None,
+                peak: tuple[int, int] | None = None) -> Figure:
+    """The X-ray alone and with the attention heatmap (its colour bar, the outline of the mask
+    named ``mask_label`` and, when given, the sharpened map's ``peak`` (row, column) marked) over it."""
     from flamingo_lib.modeling.attention_maps import plot_heatmap
 
-    figure = Figure(figsize=(6.6, 3.2))
+    figure = Figure(figsize=(6.6, 3.4 if peak is not None else 3.2))
     left, right = figure.subplots(1, 2)
     left.imshow(image.convert("L"), cmap="gray")
     left.set_title("film", fontsize=9)
     left.axis("off")
     if heatmap is not None:
-        plot_heatmap(image, heatmap, title=title, ax=right, mask=mask, mask_label=mask_label)
+        plot_heatmap(image, heatmap, title=title, ax=right, mask=mask, mask_label=mask_label, peak=peak)
     else:
         right.axis("off")
     figure.tight_layout()

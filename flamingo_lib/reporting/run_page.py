@@ -27,23 +27,28 @@ class CaseMap(NamedTuple):
         mask: the named finding's bool mask (H, W), or None for the whole-report map.
         title: which tokens the map shows.
         finding: the finding whose words the map shows and whose mask is outlined, or None.
+        peak: (row, column) of the map's peak once sharpened by the words' gradient over the
+            pixels (:func:`~flamingo_lib.modeling.pixel_maps.sharpened_map`): the point the pixel
+            pointing game scores, which the upsampled patch-grid map alone cannot place finer than a cell.
     """
 
     heatmap: Any
     mask: Any
     title: str
     finding: str | None
+    peak: tuple[int, int] | None = None
 
 
 def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
     """Evidence heatmap over the sample's first image, teacher-forced on its reference report
-    (:func:`~flamingo_lib.evaluation.grounding.words_heatmap`).
+    (:func:`~flamingo_lib.evaluation.grounding.words_heatmap`), with its sharpened peak (the point
+    the pixel pointing game scores, :class:`CaseMap`).
 
     Of the sentence that names the sample's first finding with a ground-truth mask (by one of its
     :data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`: the span the pointing game maps); without one, of the whole
     report (a mask whose finding the report does not name, scoliosis say, is then not outlined).
     """
-    from flamingo_lib.evaluation.grounding import FINDING_WORDS, GAME_SPAN, word_token_positions, words_heatmap
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, GAME_SPAN, word_token_positions
 
     model, processor = pipeline.model_and_processor
     batch, prompt_len, image = processor.film_batch(sample)  # with the processor's context, the first film
@@ -52,11 +57,26 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
         positions = word_token_positions(processor, sample.report, FINDING_WORDS.get(finding, ()), prompt_len,
                                          span=GAME_SPAN)
         if positions:
-            return CaseMap(words_heatmap(model, batch, positions, size, image=image), mask,
-                           f"evidence for the sentence naming '{finding}'", finding)
+            return _case_map(model, batch, positions, size, image, mask,
+                             f"evidence for the sentence naming '{finding}'", finding)
     report_positions = range(prompt_len, int(batch["attention_mask"].sum()))
-    return CaseMap(words_heatmap(model, batch, report_positions, size, image=image), None,
-                   "evidence for the report's words", None)
+    return _case_map(model, batch, report_positions, size, image, None, "evidence for the report's words", None)
+
+
+def _case_map(model: Any, batch: dict[str, Any], positions: Any, size: tuple[int, int], image: int, mask: Any,
+              title: str, finding: str | None) -> CaseMap:
+    """The words' evidence map and its sharpened peak, from one backward pass (as the pointing game makes them)."""
+    import numpy as np
+
+    from flamingo_lib.evaluation.grounding import words_maps
+    from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
+    from flamingo_lib.modeling.pixel_maps import sharpened_map
+
+    relevance, saliency = words_maps(model, batch, list(positions), image=image, sharpen=True)
+    heatmap = relevance_to_heatmap(relevance, size)
+    sharpened = sharpened_map(heatmap, saliency)
+    row, column = np.unravel_index(int(np.argmax(sharpened)), sharpened.shape)
+    return CaseMap(heatmap, mask, title, finding, (int(row), int(column)))
 
 
 def named_finding_case(pipeline: Any) -> tuple[Any, CaseMap]:

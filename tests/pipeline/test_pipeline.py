@@ -364,22 +364,30 @@ def test_the_embedded_encoder_fingerprint_follows_the_labeler_when_its_trunk_lea
 
 def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     import numpy as np
-    from flamingo_lib.evaluation.grounding import FINDING_WORDS
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, pointing_game
     from flamingo_lib.reporting.run_page import case_heatmap, named_finding_case
 
     pipeline = Pipeline(run_dir=str(tmp_path / "run"), **{**SMALL, "max_test_samples": 40})
     pipeline.train()
     test = [pipeline.splits["test"][i] for i in range(len(pipeline.splits["test"]))]
     named = next(s for s in test if any(w in s.report.lower() for f in s.masks for w in FINDING_WORDS.get(f, ())))
-    heatmap, mask, title, finding = case_heatmap(pipeline, named)
+    heatmap, mask, title, finding, peak = case_heatmap(pipeline, named)
     width, height = named.images[0].size
     assert heatmap.shape == (height, width) and heatmap.min() >= 0 and abs(heatmap.sum() - 1) < 1e-4
     assert finding in named.masks and mask is named.masks[finding] and f"'{finding}'" in title
+    # the marked peak is the pixel game's: inside the mask exactly where the game scores a hit
+    model, processor = pipeline.model_and_processor
+    games = pointing_game(model, processor, test)
+    for sample in test:
+        case = case_heatmap(pipeline, sample)
+        if case.finding is not None:
+            row = games[(games["id"] == sample.id) & (games["finding"] == case.finding)]
+            assert len(row) == 1 and bool(row["hit"].iloc[0]) == bool(case.mask[case.peak])
 
     normal = next(s for s in test if not s.masks)
-    heatmap, mask, title, finding = case_heatmap(pipeline, normal)
+    heatmap, mask, title, finding, peak = case_heatmap(pipeline, normal)
     assert mask is None and finding is None and title == "evidence for the report's words"
-    assert abs(heatmap.sum() - 1) < 1e-4
+    assert abs(heatmap.sum() - 1) < 1e-4 and 0 <= peak[0] < height and 0 <= peak[1] < width
     # a study with a mask whose finding its report does not name is mapped over the whole report,
     # so the figure of grounding is the first study whose report names a masked finding
     unnamed = {s.id for s in test if s.masks and case_heatmap(pipeline, s).finding is None}

@@ -37,3 +37,20 @@ def test_the_style_never_stretches_an_image_nor_widens_the_page(tmp_path):
     page = write_html_report(tmp_path / "p.html", "t", [("Protocol", "<pre>" + "x" * 5000 + "</pre>")],
                              credentialed=False).read_text()
     assert "<style>" in page and "x" * 5000 in page
+
+
+def test_a_case_figure_marks_the_sharpened_peak_and_says_whether_it_lies_in_the_mask():
+    import numpy as np
+
+    heatmap = np.full((64, 64), 1 / 64**2)
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 30:40] = True
+    titles = {}
+    for name, peak in (("in", (15, 35)), ("out", (50, 5))):
+        right = case_figure(xray_like(1), heatmap, mask, "evidence", "effusion", peak).axes[1]
+        marks = [line for line in right.get_lines() if line.get_marker() == "+"]
+        assert len(marks) == 1 and (marks[0].get_xdata()[0], marks[0].get_ydata()[0]) == (peak[1], peak[0])
+        titles[name] = right.get_title()
+    assert titles["in"].endswith("inside the mask") and titles["out"].endswith("outside the mask")
+    unmarked = case_figure(xray_like(1), heatmap, mask, "evidence", "effusion").axes[1]
+    assert not [line for line in unmarked.get_lines() if line.get_marker() == "+"] and "peak" not in unmarked.get_title()
