@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from flamingo_lib.evaluation.grounding import MAP_METHODS, pointing_game
@@ -70,7 +69,7 @@ def peak_placements(model: Any, processor: Any, samples: list[Any], finding: str
     side of it) or further in."""
     from scipy.ndimage import distance_transform_edt
 
-    from flamingo_lib.evaluation.grounding import (FINDING_WORDS, GAME_SPAN, relevance_to_heatmap,
+    from flamingo_lib.evaluation.grounding import (FINDING_WORDS, GAME_SPAN, peak_pixel, relevance_to_heatmap,
                                                    sharpened_map, word_token_positions, words_maps)
 
     rows = []
@@ -84,7 +83,7 @@ def peak_placements(model: Any, processor: Any, samples: list[Any], finding: str
             continue
         relevance, saliency = words_maps(model, batch, positions, "evidence", image, True)
         peaks = sharpened_map(relevance_to_heatmap(relevance, mask.shape), saliency)
-        y, x = np.unravel_index(int(np.argmax(peaks)), peaks.shape)
+        y, x = peak_pixel(peaks)
         distance, (ny, nx) = distance_transform_edt(~mask, return_indices=True)
         centre = (mask.shape[1] - 1) / 2
         outward = abs(nx[y, x] - centre) > abs(x - centre) or ny[y, x] < y

@@ -169,10 +169,16 @@ def near_mask(mask: np.ndarray, tolerance: float) -> np.ndarray:
     return mask | (distance_transform_edt(~mask) <= tolerance)
 
 
+def peak_pixel(heatmap: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the (H, W) ``heatmap``'s peak: the point the pointing game scores (the first
+    maximum in row-major order)."""
+    row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(row), int(column)
+
+
 def peak_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> bool:
     """Whether the (H, W) ``heatmap``'s peak pixel lies in the (H, W) bool ``mask``: a pointing-game hit."""
-    peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    return bool(mask[peak])
+    return bool(mask[peak_pixel(heatmap)])
 
 
 def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int = 0,

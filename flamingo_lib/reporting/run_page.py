@@ -66,17 +66,13 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
 def _case_map(model: Any, batch: dict[str, Any], positions: Any, size: tuple[int, int], image: int, mask: Any,
               title: str, finding: str | None) -> CaseMap:
     """The words' evidence map and its sharpened peak, from one backward pass (as the pointing game makes them)."""
-    import numpy as np
-
-    from flamingo_lib.evaluation.grounding import words_maps
+    from flamingo_lib.evaluation.grounding import peak_pixel, words_maps
     from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
     from flamingo_lib.modeling.pixel_maps import sharpened_map
 
     relevance, saliency = words_maps(model, batch, list(positions), image=image, sharpen=True)
     heatmap = relevance_to_heatmap(relevance, size)
-    sharpened = sharpened_map(heatmap, saliency)
-    row, column = np.unravel_index(int(np.argmax(sharpened)), sharpened.shape)
-    return CaseMap(heatmap, mask, title, finding, (int(row), int(column)))
+    return CaseMap(heatmap, mask, title, finding, peak_pixel(sharpened_map(heatmap, saliency)))
 
 
 def named_finding_case(pipeline: Any) -> tuple[Any, CaseMap]:

@@ -13,7 +13,8 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from flamingo_lib.evaluation.grounding import FINDING_WORDS, GAME_SPAN, peak_in_mask, word_token_positions, words_maps
+from flamingo_lib.evaluation.grounding import (FINDING_WORDS, GAME_SPAN, peak_in_mask, peak_pixel, word_token_positions,
+                                               words_maps)
 from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
 from flamingo_lib.modeling.pixel_maps import sharpened_map
 
@@ -79,7 +80,7 @@ def sharpening_figure(case: SharpenedCase) -> Figure:
         shown = np.ma.masked_less(heat, 0.05 * heat.max())
         ax.imshow(shown, cmap="jet", alpha=0.55, norm=PowerNorm(0.5, vmin=0, vmax=float(heat.max()) or 1.0))
         ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.0)
-        row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        row, col = peak_pixel(heat)
         ax.plot(col, row, marker="x", markersize=9, mew=2.2, color="lime" if hits[name] else "red")
         ax.set_title(f"{titles[name]}\npeak {'in' if hits[name] else 'outside'} the mask", fontsize=8)
         ax.axis("off")
