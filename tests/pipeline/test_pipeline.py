@@ -378,10 +378,10 @@ def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     # the marked peak is the pixel game's: inside the mask exactly where the game scores a hit
     model, processor = pipeline.model_and_processor
     games = pointing_game(model, processor, test)
-    for sample in test:
-        case = case_heatmap(pipeline, sample)
+    cases = {s.id: case_heatmap(pipeline, s) for s in test if s.masks}  # a study without a mask names none
+    for sample_id, case in cases.items():
         if case.finding is not None:
-            row = games[(games["id"] == sample.id) & (games["finding"] == case.finding)]
+            row = games[(games["id"] == sample_id) & (games["finding"] == case.finding)]
             assert len(row) == 1 and bool(row["hit"].iloc[0]) == bool(case.mask[case.peak])
 
     normal = next(s for s in test if not s.masks)
@@ -390,7 +390,7 @@ def test_case_heatmap_shows_the_tokens_that_name_a_masked_finding(tmp_path):
     assert abs(heatmap.sum() - 1) < 1e-4 and 0 <= peak[0] < height and 0 <= peak[1] < width
     # a study with a mask whose finding its report does not name is mapped over the whole report,
     # so the figure of grounding is the first study whose report names a masked finding
-    unnamed = {s.id for s in test if s.masks and case_heatmap(pipeline, s).finding is None}
+    unnamed = {i for i, case in cases.items() if case.finding is None}
     sample, case = named_finding_case(pipeline)
     assert case.finding in sample.masks and any(w in sample.report.lower() for w in FINDING_WORDS[case.finding])
     assert sample.id == next(s.id for s in test if s.masks and s.id not in unnamed)
