@@ -51,11 +51,30 @@ def with_reports(samples: Sequence[Any], reports: Sequence[str]) -> list[Any]:
     return copies
 
 
+def reference_choice(candidates: Any, references: Sequence[str], threshold: float) -> list[str]:
+    """One candidate a study: the one whose findings agree best with its reference report's (the
+    reward stage's :func:`~flamingo_lib.training.reward.clinical_reward` over the heads' observations,
+    both read by the labeler: what a real dataset has), ties going to the heads' score, then to the
+    earliest (greedy first)."""
+    from flamingo_lib.labeling.labeler import label_report
+    from flamingo_lib.training.reward import clinical_reward
+
+    picked = []
+    for options, stated, belief, reference in zip(candidates.reports, candidates.stated, candidates.belief,
+                                                   references):
+        truth = label_report(reference)
+        heads = (stated * (belief - threshold)).sum(1)
+        keys = [(clinical_reward(label_report(text), truth, candidates.observations), float(heads[i]), -i)
+                for i, text in enumerate(options)]
+        picked.append(options[max(range(len(options)), key=keys.__getitem__)])
+    return picked
+
+
 def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: dict[str, Any], path: Path,
-                   progress: bool = True) -> list[str]:
+                   progress: bool = True, rule: str = "heads") -> list[str]:
     """The guided choice for each of ``samples`` under ``setup`` (threshold, candidates, temperature,
     top_p), read from ``path`` when it holds the same studies made with the same setup, else made
-    and written there atomically.
+    and written there atomically. ``rule="reference"`` chooses by :func:`reference_choice` instead.
 
     Raises:
         ValueError: ``path`` holds a choice of other studies or of another setup (never overwritten).
@@ -64,6 +83,8 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
     from flamingo_lib.io import write_text_atomic
 
     key = {k: setup[k] for k in ("threshold", "candidates", "temperature", "top_p")}
+    if rule != "heads":
+        key["rule"] = rule
     ids = [s.id for s in samples]
     if path.is_file():
         lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -74,7 +95,8 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
                          f"this run asks {key} for {len(ids)} studies: give another --out")
     candidates = sample_candidates(model, processor, samples, num_candidates=setup["candidates"],
                                    temperature=setup["temperature"], top_p=setup["top_p"], progress=progress)
-    reports = choose(candidates, setup["threshold"])
+    reports = (choose(candidates, setup["threshold"]) if rule == "heads"
+               else reference_choice(candidates, [s.report for s in samples], setup["threshold"]))
     rows = [json.dumps(key)] + [json.dumps({"id": i, "report": r}) for i, r in zip(ids, reports)]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "\n".join(rows) + "\n")
@@ -163,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score-split", default="val", choices=("val", "test"))
     parser.add_argument("--score-studies", type=int, default=250)
+    parser.add_argument("--choose", default="heads", choices=("heads", "reference"),
+                        help="what picks a study's candidate: the heads (guided decoding's rule) or its agreement "
+                        "with the reference report's findings (the reward stage's reward), ties to the heads")
     parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding of the last "
                         "round's model (the run's candidates and temperature, the threshold picked on 250 val "
                         "studies; with --score-split test)")
@@ -183,12 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[str, Any] = {"round 0 (the run's model)": greedy_scores(model, processor, scored)}
     out = Path(args.out)
     for r in range(1, args.rounds + 1):
-        reports = chosen_reports(model, processor, train, setup, out / f"chosen-{r}.jsonl")
+        reports = chosen_reports(model, processor, train, setup, out / f"chosen-{r}.jsonl", rule=args.choose)
         changed = sum(c != s.report for c, s in zip(reports, train)) / len(train)
         print(f"round {r}: the guided choice differs from the reference in {changed:.1%} of {len(train)} studies")
         # the run's data record, so that the round's model is a run flamingo_lib.cli.evaluate_on can score
         record = (training_record(model_dir) or {}) | {"distilled_from": str(model_dir), "round": r,
-                                                      "guided_setup": setup}
+                                                      "guided_setup": setup} | (
+            {"choice": args.choose} if args.choose != "heads" else {})
         model = fine_tune(model, processor, pipeline, with_reports(train, reports), out / f"round-{r}", args, record)
         scores[f"round {r}"] = greedy_scores(model, processor, scored) | {"changed": changed}
         # as each round ends: a long run stopped early keeps what it measured

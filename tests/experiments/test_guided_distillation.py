@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments import guided_distillation
-from experiments.guided_distillation import chosen_reports, fine_tune, with_reports
+from experiments.guided_distillation import chosen_reports, fine_tune, reference_choice, with_reports
 
 
 @pytest.fixture()
@@ -59,6 +59,32 @@ def test_the_choice_is_made_once_and_never_written_over_by_another(tmp_path, tok
     with pytest.raises(ValueError, match="for 2 studies: give another --out"):
         chosen_reports(model, processor, SAMPLES[:2], SETUP, path, progress=False)
     assert path.read_text().splitlines() == lines
+
+
+def test_the_reference_rule_picks_the_candidate_agreeing_with_the_reference_and_breaks_ties_by_the_heads():
+    from flamingo_lib.inference.guided_decoding import Candidates
+    from flamingo_lib.labeling.labeler import label_report
+
+    observations = ("Pleural Effusion", "Cardiomegaly", "Pneumothorax")
+    options = ["The heart is normal in size. No effusion.",  # greedy: misses the effusion
+               "Small right pleural effusion. Moderate cardiomegaly.",  # adds what the reference lacks
+               "Small right pleural effusion.",
+               "There is a small right pleural effusion."]  # as right as the one before it
+    stated = torch.tensor([[float(label_report(t).get(o) == 1.0) for o in observations] for t in options])
+    assert stated[2].tolist() == stated[3].tolist() == [1.0, 0.0, 0.0] and stated[1].tolist() == [1.0, 1.0, 0.0]
+    # the heads believe the cardiomegaly: their own rule would take the report stating it
+    belief = torch.tensor([[0.9, 0.9, 0.1]])
+    candidates = Candidates([options], [stated], belief, observations)
+    reference = "There is a small right pleural effusion. The heart size is normal."
+    assert reference_choice(candidates, [reference], threshold=0.5) == [options[2]]  # tie: the earlier one
+    from flamingo_lib.inference.guided_decoding import choose
+
+    assert choose(candidates, 0.5) == [options[1]]
+    # a tie broken by the heads: only they tell two reports that both miss the reference's finding apart
+    misses = ["No acute findings.", "Moderate cardiomegaly.", "Right pneumothorax."]
+    stated = torch.tensor([[float(label_report(t).get(o) == 1.0) for o in observations] for t in misses])
+    candidates = Candidates([misses], [stated], torch.tensor([[0.2, 0.1, 0.9]]), observations)
+    assert reference_choice(candidates, ["Small left pleural effusion."], threshold=0.5) == ["Right pneumothorax."]
 
 
 def test_a_round_learns_the_chosen_reports_leaves_the_heads_alone_and_is_read_back(tmp_path, token_model):
