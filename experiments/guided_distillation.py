@@ -51,21 +51,31 @@ def with_reports(samples: Sequence[Any], reports: Sequence[str]) -> list[Any]:
     return copies
 
 
-def reference_choice(candidates: Any, references: Sequence[str], threshold: float) -> list[str]:
+def reference_choice(candidates: Any, references: Sequence[str], threshold: float, with_heads: bool = False
+                     ) -> list[str]:
     """One candidate a study: the one whose findings agree best with its reference report's (the
     reward stage's :func:`~flamingo_lib.training.reward.clinical_reward` over the heads' observations,
     both read by the labeler: what a real dataset has), ties going to the heads' score, then to the
-    earliest (greedy first)."""
+    earliest (greedy first). ``with_heads`` adds, with equal weight, the same F1 against the heads'
+    verdict (the observations whose belief is above ``threshold``): the reference and the image judge
+    together."""
     from flamingo_lib.labeling.labeler import label_report
     from flamingo_lib.training.reward import clinical_reward
 
+    observations = candidates.observations
     picked = []
     for options, stated, belief, reference in zip(candidates.reports, candidates.stated, candidates.belief,
                                                    references):
         truth = label_report(reference)
+        verdict = {o: 1.0 for o, b in zip(observations, belief.tolist()) if b > threshold}
         heads = (stated * (belief - threshold)).sum(1)
-        keys = [(clinical_reward(label_report(text), truth, candidates.observations), float(heads[i]), -i)
-                for i, text in enumerate(options)]
+        keys = []
+        for i, text in enumerate(options):
+            read = label_report(text)
+            reward = clinical_reward(read, truth, observations)
+            if with_heads:
+                reward += clinical_reward(read, verdict, observations)
+            keys.append((reward, float(heads[i]), -i))
         picked.append(options[max(range(len(options)), key=keys.__getitem__)])
     return picked
 
@@ -74,7 +84,7 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
                    progress: bool = True, rule: str = "heads") -> list[str]:
     """The guided choice for each of ``samples`` under ``setup`` (threshold, candidates, temperature,
     top_p), read from ``path`` when it holds the same studies made with the same setup, else made
-    and written there atomically. ``rule="reference"`` chooses by :func:`reference_choice` instead.
+    and written there atomically. ``rule="reference"`` (or ``"reference+heads"``) chooses by :func:`reference_choice` instead.
 
     Raises:
         ValueError: ``path`` holds a choice of other studies or of another setup (never overwritten).
@@ -96,7 +106,8 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
     candidates = sample_candidates(model, processor, samples, num_candidates=setup["candidates"],
                                    temperature=setup["temperature"], top_p=setup["top_p"], progress=progress)
     reports = (choose(candidates, setup["threshold"]) if rule == "heads"
-               else reference_choice(candidates, [s.report for s in samples], setup["threshold"]))
+               else reference_choice(candidates, [s.report for s in samples], setup["threshold"],
+                                     with_heads=rule == "reference+heads"))
     rows = [json.dumps(key)] + [json.dumps({"id": i, "report": r}) for i, r in zip(ids, reports)]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "\n".join(rows) + "\n")
@@ -185,9 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score-split", default="val", choices=("val", "test"))
     parser.add_argument("--score-studies", type=int, default=250)
-    parser.add_argument("--choose", default="heads", choices=("heads", "reference"),
-                        help="what picks a study's candidate: the heads (guided decoding's rule) or its agreement "
-                        "with the reference report's findings (the reward stage's reward), ties to the heads")
+    parser.add_argument("--choose", default="heads", choices=("heads", "reference", "reference+heads"),
+                        help="what picks a study's candidate: the heads (guided decoding's rule), its agreement "
+                        "with the reference report's findings (the reward stage's reward), or that plus its "
+                        "agreement with the heads' verdict; ties to the heads")
     parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding of the last "
                         "round's model (the run's candidates and temperature, the threshold picked on 250 val "
                         "studies; with --score-split test)")

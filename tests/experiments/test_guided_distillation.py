@@ -80,6 +80,9 @@ def test_the_reference_rule_picks_the_candidate_agreeing_with_the_reference_and_
     from flamingo_lib.inference.guided_decoding import choose
 
     assert choose(candidates, 0.5) == [options[1]]
+    # judged by the reference and the heads together, the report stating the cardiomegaly the heads see
+    # agrees with each as much as the one without it does (2/3 + 1 against 1 + 2/3): the heads break the tie
+    assert reference_choice(candidates, [reference], threshold=0.5, with_heads=True) == [options[1]]
     # a tie broken by the heads: only they tell two reports that both miss the reference's finding apart
     misses = ["No acute findings.", "Moderate cardiomegaly.", "Right pneumothorax."]
     stated = torch.tensor([[float(label_report(t).get(o) == 1.0) for o in observations] for t in misses])
