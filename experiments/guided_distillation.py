@@ -84,7 +84,8 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
                    progress: bool = True, rule: str = "heads") -> list[str]:
     """The guided choice for each of ``samples`` under ``setup`` (threshold, candidates, temperature,
     top_p), read from ``path`` when it holds the same studies made with the same setup, else made
-    and written there atomically. ``rule="reference"`` (or ``"reference+heads"``) chooses by :func:`reference_choice` instead.
+    and written there atomically. ``rule="reference"`` (or ``"reference+heads"``) chooses by
+    :func:`reference_choice` instead.
 
     Raises:
         ValueError: ``path`` holds a choice of other studies or of another setup (never overwritten).
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"greedy on {len(scored)} {args.score_split} studies (findings micro-F1):")
     for name, row in scores.items():
         print(f"  {name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    summary = {"run_dir": args.run_dir, "setup": setup, "steps": args.steps, "lr": args.lr,
+    summary = {"run_dir": args.run_dir, "setup": setup, "choice": args.choose, "steps": args.steps, "lr": args.lr,
                "split": args.score_split, "studies": len(scored), "scores": scores}
     write_json_atomic(out / f"scores-{args.score_split}.json", summary, indent=1)
 
