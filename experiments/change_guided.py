@@ -96,20 +96,22 @@ def stated_reports(verdicts: Sequence[tuple[set[str], set[str]]], truths: Sequen
 
 
 def accuracy_of(stated: Sequence[Mapping[str, str]], truths: Sequence[Mapping[str, str]]) -> float:
-    """The share of true (study, finding) changes stated as they are (as ``change_accuracy`` counts)."""
-    pairs = [(s.get(f), c) for s, t in zip(stated, truths) for f, c in t.items()]
-    return sum(a == b for a, b in pairs) / len(pairs)
+    """The share of true (study, finding) changes stated as they are, counted as ``change_accuracy`` counts."""
+    from flamingo_lib.labeling.changes import statement_accuracy
+
+    return statement_accuracy(stated, truths)["accuracy"]
 
 
 def change_guided_choice(candidates: Any, verdicts: Sequence[tuple[set[str], set[str]]]) -> list[str]:
     """Per study, the candidate whose stated changes agree most with its (now, before) verdict
     (:func:`agreement`), ties to guided decoding's findings score at threshold 0.5, then the earliest."""
+    from flamingo_lib.inference.guided_decoding import findings_scores
     from flamingo_lib.labeling.changes import change_statements
 
     picked = []
     for options, stated, belief, (now, before) in zip(candidates.reports, candidates.stated, candidates.belief,
                                                       verdicts):
-        findings = (stated * (belief - 0.5)).sum(1)
+        findings = findings_scores(stated, belief, 0.5)
         keys = [(agreement(change_statements(text), now, before), float(findings[i]), -i) for i, text in enumerate(options)]
         picked.append(options[max(range(len(options)), key=keys.__getitem__)])
     return picked

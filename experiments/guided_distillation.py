@@ -59,6 +59,7 @@ def reference_choice(candidates: Any, references: Sequence[str], threshold: floa
     earliest (greedy first). ``with_heads`` adds, with equal weight, the same F1 against the heads'
     verdict (the observations whose belief is above ``threshold``): the reference and the image judge
     together."""
+    from flamingo_lib.inference.guided_decoding import findings_scores
     from flamingo_lib.labeling.labeler import label_report
     from flamingo_lib.training.reward import clinical_reward
 
@@ -68,7 +69,7 @@ def reference_choice(candidates: Any, references: Sequence[str], threshold: floa
                                                    references):
         truth = label_report(reference)
         verdict = {o: 1.0 for o, b in zip(observations, belief.tolist()) if b > threshold}
-        heads = (stated * (belief - threshold)).sum(1)
+        heads = findings_scores(stated, belief, threshold)
         keys = []
         for i, text in enumerate(options):
             read = label_report(text)

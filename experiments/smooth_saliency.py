@@ -79,10 +79,13 @@ def analyse(model: Any, processor: Any, samples: Sequence[Any], noises: Sequence
         for finding, positions in named.items():
             mask, row = sample.masks[finding], {"id": sample.id, "finding": finding}
             for prefix, film in films.items():
-                heatmap = relevance_to_heatmap(capture_evidence(model, film, positions).evidence(image=image), mask.shape)
+                # the map and its plain saliency from one backward pass, as the pointing game makes them
+                maps = capture_evidence(model, film, positions, to_pixels=True)
+                heatmap = relevance_to_heatmap(maps.evidence(image=image), mask.shape)
                 for noise in noises:
                     generator = torch.Generator().manual_seed(seed * 100_003 + index)  # the same noise for every level
-                    saliency = smooth_saliency(model, film, positions, image, noise, copies, generator)
+                    saliency = maps.pixel_saliency[image] if noise == 0 else \
+                        smooth_saliency(model, film, positions, image, noise, copies, generator)
                     row[f"{prefix}hit_{noise:g}"] = peak_in_mask(sharpened_map(heatmap, saliency), mask)
             rows.append(row)
     return pd.DataFrame(rows)

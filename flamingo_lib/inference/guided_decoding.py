@@ -99,9 +99,15 @@ def sample_candidates(model: Any, processor: Any, samples: Sequence[Any], num_ca
     return Candidates(reports, stated, greedy.findings, observations, greedy.readings)
 
 
+def findings_scores(stated: torch.Tensor, belief: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(C,) each candidate's score: the sum, over the findings it states ((C, K) ``stated``), of
+    (``belief`` - ``threshold``), ``belief`` (K,) the heads' (:attr:`Candidates.belief`)."""
+    return (stated * (belief - threshold)).sum(1)
+
+
 def _pick(stated: torch.Tensor, belief: torch.Tensor, threshold: float) -> int:
     """Index of the best-scoring candidate; ``argmax`` returns the first maximum (greedy first)."""
-    return int((stated * (belief - threshold)).sum(1).argmax())
+    return int(findings_scores(stated, belief, threshold).argmax())
 
 
 def choose(candidates: Candidates, threshold: float) -> list[str]:

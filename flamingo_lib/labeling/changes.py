@@ -184,41 +184,52 @@ def change_statements(report: str) -> dict[str, str]:
 
 
 def change_accuracy(reports: Sequence[str], truths: Sequence[Mapping[str, str]]) -> dict[str, Any]:
-    """How often ``reports`` state the true change of each finding.
-
-    What counts: every (study, finding) pair of ``truths`` (e.g. ``meta["changes"]``), once.
-    A pair is correct when :func:`change_statements` of the study's report gives that finding
-    exactly the true change; a report that states another change, or none, for it is wrong.
-    Statements about findings absent from the study's truth are not scored, only counted
-    (``"extra"``). Studies with empty truth (first studies) add no pairs.
-
-    Args:
-        reports: one report per study.
-        truths: per study, finding -> true change (one of :data:`CHANGES`).
-
-    Returns:
-        ``{"accuracy": correct / pairs (nan without pairs), "n": pairs, "correct": ...,
-        "unstated": pairs whose finding the report states no change of, "extra": ...,
-        "per_change": {change: {"accuracy": ..., "n": ..., "correct": ...}} for every change
-        of :data:`CHANGES` (accuracy nan where n is 0)}``.
+    """How often ``reports`` state the true change of each finding: :func:`statement_accuracy` of
+    the changes :func:`change_statements` reads in each report.
 
     Raises:
         ValueError: when the lengths differ or a truth holds a change outside :data:`CHANGES`.
     """
     if len(reports) != len(truths):
         raise ValueError(f"{len(reports)} reports but {len(truths)} truths")
+    return statement_accuracy([change_statements(report) for report in reports], truths)
+
+
+def statement_accuracy(stated: Sequence[Mapping[str, str]], truths: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """How often the changes ``stated`` per study (finding -> change) are the true ones.
+
+    What counts: every (study, finding) pair of ``truths`` (e.g. ``meta["changes"]``), once.
+    A pair is correct when the study's statements give that finding exactly the true change; a
+    study that states another change, or none, for it is wrong. Statements about findings absent
+    from the study's truth are not scored, only counted (``"extra"``). Studies with empty truth
+    (first studies) add no pairs.
+
+    Args:
+        stated: one mapping per study, e.g. :func:`change_statements` of its report.
+        truths: per study, finding -> true change (one of :data:`CHANGES`).
+
+    Returns:
+        ``{"accuracy": correct / pairs (nan without pairs), "n": pairs, "correct": ...,
+        "unstated": pairs whose finding the study states no change of, "extra": ...,
+        "per_change": {change: {"accuracy": ..., "n": ..., "correct": ...}} for every change
+        of :data:`CHANGES` (accuracy nan where n is 0)}``.
+
+    Raises:
+        ValueError: when the lengths differ or a truth holds a change outside :data:`CHANGES`.
+    """
+    if len(stated) != len(truths):
+        raise ValueError(f"{len(stated)} studies' statements but {len(truths)} truths")
     n = {c: 0 for c in CHANGES}
     correct = {c: 0 for c in CHANGES}
     unstated = extra = 0
-    for report, truth in zip(reports, truths):
-        stated = change_statements(report)
+    for said, truth in zip(stated, truths):
         for finding, change in truth.items():
             if change not in n:
                 raise ValueError(f"unknown change {change!r} for {finding!r}; expected one of {CHANGES}")
             n[change] += 1
-            correct[change] += stated.get(finding) == change
-            unstated += finding not in stated
-        extra += sum(finding not in truth for finding in stated)
+            correct[change] += said.get(finding) == change
+            unstated += finding not in said
+        extra += sum(finding not in truth for finding in said)
     total, right = sum(n.values()), sum(correct.values())
     return {
         "accuracy": right / total if total else math.nan,
