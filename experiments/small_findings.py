@@ -69,8 +69,7 @@ def peak_placements(model: Any, processor: Any, samples: list[Any], finding: str
     side of it) or further in."""
     from scipy.ndimage import distance_transform_edt
 
-    from flamingo_lib.evaluation.grounding import (FINDING_WORDS, GAME_SPAN, peak_pixel, relevance_to_heatmap,
-                                                   sharpened_map, word_token_positions, words_maps)
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, GAME_SPAN, word_token_positions, words_map
 
     rows = []
     for sample in samples:
@@ -81,9 +80,7 @@ def peak_placements(model: Any, processor: Any, samples: list[Any], finding: str
         positions = word_token_positions(processor, sample.report, FINDING_WORDS[finding], prompt_length, GAME_SPAN)
         if not positions:
             continue
-        relevance, saliency = words_maps(model, batch, positions, "evidence", image, True)
-        peaks = sharpened_map(relevance_to_heatmap(relevance, mask.shape), saliency)
-        y, x = peak_pixel(peaks)
+        y, x = words_map(model, batch, positions, mask.shape, image=image).peak
         distance, (ny, nx) = distance_transform_edt(~mask, return_indices=True)
         centre = (mask.shape[1] - 1) / 2
         outward = abs(nx[y, x] - centre) > abs(x - centre) or ny[y, x] < y

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -150,6 +150,38 @@ def words_heatmap(model: Any, batch: dict[str, torch.Tensor], positions: Sequenc
     return relevance_to_heatmap(words_relevance(model, batch, positions, method, image), size)
 
 
+class WordsMap(NamedTuple):
+    """Where some words of a report draw on one film (:func:`words_map`).
+
+    Attributes:
+        relevance: (P,) their map over the film's patch tokens (:func:`words_relevance`).
+        heatmap: (H, W) the relevance upsampled to the film's size, summing to 1.
+        saliency: (H', W') the pixels' saliency of the encoder's input, or None unsharpened.
+        sharpened: (H, W) the heatmap sharpened by the saliency (the map the pixel game scores), or None.
+    """
+
+    relevance: torch.Tensor
+    heatmap: np.ndarray
+    saliency: torch.Tensor | None
+    sharpened: np.ndarray | None
+
+    @property
+    def peak(self) -> tuple[int, int]:
+        """(row, column): the point the pointing game scores, the sharpened map's peak (the heatmap's
+        when unsharpened)."""
+        return peak_pixel(self.heatmap if self.sharpened is None else self.sharpened)
+
+
+def words_map(model: Any, batch: dict[str, torch.Tensor], positions: Sequence[int], size: tuple[int, int],
+              method: str = "evidence", image: int = 0, sharpen: bool = True) -> WordsMap:
+    """The words' map over film ``image`` of sample 0 at ``size`` (H, W), sharpened to pixels unless
+    ``sharpen`` is False: the one sequence every map with a peak is made by (the pointing game, the
+    run report's cases, the reported studies' page), so the peak a page marks is the one the game scores."""
+    relevance, saliency = words_maps(model, batch, positions, method, image, sharpen)
+    heatmap = relevance_to_heatmap(relevance, size)
+    return WordsMap(relevance, heatmap, saliency, sharpened_map(heatmap, saliency) if saliency is not None else None)
+
+
 def cells_overlapped(mask: np.ndarray, side: int) -> np.ndarray:
     """(side, side) bool: the cells of a side x side grid over the (H, W) ``mask`` that it overlaps
     (cell i spans rows i*H/side to (i+1)*H/side, as the upsampled heatmap places it)."""
@@ -218,20 +250,16 @@ def pointing_game(model: Any, processor: Any, samples: Sequence[Any], seed: int 
         shuffled_batch = processor.film_batch(sample, film=other.images[0]).batch
         for finding, token_positions in positions.items():
             mask = sample.masks[finding]
-            own, saliency = words_maps(model, batch, token_positions, method, image, sharpen)
-            shuffled, shuffled_saliency = words_maps(model, shuffled_batch, token_positions, method, image, sharpen)
-            cells = cells_overlapped(mask, patch_grid(own.numel())[1])
-            heatmap, shuffled_heatmap = relevance_to_heatmap(own, mask.shape), relevance_to_heatmap(shuffled, mask.shape)
-            peaks, shuffled_peaks = heatmap, shuffled_heatmap
-            if sharpen:
-                peaks, shuffled_peaks = sharpened_map(heatmap, saliency), sharpened_map(shuffled_heatmap, shuffled_saliency)
+            own = words_map(model, batch, token_positions, mask.shape, method, image, sharpen)
+            shuffled = words_map(model, shuffled_batch, token_positions, mask.shape, method, image, sharpen)
+            cells = cells_overlapped(mask, patch_grid(own.relevance.numel())[1])
             near = near_mask(mask, TOLERANCE_PX)
-            rows.append({"id": sample.id, "finding": finding, "hit": peak_in_mask(peaks, mask), "chance": float(mask.mean()),
-                         "shuffled_hit": peak_in_mask(shuffled_peaks, mask), "cell_hit": _cell_hit(own, cells),
-                         "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled, cells),
-                         "tolerant_hit": peak_in_mask(peaks, near), "tolerant_chance": float(near.mean()),
-                         "shuffled_tolerant_hit": peak_in_mask(shuffled_peaks, near),
-                         **box_scores(heatmap, shuffled_heatmap, mask, placements)})
+            rows.append({"id": sample.id, "finding": finding, "hit": bool(mask[own.peak]), "chance": float(mask.mean()),
+                         "shuffled_hit": bool(mask[shuffled.peak]), "cell_hit": _cell_hit(own.relevance, cells),
+                         "cell_chance": float(cells.mean()), "shuffled_cell_hit": _cell_hit(shuffled.relevance, cells),
+                         "tolerant_hit": bool(near[own.peak]), "tolerant_chance": float(near.mean()),
+                         "shuffled_tolerant_hit": bool(near[shuffled.peak]),
+                         **box_scores(own.heatmap, shuffled.heatmap, mask, placements)})
     return pd.DataFrame(rows, columns=["id", "finding", "hit", "chance", "shuffled_hit", *CELL_COLUMNS,
                                        *TOLERANT_COLUMNS, *BOX_COLUMNS])
 

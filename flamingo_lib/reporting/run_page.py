@@ -66,13 +66,10 @@ def case_heatmap(pipeline: Any, sample: Any) -> CaseMap:
 def _case_map(model: Any, batch: dict[str, Any], positions: Any, size: tuple[int, int], image: int, mask: Any,
               title: str, finding: str | None) -> CaseMap:
     """The words' evidence map and its sharpened peak, from one backward pass (as the pointing game makes them)."""
-    from flamingo_lib.evaluation.grounding import peak_pixel, words_maps
-    from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
-    from flamingo_lib.modeling.pixel_maps import sharpened_map
+    from flamingo_lib.evaluation.grounding import words_map
 
-    relevance, saliency = words_maps(model, batch, list(positions), image=image, sharpen=True)
-    heatmap = relevance_to_heatmap(relevance, size)
-    return CaseMap(heatmap, mask, title, finding, peak_pixel(sharpened_map(heatmap, saliency)))
+    words = words_map(model, batch, list(positions), size, image=image)
+    return CaseMap(words.heatmap, mask, title, finding, words.peak)
 
 
 def named_finding_case(pipeline: Any) -> tuple[Any, CaseMap]:

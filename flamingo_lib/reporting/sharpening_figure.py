@@ -14,8 +14,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
 from flamingo_lib.evaluation.grounding import (FINDING_WORDS, GAME_SPAN, peak_in_mask, peak_pixel, word_token_positions,
-                                               words_maps)
-from flamingo_lib.modeling.attention_maps import relevance_to_heatmap
+                                               words_map)
 from flamingo_lib.modeling.pixel_maps import sharpened_map
 
 
@@ -56,11 +55,9 @@ def smallest_named_finding(model: Any, processor: Any, samples: Sequence[Any]) -
         return None
     sample, finding, _, batch, positions, image = best
     shape = sample.masks[finding].shape
-    relevance, saliency = words_maps(model, batch, positions, image=image, sharpen=True)
-    grid = relevance_to_heatmap(relevance, shape)
-    sharpened = sharpened_map(grid, saliency)
-    fine = sharpened_map(np.ones(shape) / np.prod(shape), saliency)  # the saliency in the mask's frame, summing to 1
-    return SharpenedCase(sample, finding, grid, fine, sharpened)
+    words = words_map(model, batch, positions, shape, image=image)
+    fine = sharpened_map(np.ones(shape) / np.prod(shape), words.saliency)  # the saliency in the mask's frame, summing to 1
+    return SharpenedCase(sample, finding, words.heatmap, fine, words.sharpened)
 
 
 def sharpening_figure(case: SharpenedCase) -> Figure:

@@ -27,16 +27,17 @@ SHOWN_PROBABILITY = 0.5
 
 
 @torch.no_grad()
-def report_heatmap(model: Any, processor: Any, images: Sequence[Any], report: str) -> tuple[np.ndarray, str]:
+def report_map(model: Any, processor: Any, images: Sequence[Any], report: str) -> tuple[Any, str]:
     """Which parts of the study's first film the report's words draw on: the report teacher-forced on
-    the study's images, the evidence map (:func:`~flamingo_lib.evaluation.grounding.words_heatmap`) of its
-    words that name findings (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), or of all its
-    words when it names none.
+    the study's images, the map (:func:`~flamingo_lib.evaluation.grounding.words_map`) of its words
+    that name findings (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), or of all its words
+    when it names none, sharpened to pixels as the pointing game scores it.
 
     Returns:
-        heatmap (H, W) of the first film's size, non-negative, summing to 1; which words it shows.
+        the :class:`~flamingo_lib.evaluation.grounding.WordsMap` (heatmap (H, W) of the first film's
+        size, summing to 1, and its ``peak``); which words it shows.
     """
-    from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_heatmap
+    from flamingo_lib.evaluation.grounding import FINDING_WORDS, word_token_positions, words_map
 
     batch = processor.training_batch([report], [list(images)])
     prompt_length = len(processor.tokenizer(processor.study_prompt(len(images)))["input_ids"])
@@ -44,8 +45,8 @@ def report_heatmap(model: Any, processor: Any, images: Sequence[Any], report: st
     positions = word_token_positions(processor, report, words, prompt_length)
     size = images[0].size[::-1]
     if positions:
-        return words_heatmap(model, batch, positions, size), "evidence for the words naming findings"
-    return words_heatmap(model, batch, range(prompt_length, int(batch["attention_mask"].sum())), size), \
+        return words_map(model, batch, positions, size), "evidence for the words naming findings"
+    return words_map(model, batch, range(prompt_length, int(batch["attention_mask"].sum())), size), \
         "evidence for the report's words"
 
 
@@ -80,10 +81,10 @@ def study_cases_html(model: Any, processor: Any, table: pd.DataFrame, studies: S
             cases.append(f"{CASE_OPEN}{name}<p class='warn'>{html.escape(str(row['error']))}</p></div>")
             continue
         images = load_study(study, image_size).images
-        heatmap, title = report_heatmap(model, processor, images, str(row["report"]))
+        words, title = report_map(model, processor, images, str(row["report"]))
         head = f"<p class='ref'><b>Findings head (p &ge; {SHOWN_PROBABILITY}):</b> {html.escape(_believed(row))}</p>" \
             if any(c.startswith("p ") for c in row.index) else ""
-        cases.append(CASE_OPEN + figure_to_img(case_figure(images[0], heatmap, None, title), 460)
+        cases.append(CASE_OPEN + figure_to_img(case_figure(images[0], words.heatmap, None, title, peak=words.peak), 460)
                      + f"<div>{name}{_unlike_training(row, film_reference)}<p><b>Report:</b> {html.escape(str(row['report']))}</p>"
                      + f"<p class='ref'><b>States:</b> {html.escape(str(row['stated']) or 'nothing')}</p>{head}</div></div>")
     return "".join(cases)

@@ -227,11 +227,29 @@ def test_the_page_shows_each_studys_film_report_and_verdict_and_warns_of_private
     table = main(args[:-1] + ["3", "--films-shareable"])  # the broken film's reason is shown; no warning
     page = (tmp_path / "page.html").read_text()
     assert "do not share it" not in page and "cannot decode" in page
-    from flamingo_lib.reporting.study_page import report_heatmap
 
-    _, model, processor = saved_model
-    heatmap, title = report_heatmap(model, processor, [xray_like(13)], "Moderate cardiomegaly. No effusion.")
-    assert heatmap.shape == xray_like(13).size[::-1] and abs(heatmap.sum() - 1) < 1e-4 and "naming findings" in title
+
+def test_the_page_marks_the_peak_the_pointing_game_scores_on_each_studys_film(saved_model, tmp_path, monkeypatch):
+    from flamingo_lib.evaluation.grounding import peak_pixel
+    from flamingo_lib.reporting import html as html_figures
+    from flamingo_lib.reporting.study_page import report_map
+
+    run, model, processor = saved_model
+    save_png(tmp_path / "films" / "x.png", 13)
+    drawn = []
+    figure = html_figures.case_figure
+    monkeypatch.setattr(html_figures, "case_figure", lambda *a, **k: drawn.append(k.get("peak")) or figure(*a, **k))
+    table = main([str(run), str(tmp_path / "films"), "--one-per-image", "--out", str(tmp_path / "r.csv"),
+                  "--max-new-tokens", "6", "--no-progress", "--device", "cpu", "--films-shareable",
+                  "--html", str(tmp_path / "page.html")])
+    words, _ = report_map(model, processor, [xray_like(13)], str(table["report"][0]))
+    assert drawn == [words.peak]
+    words, title = report_map(model, processor, [xray_like(13)], "Moderate cardiomegaly. No effusion.")
+    assert words.heatmap.shape == xray_like(13).size[::-1] and abs(words.heatmap.sum() - 1) < 1e-4
+    assert "naming findings" in title
+    # the mark is the pixel game's point: the grid map's peak sharpened by the words' pixel gradient,
+    # placed finer than the 16-px cell the upsampled grid map alone could
+    assert words.peak == peak_pixel(words.sharpened) and not np.allclose(words.sharpened, words.heatmap)
 
 
 def test_the_guided_setup_is_the_runs_record_with_given_values_in_their_place(saved_model):
