@@ -16,7 +16,7 @@ reach the text detached, so they receive no gradient and keep their verdicts).
 Greedy decoding before and after each round is scored on the first ``--score-studies`` studies of
 the ``--score-split`` split (validation by default: a recipe is chosen there, never on the test
 split) against the image truth and against the labeler's reading of the reference; ``--guided``
-adds findings-guided decoding of the last round's model.
+adds findings-guided decoding of the last round's model, ``--beams N`` its beam search.
 
     HF_HUB_OFFLINE=1 python -m experiments.guided_distillation runs/readings1-s0 --out runs/distil \
         --candidates 16 [--rounds 2] [--score-split test --guided]
@@ -24,7 +24,8 @@ adds findings-guided decoding of the last round's model.
 Each round's chosen reports go to ``OUT/chosen-R.jsonl`` (reused by a rerun with the same studies
 and guided setup; another is refused, never written over) and its fine-tuned model to
 ``OUT/round-R`` (resumed from its checkpoint, refused when made from another choice); the scores to
-``OUT/scores-SPLIT.json``. A round's model is a run ``python -m flamingo_lib.cli.evaluate_on
+``OUT/scores-SPLIT.json``, which keeps the rows an earlier call of the same setup scored and this one
+did not (a call adding ``--beams`` keeps the guided row). A round's model is a run ``python -m flamingo_lib.cli.evaluate_on
 OUT/round-R --data phantom:templated`` scores. About 8 minutes a round's choice (2,000 training
 studies, 16 candidates) and 3 minutes its 750 steps on 2 cores.
 """
@@ -128,12 +129,25 @@ def report_scores(reports: Sequence[str], samples: Sequence[Any]) -> dict[str, f
     return findings_f1(reports, samples) | {"repeating a sentence": repeating}
 
 
-def greedy_scores(model: Any, processor: Any, samples: Sequence[Any]) -> dict[str, float]:
-    """:func:`report_scores` of the greedy reports of ``samples``."""
+def greedy_scores(model: Any, processor: Any, samples: Sequence[Any], num_beams: int = 1) -> dict[str, float]:
+    """:func:`report_scores` of the greedy reports of ``samples`` (beam search's with ``num_beams`` > 1)."""
     from flamingo_lib.inference.batched import generate_in_batches
 
-    return report_scores(generate_in_batches(model.eval(), processor, samples, batch_size=8, progress=False).reports,
-                         samples)
+    return report_scores(generate_in_batches(model.eval(), processor, samples, batch_size=8, progress=False,
+                                             num_beams=num_beams).reports, samples)
+
+
+def merged_summary(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the score rows of the one at ``path`` that it lacks, when that one was made with
+    the same run, choice, recipe and scored studies (the rounds are read back, so its rows still hold);
+    else ``summary`` as it is."""
+    if not path.is_file():
+        return summary
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    same = ("run_dir", "setup", "choice", "steps", "lr", "split", "studies")
+    if any(earlier.get(k) != summary[k] for k in same):
+        return summary
+    return summary | {"scores": earlier.get("scores", {}) | summary["scores"]}
 
 
 def guided_scores(model: Any, processor: Any, val: Sequence[Any], scored: Sequence[Any], setup: dict[str, Any]
@@ -205,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding of the last "
                         "round's model (the run's candidates and temperature, the threshold picked on 250 val "
                         "studies; with --score-split test)")
+    parser.add_argument("--beams", type=int, default=0, help="also score beam search with this many beams of the "
+                        "last round's model")
     args = parser.parse_args(argv)
     if args.guided and args.score_split != "test":
         parser.error("--guided picks its threshold on the val split: score it with --score-split test")
@@ -237,14 +253,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.guided:
         val = open_source(d.source, "val", d.image_size, 250, seed=seed)
         # as the pipeline decodes it: the run's own candidates and temperature, not the choice's
-        scores["guided, last round"] = guided_scores(model, processor, [val[i] for i in range(len(val))], scored,
+        scores[f"guided, round {args.rounds}"] = guided_scores(model, processor, [val[i] for i in range(len(val))], scored,
                                                      guided_setup(model_dir))
+    if args.beams > 1:
+        scores[f"beam search ({args.beams} beams), round {args.rounds}"] = greedy_scores(model, processor, scored,
+                                                                                      args.beams)
     print(f"greedy on {len(scored)} {args.score_split} studies (findings micro-F1):")
     for name, row in scores.items():
         print(f"  {name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
     summary = {"run_dir": args.run_dir, "setup": setup, "choice": args.choose, "steps": args.steps, "lr": args.lr,
                "split": args.score_split, "studies": len(scored), "scores": scores}
-    write_json_atomic(out / f"scores-{args.score_split}.json", summary, indent=1)
+    path = out / f"scores-{args.score_split}.json"
+    write_json_atomic(path, merged_summary(path, summary), indent=1)
 
 
 if __name__ == "__main__":

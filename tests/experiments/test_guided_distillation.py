@@ -139,3 +139,20 @@ def test_the_probe_names_a_run_without_a_guided_threshold(tmp_path, monkeypatch,
     with pytest.raises(SystemExit):
         guided_distillation.main([str(tmp_path), "--out", str(tmp_path / "out")])
     assert f"{tmp_path} recorded no findings-guided threshold" in capsys.readouterr().err
+
+
+def test_a_later_call_keeps_the_rows_an_earlier_call_of_the_same_setup_scored(tmp_path):
+    from experiments.guided_distillation import merged_summary
+
+    path = tmp_path / "scores-test.json"
+    base = {"run_dir": "runs/a", "setup": SETUP, "choice": "heads", "steps": 750, "lr": 3e-3, "split": "test",
+            "studies": 250}
+    new = base | {"scores": {"round 1": {"F1": 0.77}, "beam search (4 beams), round 1": {"F1": 0.75}}}
+    assert merged_summary(path, new) == new  # nothing written yet
+    path.write_text(json.dumps(base | {"scores": {"round 1": {"F1": 0.70}, "guided, round 1": {"F1": 0.82}}}))
+    merged = merged_summary(path, new)
+    assert merged["scores"] == {"round 1": {"F1": 0.77}, "guided, round 1": {"F1": 0.82},
+                                "beam search (4 beams), round 1": {"F1": 0.75}}  # rescored rows are this call's
+    for other in ({"choice": "reference"}, {"studies": 100}, {"run_dir": "runs/b"}, {"steps": 500}):
+        path.write_text(json.dumps(base | other | {"scores": {"guided, round 1": {"F1": 0.82}}}))
+        assert merged_summary(path, new) == new  # another setup's rows do not hold for these rounds
