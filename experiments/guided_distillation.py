@@ -15,7 +15,8 @@ reach the text detached, so they receive no gradient and keep their verdicts).
 
 Greedy decoding before and after each round is scored on the first ``--score-studies`` studies of
 the ``--score-split`` split (validation by default: a recipe is chosen there, never on the test
-split) against the image truth and against the labeler's reading of the reference; ``--guided``
+split) against the image truth and against the labeler's reading of the reference, with the reward
+stage's hacking checks (:class:`Yardsticks`); ``--guided``
 adds findings-guided decoding of the last round's model, ``--beams N`` its beam search.
 
     HF_HUB_OFFLINE=1 python -m experiments.guided_distillation runs/readings1-s0 --out runs/distil \
@@ -36,6 +37,7 @@ import argparse
 import copy
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,24 +119,43 @@ def chosen_reports(model: Any, processor: Any, samples: Sequence[Any], setup: di
     return reports
 
 
-def report_scores(reports: Sequence[str], samples: Sequence[Any]) -> dict[str, float]:
-    """The findings micro-F1 of ``reports`` over the rendered findings against the image truth and the
-    labeler's reading of the references (:func:`experiments.clinical_context.findings_f1`), and the
-    share of reports repeating a sentence (as :func:`experiments.reward_finetune.hacking_checks` splits them)."""
-    from experiments.clinical_context import findings_f1
-    from experiments.reward_finetune import sentences
+@dataclass(frozen=True)
+class Yardsticks:
+    """How reports of ``samples`` (one per study) are scored: the findings micro-F1 over the rendered
+    findings against the image truth and against the labeler's reading of the references, BLEU-4 and
+    CIDEr, and the reward stage's hacking checks
+    (:func:`experiments.reward_finetune.score_reports`: reports repeating a sentence, sentences no
+    report of ``training_reports`` holds, length over the references')."""
 
-    split = [sentences(r) for r in reports]
-    repeating = sum(len(x) != len(set(x)) for x in split) / len(split)
-    return findings_f1(reports, samples) | {"repeating a sentence": repeating}
+    samples: Sequence[Any]
+    training_reports: Sequence[str]
+    top5: Sequence[str]
+
+    def __call__(self, reports: Sequence[str]) -> dict[str, float]:
+        from experiments.reward_finetune import score_reports
+
+        return score_reports(reports, self.samples, self.training_reports, self.top5)
 
 
-def greedy_scores(model: Any, processor: Any, samples: Sequence[Any], num_beams: int = 1) -> dict[str, float]:
-    """:func:`report_scores` of the greedy reports of ``samples`` (beam search's with ``num_beams`` > 1)."""
+def greedy_scores(model: Any, processor: Any, yardsticks: Yardsticks, num_beams: int = 1) -> dict[str, float]:
+    """The ``yardsticks`` of the greedy reports of their studies (beam search's with ``num_beams`` > 1)."""
     from flamingo_lib.inference.batched import generate_in_batches
 
-    return report_scores(generate_in_batches(model.eval(), processor, samples, batch_size=8, progress=False,
-                                             num_beams=num_beams).reports, samples)
+    return yardsticks(generate_in_batches(model.eval(), processor, yardsticks.samples, batch_size=8, progress=False,
+                                          num_beams=num_beams).reports)
+
+
+def guided_scores(model: Any, processor: Any, val: Sequence[Any], yardsticks: Yardsticks, setup: dict[str, Any]
+                  ) -> dict[str, float]:
+    """Findings-guided decoding of the ``yardsticks``' studies as the pipeline evaluates it (the run's
+    candidates and temperature, the threshold picked on ``val`` against its image truth), scored by them."""
+    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
+    from flamingo_lib.inference.guided_decoding import guided_reports
+
+    made = guided_reports(model.eval(), processor, val, [s.labels for s in val], yardsticks.samples,
+                          RENDERED_OBSERVATIONS, num_candidates=setup["candidates"], temperature=setup["temperature"],
+                          top_p=setup["top_p"], progress=False)
+    return yardsticks(made.reports) | {"threshold": made.threshold}
 
 
 def merged_summary(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -148,19 +169,6 @@ def merged_summary(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
     if any(earlier.get(k) != summary[k] for k in same):
         return summary
     return summary | {"scores": earlier.get("scores", {}) | summary["scores"]}
-
-
-def guided_scores(model: Any, processor: Any, val: Sequence[Any], scored: Sequence[Any], setup: dict[str, Any]
-                  ) -> dict[str, float]:
-    """Findings-guided decoding of ``scored`` as the pipeline evaluates it (the run's candidates and
-    temperature, the threshold picked on ``val`` against its image truth), scored as :func:`report_scores`."""
-    from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
-    from flamingo_lib.inference.guided_decoding import guided_reports
-
-    made = guided_reports(model.eval(), processor, val, [s.labels for s in val], scored, RENDERED_OBSERVATIONS,
-                          num_candidates=setup["candidates"], temperature=setup["temperature"], top_p=setup["top_p"],
-                          progress=False)
-    return report_scores(made.reports, scored) | {"threshold": made.threshold}
 
 
 def fine_tune(model: Any, processor: Any, pipeline: Any, studies: Sequence[Any], out_dir: Path, args: Any,
@@ -233,8 +241,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.run_dir} recorded no findings-guided threshold (eval/guided_decoding.json)")
     train = pipeline.samples("train")[:args.max_studies]
     d, seed = pipeline.settings.data, pipeline.settings.train.seed
-    scored = open_source(d.source, args.score_split, d.image_size, args.score_studies, seed=seed)
-    scored = [scored[i] for i in range(len(scored))]
+    studies = open_source(d.source, args.score_split, d.image_size, args.score_studies, seed=seed)
+    results = Path(args.run_dir) / "eval" / "results.json"
+    if not results.is_file():
+        parser.error(f"{results} is missing: evaluate the run first (its top-5 observations are scored here)")
+    scored = Yardsticks([studies[i] for i in range(len(studies))], pipeline.splits["train"].reports,
+                        json.loads(results.read_text(encoding="utf-8"))["top5"])
     scores: dict[str, Any] = {"round 0 (the run's model)": greedy_scores(model, processor, scored)}
     out = Path(args.out)
     for r in range(1, args.rounds + 1):
@@ -248,21 +260,21 @@ def main(argv: list[str] | None = None) -> None:
         model = fine_tune(model, processor, pipeline, with_reports(train, reports), out / f"round-{r}", args, record)
         scores[f"round {r}"] = greedy_scores(model, processor, scored) | {"changed": changed}
         # as each round ends: a long run stopped early keeps what it measured
-        print(f"round {r}, greedy on {len(scored)} {args.score_split} studies: "
+        print(f"round {r}, greedy on {len(scored.samples)} {args.score_split} studies: "
               + "  ".join(f"{k} {v:.3f}" for k, v in scores[f"round {r}"].items()), flush=True)
     if args.guided:
         val = open_source(d.source, "val", d.image_size, 250, seed=seed)
         # as the pipeline decodes it: the run's own candidates and temperature, not the choice's
-        scores[f"guided, round {args.rounds}"] = guided_scores(model, processor, [val[i] for i in range(len(val))], scored,
-                                                     guided_setup(model_dir))
+        scores[f"guided, round {args.rounds}"] = guided_scores(model, processor, [val[i] for i in range(len(val))],
+                                                               scored, guided_setup(model_dir))
     if args.beams > 1:
         scores[f"beam search ({args.beams} beams), round {args.rounds}"] = greedy_scores(model, processor, scored,
                                                                                       args.beams)
-    print(f"greedy on {len(scored)} {args.score_split} studies (findings micro-F1):")
+    print(f"greedy on {len(scored.samples)} {args.score_split} studies (findings micro-F1 and the hacking checks):")
     for name, row in scores.items():
         print(f"  {name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
     summary = {"run_dir": args.run_dir, "setup": setup, "choice": args.choose, "steps": args.steps, "lr": args.lr,
-               "split": args.score_split, "studies": len(scored), "scores": scores}
+               "split": args.score_split, "studies": len(scored.samples), "scores": scores}
     path = out / f"scores-{args.score_split}.json"
     write_json_atomic(path, merged_summary(path, summary), indent=1)
 
