@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ import torch
 from flamingo_lib.data.study_files import StudyFiles, load_study
 from flamingo_lib.inference.study_reports import studies_unlike_training
 
+if TYPE_CHECKING:
+    from flamingo_lib.evaluation.grounding import WordsMap
+
 PRIVATE_FILMS_WARNING = ("This page shows the films it reports. Unless they come from a public dataset, they are "
                          "private (a clinic's studies, a credentialed dataset such as MIMIC-CXR): do not share it.")
 #: Head probabilities at or above this are listed beside a report.
@@ -27,7 +30,7 @@ SHOWN_PROBABILITY = 0.5
 
 
 @torch.no_grad()
-def report_map(model: Any, processor: Any, images: Sequence[Any], report: str) -> tuple[Any, str]:
+def report_map(model: Any, processor: Any, images: Sequence[Any], report: str) -> tuple[WordsMap, str]:
     """Which parts of the study's first film the report's words draw on: the report teacher-forced on
     the study's images, the map (:func:`~flamingo_lib.evaluation.grounding.words_map`) of its words
     that name findings (:data:`~flamingo_lib.evaluation.grounding.FINDING_WORDS`), or of all its words
