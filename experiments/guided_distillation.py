@@ -145,16 +145,23 @@ def greedy_scores(model: Any, processor: Any, yardsticks: Yardsticks, num_beams:
                                           num_beams=num_beams).reports)
 
 
-def guided_scores(model: Any, processor: Any, val: Sequence[Any], yardsticks: Yardsticks, setup: dict[str, Any]
-                  ) -> dict[str, float]:
-    """Findings-guided decoding of the ``yardsticks``' studies as the pipeline evaluates it (the run's
-    candidates and temperature, the threshold picked on ``val`` against its image truth), scored by them."""
+def guided_test_reports(model: Any, processor: Any, val: Sequence[Any], studies: Sequence[Any],
+                        setup: dict[str, Any]) -> Any:
+    """Findings-guided decoding of ``studies`` as the pipeline evaluates it: ``setup``'s candidates,
+    temperature and top-p (the run's), the threshold picked on ``val`` against its image truth over the
+    rendered findings. Returns the :class:`~flamingo_lib.inference.guided_decoding.GuidedReports`."""
     from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
     from flamingo_lib.inference.guided_decoding import guided_reports
 
-    made = guided_reports(model.eval(), processor, val, [s.labels for s in val], yardsticks.samples,
-                          RENDERED_OBSERVATIONS, num_candidates=setup["candidates"], temperature=setup["temperature"],
-                          top_p=setup["top_p"], progress=False)
+    return guided_reports(model.eval(), processor, val, [s.labels for s in val], studies, RENDERED_OBSERVATIONS,
+                          num_candidates=setup["candidates"], temperature=setup["temperature"], top_p=setup["top_p"],
+                          progress=False)
+
+
+def guided_scores(model: Any, processor: Any, val: Sequence[Any], yardsticks: Yardsticks, setup: dict[str, Any]
+                  ) -> dict[str, float]:
+    """:func:`guided_test_reports` of the ``yardsticks``' studies, scored by them."""
+    made = guided_test_reports(model, processor, val, yardsticks.samples, setup)
     return yardsticks(made.reports) | {"threshold": made.threshold}
 
 

@@ -8,12 +8,14 @@ report states (the labeler reads none of the training reports positive for them;
 by hand) and scores a run's greedy reports, and beam search's with ``--beams``, over the rendered
 findings with and without them, against the image truth and against the labeler's reading of the
 reference; the reference reports scored the same way beside them. ``--distilled OUT/round-R`` adds a
-model :mod:`experiments.guided_distillation` fine-tuned from the run.
+model :mod:`experiments.guided_distillation` fine-tuned from the run, ``--guided`` each model's
+findings-guided decoding as the pipeline evaluates it (the run's candidates and temperature, the
+threshold picked on 250 val studies).
 
     HF_HUB_OFFLINE=1 python -m experiments.unstated_findings runs/readings1-s0 \
         --distilled runs/bothchoice-s0/round-2 --beams 4
 
-About a minute a model on the 250 test studies (2 cores); writes nothing.
+About a minute a model on the 250 test studies (2 cores), 5 more with ``--guided``; writes nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
     from flamingo_lib.inference.batched import generate_in_batches
     from flamingo_lib.labeling.labeler import label_report
-    from flamingo_lib.pipeline.run_records import model_directory
+    from experiments.guided_distillation import guided_test_reports
+    from flamingo_lib.pipeline.run_records import guided_setup, model_directory
     from flamingo_lib.pipeline.steps import Pipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,11 +65,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--distilled", action="append", default=[], help="a model directory fine-tuned from the "
                         "run (experiments.guided_distillation's OUT/round-R); repeatable")
     parser.add_argument("--beams", type=int, default=0, help="also score beam search with this many beams")
+    parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding")
     args = parser.parse_args(argv)
     pipeline = Pipeline.from_run(args.run_dir, progress=False)
     test = pipeline.samples("test")
     unstated = unstated_observations(pipeline.splits["train"].reports, RENDERED_OBSERVATIONS, label_report)
     truth, references = [s.labels for s in test], [label_report(s.report) for s in test]
+    setup = guided_setup(model_directory(args.run_dir))
+    if args.guided and setup is None:
+        parser.error(f"{args.run_dir} recorded no findings-guided setup (eval/guided_decoding.json)")
+    val = pipeline.guided_tuning_samples() if args.guided else []
     rows = [{"system": "the reference reports", **scores_row(references, truth, references, RENDERED_OBSERVATIONS,
                                                              unstated)}]
     for name, directory in [("the run", model_directory(args.run_dir))] + [(d, model_directory(d))
@@ -77,6 +85,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             rows.append({"system": f"{name}, {'greedy' if beams == 1 else f'beam search ({beams})'}",
                          **scores_row([label_report(r) for r in reports], truth, references, RENDERED_OBSERVATIONS,
                                       unstated)})
+        if args.guided:
+            reports = guided_test_reports(model, processor, val, test, setup).reports
+            rows.append({"system": f"{name}, findings-guided", **scores_row(
+                [label_report(r) for r in reports], truth, references, RENDERED_OBSERVATIONS, unstated)})
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print(f"{len(test)} test studies; observations no training report states: {', '.join(unstated) or 'none'}")
