@@ -10,7 +10,7 @@ findings with and without them, against the image truth and against the labeler'
 reference; the reference reports scored the same way beside them. ``--distilled OUT/round-R`` adds a
 model :mod:`experiments.guided_distillation` fine-tuned from the run, ``--guided`` each model's
 findings-guided decoding as the pipeline evaluates it (the run's candidates and temperature, the
-threshold picked on 250 val studies).
+threshold picked on its ``guided_val_samples`` val studies, 250 by default).
 
     HF_HUB_OFFLINE=1 python -m experiments.unstated_findings runs/readings1-s0 \
         --distilled runs/bothchoice-s0/round-2 --beams 4
@@ -52,11 +52,11 @@ def scores_row(stated: Sequence[Labels], truth: Sequence[Labels], references: Se
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
+    from experiments.guided_distillation import guided_test_reports
     from flamingo_lib import FlamingoModel, FlamingoProcessor
     from flamingo_lib.data.phantom.text import RENDERED_OBSERVATIONS
     from flamingo_lib.inference.batched import generate_in_batches
     from flamingo_lib.labeling.labeler import label_report
-    from experiments.guided_distillation import guided_test_reports
     from flamingo_lib.pipeline.run_records import guided_setup, model_directory
     from flamingo_lib.pipeline.steps import Pipeline
 
