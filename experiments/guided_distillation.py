@@ -16,8 +16,8 @@ reach the text detached, so they receive no gradient and keep their verdicts).
 Greedy decoding before and after each round is scored on the first ``--score-studies`` studies of
 the ``--score-split`` split (validation by default: a recipe is chosen there, never on the test
 split) against the image truth and against the labeler's reading of the reference, with the reward
-stage's hacking checks (:class:`Yardsticks`); ``--guided``
-adds findings-guided decoding of the last round's model, ``--beams N`` its beam search.
+stage's hacking checks (:class:`Yardsticks`); ``--guided`` adds findings-guided decoding of the last
+round's model, ``--beams N`` its beam search.
 
     HF_HUB_OFFLINE=1 python -m experiments.guided_distillation runs/readings1-s0 --out runs/distil \
         --candidates 16 [--rounds 2] [--score-split test --guided]
@@ -26,9 +26,9 @@ Each round's chosen reports go to ``OUT/chosen-R.jsonl`` (reused by a rerun with
 and guided setup; another is refused, never written over) and its fine-tuned model to
 ``OUT/round-R`` (resumed from its checkpoint, refused when made from another choice); the scores to
 ``OUT/scores-SPLIT.json``, which keeps the rows an earlier call of the same setup scored and this one
-did not (a call adding ``--beams`` keeps the guided row). A round's model is a run ``python -m flamingo_lib.cli.evaluate_on
-OUT/round-R --data phantom:templated`` scores. About 8 minutes a round's choice (2,000 training
-studies, 16 candidates) and 3 minutes its 750 steps on 2 cores.
+did not (a call adding ``--beams`` keeps the guided row). A round's model is a run
+``python -m flamingo_lib.cli.evaluate_on OUT/round-R --data phantom:templated`` scores. About 8 minutes
+a round's choice (2,000 training studies, 16 candidates) and 3 minutes its 750 steps on 2 cores.
 """
 
 from __future__ import annotations
