@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
                         "with the reference report's findings (the reward stage's reward), or that plus its "
                         "agreement with the heads' verdict; ties to the heads")
     parser.add_argument("--guided", action="store_true", help="also score findings-guided decoding of the last "
-                        "round's model (the run's candidates and temperature, the threshold picked on 250 val "
-                        "studies; with --score-split test)")
+                        "round's model (the run's candidates and temperature, the threshold picked on its "
+                        "guided_val_samples val studies, 250 by default; with --score-split test)")
     parser.add_argument("--beams", type=int, default=0, help="also score beam search with this many beams of the "
                         "last round's model")
     args = parser.parse_args(argv)
@@ -270,9 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"round {r}, greedy on {len(scored.samples)} {args.score_split} studies: "
               + "  ".join(f"{k} {v:.3f}" for k, v in scores[f"round {r}"].items()), flush=True)
     if args.guided:
-        val = open_source(d.source, "val", d.image_size, 250, seed=seed)
-        # as the pipeline decodes it: the run's own candidates and temperature, not the choice's
-        scores[f"guided, round {args.rounds}"] = guided_scores(model, processor, [val[i] for i in range(len(val))],
+        # as the pipeline decodes it: the run's own candidates, temperature and val studies, not the choice's
+        scores[f"guided, round {args.rounds}"] = guided_scores(model, processor, pipeline.guided_tuning_samples(),
                                                                scored, guided_setup(model_dir))
     if args.beams > 1:
         scores[f"beam search ({args.beams} beams), round {args.rounds}"] = greedy_scores(model, processor, scored,
