@@ -79,17 +79,18 @@ def tokens_suffix(tokens: str, teacher: float, taught: str = "labels") -> str:
 
 
 def run_context(out: Path, context: str, steps: int | None, seed: int, guided: bool, views: str,
-                all_earlier: bool = False, tokens: str = "none", teacher: float = 0.0, taught: str = "labels"
-                ) -> tuple[Any, pd.DataFrame]:
+                all_earlier: bool = False, tokens: str = "none", teacher: float = 0.0, taught: str = "labels",
+                severity: bool = False) -> tuple[Any, pd.DataFrame]:
     """Train (or reuse) the run of one context; the pipeline and its test generations table (greedy,
     and findings-guided when asked: the guided setup does not retrain). ``tokens``: ``"findings"``
     (the study's findings tokens) or ``"prior"`` (tokens of the joint state with the prior study),
     taught to a ``teacher`` share of the training studies, from their labels or (``taught="readings"``)
-    the labeler's reading of their reports."""
+    the labeler's reading of their reports; ``severity``: with a severity head, whose change since the
+    prior moves the kept findings' tokens."""
     from flamingo_lib.pipeline.steps import Pipeline
 
     name = (context.replace(",", "+") or "none") + ("" if views == "PA" else f"-{views.lower()}") + \
-        ("-all-earlier" if all_earlier else "") + tokens_suffix(tokens, teacher, taught)
+        ("-all-earlier" if all_earlier else "") + tokens_suffix(tokens, teacher, taught) + ("-severity" if severity else "")
     flat = {"run_dir": str(out / name), "source": f"phantom:longitudinal;views={views}" if views != "PA"
             else "phantom:longitudinal", "context": "" if context == "none" else context,
             "guided_candidates": 32 if guided else 0, "seed": seed, "only_attend_immediate_media": not all_earlier}
@@ -98,6 +99,8 @@ def run_context(out: Path, context: str, steps: int | None, seed: int, guided: b
         if teacher:
             flat["findings_tokens_teacher"] = teacher
             flat["findings_tokens_teacher_targets"] = taught
+    if severity:
+        flat["severity_head"] = True
     if steps is not None:
         flat["max_steps"] = steps
     pipeline = Pipeline(**flat)
@@ -121,12 +124,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="share of training studies whose tokens are built from their targets")
     parser.add_argument("--teacher-targets", default="labels", choices=["labels", "readings"],
                         help="those targets: the studies' labels or the labeler's reading of their reports")
+    parser.add_argument("--severity", action="store_true",
+                        help="a severity head: a kept finding's token also says how its size moved")
     args = parser.parse_args(argv)
 
     rows, test = [], None
     for context in args.contexts:
         pipeline, generations = run_context(args.out, context, args.steps, args.seed, args.guided, args.views,
-                                            args.all_earlier, args.tokens, args.teacher, args.teacher_targets)
+                                            args.all_earlier, args.tokens, args.teacher, args.teacher_targets,
+                                            args.severity)
         if test is None:
             test = pipeline.samples("test")
             follow_up = [i for i, s in enumerate(test) if s.prior is not None]
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         views = ("" if args.views == "PA" else f", views {args.views}") + (", all earlier films" if args.all_earlier
                                                                            else "") + \
             ("" if args.tokens == "none" else f", {args.tokens} tokens (teacher {args.teacher:g}"
-             + ("" if args.teacher_targets == "labels" else f", {args.teacher_targets}") + ")")
+             + ("" if args.teacher_targets == "labels" else f", {args.teacher_targets}") + ")") + \
+            (", severity head" if args.severity else "")
         rows.append(system_row(f"flamingo greedy, context {context}{views}", list(generations["flamingo"]), test,
                                follow_up))
         if args.guided:
@@ -151,12 +158,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "-" + "-".join(c.replace(",", "+") for c in args.contexts)
     stem = "clinical_context" + contexts + ("-guided" if args.guided else "") + \
         ("" if args.views == "PA" else "-lateral") + ("-all-earlier" if args.all_earlier else "") + \
-        tokens_suffix(args.tokens, args.teacher, args.teacher_targets)
+        tokens_suffix(args.tokens, args.teacher, args.teacher_targets) + ("-severity" if args.severity else "")
     table.to_csv(args.out / f"{stem}.csv")
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"contexts": args.contexts, "steps": args.steps, "seed": args.seed, "views": args.views,
          "all_earlier": args.all_earlier, "tokens": args.tokens, "teacher": args.teacher,
-         "teacher_targets": args.teacher_targets,
+         "teacher_targets": args.teacher_targets, "severity": args.severity,
          "guided": args.guided, "test_studies": len(test),
          "follow_ups": len(follow_up), "rows": table.reset_index().to_dict("records")}, indent=2, default=float))
     return table

@@ -20,14 +20,15 @@ FOLLOW_UPS = [replace(s, prior=SAMPLES[i - 1]) if i % 2 else s for i, s in enume
 
 
 def make_trainer(tmp_path, max_steps=6, feature_cache_root=None, num_workers=0, findings_tokens=False,
-                 prior_findings_tokens=False, reading_head=False, **overrides):
+                 prior_findings_tokens=False, reading_head=False, severity_head=False, **overrides):
     """A trainer on the toy studies; with ``prior_findings_tokens``, on the follow-ups, their prompts holding
     the prior study."""
     from flamingo_lib.observations import FINDINGS_OBSERVATIONS
 
     head = list(FINDINGS_OBSERVATIONS) if overrides.get("findings_loss_weight") else None
     config = FlamingoConfig.from_preset("tiny-random", findings_head=head, findings_tokens=findings_tokens,
-                                        prior_findings_tokens=prior_findings_tokens, reading_head=reading_head)
+                                        prior_findings_tokens=prior_findings_tokens, reading_head=reading_head,
+                                        severity_head=severity_head)
     model = FlamingoModel(config)
     processor = FlamingoProcessor(config, context="prior" if prior_findings_tokens else None)
     samples = FOLLOW_UPS if prior_findings_tokens else SAMPLES

@@ -33,6 +33,7 @@ class FindingTargets:
             labeler = label_report
         self.observations, self.labeler = tuple(observations), labeler
         self._read: dict[str, torch.Tensor] = {}  # report -> reading, least recently read first
+        self._severity: Any = None  # the severity reader, made when first asked
 
     def __call__(self, reports: Sequence[str]) -> torch.Tensor:
         """(B,) reports -> (B, K) float targets."""
@@ -82,6 +83,18 @@ class FindingTargets:
             own = self._positives(labels)
             rows.append(own if source == "labels" else (own + self._reading(sample.report)) / 2)
         return self._stack(rows)
+
+    def severities(self, samples: Sequence[Any]) -> torch.Tensor:
+        """(B,) studies -> (B, K) the severity each report states per observation (0, 0.5 or 1;
+        :mod:`flamingo_lib.labeling.severity`), NaN where it states none: the targets of a severity
+        head (``FlamingoConfig.severity_head``), read from the report on every dataset, since none
+        labels sizes."""
+        if self._severity is None:
+            from flamingo_lib.labeling.severity import SeverityTargets
+
+            self._severity = SeverityTargets(self.observations, self.labeler)
+        rows = [torch.tensor(self._severity.row(sample.report)) for sample in samples]
+        return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))
 
     def with_readings(self, samples: Sequence[Any], source: str = "labels") -> torch.Tensor:
         """(B,) studies -> (B, 2K) targets of a head with readings (``FlamingoConfig.reading_head``):

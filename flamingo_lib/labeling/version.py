@@ -51,3 +51,11 @@ def rules_version() -> str:
     """:data:`RULES_VERSION` while the rules are those it names, else their new digest."""
     digest = rules_digest()
     return RULES_VERSION if digest == RULES_DIGEST else digest
+
+
+@functools.cache
+def severity_rules_version() -> str:
+    """A 16-hex digest of the severity reader's logic (:mod:`~flamingo_lib.labeling.severity`, taken
+    as :func:`rules_digest` takes the labeler's): what a severity head was trained on."""
+    tree = ast.parse((Path(__file__).parent / "severity.py").read_text(encoding="utf-8"))
+    return hashlib.sha256(ast.dump(_logic_only(tree)).encode()).hexdigest()[:16]

@@ -145,6 +145,12 @@ class FlamingoConfig(PretrainedConfig):
             the first (what the training targets say, by default what the image *shows*); needs
             ``findings_head``. Findings-guided decoding weighs a report against both
             (:mod:`flamingo_lib.inference.guided_decoding`). Default False.
+        severity_head: give the findings head one more output per observation, the finding's
+            severity on a 0 (small, mild) .. 1 (large, severe) scale, trained on the levels the
+            study's report states (:mod:`flamingo_lib.labeling.severity`); with
+            ``prior_findings_tokens`` a finding kept since the prior study is spelled out with how
+            its severity moved, so the report can say "increased" or "decreased". Needs
+            ``findings_head``. Default False.
         image_token: the added token that marks where an image sits in the text.
         eoc_token: the added end-of-chunk token that ends a report.
         image_token_id: id of ``image_token``; set when the model or processor is built.
@@ -180,6 +186,7 @@ class FlamingoConfig(PretrainedConfig):
         findings_tokens: bool = False,
         prior_findings_tokens: bool = False,
         reading_head: bool = False,
+        severity_head: bool = False,
         image_token: str = "<image>",
         eoc_token: str = "<EOC>",
         image_token_id: int | None = None,
@@ -203,7 +210,7 @@ class FlamingoConfig(PretrainedConfig):
         for name, value in dict(freeze_language_model=freeze_language_model, freeze_vision_model=freeze_vision_model,
                                 only_attend_immediate_media=only_attend_immediate_media,
                                 findings_tokens=findings_tokens, prior_findings_tokens=prior_findings_tokens,
-                                reading_head=reading_head).items():
+                                reading_head=reading_head, severity_head=severity_head).items():
             if not isinstance(value, bool):
                 raise TypeError(f"FlamingoConfig.{name} must be true or false, got {value!r}")
         for name, value in dict(seed=seed, dim=dim, dim_visual=dim_visual, image_token_id=image_token_id,
@@ -256,6 +263,10 @@ class FlamingoConfig(PretrainedConfig):
             raise ValueError("reading_head=True adds outputs to the findings head, but findings_head is None: "
                              "name its observations too")
         self.reading_head = bool(reading_head)
+        if severity_head and findings_head is None:
+            raise ValueError("severity_head=True adds outputs to the findings head, but findings_head is None: "
+                             "name its observations too")
+        self.severity_head = bool(severity_head)
         if not (isinstance(image_token, str) and isinstance(eoc_token, str) and image_token and eoc_token):
             raise ValueError(f"image_token and eoc_token must be non-empty strings, got {image_token!r} and {eoc_token!r}")
         if image_token == eoc_token:  # one token cannot both mark an image and end a chunk

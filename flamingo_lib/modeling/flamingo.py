@@ -71,11 +71,14 @@ class Flamingo(nn.Module):
             ))
             generator = torch.Generator().manual_seed(config.seed + 2)
             add_token_rows(self.lm, [config.image_token_id, config.eoc_token_id], generator)
+            # the findings' logits, then the readings', then the severities'
+            outputs = 1 + bool(config.reading_head) + bool(config.severity_head)
             self.findings_head = None if config.findings_head is None else FindingsHead(
-                config.resampler_num_latents, dim_visual,
-                len(config.findings_head) * (2 if config.reading_head else 1))  # the readings after the findings
-            self.findings_tokens = FindingsTokens(len(config.findings_head), dim_visual, config.prior_findings_tokens) \
-                if config.findings_tokens else None
+                config.resampler_num_latents, dim_visual, len(config.findings_head) * outputs)
+            self.findings_tokens = FindingsTokens(
+                len(config.findings_head), dim_visual, config.prior_findings_tokens,
+                severity=config.prior_findings_tokens and config.severity_head,
+            ) if config.findings_tokens else None
         self.freeze_lm() if config.freeze_language_model else self.unfreeze_lm()
         self.freeze_vm() if config.freeze_vision_model else self.unfreeze_vm()
 

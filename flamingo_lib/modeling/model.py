@@ -19,7 +19,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flamingo_lib.modeling.config import FROZEN_DTYPES, FlamingoConfig, dtype_name, floating_dtype
-from flamingo_lib.modeling.heads.findings import findings_loss
+from flamingo_lib.modeling.heads.findings import findings_loss, severity_loss
 from flamingo_lib.modeling.heads.predictions import FindingsPredictionMixin, current_study
 from flamingo_lib.modeling.cross_attention import media_groups
 from flamingo_lib.modeling.flamingo import Flamingo
@@ -240,14 +240,16 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
                 group: a prompt may hold a prior study's films before it); with ``num_images`` the
                 images the findings head pools. Default: from the ``<image>`` tokens, like ``num_images``.
             finding_labels: (B, K) targets of the findings head (``config.findings_head``), (B, 2K)
-                with ``config.reading_head`` (the K readings after the K findings): its logits and
-                loss are returned too.
+                with ``config.reading_head`` (the K readings after the K findings), K more with
+                ``config.severity_head`` (the stated severities last, NaN where unstated): its
+                logits and loss are returned too.
             num_images: (B,) images each study holds, for what pools over a study's images (the
                 findings head, findings tokens): the rest of the T slots is padding. Default: its
                 ``<image>`` tokens, when ``input_ids`` is the whole sequence (no ``media_time``).
             token_findings: (B, K) with ``config.findings_tokens``: the probabilities the findings
                 tokens are built from in place of the head's, NaN where the head's stand (teacher
-                forcing in training; generation never passes them).
+                forcing in training; generation never passes them); (B, 2K) with the severities after
+                them, for a severity head.
             token_prior_findings: (B, K) with ``config.prior_findings_tokens``: the same for the
                 prior study's verdict (NaN rows: the head's, or no prior).
 
@@ -282,7 +284,12 @@ class FlamingoModel(PreTrainedModel, FlamingoGenerationMixin, FindingsPrediction
         if finding_labels is not None:
             findings_logits = self._findings_logits(*current_study(features, num_images, first_image,
                                                                    self.check_inputs))
-            aux_loss = findings_loss(findings_logits, finding_labels)
+            if self.config.severity_head:  # the severities' targets are soft and partly unstated
+                k = len(self.config.findings_head)
+                aux_loss = findings_loss(findings_logits[:, :-k], finding_labels[:, :-k]) \
+                    + severity_loss(findings_logits[:, -k:], finding_labels[:, -k:])
+            else:
+                aux_loss = findings_loss(findings_logits, finding_labels)
         return FlamingoOutput(loss=loss, logits=out.logits, cache=getattr(out, "cache", None),
                               findings_logits=findings_logits, findings_loss=aux_loss)
 

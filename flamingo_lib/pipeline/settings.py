@@ -47,6 +47,12 @@ class ModelSettings:
     prior_findings_tokens: bool = field(default=False, metadata={"help": (
         "with a prior study's films in the prompt, each findings token spells out the observation's joint state "
         "in the study and the prior (new, kept, gone, absent; needs findings_tokens)")})
+    # "Increased" / "decreased" need each finding's size on both studies (docs/results.md,
+    # "Clinical context").
+    severity_head: bool = field(default=False, metadata={"help": (
+        "a further output of the findings head per observation: its severity (small .. large) as the report "
+        "states it; with prior_findings_tokens a kept finding's token also says how its severity moved "
+        "(needs the head)")})
     # Guided decoding then weighs a report against what the image shows and against what the
     # radiologist writes (docs/results.md).
     reading_head: bool | None = field(default=None, metadata={"help": (
@@ -88,18 +94,19 @@ class ModelSettings:
         (None) follows it.
 
         Raises:
-            ValueError: ``findings_tokens`` or ``reading_head=True`` without a findings head.
+            ValueError: ``findings_tokens``, ``reading_head=True`` or ``severity_head`` without a findings head.
         """
         from flamingo_lib.observations import FINDINGS_OBSERVATIONS
 
         head = list(FINDINGS_OBSERVATIONS) if train.findings_loss_weight else None
-        for name in ("findings_tokens", "prior_findings_tokens", "reading_head"):
+        for name in ("findings_tokens", "prior_findings_tokens", "reading_head", "severity_head"):
             if getattr(self, name) and head is None:
                 raise ValueError(f"{name} needs the findings head: set findings_loss_weight > 0")
         return FlamingoConfig.from_preset(self.preset, self.pretrain_scale, seed=train.seed, findings_head=head,
                                           findings_tokens=self.findings_tokens,
                                           prior_findings_tokens=self.prior_findings_tokens,
                                           reading_head=self.has_reading_head(train),
+                                          severity_head=self.severity_head,
                                           frozen_dtype=self.frozen_dtype,
                                           only_attend_immediate_media=self.only_attend_immediate_media)
 
@@ -302,6 +309,10 @@ class PipelineSettings:
                     key["findings_tokens_teacher_targets"] = t.findings_tokens_teacher_targets
             if m.prior_findings_tokens:  # absent when off, likewise
                 key["prior_findings_tokens"] = True
+            if m.severity_head:  # likewise; the head learns what the severity reader reads
+                from flamingo_lib.labeling.version import severity_rules_version
+
+                key |= {"severity_head": True, "severity_rules": severity_rules_version()}
         return key
 
     @classmethod

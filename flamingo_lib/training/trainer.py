@@ -70,6 +70,9 @@ class ReportCollator:
         # ``prior_finding_labels`` (B, K), the prior study's targets, NaN rows for a study without one
         self.prior_targets = False
         self.prior_source: str | None = None  # the prior's targets' source (None: findings_targets)
+        # the Trainer sets the model's FlamingoConfig.severity_head: the targets (and the prior's) then
+        # end with the severities each report states (NaN where it states none)
+        self.severity_targets = False
         self.with_reports = False  # the reward stage sets it: the batch then also holds the reports and prompts
         self.pad_to_multiple_of: int | None = None
         self.max_length: int | None = None  # the Trainer sets the LM's positions: buckets never pass them
@@ -94,6 +97,8 @@ class ReportCollator:
         if self.finding_targets is not None:
             targets = self.finding_targets.with_readings if self.reading_targets else self.finding_targets.for_samples
             batch["finding_labels"] = targets(samples, self.findings_targets)
+            if self.severity_targets:  # the stated severities last
+                batch["finding_labels"] = torch.cat([batch["finding_labels"], self.finding_targets.severities(samples)], 1)
             if self.prior_targets:
                 batch["prior_finding_labels"] = self.prior_labels(samples)
         batch["ids"] = [s.id for s in samples]
@@ -104,13 +109,17 @@ class ReportCollator:
 
     def prior_labels(self, samples: Sequence[Any]) -> torch.Tensor:
         """(B, K): each study's prior study's findings targets (the same source as its own), a row
-        of NaN for a study without a prior."""
+        of NaN for a study without a prior; (B, 2K) with ``severity_targets``, the prior's report's
+        severities after them."""
         k = len(self.finding_targets.observations)
         priors = [i for i, s in enumerate(samples) if getattr(s, "prior", None) is not None]
-        rows = torch.full((len(samples), k), float("nan"))
+        rows = torch.full((len(samples), 2 * k if self.severity_targets else k), float("nan"))
         if priors:
             source = self.prior_source or self.findings_targets
-            rows[priors] = self.finding_targets.for_samples([samples[i].prior for i in priors], source)
+            earlier = [samples[i].prior for i in priors]
+            rows[priors, :k] = self.finding_targets.for_samples(earlier, source)
+            if self.severity_targets:
+                rows[priors, k:] = self.finding_targets.severities(earlier)
         return rows
 
     def bucket_padded(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +214,7 @@ class Trainer:
                 collator.finding_targets = FindingTargets(model.config.findings_head)
             collator.findings_targets = config.findings_targets
             collator.reading_targets = model.config.reading_head
+            collator.severity_targets = model.config.severity_head
         if config.findings_tokens_teacher and not (config.findings_loss_weight and model.config.findings_tokens):
             raise ValueError(f"findings_tokens_teacher={config.findings_tokens_teacher} but the model reads no findings "
                              "tokens: build it with FlamingoConfig(findings_tokens=True) and a findings_loss_weight > 0")
@@ -547,15 +557,22 @@ class Trainer:
         ``findings_tokens_teacher_targets="readings"``, the reading head's: the labeler's reading of
         each report), drawn from the RNG a checkpoint saves (a resumed run draws the same), NaN for
         the rest (their tokens are the head's); and the same studies' prior targets from
-        ``prior_labels`` (B, K), which the collator reads from the same source."""
+        ``prior_labels`` (B, K), which the collator reads from the same source. With a severity head
+        both are (B, 2K): the severities the reports state after the findings."""
         k = len(self.unwrapped.config.findings_head)  # a reading head's targets follow the K findings
         chosen = (torch.rand(finding_labels.shape[0]) < self.config.findings_tokens_teacher)[:, None]
         chosen = chosen.to(finding_labels.device)
         readings = self.config.findings_tokens_teacher_targets == "readings"
         taught = finding_labels[:, k:2 * k] if readings else finding_labels[:, :k]
+        severity = self.unwrapped.config.severity_head
+        if severity:  # the stated severities too (NaN where unstated: the head's stand)
+            taught = torch.cat([taught, finding_labels[:, -k:]], 1)
         nan = torch.full_like(taught.float(), float("nan"))
         own = torch.where(chosen, taught.float(), nan)
-        prior = None if prior_labels is None else torch.where(chosen, prior_labels[:, :k].float().to(nan), nan)
+        prior = None
+        if prior_labels is not None:
+            prior_taught = prior_labels[:, :2 * k] if severity else prior_labels[:, :k]
+            prior = torch.where(chosen, prior_taught.float().to(nan), nan)
         return own, prior
 
     def _global_token_mean(self, batch: dict[str, Any]) -> tuple[Any, torch.Tensor]:

@@ -56,3 +56,26 @@ def test_accuracy_counts_every_true_change_once_and_an_unstated_one_as_wrong():
     reports = ["New right pleural effusion. Stable cardiomegaly.", "The pneumothorax has resolved."]
     truths = [{"pleural effusion": "new", "cardiomegaly": "increased"}, {"pneumothorax": "resolved", "edema": "new"}]
     assert accuracy_of([change_statements(r) for r in reports], truths) == change_accuracy(reports, truths)["accuracy"] == 0.5
+
+
+def test_a_severity_that_moved_past_half_a_level_makes_a_kept_finding_increased_or_decreased():
+    from experiments.change_guided import moved_between, stated_reports, true_severity
+    from flamingo_lib.data.sample import Finding
+
+    now, before = {"Pleural Effusion", "Cardiomegaly"}, {"Pleural Effusion", "Cardiomegaly"}
+    findings = ["pleural effusion", "cardiomegaly"]
+    moved = moved_between({"Pleural Effusion": 0.9, "Cardiomegaly": 0.6}, {"Pleural Effusion": 0.3, "Cardiomegaly": 0.5})
+    assert verdict_changes(now, before, findings, moved) == {"pleural effusion": "increased",
+                                                             "cardiomegaly": "unchanged"}  # 0.1: not past 0.25
+    assert verdict_changes(now, before, findings, {"Pleural Effusion": -0.5})["pleural effusion"] == "decreased"
+    assert verdict_changes({"Cardiomegaly"}, before, findings, {"Pleural Effusion": 0.9})["pleural effusion"] \
+        == "resolved"  # severity moves only what both studies keep
+    # with the severity known, a stated increase is held to it, not forgiven
+    assert agreement({"pleural effusion": "increased"}, now, before, moved) == 1
+    assert agreement({"cardiomegaly": "increased"}, now, before, moved) == -1
+    truth = [{"pleural effusion": "increased", "cardiomegaly": "unchanged"}]
+    assert accuracy_of(stated_reports([(now, before, moved)], truth), truth) == 1.0
+    assert accuracy_of(stated_reports([(now, before)], truth), truth) == 0.5
+    small = Finding(name="pleural effusion", side="left", zone=None, severity="small", source="effusion")
+    large = Finding(name="pleural effusion", side="right", zone=None, severity="large", source="effusion")
+    assert true_severity([small]) == {"Pleural Effusion": 0.0} and true_severity([small, large]) == {"Pleural Effusion": 1.0}

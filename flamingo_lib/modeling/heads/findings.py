@@ -112,3 +112,18 @@ def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.shape != targets.shape:
         raise ValueError(f"findings logits {tuple(logits.shape)} but targets {tuple(targets.shape)}")
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def severity_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the severity outputs against soft targets (0, 0.5 or 1), averaged
+    over the (study, observation) pairs whose report states a severity; 0 when none does.
+
+    Args:
+        logits: (B, K); targets: (B, K) in [0, 1], NaN where the report states no severity.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"severity logits {tuple(logits.shape)} but targets {tuple(targets.shape)}")
+    stated = ~targets.isnan()
+    pairs = F.binary_cross_entropy_with_logits(logits.float(), targets.float().nan_to_num(0.0), reduction="none")
+    # a sum over the stated pairs, not a mean of a masked-out tensor: no NaN reaches the gradient
+    return (pairs * stated).sum() / stated.sum().clamp(min=1)

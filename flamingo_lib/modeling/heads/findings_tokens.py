@@ -27,6 +27,14 @@ study's finding ``p_k`` and the prior's ``q_k`` (the same head on the prior's fi
 so that the comparison the report must make is read from one token, not composed by the LM
 from two readings (which the small frozen LMs here do not learn in the demo's budget:
 docs/results.md, "Clinical context"). A study without a prior keeps the plain token.
+
+With a severity head (``FlamingoConfig.severity_head``: each finding's severity ``s_k`` in [0, 1],
+``r_k`` on the prior's films), a kept finding also says how its severity moved, so that the report
+can state "increased" or "decreased" and not only "unchanged":
+
+    kept_k  ->  kept_k + (s_k - r_k) * grown_k
+
+one learned direction per observation, its sign the direction of the change (detached too).
 """
 
 from __future__ import annotations
@@ -43,9 +51,12 @@ class FindingsTokens(nn.Module):
         dim_visual: the width of the resampled latents the tokens sit beside.
         compare_prior: also build the follow-up's tokens from the prior study's probabilities
             (``new`` / ``kept`` / ``gone`` vectors beside ``present`` / ``absent``).
+        severity: also move a kept finding's token along ``grown`` by the change of its severity
+            (needs ``compare_prior``).
     """
 
-    def __init__(self, num_findings: int, dim_visual: int, compare_prior: bool = False) -> None:
+    def __init__(self, num_findings: int, dim_visual: int, compare_prior: bool = False,
+                 severity: bool = False) -> None:
         super().__init__()
         # unit-variance entries, the scale of the resampler's layer-normed latents
         self.present = nn.Parameter(torch.randn(num_findings, dim_visual))
@@ -55,16 +66,27 @@ class FindingsTokens(nn.Module):
             self.new = nn.Parameter(torch.randn(num_findings, dim_visual))
             self.kept = nn.Parameter(torch.randn(num_findings, dim_visual))
             self.gone = nn.Parameter(torch.randn(num_findings, dim_visual))
+        if severity and not compare_prior:
+            raise ValueError("severity moves the kept findings' tokens, which only compare_prior builds")
+        # created last: a model without it draws the same initial vectors as before
+        self.grown = nn.Parameter(torch.randn(num_findings, dim_visual)) if severity else None
 
-    def forward(self, probabilities: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, probabilities: torch.Tensor, prior: torch.Tensor | None = None,
+                severity: torch.Tensor | None = None, prior_severity: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K) in [0, 1] -> (B, K, dim_visual).
 
         Args:
             prior: (B, K) the prior study's probabilities, a row of NaN for a study without one
                 (its tokens are the plain ones); needs ``compare_prior``.
+            severity, prior_severity: (B, K) in [0, 1], the severities on the study's and the prior's
+                films (NaN rows where there is no prior); both or neither, and only with ``severity``.
         """
         k = self.present.shape[0]
-        for name, value in (("probabilities", probabilities), ("prior", prior)):
+        if (severity is None) != (prior_severity is None) or (severity is not None and self.grown is None):
+            raise ValueError("severities move the kept tokens of tokens built with severity=True, and need both "
+                             "the study's and the prior's")
+        for name, value in (("probabilities", probabilities), ("prior", prior), ("severity", severity),
+                            ("prior_severity", prior_severity)):
             if value is not None and (value.ndim != 2 or value.shape[1] != k):
                 raise ValueError(f"findings tokens take (batch, {k}) {name}, got {tuple(value.shape)}")
         p = probabilities[..., None].to(self.present.dtype)
@@ -77,7 +99,11 @@ class FindingsTokens(nn.Module):
         # NaN kept out of the arithmetic, not only out of the result: where() would still pass
         # 0 * NaN = NaN back into the gradients of the prior's vectors
         q = prior.nan_to_num(0.0)[..., None].to(self.present.dtype)
-        compared = q * (p * self.kept + (1 - p) * self.gone) + (1 - q) * (p * self.new + (1 - p) * self.absent)
+        kept = self.kept
+        if severity is not None:
+            moved = severity.to(self.present.dtype) - prior_severity.nan_to_num(0.0).to(self.present.dtype)
+            kept = kept + moved[..., None] * self.grown
+        compared = q * (p * kept + (1 - p) * self.gone) + (1 - q) * (p * self.new + (1 - p) * self.absent)
         return torch.where(has_prior, compared, tokens)
 
 

@@ -91,28 +91,44 @@ class FindingsPredictionMixin:
         if tokens is None or visual_features.shape[1] == 0:
             return visual_features
         # detached: the head learns from its labels only, never from what is easy to write
-        k = len(self.config.findings_head)  # the findings' logits; a reading head's follow them
         if num_images is not None:  # a study with no image reads no media: any verdict will do
             num_images = torch.as_tensor(num_images).clamp(min=1)
         own, counts = current_study(visual_features, num_images, first_image, self.check_inputs)
-        probabilities = self._findings_logits(own, counts)[:, :k].detach().float().sigmoid()
-        if token_findings is not None:
-            given = token_findings.to(probabilities)
-            probabilities = torch.where(given.isnan(), probabilities, given)
+        verdict = self._token_verdict(self._findings_logits(own, counts), token_findings)
         prior = None
         if self.config.prior_findings_tokens and first_image is not None:
-            prior = self._prior_probabilities(visual_features, first_image, k)
+            prior = self._prior_verdict(visual_features, first_image)
             if token_prior_findings is not None:
-                given = token_prior_findings.to(prior)
-                prior = torch.where(given.isnan() | prior.isnan(), prior, given)  # only where the prompt holds the prior's films
-        return append_findings_tokens(visual_features, tokens(probabilities, prior))
+                given = token_prior_findings.to(prior)[:, :prior.shape[1]]
+                width = given.shape[1]
+                keep = given.isnan() | prior[:, :1].isnan()  # given only where the prompt holds the prior's films
+                prior = torch.cat([torch.where(keep, prior[:, :width], given), prior[:, width:]], 1)
+        severities = self.config.severity_head and prior is not None and tokens.grown is not None
+        k = len(self.config.findings_head)
+        return append_findings_tokens(visual_features, tokens(
+            verdict[:, :k], None if prior is None else prior[:, :k],
+            verdict[:, k:] if severities else None, prior[:, k:] if severities else None))
 
-    def _prior_probabilities(self, visual_features: torch.Tensor, first_image: Any, k: int) -> torch.Tensor:
-        """(B, K) the head's verdict on the films before the study's own (detached, as the
-        study's), a row of NaN where there are none."""
+    def _token_verdict(self, logits: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) the findings' probabilities, (B, 2K) with a severity head (the severities after
+        them), detached, from the head's ``logits``; ``given`` (B, K or 2K) replaces them where it is
+        not NaN (teacher forcing)."""
+        k = len(self.config.findings_head)
+        verdict = logits[:, :k].detach().float().sigmoid()
+        if self.config.severity_head:
+            verdict = torch.cat([verdict, logits[:, -k:].detach().float().sigmoid()], 1)
+        if given is not None:
+            given = given.to(verdict)[:, :verdict.shape[1]]
+            width = given.shape[1]
+            verdict = torch.cat([torch.where(given.isnan(), verdict[:, :width], given), verdict[:, width:]], 1)
+        return verdict
+
+    def _prior_verdict(self, visual_features: torch.Tensor, first_image: Any) -> torch.Tensor:
+        """(B, K) or (B, 2K) as :meth:`_token_verdict`, on the films before the study's own, a row of
+        NaN where there are none."""
         prior_films, counts = prior_study(visual_features, first_image)
-        logits = self._findings_logits(prior_films, counts.clamp(min=1))[:, :k].detach().float()
-        return torch.where((counts > 0)[:, None], logits.sigmoid(), torch.full_like(logits, float("nan")))
+        verdict = self._token_verdict(self._findings_logits(prior_films, counts.clamp(min=1)))
+        return torch.where((counts > 0)[:, None], verdict, torch.full_like(verdict, float("nan")))
 
     def _media_for(self, features: torch.Tensor, num_images: torch.Tensor | None,
                    first_image: torch.Tensor | None = None, token_findings: torch.Tensor | None = None,
@@ -183,9 +199,31 @@ class FindingsPredictionMixin:
         findings = self._head_probabilities(features, counts)
         return findings, self._head_probabilities(features, counts, readings=True) if self.config.reading_head else None
 
-    def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, readings: bool = False
-                            ) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def predict_severity(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
+                         visual_features: torch.Tensor | None = None, num_images: Any = None
+                         ) -> dict[str, torch.Tensor]:
+        """The severity head's reading (``config.severity_head``) of each observation, were it present:
+        0 small or mild, 0.5 moderate, 1 large or severe (inputs as :meth:`predict_findings`).
+
+        Returns:
+            observation name (``config.findings_head``) -> (B,) severity in [0, 1].
+
+        Raises:
+            ValueError: the model has no severity head.
+        """
+        if not self.config.severity_head:
+            raise ValueError("this model has no severity head (config.severity_head is False): "
+                             "build it with FlamingoConfig(findings_head=[...], severity_head=True)")
+        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
+        return self._head_probabilities(features, counts, part="severity")
+
+    def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, readings: bool = False,
+                            part: str = "findings") -> dict[str, torch.Tensor]:
+        """Observation -> (B,) probability of one part of the head's outputs: ``"findings"``,
+        ``"readings"`` (also ``readings=True``) or ``"severity"``."""
         logits = self._findings_logits(features, num_images)  # first: it says so when there is no head
         k = len(self.config.findings_head)
-        probabilities = (logits[:, k:] if readings else logits[:, :k]).float().sigmoid()
+        start = {"findings": 0, "readings": k, "severity": logits.shape[1] - k}["readings" if readings else part]
+        probabilities = logits[:, start:start + k].float().sigmoid()
         return {obs: probabilities[:, j] for j, obs in enumerate(self.config.findings_head)}
