@@ -147,7 +147,8 @@ class FlamingoConfig(PretrainedConfig):
             (:mod:`flamingo_lib.inference.guided_decoding`). Default False.
         severity_head: give the findings head one more output per observation, the finding's
             severity on a 0 (small, mild) .. 1 (large, severe) scale, trained on the levels the
-            study's report states (:mod:`flamingo_lib.labeling.severity`); with
+            study's report states (:mod:`flamingo_lib.labeling.severity`), read from the latents
+            without shaping them (its gradient stops at the head); with
             ``prior_findings_tokens`` a finding kept since the prior study is spelled out with how
             its severity moved, so the report can say "increased" or "decreased". Needs
             ``findings_head``. Default False.

@@ -72,12 +72,13 @@ class Flamingo(nn.Module):
             generator = torch.Generator().manual_seed(config.seed + 2)
             add_token_rows(self.lm, [config.image_token_id, config.eoc_token_id], generator)
             # the findings' logits, then the readings', then the severities'
-            outputs = 1 + bool(config.reading_head) + bool(config.severity_head)
+            k = 0 if config.findings_head is None else len(config.findings_head)
             self.findings_head = None if config.findings_head is None else FindingsHead(
-                config.resampler_num_latents, dim_visual, len(config.findings_head) * outputs)
+                config.resampler_num_latents, dim_visual, k * (2 if config.reading_head else 1),
+                severity_outputs=k if config.severity_head else 0, seed=config.seed + 3)
             self.findings_tokens = FindingsTokens(
-                len(config.findings_head), dim_visual, config.prior_findings_tokens,
-                severity=config.prior_findings_tokens and config.severity_head,
+                k, dim_visual, config.prior_findings_tokens,
+                severity=config.prior_findings_tokens and config.severity_head, seed=config.seed + 4,
             ) if config.findings_tokens else None
         self.freeze_lm() if config.freeze_language_model else self.unfreeze_lm()
         self.freeze_vm() if config.freeze_vision_model else self.unfreeze_vm()

@@ -166,7 +166,7 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimiser: torc
         if tensor.shape != params[name].shape:
             raise ValueError(f"{path}: trainable weight {name} is {tuple(tensor.shape)} in the checkpoint but "
                              f"{tuple(params[name].shape)} in the model: was it written by another configuration "
-                             "(findings_head, reading_head, sizes)?")
+                             "(findings_head, reading_head, severity_head, sizes)?")
     with torch.no_grad():
         for name, tensor in state["model"].items():
             params[name].copy_(tensor)

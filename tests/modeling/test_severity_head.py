@@ -89,8 +89,8 @@ def test_the_severity_loss_counts_only_the_stated_pairs():
     targets = torch.tensor([[0.5, NAN], [NAN, 1.0]])
     loss = severity_loss(logits, targets)
     stated = torch.nn.functional.binary_cross_entropy_with_logits(torch.stack([logits[0, 0], logits[1, 1]]),
-                                                                  torch.tensor([0.5, 1.0]))
-    assert torch.allclose(loss, stated)
+                                                                  torch.tensor([0.5, 1.0]), reduction="sum")
+    assert torch.allclose(loss, stated / 4)  # summed over the stated pairs, divided by all four
     loss.backward()
     assert logits.grad[0, 1] == 0 and logits.grad[1, 0] == 0 and logits.grad.isfinite().all()
     assert severity_loss(logits, torch.full((2, 2), NAN)) == 0  # a batch stating no size adds nothing
@@ -107,5 +107,36 @@ def test_the_model_adds_the_severity_loss_to_the_findings_loss(model):
     with torch.no_grad():
         out = model(**batch, finding_labels=labels)
     presence = torch.nn.functional.binary_cross_entropy_with_logits(out.findings_logits[:, :2 * k], labels[:, :2 * k])
-    size = torch.nn.functional.binary_cross_entropy_with_logits(out.findings_logits[0, 2 * k], labels[0, 2 * k])
+    size = torch.nn.functional.binary_cross_entropy_with_logits(out.findings_logits[0, 2 * k], labels[0, 2 * k]) / k
     assert torch.allclose(out.findings_loss, presence + size, atol=1e-6)
+
+
+def test_the_severities_read_the_latents_without_shaping_them(model):
+    features = torch.randn(2, 1, model.config.resampler_num_latents, model.flamingo.findings_tokens.present.shape[1],
+                           requires_grad=True)
+    k = len(OBS)
+    logits = model.flamingo.findings_head(features)
+    head = model.flamingo.findings_head
+    pooled = features.flatten(2).mean(1)
+    assert torch.allclose(logits, torch.cat([head.classifier(pooled), head.severity(pooled)], -1), atol=1e-6)
+    (grad,) = torch.autograd.grad(logits[:, -k:].sum(), features, retain_graph=True)
+    assert grad.abs().max() == 0  # the severities' loss stops at the head
+    (grad,) = torch.autograd.grad(logits[:, :k].sum(), features, retain_graph=True)
+    assert grad.abs().max() > 0  # the findings' still shapes the latents
+    model.zero_grad(set_to_none=True)
+    logits[:, -k:].sum().backward()
+    assert head.severity.weight.grad.abs().max() > 0 and not head.classifier.weight.grad.any()
+
+
+def test_every_other_weight_starts_as_in_the_model_without_the_head():
+    """So that a run with the head differs from one without it by the head alone."""
+    def weights(**severity):
+        torch.manual_seed(0)
+        config = FlamingoConfig.from_preset("tiny-random", findings_head=OBS, findings_tokens=True,
+                                            prior_findings_tokens=True, **severity)
+        return FlamingoModel(config).state_dict_trainable()
+
+    plain, sized = weights(), weights(severity_head=True)
+    assert set(sized) - set(plain) == {"flamingo.findings_head.severity.weight", "flamingo.findings_head.severity.bias",
+                                       "flamingo.findings_tokens.grown"}
+    assert all(torch.equal(plain[key], sized[key]) for key in plain)

@@ -37,12 +37,23 @@ class FindingsHead(nn.Module):
 
     Args:
         num_latents, dim_visual: the resampler's output shape per image.
-        num_findings: the number of observations predicted.
+        num_findings: the number of outputs (observations, times two with a reading head).
+        severity_outputs: a severity head's outputs (one per observation, after the others), read
+            from the latents without shaping them (their gradient stops at the head) and drawn from
+            their own ``seed``, so that every other weight of a model starts and trains as without
+            them. Trained through the resampler, their few soft targets pulled the latents away
+            from what the report needs (docs/training.md).
     """
 
-    def __init__(self, num_latents: int, dim_visual: int, num_findings: int) -> None:
+    def __init__(self, num_latents: int, dim_visual: int, num_findings: int, severity_outputs: int = 0,
+                 seed: int = 0) -> None:
         super().__init__()
         self.classifier = nn.Linear(num_latents * dim_visual, num_findings)
+        self.severity = None
+        if severity_outputs:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.severity = nn.Linear(num_latents * dim_visual, severity_outputs)
 
     def forward(self, visual_features: torch.Tensor, num_images: torch.Tensor | Sequence[int] | None = None,
                 check: bool = True) -> torch.Tensor:
@@ -74,7 +85,10 @@ class FindingsHead(nn.Module):
             filled = torch.arange(slots, device=flat.device) < counts.to(flat.device)[:, None]  # (B, T)
             pooled = (flat * filled[..., None].to(flat.dtype)).sum(1) / counts.to(flat.device, flat.dtype)[:, None]
         # in the head's dtype: features may come in float32 to a model cast to bfloat16 for inference
-        return self.classifier(pooled.to(self.classifier.weight.dtype))
+        pooled = pooled.to(self.classifier.weight.dtype)
+        if self.severity is None:
+            return self.classifier(pooled)
+        return torch.cat([self.classifier(pooled), self.severity(pooled.detach())], -1)
 
 
 def check_image_counts(num_images: torch.Tensor | Sequence[int], studies: int, slots: int) -> torch.Tensor:
@@ -115,8 +129,10 @@ def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def severity_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the severity outputs against soft targets (0, 0.5 or 1), averaged
-    over the (study, observation) pairs whose report states a severity; 0 when none does.
+    """Binary cross-entropy of the severity outputs against soft targets (0, 0.5 or 1), summed over
+    the (study, observation) pairs whose report states a severity and divided by all pairs, as
+    :func:`findings_loss` averages: a mean over the few stated pairs alone would weigh each ~20 times
+    a finding's, and its gradients would dominate the norm that training clips every weight by.
 
     Args:
         logits: (B, K); targets: (B, K) in [0, 1], NaN where the report states no severity.
@@ -126,4 +142,4 @@ def severity_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     stated = ~targets.isnan()
     pairs = F.binary_cross_entropy_with_logits(logits.float(), targets.float().nan_to_num(0.0), reduction="none")
     # a sum over the stated pairs, not a mean of a masked-out tensor: no NaN reaches the gradient
-    return (pairs * stated).sum() / stated.sum().clamp(min=1)
+    return (pairs * stated).sum() / max(stated.numel(), 1)

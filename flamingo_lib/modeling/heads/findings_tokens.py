@@ -52,11 +52,11 @@ class FindingsTokens(nn.Module):
         compare_prior: also build the follow-up's tokens from the prior study's probabilities
             (``new`` / ``kept`` / ``gone`` vectors beside ``present`` / ``absent``).
         severity: also move a kept finding's token along ``grown`` by the change of its severity
-            (needs ``compare_prior``).
+            (needs ``compare_prior``), drawn from its own ``seed``: the other vectors start as without it.
     """
 
     def __init__(self, num_findings: int, dim_visual: int, compare_prior: bool = False,
-                 severity: bool = False) -> None:
+                 severity: bool = False, seed: int = 0) -> None:
         super().__init__()
         # unit-variance entries, the scale of the resampler's layer-normed latents
         self.present = nn.Parameter(torch.randn(num_findings, dim_visual))
@@ -68,8 +68,10 @@ class FindingsTokens(nn.Module):
             self.gone = nn.Parameter(torch.randn(num_findings, dim_visual))
         if severity and not compare_prior:
             raise ValueError("severity moves the kept findings' tokens, which only compare_prior builds")
-        # created last: a model without it draws the same initial vectors as before
-        self.grown = nn.Parameter(torch.randn(num_findings, dim_visual)) if severity else None
+        self.grown = None
+        if severity:
+            self.grown = nn.Parameter(torch.randn(num_findings, dim_visual,
+                                                  generator=torch.Generator().manual_seed(seed)))
 
     def forward(self, probabilities: torch.Tensor, prior: torch.Tensor | None = None,
                 severity: torch.Tensor | None = None, prior_severity: torch.Tensor | None = None) -> torch.Tensor:
