@@ -18,14 +18,21 @@ effusion."), and a learner masks them out.
 
 Levels are returned as 0.0 (small, mild), 0.5 (moderate) and 1.0 (large, severe): the scale of a
 probability, so a head learns them with a sigmoid and binary cross-entropy on soft targets.
+
+A follow-up's report often states no size but a comparison: "Stable right pleural effusion." Its
+size is then the prior study's (:meth:`SeverityTargets.study_row`), read the same way, down the
+patient's studies: that way a size is known for most kept findings, and a head learns that an
+unchanged finding reads the same on both films.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from flamingo_lib.labeling.changes import change_statements
 from flamingo_lib.labeling.labeler import POSITIVE, label_report
 from flamingo_lib.labeling.phrases import MENTIONS
 
@@ -45,6 +52,13 @@ _WORD_LEVEL = {word: level for level, words in SEVERITY_WORDS.items() for word i
 _SEVERITY_RE = re.compile(r"\b(" + "|".join(sorted(_WORD_LEVEL, key=len, reverse=True)) + r")\b")
 _MENTION_RES = {obs: re.compile(r"\b(?:" + "|".join(f"(?:{p})" for p in patterns) + r")(?!\w)")
                 for obs, patterns in MENTIONS.items()}
+#: Findings named by :func:`~flamingo_lib.labeling.changes.change_statements` -> their observation.
+CHANGE_OBSERVATIONS: dict[str, str] = {
+    "pleural effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax", "cardiomegaly": "Cardiomegaly",
+    "edema": "Edema", "consolidation": "Consolidation", "pneumonia": "Pneumonia", "atelectasis": "Atelectasis",
+    "opacity": "Lung Opacity", "nodule": "Lung Lesion", "mass": "Lung Lesion", "granuloma": "Lung Lesion",
+    "fracture": "Fracture",
+}
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _CLAUSES = re.compile(r"[;:,]")
 
@@ -97,6 +111,22 @@ class SeverityTargets:
     def __init__(self, observations: Sequence[str], labeler: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self.observations, self.labeler = tuple(observations), labeler or label_report
         self._read: dict[str, list[float]] = {}
+
+    def study_row(self, sample: Any) -> list[float]:
+        """(K,) the levels of a study (anything with ``report`` and ``prior``, a study or None): its
+        report's (:meth:`row`), and where it states none for an observation it states "unchanged"
+        of, its prior study's, read the same way down the patient's studies."""
+        row = list(self.row(sample.report))
+        prior = getattr(sample, "prior", None)
+        if prior is None or not any(math.isnan(v) for v in row):
+            return row
+        unchanged = {CHANGE_OBSERVATIONS[f] for f, change in change_statements(sample.report).items()
+                     if change == "unchanged" and f in CHANGE_OBSERVATIONS}
+        if not unchanged:
+            return row
+        before = self.study_row(prior)
+        return [before[j] if math.isnan(v) and obs in unchanged else v
+                for j, (obs, v) in enumerate(zip(self.observations, row))]
 
     def row(self, report: str) -> list[float]:
         """(K,) the levels of one report, NaN where unstated (memoised: training reads each report once

@@ -86,14 +86,15 @@ class FindingTargets:
 
     def severities(self, samples: Sequence[Any]) -> torch.Tensor:
         """(B,) studies -> (B, K) the severity each report states per observation (0, 0.5 or 1;
-        :mod:`flamingo_lib.labeling.severity`), NaN where it states none: the targets of a severity
+        :mod:`flamingo_lib.labeling.severity`; the prior study's where the report calls the finding
+        unchanged without a size), NaN where none is known: the targets of a severity
         head (``FlamingoConfig.severity_head``), read from the report on every dataset, since none
         labels sizes."""
         if self._severity is None:
             from flamingo_lib.labeling.severity import SeverityTargets
 
             self._severity = SeverityTargets(self.observations, self.labeler)
-        rows = [torch.tensor(self._severity.row(sample.report)) for sample in samples]
+        rows = [torch.tensor(self._severity.study_row(sample)) for sample in samples]
         return torch.stack(rows) if rows else torch.zeros(0, len(self.observations))
 
     def with_readings(self, samples: Sequence[Any], source: str = "labels") -> torch.Tensor:

@@ -39,6 +39,21 @@ def test_targets_are_nan_where_the_report_states_no_level():
     assert row[0] == 0.5 and math.isnan(row[1]) and math.isnan(row[2])
 
 
+def test_an_unchanged_finding_without_a_size_takes_the_priors_down_the_patients_studies():
+    from types import SimpleNamespace as Study
+
+    first = Study(report="Moderate right pleural effusion. Small left pneumothorax.", prior=None)
+    second = Study(report="Stable right pleural effusion. The pneumothorax has increased.", prior=first)
+    third = Study(report="The pleural effusion is unchanged. No pneumothorax.", prior=second)
+    targets = SeverityTargets(["Pleural Effusion", "Pneumothorax", "Edema"])
+    assert targets.study_row(first)[:2] == [0.5, 0.0]
+    for study in (second, third):  # kept through two follow-ups; an increase says no size, nor a negation
+        row = targets.study_row(study)
+        assert row[0] == 0.5 and math.isnan(row[1]) and math.isnan(row[2])
+    stated = Study(report="The right pleural effusion is unchanged, now large.", prior=first)
+    assert targets.study_row(stated)[0] == 1.0  # the report's own size wins
+
+
 def test_on_the_phantom_every_stated_level_is_the_films_own():
     """The longitudinal phantom's reports state a size for most graded findings (always on a first study,
     with "now ..." on some follow-ups); where they do, the reader must give the rendered level."""
@@ -49,7 +64,9 @@ def test_on_the_phantom_every_stated_level_is_the_films_own():
 
     graded = {"pleural effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax", "edema": "Edema"}
     data = open_source("phantom:longitudinal", "train", 64, 150, seed=0)
-    stated = 0
+    observations = list(graded.values())
+    targets = SeverityTargets(observations)
+    stated = known = 0
     for i in range(len(data)):
         sample = data[i]
         truth: dict[str, int] = {}
@@ -63,4 +80,8 @@ def test_on_the_phantom_every_stated_level_is_the_films_own():
             if observation in read:
                 stated += 1
                 assert read[observation] == level / 2, (sample.report, observation, level)
-    assert stated >= 20
+            carried = targets.study_row(sample)[observations.index(observation)]
+            if not math.isnan(carried):
+                known += 1
+                assert carried == level / 2, (sample.report, observation, level)
+    assert stated >= 20 and known > stated  # the prior's sizes add to what the reports state

@@ -187,7 +187,7 @@ class FindingsPredictionMixin:
             raise ValueError("this model has no reading head (config.reading_head is False): "
                              "build it with FlamingoConfig(findings_head=[...], reading_head=True)")
         features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
-        return self._head_probabilities(features, counts, readings=True)
+        return self._head_probabilities(features, counts, part="readings")
 
     @torch.no_grad()
     def predict_heads(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
@@ -197,7 +197,7 @@ class FindingsPredictionMixin:
         from one resampling of the images (inputs as :meth:`predict_findings`)."""
         features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
         findings = self._head_probabilities(features, counts)
-        return findings, self._head_probabilities(features, counts, readings=True) if self.config.reading_head else None
+        return findings, self._head_probabilities(features, counts, part="readings") if self.config.reading_head else None
 
     @torch.no_grad()
     def predict_severity(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
@@ -218,12 +218,12 @@ class FindingsPredictionMixin:
         features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
         return self._head_probabilities(features, counts, part="severity")
 
-    def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, readings: bool = False,
-                            part: str = "findings") -> dict[str, torch.Tensor]:
+    def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, part: str = "findings"
+                            ) -> dict[str, torch.Tensor]:
         """Observation -> (B,) probability of one part of the head's outputs: ``"findings"``,
-        ``"readings"`` (also ``readings=True``) or ``"severity"``."""
+        ``"readings"`` or ``"severity"`` (in that order, each K wide)."""
         logits = self._findings_logits(features, num_images)  # first: it says so when there is no head
         k = len(self.config.findings_head)
-        start = {"findings": 0, "readings": k, "severity": logits.shape[1] - k}["readings" if readings else part]
+        start = {"findings": 0, "readings": k, "severity": logits.shape[1] - k}[part]
         probabilities = logits[:, start:start + k].float().sigmoid()
         return {obs: probabilities[:, j] for j, obs in enumerate(self.config.findings_head)}
