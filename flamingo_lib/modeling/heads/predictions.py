@@ -183,11 +183,7 @@ class FindingsPredictionMixin:
         Raises:
             ValueError: the model has no reading head.
         """
-        if not self.config.reading_head:
-            raise ValueError("this model has no reading head (config.reading_head is False): "
-                             "build it with FlamingoConfig(findings_head=[...], reading_head=True)")
-        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
-        return self._head_probabilities(features, counts, part="readings")
+        return self._optional_part("readings", pixel_values, image_embeddings, visual_features, num_images)
 
     @torch.no_grad()
     def predict_heads(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
@@ -212,11 +208,16 @@ class FindingsPredictionMixin:
         Raises:
             ValueError: the model has no severity head.
         """
-        if not self.config.severity_head:
-            raise ValueError("this model has no severity head (config.severity_head is False): "
-                             "build it with FlamingoConfig(findings_head=[...], severity_head=True)")
-        features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
-        return self._head_probabilities(features, counts, part="severity")
+        return self._optional_part("severity", pixel_values, image_embeddings, visual_features, num_images)
+
+    def _optional_part(self, part: str, *inputs: Any) -> dict[str, torch.Tensor]:
+        """:meth:`_head_probabilities` of an optional ``part`` ("readings", "severity") for the inputs
+        of :meth:`predict_findings`, refused when the model was built without it."""
+        name = {"readings": "reading_head", "severity": "severity_head"}[part]
+        if not getattr(self.config, name):
+            raise ValueError(f"this model has no {name.replace('_', ' ')} (config.{name} is False): "
+                             f"build it with FlamingoConfig(findings_head=[...], {name}=True)")
+        return self._head_probabilities(*self._head_input(*inputs), part=part)
 
     def _head_probabilities(self, features: torch.Tensor, num_images: Any = None, part: str = "findings"
                             ) -> dict[str, torch.Tensor]:
