@@ -151,7 +151,8 @@ def change_guided_choice(candidates: Any, verdicts: Sequence[tuple[Any, ...]]) -
     picked = []
     for options, stated, belief, verdict in zip(candidates.reports, candidates.stated, candidates.belief, verdicts):
         findings = findings_scores(stated, belief, 0.5)
-        keys = [(agreement(change_statements(text), *verdict), float(findings[i]), -i) for i, text in enumerate(options)]
+        keys = [(agreement(change_statements(text), *verdict), float(findings[i]), -i)
+                for i, text in enumerate(options)]
         picked.append(options[max(range(len(options)), key=keys.__getitem__)])
     return picked
 

@@ -90,7 +90,8 @@ def run_context(out: Path, context: str, steps: int | None, seed: int, guided: b
     from flamingo_lib.pipeline.steps import Pipeline
 
     name = (context.replace(",", "+") or "none") + ("" if views == "PA" else f"-{views.lower()}") + \
-        ("-all-earlier" if all_earlier else "") + tokens_suffix(tokens, teacher, taught) + ("-severity" if severity else "")
+        ("-all-earlier" if all_earlier else "") + tokens_suffix(tokens, teacher, taught) + \
+        ("-severity" if severity else "")
     flat = {"run_dir": str(out / name), "source": f"phantom:longitudinal;views={views}" if views != "PA"
             else "phantom:longitudinal", "context": "" if context == "none" else context,
             "guided_candidates": 32 if guided else 0, "seed": seed, "only_attend_immediate_media": not all_earlier}

@@ -64,7 +64,8 @@ def test_a_severity_that_moved_past_half_a_level_makes_a_kept_finding_increased_
 
     now, before = {"Pleural Effusion", "Cardiomegaly"}, {"Pleural Effusion", "Cardiomegaly"}
     findings = ["pleural effusion", "cardiomegaly"]
-    moved = moved_between({"Pleural Effusion": 0.9, "Cardiomegaly": 0.6}, {"Pleural Effusion": 0.3, "Cardiomegaly": 0.5})
+    moved = moved_between({"Pleural Effusion": 0.9, "Cardiomegaly": 0.6},
+                          {"Pleural Effusion": 0.3, "Cardiomegaly": 0.5})
     assert verdict_changes(now, before, findings, moved) == {"pleural effusion": "increased",
                                                              "cardiomegaly": "unchanged"}  # 0.1: not past 0.25
     assert verdict_changes(now, before, findings, {"Pleural Effusion": -0.5})["pleural effusion"] == "decreased"
@@ -78,4 +79,5 @@ def test_a_severity_that_moved_past_half_a_level_makes_a_kept_finding_increased_
     assert accuracy_of(stated_reports([(now, before)], truth), truth) == 0.5
     small = Finding(name="pleural effusion", side="left", zone=None, severity="small", source="effusion")
     large = Finding(name="pleural effusion", side="right", zone=None, severity="large", source="effusion")
-    assert true_severity([small]) == {"Pleural Effusion": 0.0} and true_severity([small, large]) == {"Pleural Effusion": 1.0}
+    assert true_severity([small]) == {"Pleural Effusion": 0.0}
+    assert true_severity([small, large]) == {"Pleural Effusion": 1.0}

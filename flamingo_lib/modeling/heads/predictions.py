@@ -193,7 +193,8 @@ class FindingsPredictionMixin:
         from one resampling of the images (inputs as :meth:`predict_findings`)."""
         features, counts = self._head_input(pixel_values, image_embeddings, visual_features, num_images)
         findings = self._head_probabilities(features, counts)
-        return findings, self._head_probabilities(features, counts, part="readings") if self.config.reading_head else None
+        readings = self._head_probabilities(features, counts, part="readings") if self.config.reading_head else None
+        return findings, readings
 
     @torch.no_grad()
     def predict_severity(self, pixel_values: torch.Tensor | None = None, image_embeddings: torch.Tensor | None = None,
