@@ -32,9 +32,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from flamingo_lib.labeling.changes import change_statements
-from flamingo_lib.labeling.labeler import POSITIVE, label_report
-from flamingo_lib.labeling.phrases import MENTIONS
+# the change reader's sentences and the labeler's mention patterns, compiled once for the package
+from flamingo_lib.labeling.changes import _SENTENCES, change_statements
+from flamingo_lib.labeling.labeler import _MENTION_RES, POSITIVE, label_report
 
 #: Level (0 small/mild, 1 moderate, 2 large/severe) -> the words that state it. "Patchy" and
 #: "diffuse" say how a finding is spread, not how severe it is, and are left out.
@@ -50,8 +50,6 @@ LEVEL_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0)
 
 _WORD_LEVEL = {word: level for level, words in SEVERITY_WORDS.items() for word in words}
 _SEVERITY_RE = re.compile(r"\b(" + "|".join(sorted(_WORD_LEVEL, key=len, reverse=True)) + r")\b")
-_MENTION_RES = {obs: re.compile(r"\b(?:" + "|".join(f"(?:{p})" for p in patterns) + r")(?!\w)")
-                for obs, patterns in MENTIONS.items()}
 #: Findings named by :func:`~flamingo_lib.labeling.changes.change_statements` -> their observation.
 CHANGE_OBSERVATIONS: dict[str, str] = {
     "pleural effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax", "cardiomegaly": "Cardiomegaly",
@@ -59,7 +57,6 @@ CHANGE_OBSERVATIONS: dict[str, str] = {
     "opacity": "Lung Opacity", "nodule": "Lung Lesion", "mass": "Lung Lesion", "granuloma": "Lung Lesion",
     "fracture": "Fracture",
 }
-_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _CLAUSES = re.compile(r"[;:,]")
 
 

@@ -37,14 +37,19 @@ def _logic_only(tree: ast.AST) -> ast.AST:
     return tree
 
 
-@functools.cache
-def rules_digest() -> str:
-    """A 16-hex digest of the rule modules' logic (their syntax trees, docstrings and imports left out)."""
+def _digest(modules: tuple[str, ...]) -> str:
+    """A 16-hex digest of ``modules``' logic (their syntax trees, docstrings and imports left out)."""
     digest = hashlib.sha256()
-    for name in RULE_MODULES:
+    for name in modules:
         tree = ast.parse((Path(__file__).parent / name).read_text(encoding="utf-8"))
         digest.update(ast.dump(_logic_only(tree)).encode())
     return digest.hexdigest()[:16]
+
+
+@functools.cache
+def rules_digest() -> str:
+    """A 16-hex digest of the rule modules' logic (their syntax trees, docstrings and imports left out)."""
+    return _digest(RULE_MODULES)
 
 
 def rules_version() -> str:
@@ -53,9 +58,20 @@ def rules_version() -> str:
     return RULES_VERSION if digest == RULES_DIGEST else digest
 
 
+#: The version recorded by runs with a severity head (:mod:`~flamingo_lib.labeling.severity`) ...
+SEVERITY_RULES_VERSION = "6b0eeb8d03ffb66b"
+#: ... for the severity reader whose logic has this digest (:func:`severity_rules_digest`).
+SEVERITY_RULES_DIGEST = "3b297214e6594936"
+
+
 @functools.cache
+def severity_rules_digest() -> str:
+    """A 16-hex digest of the severity reader's logic, taken as :func:`rules_digest` takes the labeler's."""
+    return _digest(("severity.py",))
+
+
 def severity_rules_version() -> str:
-    """A 16-hex digest of the severity reader's logic (:mod:`~flamingo_lib.labeling.severity`, taken
-    as :func:`rules_digest` takes the labeler's): what a severity head was trained on."""
-    tree = ast.parse((Path(__file__).parent / "severity.py").read_text(encoding="utf-8"))
-    return hashlib.sha256(ast.dump(_logic_only(tree)).encode()).hexdigest()[:16]
+    """:data:`SEVERITY_RULES_VERSION` while the severity reader is the one it names, else its new
+    digest: what a severity head was trained on."""
+    digest = severity_rules_digest()
+    return SEVERITY_RULES_VERSION if digest == SEVERITY_RULES_DIGEST else digest

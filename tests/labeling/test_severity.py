@@ -85,3 +85,14 @@ def test_on_the_phantom_every_stated_level_is_the_films_own():
                 known += 1
                 assert carried == level / 2, (sample.report, observation, level)
     assert stated >= 20 and known > stated  # the prior's sizes add to what the reports state
+
+
+def test_the_recorded_severity_version_names_todays_reader() -> None:
+    # Fails when the severity reader's logic changed: give it a new SEVERITY_RULES_VERSION and record
+    # the new SEVERITY_RULES_DIGEST in flamingo_lib/labeling/version.py (runs with the head retrain).
+    from flamingo_lib.labeling import version
+
+    assert version.severity_rules_digest() == version.SEVERITY_RULES_DIGEST, (
+        f"the severity reader changed (digest {version.severity_rules_digest()}, "
+        f"recorded {version.SEVERITY_RULES_DIGEST})")
+    assert version.severity_rules_version() == version.SEVERITY_RULES_VERSION
