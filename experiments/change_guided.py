@@ -110,18 +110,16 @@ def true_severity(findings: Sequence[Any]) -> dict[str, float]:
     return levels
 
 
-def head_verdict(model: Any, processor: Any, images: Sequence[Any], threshold: float = 0.5) -> set[str]:
-    """The observations the findings head puts above ``threshold`` for one study's films."""
+def head_reading(model: Any, processor: Any, images: Sequence[Any], threshold: float = 0.5
+                 ) -> tuple[set[str], dict[str, float]]:
+    """From one resampling of a study's films: the observations the findings head puts above
+    ``threshold``, and observation -> the severity head's reading (0-1; empty without that head)."""
     with torch.no_grad():
-        probabilities = model.predict_findings(pixel_values=processor.preprocess_images(images)[None])
-    return {o for o, p in probabilities.items() if float(p[0]) > threshold}
-
-
-def head_severity(model: Any, processor: Any, images: Sequence[Any]) -> dict[str, float]:
-    """Observation -> the severity head's reading (0-1) of one study's films."""
-    with torch.no_grad():
-        severity = model.predict_severity(pixel_values=processor.preprocess_images(images)[None])
-    return {o: float(v[0]) for o, v in severity.items()}
+        features = model.resolve_visual_features(pixel_values=processor.preprocess_images(images)[None])
+        probabilities = model.predict_findings(visual_features=features)
+        severity = model.predict_severity(visual_features=features) if model.config.severity_head else {}
+    present_now = {o for o, p in probabilities.items() if float(p[0]) > threshold}
+    return present_now, {o: float(v[0]) for o, v in severity.items()}
 
 
 def moved_between(now: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
@@ -188,8 +186,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     data = open_source(d.source, args.split, d.image_size, 250, seed=pipeline.settings.train.seed)
     follow_ups = [s for s in (data[i] for i in range(len(data))) if s.prior is not None and s.meta["changes"]]
     truths = [s.meta["changes"] for s in follow_ups]
-    verdicts = [(head_verdict(model, processor, s.images), head_verdict(model, processor, s.prior.images))
+    readings = [(head_reading(model, processor, s.images), head_reading(model, processor, s.prior.images))
                 for s in follow_ups]
+    verdicts = [(now[0], before[0]) for now, before in readings]
     presence = [(present(s.findings), present(s.prior.findings)) for s in follow_ups]
     sized = [p + (moved_between(true_severity(s.findings), true_severity(s.prior.findings)),)
              for p, s in zip(presence, follow_ups)]
@@ -200,9 +199,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             {"system": "heads' verdict, stated exactly", "change accuracy": accuracy_of(stated_reports(verdicts, truths),
                                                                                         truths)}]
     if model.config.severity_head:
-        verdicts = [v + (moved_between(head_severity(model, processor, s.images),
-                                       head_severity(model, processor, s.prior.images)),)
-                    for v, s in zip(verdicts, follow_ups)]
+        verdicts = [v + (moved_between(now[1], before[1]),) for v, (now, before) in zip(verdicts, readings)]
         rows.append({"system": "heads' verdict and severity, stated exactly",
                      "change accuracy": accuracy_of(stated_reports(verdicts, truths), truths)})
     candidates = sample_candidates(model, processor, follow_ups, num_candidates=args.candidates,

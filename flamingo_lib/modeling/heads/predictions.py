@@ -103,7 +103,7 @@ class FindingsPredictionMixin:
                 width = given.shape[1]
                 keep = given.isnan() | prior[:, :1].isnan()  # given only where the prompt holds the prior's films
                 prior = torch.cat([torch.where(keep, prior[:, :width], given), prior[:, width:]], 1)
-        severities = self.config.severity_head and prior is not None and tokens.grown is not None
+        severities = prior is not None and tokens.grown is not None  # grown: built for a severity head only
         k = len(self.config.findings_head)
         return append_findings_tokens(visual_features, tokens(
             verdict[:, :k], None if prior is None else prior[:, :k],
